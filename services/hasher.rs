@@ -1,0 +1,242 @@
+//! hasher: SHA-256 over gRPC (`dockercoins.v1.Hasher`) and over the original
+//! plain-HTTP routes (`GET /`, `POST /`) on the same port.
+//!
+//! Each request (or stream message) pays the configured delay, but requests
+//! are served concurrently: hasher is never the lab's bottleneck.
+
+use crate::{
+    config::HasherConfig,
+    limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
+    pb::{
+        DigestBatch, HashBatch, HashRequest, HashResponse,
+        hasher_server::{Hasher as HasherApi, HasherServer},
+    },
+    server::{GrpcServer, ServeError},
+};
+use axum::{body::Bytes, extract::State, http::header, response::IntoResponse, routing::get};
+use bytes::BytesMut;
+use sha2::{Digest, Sha256};
+use std::{future::Future, time::Duration};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status, Streaming};
+
+/// Bytes in a SHA-256 digest.
+pub const DIGEST_BYTES: usize = 32;
+
+/// Why a hash batch is refused. Every variant is the caller's mistake.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HasherError {
+    #[error("block size must be between 1 and {MAX_BLOCK_BYTES} bytes, got {0}")]
+    BlockSize(u32),
+    #[error("{len} bytes of blocks is not a whole number of {size}-byte blocks")]
+    Ragged { len: usize, size: usize },
+    #[error("a batch holds at most {MAX_BATCH_BLOCKS} blocks, got {0}")]
+    TooManyBlocks(usize),
+}
+
+impl From<HasherError> for Status {
+    fn from(error: HasherError) -> Self {
+        Status::invalid_argument(error.to_string())
+    }
+}
+
+/// Lowercase hex SHA-256 of `data`: what the original hasher answered.
+pub fn hex_digest(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Raw SHA-256 digests of `blocks`, cut into `size`-byte blocks, back to back.
+pub fn digest_batch(size: u32, blocks: &[u8]) -> Result<bytes::Bytes, HasherError> {
+    let block = usize::try_from(size)
+        .ok()
+        .filter(|n| (1..=MAX_BLOCK_BYTES).contains(n))
+        .ok_or(HasherError::BlockSize(size))?;
+    if blocks.len() % block != 0 {
+        return Err(HasherError::Ragged {
+            len: blocks.len(),
+            size: block,
+        });
+    }
+    let count = blocks.len() / block;
+    if count > MAX_BATCH_BLOCKS {
+        return Err(HasherError::TooManyBlocks(count));
+    }
+    let mut digests = BytesMut::with_capacity(count * DIGEST_BYTES);
+    for chunk in blocks.chunks_exact(block) {
+        digests.extend_from_slice(&Sha256::digest(chunk));
+    }
+    Ok(digests.freeze())
+}
+
+/// The `dockercoins.v1.Hasher` gRPC service.
+#[derive(Clone, Debug)]
+pub struct HasherService {
+    /// Cost of one request or stream message; requests overlap.
+    delay: Duration,
+}
+
+impl HasherService {
+    pub fn new(config: &HasherConfig) -> Self {
+        Self {
+            delay: config.delay,
+        }
+    }
+
+    async fn pay_delay(&self) {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+    }
+
+    /// The service wrapped for tonic, with explicit message limits: a request
+    /// holds at most one maximal block, a reply at most a batch of digests.
+    pub fn into_server(self) -> HasherServer<Self> {
+        HasherServer::new(self)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    }
+
+    /// The original lab's plain-HTTP routes.
+    pub fn legacy_routes(&self, hostname: String) -> axum::Router {
+        let state = LegacyState {
+            service: self.clone(),
+            banner: format!("HASHER running on {hostname}\n"),
+        };
+        axum::Router::new()
+            .route("/", get(legacy_index).post(legacy_hash))
+            .with_state(state)
+    }
+}
+
+#[tonic::async_trait]
+impl HasherApi for HasherService {
+    async fn hash(
+        &self,
+        request: Request<HashRequest>,
+    ) -> Result<tonic::Response<HashResponse>, Status> {
+        self.pay_delay().await;
+        let hex = hex_digest(&request.get_ref().data);
+        Ok(tonic::Response::new(HashResponse { hex }))
+    }
+
+    type HashStreamStream = ReceiverStream<Result<DigestBatch, Status>>;
+
+    async fn hash_stream(
+        &self,
+        request: Request<Streaming<HashBatch>>,
+    ) -> Result<tonic::Response<Self::HashStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(2);
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    batch = inbound.message() => batch,
+                    () = tx.closed() => return,
+                };
+                let reply = match batch {
+                    Ok(Some(batch)) => {
+                        service.pay_delay().await;
+                        digest_batch(batch.size, &batch.blocks)
+                            .map(|digests| DigestBatch { digests })
+                            .map_err(Status::from)
+                    }
+                    // The client closed its side: every batch has its reply.
+                    Ok(None) => return,
+                    // Bad framing, oversize message or reset: tell the client
+                    // if it still listens, and stop.
+                    Err(status) => Err(status),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// State of the legacy routes.
+#[derive(Clone)]
+struct LegacyState {
+    service: HasherService,
+    /// `HASHER running on <hostname>`, as the original said.
+    banner: String,
+}
+
+/// `GET /`: who is running.
+async fn legacy_index(State(state): State<LegacyState>) -> String {
+    state.banner.clone()
+}
+
+/// `POST /` with any body: its hex SHA-256, as `text/plain`.
+async fn legacy_hash(State(state): State<LegacyState>, body: Bytes) -> impl IntoResponse {
+    state.service.pay_delay().await;
+    ([(header::CONTENT_TYPE, "text/plain")], hex_digest(&body))
+}
+
+/// Runs hasher on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: HasherConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let service = HasherService::new(&config);
+    let server = GrpcServer::new(service.legacy_routes(crate::server::hostname()))
+        .add_service(service.into_server());
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        delay_ms = config.delay.as_millis() as u64,
+        "hasher serving gRPC and HTTP/1.1"
+    );
+    server.serve(listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_digest_matches_known_sha256() {
+        assert_eq!(
+            hex_digest(b"hello"),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(
+            hex_digest(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn batches_give_one_digest_per_block_in_order() {
+        let blocks = [b"aaaa".as_slice(), b"bbbb", b"cccc"].concat();
+        let digests = digest_batch(4, &blocks).unwrap();
+        assert_eq!(digests.len(), 3 * DIGEST_BYTES);
+        for (i, block) in blocks.chunks(4).enumerate() {
+            let digest = &digests[i * DIGEST_BYTES..(i + 1) * DIGEST_BYTES];
+            assert_eq!(hex::encode(digest), hex_digest(block));
+        }
+        assert_eq!(digest_batch(4, &[]).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn bad_batches_are_refused() {
+        assert_eq!(digest_batch(0, b"abc"), Err(HasherError::BlockSize(0)));
+        assert_eq!(
+            digest_batch(MAX_BLOCK_BYTES as u32 + 1, b"abc"),
+            Err(HasherError::BlockSize(MAX_BLOCK_BYTES as u32 + 1))
+        );
+        assert_eq!(
+            digest_batch(4, b"abcde"),
+            Err(HasherError::Ragged { len: 5, size: 4 })
+        );
+        let many = vec![0u8; MAX_BATCH_BLOCKS + 1];
+        assert_eq!(
+            digest_batch(1, &many),
+            Err(HasherError::TooManyBlocks(MAX_BATCH_BLOCKS + 1))
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! rng: random bytes, over gRPC (`dockercoins.v1.Rng`) and over the original
+//! plain-HTTP routes (`GET /`, `GET /<n>`) on the same port.
+//!
+//! The lab's bottleneck lives here: every request waits for a [`Lane`], then
+//! pays the configured delay while holding it. With one lane (the classroom
+//! default) rng serves strictly one request at a time, whichever protocol it
+//! came by, so ten workers queue behind each other.
+
+use crate::{
+    config::RngConfig,
+    limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
+    pb::{
+        GenerateRequest, GenerateResponse, GenerateStreamRequest, GenerateStreamResponse,
+        rng_server::{Rng as RngApi, RngServer},
+    },
+    server::{GrpcServer, ServeError},
+};
+use axum::{
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use bytes::{Bytes, BytesMut};
+use rand::RngCore;
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, SemaphorePermit, mpsc},
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status};
+
+/// Why an rng request is refused. Every variant is the caller's mistake.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RngError {
+    #[error("size must be between 1 and {MAX_BLOCK_BYTES} bytes, got {0}")]
+    Size(u64),
+    #[error("count must be between 1 and {MAX_STREAM_BLOCKS}, got {0}")]
+    Count(u64),
+    #[error("size * count must be at most {MAX_STREAM_BYTES} bytes, got {0}")]
+    StreamBytes(u64),
+    #[error("size must be a number of bytes, like /32, got {0:?}")]
+    NotANumber(String),
+}
+
+impl From<RngError> for Status {
+    fn from(error: RngError) -> Self {
+        Status::invalid_argument(error.to_string())
+    }
+}
+
+impl IntoResponse for RngError {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, format!("{self}\n")).into_response()
+    }
+}
+
+/// Checks a block size asked for by a client.
+pub fn check_size(size: u64) -> Result<usize, RngError> {
+    match usize::try_from(size) {
+        Ok(n) if (1..=MAX_BLOCK_BYTES).contains(&n) => Ok(n),
+        _ => Err(RngError::Size(size)),
+    }
+}
+
+/// How a `GenerateStream` call is cut into messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPlan {
+    /// Bytes per block.
+    pub size: usize,
+    /// Blocks in the whole stream.
+    pub count: usize,
+    /// Blocks per message (the last message may carry fewer).
+    pub per_message: usize,
+}
+
+impl StreamPlan {
+    /// Checks a stream request against the limits and plans its messages.
+    pub fn new(size: u64, count: u64) -> Result<Self, RngError> {
+        let size = check_size(size)?;
+        let count = match usize::try_from(count) {
+            Ok(n) if (1..=MAX_STREAM_BLOCKS).contains(&n) => n,
+            _ => return Err(RngError::Count(count)),
+        };
+        let total = size as u64 * count as u64;
+        if total > MAX_STREAM_BYTES as u64 {
+            return Err(RngError::StreamBytes(total));
+        }
+        let per_message = (STREAM_MESSAGE_BYTES / size).clamp(1, count);
+        Ok(Self {
+            size,
+            count,
+            per_message,
+        })
+    }
+
+    /// Blocks in each message, in order.
+    pub fn messages(self) -> impl Iterator<Item = usize> {
+        (0..self.count)
+            .step_by(self.per_message)
+            .map(move |start| self.per_message.min(self.count - start))
+    }
+}
+
+/// `len` random bytes from the thread-local CSPRNG (ChaCha, seeded by the OS).
+pub fn random_bytes(len: usize) -> Bytes {
+    let mut buf = BytesMut::zeroed(len);
+    rand::rng().fill_bytes(&mut buf);
+    buf.freeze()
+}
+
+/// Where rng's requests queue: at most `lanes` of them are served at once, in
+/// the order they arrived (tokio's semaphore is fair), each paying `delay`.
+#[derive(Debug)]
+pub struct Lane {
+    /// `None` when lanes are unlimited: nothing to wait for.
+    permits: Option<Semaphore>,
+    /// Cost of one request once it holds a lane.
+    delay: Duration,
+}
+
+impl Lane {
+    pub fn new(config: &RngConfig) -> Self {
+        Self {
+            permits: config.lanes.map(Semaphore::new),
+            delay: config.delay,
+        }
+    }
+
+    /// Waits until this caller holds a lane; the lane is free again when the
+    /// returned permit is dropped.
+    pub async fn wait_turn(&self) -> Option<SemaphorePermit<'_>> {
+        match &self.permits {
+            // The semaphore is never closed, so acquire cannot fail.
+            Some(permits) => permits.acquire().await.ok(),
+            None => None,
+        }
+    }
+
+    /// Waits for a lane, pays the delay in it, and runs `work` before letting
+    /// the next request in.
+    pub async fn serve<T>(&self, work: impl FnOnce() -> T) -> T {
+        let _turn = self.wait_turn().await;
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        work()
+    }
+}
+
+/// The `dockercoins.v1.Rng` gRPC service.
+#[derive(Clone, Debug)]
+pub struct RngService {
+    /// Shared with the legacy HTTP routes: one queue whatever the protocol.
+    lane: Arc<Lane>,
+}
+
+impl RngService {
+    pub fn new(config: &RngConfig) -> Self {
+        Self {
+            lane: Arc::new(Lane::new(config)),
+        }
+    }
+
+    /// The service wrapped for tonic, with explicit message limits: requests
+    /// are a few bytes, replies at most one maximal block.
+    pub fn into_server(self) -> RngServer<Self> {
+        RngServer::new(self)
+            .max_decoding_message_size(crate::limits::MAX_SMALL_REQUEST_BYTES)
+            .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
+    }
+
+    /// The original lab's plain-HTTP routes, sharing this service's lane.
+    pub fn legacy_routes(&self, hostname: String) -> axum::Router {
+        let state = LegacyState {
+            lane: self.lane.clone(),
+            banner: format!("RNG running on {hostname}\n"),
+        };
+        axum::Router::new()
+            .route("/", get(legacy_index))
+            .route("/{size}", get(legacy_bytes))
+            .with_state(state)
+    }
+}
+
+#[tonic::async_trait]
+impl RngApi for RngService {
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<tonic::Response<GenerateResponse>, Status> {
+        let size = check_size(request.get_ref().size.into())?;
+        let data = self.lane.serve(|| random_bytes(size)).await;
+        Ok(tonic::Response::new(GenerateResponse { data }))
+    }
+
+    type GenerateStreamStream = ReceiverStream<Result<GenerateStreamResponse, Status>>;
+
+    async fn generate_stream(
+        &self,
+        request: Request<GenerateStreamRequest>,
+    ) -> Result<tonic::Response<Self::GenerateStreamStream>, Status> {
+        let request = request.get_ref();
+        let plan = StreamPlan::new(request.size.into(), request.count.into())?;
+        // Two messages of look-ahead: enough to keep the pipe full, and the
+        // memory a slow reader can pin stays two messages.
+        let (tx, rx) = mpsc::channel(2);
+        let lane = self.lane.clone();
+        tokio::spawn(async move {
+            for blocks in plan.messages() {
+                let work = lane.serve(|| random_bytes(blocks * plan.size));
+                // A client that goes away gives its place in the lane back.
+                let blocks = tokio::select! {
+                    blocks = work => blocks,
+                    () = tx.closed() => return,
+                };
+                let message = GenerateStreamResponse {
+                    size: plan.size as u32,
+                    blocks,
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// State of the legacy routes.
+#[derive(Clone)]
+struct LegacyState {
+    lane: Arc<Lane>,
+    /// `RNG running on <hostname>`, as the original said.
+    banner: String,
+}
+
+/// `GET /`: cheap, but it still waits for its turn in the lane, so httping on
+/// rng's port shows the queue the workers are in.
+async fn legacy_index(State(state): State<LegacyState>) -> String {
+    let _turn = state.lane.wait_turn().await;
+    state.banner.clone()
+}
+
+/// `GET /<n>`: `n` random bytes.
+async fn legacy_bytes(
+    State(state): State<LegacyState>,
+    Path(size): Path<String>,
+) -> Result<Response, RngError> {
+    let size = size
+        .parse::<u64>()
+        .map_err(|_| RngError::NotANumber(size))?;
+    let size = check_size(size)?;
+    let data = state.lane.serve(|| random_bytes(size)).await;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+/// Runs rng on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: RngConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let service = RngService::new(&config);
+    let server = GrpcServer::new(service.legacy_routes(crate::server::hostname()))
+        .add_service(service.into_server());
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        delay_ms = config.delay.as_millis() as u64,
+        lanes = %config.lanes.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+        "rng serving gRPC and HTTP/1.1"
+    );
+    server.serve(listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_outside_the_limits_are_refused() {
+        assert_eq!(check_size(0), Err(RngError::Size(0)));
+        assert_eq!(check_size(1), Ok(1));
+        assert_eq!(check_size(MAX_BLOCK_BYTES as u64), Ok(MAX_BLOCK_BYTES));
+        let over = MAX_BLOCK_BYTES as u64 + 1;
+        assert_eq!(check_size(over), Err(RngError::Size(over)));
+        assert_eq!(check_size(u64::MAX), Err(RngError::Size(u64::MAX)));
+    }
+
+    #[test]
+    fn streams_are_cut_into_messages_that_add_up() {
+        let plan = StreamPlan::new(32, 5000).unwrap();
+        assert_eq!(plan.per_message, STREAM_MESSAGE_BYTES / 32);
+        let messages: Vec<_> = plan.messages().collect();
+        assert_eq!(messages.iter().sum::<usize>(), 5000);
+        assert!(messages.iter().all(|&n| n <= plan.per_message));
+
+        let big = StreamPlan::new(MAX_BLOCK_BYTES as u64, 3).unwrap();
+        assert_eq!(big.messages().collect::<Vec<_>>(), vec![1, 1, 1]);
+
+        let small = StreamPlan::new(32, 1).unwrap();
+        assert_eq!(small.messages().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn stream_limits_are_enforced() {
+        assert_eq!(StreamPlan::new(32, 0), Err(RngError::Count(0)));
+        let over = MAX_STREAM_BLOCKS as u64 + 1;
+        assert_eq!(StreamPlan::new(32, over), Err(RngError::Count(over)));
+        assert_eq!(StreamPlan::new(0, 10), Err(RngError::Size(0)));
+        let bytes = MAX_BLOCK_BYTES as u64 * 1024;
+        assert_eq!(
+            StreamPlan::new(MAX_BLOCK_BYTES as u64, 1024),
+            Err(RngError::StreamBytes(bytes))
+        );
+    }
+
+    #[test]
+    fn random_bytes_have_the_asked_length_and_vary() {
+        let a = random_bytes(32);
+        let b = random_bytes(32);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,192 @@
+//! What every gRPC server of dockercoins shares: the plain-HTTP routes of the
+//! original lab on the same port as gRPC, gRPC health and server reflection
+//! (v1 and v1alpha), explicit limits, and one graceful shutdown with a bound.
+//!
+//! The services themselves (`rng`, `hasher`) only bring their gRPC service and
+//! their legacy HTTP routes.
+
+use crate::limits;
+use axum::{
+    extract::Request,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use std::{convert::Infallible, future::Future, time::Duration};
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::{
+    server::NamedService,
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower_http::limit::RequestBodyLimitLayer;
+
+/// How long in-flight calls may run after shutdown begins, so that a service
+/// exits well within the one second that `docker stop` users expect.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(750);
+
+/// Why a server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A gRPC server under construction: health and the legacy HTTP routes are in
+/// from the start, services are added with [`Self::add_service`], and
+/// reflection listing exactly those services is added by [`Self::serve`].
+pub struct GrpcServer {
+    /// Every route of the port: gRPC services by path, legacy HTTP beside them.
+    routes: Routes,
+    /// Turned to NOT_SERVING for every name in `services` once shutdown begins.
+    health: HealthReporter,
+    /// The gRPC services added, whose health is reported by name.
+    services: Vec<&'static str>,
+}
+
+impl GrpcServer {
+    /// A server whose non-gRPC requests go to `legacy` (HTTP/1.1 routes of the
+    /// original lab). Request bodies on those routes are capped at
+    /// [`limits::MAX_BLOCK_BYTES`].
+    pub fn new(legacy: axum::Router) -> Self {
+        let legacy = legacy
+            .fallback(not_found)
+            .layer(RequestBodyLimitLayer::new(limits::MAX_BLOCK_BYTES));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        Self {
+            routes: Routes::from(legacy),
+            health,
+            services: Vec::new(),
+        }
+        .add_service(health_service)
+    }
+
+    /// Adds a gRPC service and reports it SERVING by name once serving starts.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                axum::http::Request<tonic::body::Body>,
+                Error = Infallible,
+                Response: IntoResponse,
+                Future: Send + 'static,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self.services.push(S::NAME);
+        self
+    }
+
+    /// A handle on the server's health, to read or change it from outside.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Server reflection in both versions (grpcurl before 1.8.8 and older
+    /// grpcui speak only v1alpha), listing exactly the services of this server.
+    fn with_reflection(mut self) -> Result<Self, ServeError> {
+        let builder = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .include_reflection_service(false)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+            for name in &self.services {
+                builder = builder.with_service_name(*name);
+            }
+            builder
+        };
+        let (v1, v1alpha) = (builder().build_v1()?, builder().build_v1alpha()?);
+        self.routes = self.routes.add_service(v1).add_service(v1alpha);
+        Ok(self)
+    }
+
+    /// Serves gRPC (HTTP/2) and the legacy routes (HTTP/1.1) on `listener`
+    /// until `shutdown` resolves; then reports NOT_SERVING, stops accepting,
+    /// lets in-flight calls finish for at most [`DRAIN_TIMEOUT`], and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let this = self.with_reflection()?;
+        for name in &this.services {
+            this.health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (drain_tx, drain_rx) = oneshot::channel::<()>();
+        let server = Server::builder()
+            .accept_http1(true)
+            .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+            .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_routes(this.routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                // A dropped sender (no shutdown ever) must not stop the server.
+                if drain_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return Ok(result?),
+            () = shutdown => {}
+        }
+        // Health first, so that a balancer or probe stops sending new work
+        // before the listener closes.
+        for name in this.services.iter().copied().chain([""]) {
+            this.health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("health NOT_SERVING; draining in-flight calls");
+        let _ = drain_tx.send(());
+        match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(
+                drain_ms = DRAIN_TIMEOUT.as_millis() as u64,
+                "calls still in flight after the drain timeout; closing their connections"
+            ),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Unknown routes: a gRPC UNIMPLEMENTED status for gRPC clients, a plain 404
+/// for everyone else.
+async fn not_found(request: Request) -> Response {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"));
+    if is_grpc {
+        tonic::Status::unimplemented(format!("unknown method {}", request.uri().path()))
+            .into_http::<axum::body::Body>()
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n").into_response()
+    }
+}
+
+/// This machine's hostname, as the original services printed it.
+pub fn hostname() -> String {
+    hostname::get()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}

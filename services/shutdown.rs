@@ -1,0 +1,33 @@
+//! One shutdown story for every service: SIGTERM (what `docker stop` and
+//! Kubernetes send) and Ctrl-C (SIGINT) resolve the same future.
+
+use std::future::Future;
+
+/// Installs the handlers for SIGTERM and SIGINT now, and returns a future that
+/// resolves on the first of them.
+///
+/// The handlers must be in place before the service says it is serving: a
+/// signal that arrives earlier would otherwise take its default action and
+/// kill the process (exit by signal instead of exit 0).
+#[cfg(unix)]
+pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = interrupt.recv() => tracing::info!("Ctrl-C received, shutting down"),
+        }
+    })
+}
+
+/// Ctrl-C only, where there is no SIGTERM.
+#[cfg(not(unix))]
+pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C received, shutting down");
+        }
+    })
+}

