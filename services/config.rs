@@ -4,6 +4,7 @@
 //!
 //! The README's settings table is checked against these definitions by a test.
 
+use crate::{pool::PoolSettings, worker::WorkerConfig};
 use std::{net::SocketAddr, time::Duration};
 
 /// Environment variable names, one per setting.
@@ -14,6 +15,19 @@ pub mod env {
     pub const RNG_LANES: &str = "RNG_LANES";
     pub const HASHER_LISTEN: &str = "HASHER_LISTEN";
     pub const HASHER_DELAY_MS: &str = "HASHER_DELAY_MS";
+    pub const RNG_URL: &str = "RNG_URL";
+    pub const HASHER_URL: &str = "HASHER_URL";
+    pub const REDIS_URL: &str = "REDIS_URL";
+    pub const REDIS_TIMEOUT_MS: &str = "REDIS_TIMEOUT_MS";
+    pub const GRPC_CHANNELS: &str = "GRPC_CHANNELS";
+    pub const GRPC_CONNECT_TIMEOUT_MS: &str = "GRPC_CONNECT_TIMEOUT_MS";
+    pub const GRPC_TIMEOUT_MS: &str = "GRPC_TIMEOUT_MS";
+    pub const WORKER_DELAY_MS: &str = "WORKER_DELAY_MS";
+    pub const WORKER_CONCURRENCY: &str = "WORKER_CONCURRENCY";
+    pub const WORKER_BATCH: &str = "WORKER_BATCH";
+    pub const WEBUI_LISTEN: &str = "WEBUI_LISTEN";
+    pub const UP_WORKERS: &str = "UP_WORKERS";
+    pub const TURBO: &str = "TURBO";
 }
 
 /// `dockercoins rng`: the random-bytes service.
@@ -133,11 +147,186 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// One subcommand per service.
+/// One subcommand per service, and `up` for all of them at once.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Serve random bytes (gRPC dockercoins.v1.Rng, and HTTP `GET /<n>`).
     Rng(RngArgs),
     /// Serve SHA-256 (gRPC dockercoins.v1.Hasher, and HTTP `POST /`).
     Hasher(HasherArgs),
+    /// Mine DockerCoins forever: rng -> hasher -> Redis.
+    Worker(WorkerArgs),
+    /// Serve the web page, /json, and an HTTP gateway to rng and hasher.
+    Webui(WebuiArgs),
+    /// Run the whole mesh in this process: rng, hasher, webui and workers.
+    Up(UpArgs),
+}
+
+/// How a client reaches rng, hasher and Redis (worker and webui).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClientArgs {
+    /// rng's gRPC address.
+    #[arg(long = "rng", env = env::RNG_URL, default_value = "http://rng:8001")]
+    pub rng_url: String,
+    /// hasher's gRPC address.
+    #[arg(long = "hasher", env = env::HASHER_URL, default_value = "http://hasher:8002")]
+    pub hasher_url: String,
+    /// Redis URL, `redis://[:password@]host:port[/db]`; the password is never logged.
+    #[arg(long = "redis", env = env::REDIS_URL, default_value = "redis://redis:6379")]
+    pub redis_url: String,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+/// Connections and timeouts towards the backends.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TimeoutArgs {
+    /// Bound on each Redis checkout and command, in milliseconds.
+    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+    /// HTTP/2 connections per gRPC backend.
+    #[arg(long, env = env::GRPC_CHANNELS, default_value_t = 2)]
+    pub grpc_channels: usize,
+    /// Bound on connecting to a gRPC backend, in milliseconds.
+    #[arg(long, env = env::GRPC_CONNECT_TIMEOUT_MS, default_value_t = 1000)]
+    pub connect_timeout_ms: u64,
+    /// Bound on each gRPC call (queueing in rng's lane included), in milliseconds.
+    #[arg(long, env = env::GRPC_TIMEOUT_MS, default_value_t = 5000)]
+    pub call_timeout_ms: u64,
+}
+
+impl TimeoutArgs {
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            channels: self.grpc_channels,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+        }
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+}
+
+/// `dockercoins worker`: the miner.
+#[derive(Clone, Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Sleep before each unit of work, in milliseconds (classroom: 100; turbo: 0).
+    #[arg(long, env = env::WORKER_DELAY_MS, default_value_t = 100)]
+    pub delay_ms: u64,
+    /// Units of work in flight at once.
+    #[arg(long, env = env::WORKER_CONCURRENCY, default_value_t = 1)]
+    pub concurrency: usize,
+    /// 0: one unary call to rng and hasher per hash (the original). N: stream
+    /// batches of N blocks (Rng/GenerateStream piped into Hasher/HashStream).
+    #[arg(long, env = env::WORKER_BATCH, default_value_t = 0)]
+    pub batch: usize,
+}
+
+impl WorkerArgs {
+    pub fn config(&self) -> WorkerConfig {
+        WorkerConfig {
+            delay: Duration::from_millis(self.delay_ms),
+            concurrency: self.concurrency,
+            batch: self.batch,
+            call_timeout: Duration::from_millis(self.client.timeouts.call_timeout_ms),
+        }
+    }
+}
+
+/// `dockercoins webui`: the page and the gateway.
+#[derive(Clone, Debug, clap::Args)]
+pub struct WebuiArgs {
+    /// Address to serve HTTP on.
+    #[arg(long, env = env::WEBUI_LISTEN, default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `dockercoins up`: the whole mesh in one process, classroom timings unless
+/// `--turbo` or an individual setting says otherwise.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpArgs {
+    /// Workers to run.
+    #[arg(long, env = env::UP_WORKERS, default_value_t = 1)]
+    pub workers: usize,
+    /// No delays, no lane, workers in batch mode: how fast the mesh really is.
+    #[arg(long, env = env::TURBO)]
+    pub turbo: bool,
+    /// Redis URL. Without it, a private redis-server is started when one is
+    /// on PATH, else an in-process store stands in.
+    #[arg(long = "redis", env = env::REDIS_URL)]
+    pub redis_url: Option<String>,
+    /// rng's address.
+    #[arg(long, env = env::RNG_LISTEN, default_value = "127.0.0.1:8001")]
+    pub rng_listen: SocketAddr,
+    /// hasher's address.
+    #[arg(long, env = env::HASHER_LISTEN, default_value = "127.0.0.1:8002")]
+    pub hasher_listen: SocketAddr,
+    /// webui's address.
+    #[arg(long, env = env::WEBUI_LISTEN, default_value = "127.0.0.1:8000")]
+    pub webui_listen: SocketAddr,
+    /// rng's delay per request in ms [default: 100, turbo: 0].
+    #[arg(long, env = env::RNG_DELAY_MS)]
+    pub rng_delay_ms: Option<u64>,
+    /// rng's lanes, 0 = unlimited [default: 1, turbo: 0].
+    #[arg(long, env = env::RNG_LANES)]
+    pub rng_lanes: Option<usize>,
+    /// hasher's delay per request in ms [default: 100, turbo: 0].
+    #[arg(long, env = env::HASHER_DELAY_MS)]
+    pub hasher_delay_ms: Option<u64>,
+    /// Each worker's sleep before a unit in ms [default: 100, turbo: 0].
+    #[arg(long, env = env::WORKER_DELAY_MS)]
+    pub worker_delay_ms: Option<u64>,
+    /// Units in flight per worker [default: 1, turbo: 4].
+    #[arg(long, env = env::WORKER_CONCURRENCY)]
+    pub concurrency: Option<usize>,
+    /// Blocks per batch, 0 = unary calls [default: 0, turbo: 8192].
+    #[arg(long, env = env::WORKER_BATCH)]
+    pub batch: Option<usize>,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+impl UpArgs {
+    /// Classroom or turbo presets, overridden by any setting given.
+    pub fn configs(&self) -> (RngConfig, HasherConfig, WorkerConfig) {
+        let (mut rng, mut hasher, mut worker) = if self.turbo {
+            (
+                RngConfig::turbo(),
+                HasherConfig::turbo(),
+                WorkerConfig::turbo(),
+            )
+        } else {
+            (
+                RngConfig::classroom(),
+                HasherConfig::classroom(),
+                WorkerConfig::classroom(),
+            )
+        };
+        if let Some(ms) = self.rng_delay_ms {
+            rng.delay = Duration::from_millis(ms);
+        }
+        if let Some(lanes) = self.rng_lanes {
+            rng.lanes = (lanes > 0).then_some(lanes);
+        }
+        if let Some(ms) = self.hasher_delay_ms {
+            hasher.delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.worker_delay_ms {
+            worker.delay = Duration::from_millis(ms);
+        }
+        if let Some(concurrency) = self.concurrency {
+            worker.concurrency = concurrency;
+        }
+        if let Some(batch) = self.batch {
+            worker.batch = batch;
+        }
+        worker.call_timeout = Duration::from_millis(self.timeouts.call_timeout_ms);
+        (rng, hasher, worker)
+    }
 }

@@ -14,6 +14,11 @@
 //!   reflection, HTTP/1 next to gRPC, graceful shutdown with a bound.
 //! - [`config`]: every command-line flag, its environment variable and default.
 //! - [`limits`]: every size limit on outside input, in one place.
+//! - [`worker`]: the miner, and the checks on every reply it gets.
+//! - [`webui`]: the page, `/json`, and the HTTP gateway to the backends.
+//! - [`up`]: the whole mesh in one process.
+//! - [`pool`]: gRPC channels per backend, with timeouts and backoff.
+//! - [`store`]: the score in Redis (or the in-process stand-in for `up`).
 //! - [`shutdown`]: SIGTERM and Ctrl-C as one future.
 //! - [`telemetry`]: logging set-up.
 //!
@@ -23,10 +28,15 @@
 pub mod config;
 pub mod hasher;
 pub mod limits;
+pub mod pool;
 pub mod rng;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
+pub mod up;
+pub mod webui;
+pub mod worker;
 
 /// The generated protobuf types, clients and servers of `dockercoins.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -1,11 +1,17 @@
 //! The `dockercoins` binary: parse the command line, start logging, bind, and
-//! hand over to the service's `serve`. Nothing else lives here.
+//! hand over to the service's `serve` (or `run`). Nothing else lives here.
 
 use anyhow::Context;
 use clap::Parser;
 use dockercoins::{
-    config::{Cli, Command, HasherConfig, RngConfig},
-    hasher, rng, shutdown, telemetry,
+    config::{Cli, ClientArgs, Command, HasherConfig, RngConfig},
+    hasher,
+    pool::Backend,
+    rng, shutdown,
+    store::Store,
+    telemetry,
+    up::{self, Listeners, UpConfig},
+    webui, worker,
 };
 use std::{net::SocketAddr, process::ExitCode};
 use tokio::net::TcpListener;
@@ -34,8 +40,44 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = bind(args.listen, "--listen / HASHER_LISTEN").await?;
             hasher::serve(listener, HasherConfig::from(&args), shutdown).await?;
         }
+        Command::Worker(args) => {
+            let (rng, hasher, store) = clients(&args.client)?;
+            worker::run(args.config(), rng, hasher, store, shutdown).await;
+        }
+        Command::Webui(args) => {
+            let (rng, hasher, store) = clients(&args.client)?;
+            let listener = bind(args.listen, "--listen / WEBUI_LISTEN").await?;
+            webui::serve(listener, webui::Webui::new(store, rng, hasher), shutdown).await?;
+        }
+        Command::Up(args) => {
+            let listeners = Listeners {
+                rng: bind(args.rng_listen, "--rng-listen / RNG_LISTEN").await?,
+                hasher: bind(args.hasher_listen, "--hasher-listen / HASHER_LISTEN").await?,
+                webui: bind(args.webui_listen, "--webui-listen / WEBUI_LISTEN").await?,
+            };
+            let (rng, hasher, worker) = args.configs();
+            let config = UpConfig {
+                workers: args.workers,
+                rng,
+                hasher,
+                worker,
+                pool: args.timeouts.pool(),
+                redis_timeout: args.timeouts.redis_timeout(),
+                redis_url: args.redis_url.clone(),
+            };
+            up::run(config, listeners, shutdown).await?;
+        }
     }
     Ok(())
+}
+
+fn clients(args: &ClientArgs) -> anyhow::Result<(Backend, Backend, Store)> {
+    let pool = args.timeouts.pool();
+    Ok((
+        Backend::new("rng", &args.rng_url, &pool)?,
+        Backend::new("hasher", &args.hasher_url, &pool)?,
+        Store::redis(&args.redis_url, args.timeouts.redis_timeout())?,
+    ))
 }
 
 async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {

@@ -135,3 +135,198 @@ pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// A redis-server of this test's own, on a free port, with an append-only
+/// file in a directory of its own so it can be stopped and started again
+/// with its data. Killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("dockercoins-test-redis-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is needed for these tests (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut connection) = self.connection().await {
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut connection).await;
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM: the append-only file is kept).
+    pub async fn stop(&mut self) {
+        let mut child = self.child.take().expect("not running");
+        let pid = child.id().unwrap().to_string();
+        tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("redis-server did not stop")
+            .unwrap();
+    }
+
+    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// `GET hashes` (0 when absent).
+    pub async fn hashes(&self) -> u64 {
+        let mut connection = self.connection().await.unwrap();
+        let hashes: Option<u64> = redis::cmd("GET")
+            .arg("hashes")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        hashes.unwrap_or(0)
+    }
+
+    /// `HGETALL wallet`.
+    pub async fn wallet(&self) -> Vec<(String, Vec<u8>)> {
+        let mut connection = self.connection().await.unwrap();
+        redis::cmd("HGETALL")
+            .arg("wallet")
+            .query_async(&mut connection)
+            .await
+            .unwrap()
+    }
+
+    /// Every key in the database.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut connection = self.connection().await.unwrap();
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// Waits until `GET hashes` reaches `at_least`, polling (bounded).
+    pub async fn wait_for_hashes(&self, at_least: u64, within: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let hashes = self.hashes().await;
+            if hashes >= at_least {
+                return hashes;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "hashes stayed at {hashes}, wanted {at_least} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A worker running in this test's runtime, stopped by `stop`.
+pub struct RunningWorker {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<dockercoins::worker::Report>,
+}
+
+impl RunningWorker {
+    pub fn start(
+        config: dockercoins::worker::WorkerConfig,
+        rng_url: &str,
+        hasher_url: &str,
+        store: dockercoins::store::Store,
+    ) -> Self {
+        let pool = dockercoins::pool::PoolSettings {
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let rng = dockercoins::pool::Backend::new("rng", rng_url, &pool).unwrap();
+        let hasher = dockercoins::pool::Backend::new("hasher", hasher_url, &pool).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dockercoins::worker::run(
+            config,
+            rng,
+            hasher,
+            store,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self { stop, task }
+    }
+
+    /// Stops the worker (as SIGTERM would) and returns its report; a stop
+    /// takes well under a second.
+    pub async fn stop(self) -> dockercoins::worker::Report {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(2), self.task)
+            .await
+            .expect("the worker did not stop within 2 s")
+            .unwrap()
+    }
+}

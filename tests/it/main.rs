@@ -7,3 +7,6 @@ mod hasher;
 mod helpers;
 mod rng;
 mod server;
+mod up;
+mod webui;
+mod worker;

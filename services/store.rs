@@ -1,0 +1,291 @@
+//! Where the score is kept, with the original dockercoins data model so the
+//! original tools can read it: `hashes`, a string counter (`INCRBY`), and
+//! `wallet`, a hash of hex digest -> the 32 random bytes that gave it. No
+//! other keys.
+//!
+//! [`Store::Redis`] is a real Redis through deadpool-redis, with a timeout on
+//! every checkout and every command. [`Store::Memory`] is an in-process store
+//! with the same semantics, used only by `dockercoins up` on a machine with
+//! neither `REDIS_URL` nor `redis-server`.
+
+use bytes::Bytes;
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The counter of hashes done, as in the original.
+pub const HASHES_KEY: &str = "hashes";
+/// The coins found, as in the original.
+pub const WALLET_KEY: &str = "wallet";
+
+/// A digest that starts with `0` in hex, and the bytes that hashed to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coin {
+    /// Lowercase hex SHA-256 of `bytes`: the wallet's field.
+    pub hex: String,
+    /// The random bytes: the wallet's value.
+    pub bytes: Bytes,
+}
+
+/// What the webui shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Score {
+    pub hashes: u64,
+    pub coins: u64,
+}
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid Redis URL {url}: {source}")]
+    Url {
+        url: String,
+        source: deadpool_redis::CreatePoolError,
+    },
+    #[error("no Redis connection: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("Redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis key {HASHES_KEY} does not hold a number: {0:?}")]
+    NotACounter(String),
+}
+
+/// The score keeper: a real Redis or the in-process stand-in.
+#[derive(Clone)]
+pub enum Store {
+    Redis(RedisStore),
+    Memory(MemoryStore),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Store {
+    /// A Redis store for `url` (`redis://[:password@]host:port[/db]`). No
+    /// connection is made yet: a Redis that is down now is retried later.
+    pub fn redis(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let mut config = deadpool_redis::Config::from_url(url);
+        config.pool = Some(PoolConfig {
+            max_size: 4,
+            timeouts: Timeouts {
+                wait: Some(timeout),
+                create: Some(timeout),
+                recycle: Some(timeout),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|source| StoreError::Url {
+                url: mask_password(url),
+                source,
+            })?;
+        Ok(Self::Redis(RedisStore {
+            pool,
+            timeout,
+            url: mask_password(url),
+        }))
+    }
+
+    /// An in-process store, empty.
+    pub fn memory() -> Self {
+        Self::Memory(MemoryStore::default())
+    }
+
+    /// Where the score goes, safe to log (the password is masked).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Redis(redis) => redis.url.clone(),
+            Self::Memory(_) => "in-process store (no Redis)".to_owned(),
+        }
+    }
+
+    /// Adds `hashes` to the counter and puts `coins` in the wallet, both or
+    /// neither (one MULTI/EXEC transaction).
+    pub async fn record(&self, hashes: u64, coins: &[Coin]) -> Result<(), StoreError> {
+        match self {
+            Self::Redis(redis) => redis.record(hashes, coins).await,
+            Self::Memory(memory) => {
+                memory.record(hashes, coins);
+                Ok(())
+            }
+        }
+    }
+
+    /// `GET hashes` (0 when absent) and `HLEN wallet`.
+    pub async fn score(&self) -> Result<Score, StoreError> {
+        match self {
+            Self::Redis(redis) => redis.score().await,
+            Self::Memory(memory) => Ok(memory.score()),
+        }
+    }
+
+    /// One round trip, timed.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let start = Instant::now();
+        match self {
+            Self::Redis(redis) => redis.ping().await?,
+            Self::Memory(_) => {}
+        }
+        Ok(start.elapsed())
+    }
+}
+
+/// A real Redis, through a small pool of multiplexed connections.
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    /// Bound on each checkout and each command.
+    timeout: Duration,
+    /// The URL with its password masked, for logs and errors.
+    url: String,
+}
+
+impl RedisStore {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let work = async {
+            let mut connection = self.pool.get().await?;
+            Ok::<T, StoreError>(pipeline.query_async(&mut connection).await?)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+    }
+
+    async fn record(&self, hashes: u64, coins: &[Coin]) -> Result<(), StoreError> {
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        if hashes > 0 {
+            pipeline.incr(HASHES_KEY, hashes).ignore();
+        }
+        if !coins.is_empty() {
+            let fields: Vec<(&str, &[u8])> = coins
+                .iter()
+                .map(|coin| (coin.hex.as_str(), coin.bytes.as_ref()))
+                .collect();
+            pipeline.hset_multiple(WALLET_KEY, &fields).ignore();
+        }
+        if hashes == 0 && coins.is_empty() {
+            return Ok(());
+        }
+        self.run::<()>(&pipeline).await
+    }
+
+    async fn score(&self) -> Result<Score, StoreError> {
+        let mut pipeline = redis::pipe();
+        pipeline.get(HASHES_KEY).hlen(WALLET_KEY);
+        let (hashes, coins): (Option<String>, u64) = self.run(&pipeline).await?;
+        let hashes = match hashes {
+            None => 0,
+            Some(text) => text.parse().map_err(|_| StoreError::NotACounter(text))?,
+        };
+        Ok(Score { hashes, coins })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("PING");
+        self.run::<(String,)>(&pipeline).await.map(drop)
+    }
+}
+
+/// The in-process stand-in: same keys, same semantics, gone on exit.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<MemoryData>>,
+}
+
+#[derive(Default)]
+struct MemoryData {
+    hashes: u64,
+    wallet: HashMap<String, Bytes>,
+}
+
+impl MemoryStore {
+    fn record(&self, hashes: u64, coins: &[Coin]) {
+        let mut data = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        data.hashes += hashes;
+        for coin in coins {
+            data.wallet.insert(coin.hex.clone(), coin.bytes.clone());
+        }
+    }
+
+    fn score(&self) -> Score {
+        let data = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        Score {
+            hashes: data.hashes,
+            coins: data.wallet.len() as u64,
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, safe to log.
+pub fn mask_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Unparseable: show only the scheme, in case a password is in there.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://(unparseable URL)"),
+            None => "(unparseable URL)".to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            mask_password("redis://:s3cret@redis:6379/0"),
+            "redis://:***@redis:6379/0"
+        );
+        assert_eq!(
+            mask_password("redis://user:s3cret@redis:6379"),
+            "redis://user:***@redis:6379"
+        );
+        assert_eq!(mask_password("redis://redis:6379"), "redis://redis:6379");
+        assert!(!mask_password("redis://:s3cret@[bad").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_counts_and_keeps_coins() {
+        let store = Store::memory();
+        assert_eq!(store.score().await.unwrap(), Score::default());
+        let coin = Coin {
+            hex: "0abc".into(),
+            bytes: Bytes::from_static(b"x"),
+        };
+        store.record(5, std::slice::from_ref(&coin)).await.unwrap();
+        store.record(2, &[coin]).await.unwrap();
+        assert_eq!(
+            store.score().await.unwrap(),
+            Score {
+                hashes: 7,
+                coins: 1
+            }
+        );
+    }
+}

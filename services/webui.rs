@@ -1,0 +1,306 @@
+//! webui: the page with the live hashes/second chart, the original `/json`,
+//! a status endpoint for the page, and a small HTTP gateway to the gRPC
+//! backends for people without a gRPC client.
+//!
+//! The page's assets are compiled into the binary (classrooms are often
+//! offline) and served by fixed routes only: no path reaches the filesystem.
+
+use crate::{
+    limits::MAX_BLOCK_BYTES,
+    pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
+    pool::Backend,
+    rng::check_size,
+    server::DRAIN_TIMEOUT,
+    store::Store,
+};
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+use tokio::net::TcpListener;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+const INDEX_HTML: &str = include_str!("webui/index.html");
+const APP_JS: &str = include_str!("webui/app.js");
+const STYLE_CSS: &str = include_str!("webui/style.css");
+
+/// The page may load only its own assets and talk only to its own origin.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+/// Bound on each health check and gateway call from the webui.
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the webui talks to.
+#[derive(Clone)]
+pub struct Webui {
+    pub store: Store,
+    pub rng: Backend,
+    pub hasher: Backend,
+    /// Whether the last `/json` failed on Redis: log a streak once.
+    redis_failing: Arc<AtomicBool>,
+}
+
+impl Webui {
+    pub fn new(store: Store, rng: Backend, hasher: Backend) -> Self {
+        Self {
+            store,
+            rng,
+            hasher,
+            redis_failing: Arc::default(),
+        }
+    }
+}
+
+/// Every route of the webui; a test calls it without a socket.
+pub fn router(webui: Webui) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/static/app.js", get(app_js))
+        .route("/static/style.css", get(style_css))
+        .route("/json", get(score_json))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/status", get(status))
+        .route("/api/rng/{size}", get(gateway_rng))
+        .route("/api/hash", post(gateway_hash))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(DefaultBodyLimit::max(MAX_BLOCK_BYTES))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .with_state(webui)
+}
+
+/// Serves the webui on `listener` until `shutdown` resolves, then lets open
+/// requests finish for at most [`DRAIN_TIMEOUT`].
+pub async fn serve(
+    listener: TcpListener,
+    webui: Webui,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        store = %webui.store.describe(),
+        rng = %webui.rng.url(),
+        hasher = %webui.hasher.url(),
+        "webui serving HTTP"
+    );
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
+    let server = axum::serve(listener, router(webui)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = began_tx.send(());
+    });
+    let server = server.into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        _ = began_rx => {}
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_err() {
+        tracing::warn!("requests still open after the drain timeout; closing them");
+    }
+    tracing::info!("webui stopped");
+    Ok(())
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn style_css() -> Response {
+    asset("text/css; charset=utf-8", STYLE_CSS)
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `GET /json`: `{"coins", "hashes", "now"}`, as the original; 503 with a
+/// JSON error when Redis does not answer.
+async fn score_json(State(webui): State<Webui>) -> Response {
+    match webui.store.score().await {
+        Ok(score) => {
+            if webui.redis_failing.swap(false, Ordering::Relaxed) {
+                tracing::info!("Redis is answering again");
+            }
+            Json(json!({"coins": score.coins, "hashes": score.hashes, "now": unix_now()}))
+                .into_response()
+        }
+        Err(error) => {
+            if !webui.redis_failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(%error, store = %webui.store.describe(), "cannot read the score");
+            }
+            let body = json!({"error": format!("Redis unavailable: {error}"), "now": unix_now()});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+/// `GET /api/status`: each backend's gRPC health and Redis, with the latency
+/// webui sees.
+async fn status(State(webui): State<Webui>) -> Json<Value> {
+    let (rng, hasher, redis) = tokio::join!(
+        grpc_health(&webui.rng, "dockercoins.v1.Rng"),
+        grpc_health(&webui.hasher, "dockercoins.v1.Hasher"),
+        webui.store.ping(),
+    );
+    let redis = match redis {
+        Ok(latency) => json!({"status": "UP", "latency_ms": ms(latency)}),
+        Err(error) => json!({"status": "DOWN", "error": error.to_string()}),
+    };
+    Json(json!({
+        "rng": rng,
+        "hasher": hasher,
+        "redis": {"url": webui.store.describe(), "state": redis},
+    }))
+}
+
+fn ms(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e5).round() / 100.0
+}
+
+async fn grpc_health(backend: &Backend, service: &str) -> Value {
+    let start = Instant::now();
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    let mut client = HealthClient::new(backend.channel());
+    let check = client.check(request);
+    let (status, error) = match tokio::time::timeout(BACKEND_TIMEOUT, check).await {
+        Ok(Ok(reply)) => (reply.into_inner().status().as_str_name().to_owned(), None),
+        Ok(Err(status)) => ("UNREACHABLE".to_owned(), Some(status.message().to_owned())),
+        Err(_) => (
+            "UNREACHABLE".to_owned(),
+            Some("no answer in 2 s".to_owned()),
+        ),
+    };
+    json!({
+        "url": backend.url(),
+        "status": status,
+        "latency_ms": ms(start.elapsed()),
+        "error": error,
+    })
+}
+
+/// A gateway failure, answered as JSON.
+#[derive(Debug, thiserror::Error)]
+enum GatewayError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{backend}: {status}")]
+    Backend {
+        backend: &'static str,
+        status: tonic::Status,
+    },
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let (code, body) = match &self {
+            Self::BadRequest(reason) => (StatusCode::BAD_REQUEST, json!({"error": reason})),
+            Self::Backend { backend, status } => {
+                let code = match status.code() {
+                    tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+                    tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                let body = json!({
+                    "error": format!("{backend} failed: {}", status.message()),
+                    "backend": backend,
+                    "grpc_status": format!("{:?}", status.code()),
+                });
+                (code, body)
+            }
+        };
+        (code, Json(body)).into_response()
+    }
+}
+
+fn backend_error(backend: &Backend, status: tonic::Status) -> GatewayError {
+    GatewayError::Backend {
+        backend: backend.name(),
+        status,
+    }
+}
+
+/// `GET /api/rng/<n>`: `Rng/Generate`, the bytes as hex.
+async fn gateway_rng(
+    State(webui): State<Webui>,
+    Path(size): Path<String>,
+) -> Result<Json<Value>, GatewayError> {
+    let size = size
+        .parse::<u64>()
+        .map_err(|_| GatewayError::BadRequest(format!("size must be a number, got {size:?}")))
+        .and_then(|n| check_size(n).map_err(|e| GatewayError::BadRequest(e.to_string())))?;
+    let mut client = RngClient::new(webui.rng.channel());
+    let call = client.generate(GenerateRequest { size: size as u32 });
+    let data = tokio::time::timeout(BACKEND_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 2 s")))
+        .map_err(|status| backend_error(&webui.rng, status))?
+        .into_inner()
+        .data;
+    Ok(Json(json!({"size": data.len(), "hex": hex::encode(&data)})))
+}
+
+/// `POST /api/hash` with any body: `Hasher/Hash`, `{"hex": ...}`.
+async fn gateway_hash(
+    State(webui): State<Webui>,
+    body: Bytes,
+) -> Result<Json<Value>, GatewayError> {
+    let mut client = HasherClient::new(webui.hasher.channel());
+    let call = client.hash(HashRequest { data: body });
+    let hex = tokio::time::timeout(BACKEND_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 2 s")))
+        .map_err(|status| backend_error(&webui.hasher, status))?
+        .into_inner()
+        .hex;
+    Ok(Json(json!({"hex": hex})))
+}

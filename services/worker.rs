@@ -1,0 +1,524 @@
+//! worker: mines DockerCoins forever. Each unit of work gets random bytes from
+//! rng, has hasher hash them, and keeps a digest starting with `0` (in hex)
+//! as a coin. About once a second it adds the hashes done to Redis
+//! (`INCRBY hashes`) with the coins found (`HSET wallet`), in one transaction.
+//!
+//! Two modes: unary (the original, one `Rng/Generate` and one `Hasher/Hash`
+//! per unit, after the loop delay) and batch (`Rng/GenerateStream` piped into
+//! `Hasher/HashStream`, a batch per unit). Counted work is never dropped: what
+//! Redis has not acknowledged is kept and sent with the next update, and a
+//! stop flushes before it returns.
+
+use crate::{
+    hasher::DIGEST_BYTES,
+    pb::{
+        GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest,
+        hasher_client::HasherClient, rng_client::RngClient,
+    },
+    pool::{Backend, Backoff},
+    store::{Coin, Store, StoreError},
+};
+use bytes::Bytes;
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{sync::mpsc, task::JoinSet, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+/// Bytes of randomness per unit of work, as in the original (`GET /32`).
+pub const BLOCK_BYTES: usize = 32;
+
+/// Coins kept while Redis is away before mining pauses: bounds the memory a
+/// long Redis outage can take (about 100 bytes a coin).
+pub const MAX_PENDING_COINS: usize = 100_000;
+
+/// How often the counter goes to Redis, as in the original.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a stop may spend on its last flush.
+pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// How the worker mines.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Sleep before each unit, as the original's `time.sleep(0.1)`.
+    pub delay: Duration,
+    /// Units in flight at once.
+    pub concurrency: usize,
+    /// 0: unary calls, one block per unit. N: streams of N blocks per unit.
+    pub batch: usize,
+    /// Bound on waiting for each reply (or each stream message).
+    pub call_timeout: Duration,
+}
+
+impl WorkerConfig {
+    /// The original worker.
+    pub fn classroom() -> Self {
+        Self {
+            delay: Duration::from_millis(100),
+            concurrency: 1,
+            batch: 0,
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// No delay, several batches in flight.
+    pub fn turbo() -> Self {
+        Self {
+            delay: Duration::ZERO,
+            concurrency: 4,
+            batch: 8192,
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a worker did, reported when it stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Hashes done, each with a valid digest.
+    pub hashes_done: u64,
+    /// Of those, how many Redis acknowledged.
+    pub hashes_flushed: u64,
+    /// Coins found.
+    pub coins_found: u64,
+    /// Coins found but not acknowledged by Redis.
+    pub coins_unflushed: u64,
+}
+
+/// Why a unit of work failed. Nothing of a failed unit is counted.
+#[derive(Debug, thiserror::Error)]
+pub enum UnitError {
+    #[error("rng: {0}")]
+    Rng(Status),
+    #[error("hasher: {0}")]
+    Hasher(Status),
+    #[error("bad reply from {backend}: {reason}")]
+    BadReply {
+        backend: &'static str,
+        reason: String,
+    },
+}
+
+fn bad(backend: &'static str, reason: impl Into<String>) -> UnitError {
+    UnitError::BadReply {
+        backend,
+        reason: reason.into(),
+    }
+}
+
+/// Checks a block from rng's unary reply.
+pub fn check_block(data: &[u8]) -> Result<(), UnitError> {
+    if data.len() == BLOCK_BYTES {
+        Ok(())
+    } else {
+        Err(bad(
+            "rng",
+            format!("{} bytes instead of {BLOCK_BYTES}", data.len()),
+        ))
+    }
+}
+
+/// Checks hasher's unary reply: 64 lowercase hex digits.
+pub fn check_hex(hex: &str) -> Result<(), UnitError> {
+    let valid = hex.len() == 2 * DIGEST_BYTES
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(bad("hasher", format!("not a SHA-256 in hex: {hex:.80?}")))
+    }
+}
+
+/// Checks a message of rng's stream: whole `BLOCK_BYTES` blocks, not more
+/// than `left` of them. Returns how many blocks it holds.
+pub fn check_blocks(size: u32, blocks: &[u8], left: usize) -> Result<usize, UnitError> {
+    if size as usize != BLOCK_BYTES {
+        return Err(bad(
+            "rng",
+            format!("blocks of {size} bytes instead of {BLOCK_BYTES}"),
+        ));
+    }
+    if blocks.is_empty() || blocks.len() % BLOCK_BYTES != 0 {
+        return Err(bad(
+            "rng",
+            format!("{} bytes is not whole blocks", blocks.len()),
+        ));
+    }
+    let count = blocks.len() / BLOCK_BYTES;
+    if count > left {
+        return Err(bad("rng", format!("{count} blocks when {left} were left")));
+    }
+    Ok(count)
+}
+
+/// The coins among `blocks` given their raw `digests` (32 bytes each, same
+/// order). A digest batch of the wrong length is refused whole.
+pub fn coins_in_batch(blocks: &Bytes, digests: &[u8]) -> Result<Vec<Coin>, UnitError> {
+    let count = blocks.len() / BLOCK_BYTES;
+    if digests.len() != count * DIGEST_BYTES {
+        return Err(bad(
+            "hasher",
+            format!(
+                "{} bytes of digests for {count} blocks (expected {})",
+                digests.len(),
+                count * DIGEST_BYTES
+            ),
+        ));
+    }
+    Ok(digests
+        .chunks_exact(DIGEST_BYTES)
+        .enumerate()
+        // A hex digest starts with '0' when the first byte's high nibble is 0.
+        .filter(|(_, digest)| digest[0] < 0x10)
+        .map(|(i, digest)| Coin {
+            hex: hex::encode(digest),
+            bytes: blocks.slice(i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES),
+        })
+        .collect())
+}
+
+/// Work counted and not yet acknowledged by Redis.
+#[derive(Default)]
+struct Tally {
+    /// Hashes done since start, each with a valid digest.
+    done: AtomicU64,
+    /// Coins found since start.
+    coins_found: AtomicU64,
+    /// Coins not yet in Redis.
+    pending_coins: Mutex<Vec<Coin>>,
+}
+
+impl Tally {
+    fn add(&self, hashes: u64, coins: Vec<Coin>) {
+        if !coins.is_empty() {
+            self.coins_found
+                .fetch_add(coins.len() as u64, Ordering::Relaxed);
+            self.coins().extend(coins);
+        }
+        self.done.fetch_add(hashes, Ordering::Relaxed);
+    }
+
+    fn coins(&self) -> std::sync::MutexGuard<'_, Vec<Coin>> {
+        self.pending_coins
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn backlog_full(&self) -> bool {
+        self.coins().len() >= MAX_PENDING_COINS
+    }
+}
+
+/// Sends the tally to the store; only the flusher calls it.
+struct Flusher {
+    tally: Arc<Tally>,
+    store: Store,
+    /// Hashes Redis acknowledged.
+    flushed: u64,
+    /// Whether the last flush failed: log a streak once.
+    failing: bool,
+}
+
+impl Flusher {
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        let done = self.tally.done.load(Ordering::Relaxed);
+        let coins = std::mem::take(&mut *self.tally.coins());
+        let hashes = done - self.flushed;
+        if hashes == 0 && coins.is_empty() {
+            return Ok(());
+        }
+        tracing::info!("{hashes} units of work done, updating hash counter");
+        match self.store.record(hashes, &coins).await {
+            Ok(()) => {
+                self.flushed = done;
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!(store = %self.store.describe(), "Redis is answering again; counts caught up");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                // Keep them for the next update: nothing counted is lost.
+                self.tally.coins().extend(coins);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(%error, store = %self.store.describe(), "cannot update Redis; keeping {hashes} hashes for the next update");
+                } else {
+                    tracing::debug!(%error, "Redis still unavailable");
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+/// One mining loop's view of the world.
+struct Miner {
+    config: WorkerConfig,
+    rng: Backend,
+    hasher: Backend,
+    tally: Arc<Tally>,
+}
+
+impl Miner {
+    async fn mine(self: Arc<Self>) {
+        let mut backoff = Backoff::default();
+        loop {
+            if !self.config.delay.is_zero() {
+                tokio::time::sleep(self.config.delay).await;
+            }
+            if self.tally.backlog_full() {
+                backoff.wait().await;
+                continue;
+            }
+            let result = if self.config.batch == 0 {
+                self.unary_unit().await
+            } else {
+                self.batch_unit(self.config.batch).await
+            };
+            match result {
+                Ok(()) => backoff.reset(),
+                Err(error) => {
+                    match &error {
+                        UnitError::Rng(status) => self.rng.note_failure(status),
+                        UnitError::Hasher(status) => self.hasher.note_failure(status),
+                        UnitError::BadReply { .. } => {
+                            tracing::warn!(%error, "unit of work refused, not counted")
+                        }
+                    }
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    /// The original unit: 32 random bytes, their hash, maybe a coin.
+    async fn unary_unit(&self) -> Result<(), UnitError> {
+        let data = RngClient::new(self.rng.channel())
+            .generate(GenerateRequest {
+                size: BLOCK_BYTES as u32,
+            })
+            .await
+            .map_err(UnitError::Rng)?
+            .into_inner()
+            .data;
+        self.rng.note_success();
+        check_block(&data)?;
+        let hex = HasherClient::new(self.hasher.channel())
+            .hash(HashRequest { data: data.clone() })
+            .await
+            .map_err(UnitError::Hasher)?
+            .into_inner()
+            .hex;
+        self.hasher.note_success();
+        check_hex(&hex)?;
+        let coins = if hex.starts_with('0') {
+            tracing::info!("Coin found: {}...", &hex[..8]);
+            vec![Coin { hex, bytes: data }]
+        } else {
+            Vec::new()
+        };
+        self.tally.add(1, coins);
+        Ok(())
+    }
+
+    /// A batch: rng's stream of blocks piped into hasher's stream, one
+    /// message at a time; each message's hashes count once its digests
+    /// arrive and check out.
+    async fn batch_unit(&self, count: usize) -> Result<(), UnitError> {
+        let wait = self.config.call_timeout;
+        let timed_out =
+            |what: &str| Status::deadline_exceeded(format!("no {what} within {wait:?}"));
+        let mut blocks = RngClient::new(self.rng.channel())
+            .generate_stream(GenerateStreamRequest {
+                size: BLOCK_BYTES as u32,
+                count: count as u32,
+            })
+            .await
+            .map_err(UnitError::Rng)?
+            .into_inner();
+        let (to_hasher, requests) = mpsc::channel(1);
+        let mut digests = HasherClient::new(self.hasher.channel())
+            .hash_stream(ReceiverStream::new(requests))
+            .await
+            .map_err(UnitError::Hasher)?
+            .into_inner();
+        let mut left = count;
+        while left > 0 {
+            let message = tokio::time::timeout(wait, blocks.message())
+                .await
+                .map_err(|_| UnitError::Rng(timed_out("random blocks")))?
+                .map_err(UnitError::Rng)?
+                .ok_or_else(|| bad("rng", format!("stream ended with {left} blocks missing")))?;
+            self.rng.note_success();
+            let n = check_blocks(message.size, &message.blocks, left)?;
+            left -= n;
+            let batch = HashBatch {
+                size: message.size,
+                blocks: message.blocks.clone(),
+            };
+            if to_hasher.send(batch).await.is_err() {
+                // The call ended; its status says why.
+                let status = digests
+                    .message()
+                    .await
+                    .err()
+                    .unwrap_or_else(|| Status::unavailable("hasher stream closed"));
+                return Err(UnitError::Hasher(status));
+            }
+            let reply = tokio::time::timeout(wait, digests.message())
+                .await
+                .map_err(|_| UnitError::Hasher(timed_out("digests")))?
+                .map_err(UnitError::Hasher)?
+                .ok_or_else(|| bad("hasher", "stream ended before its digests"))?;
+            self.hasher.note_success();
+            let coins = coins_in_batch(&message.blocks, &reply.digests)?;
+            for coin in &coins {
+                tracing::debug!("Coin found: {}...", &coin.hex[..8]);
+            }
+            self.tally.add(n as u64, coins);
+        }
+        Ok(())
+    }
+}
+
+/// Mines with `config` until `shutdown` resolves, then stops its loops,
+/// flushes what it counted (for at most [`FINAL_FLUSH_TIMEOUT`]) and
+/// returns what it did. Logs that report as its last line.
+pub async fn run(
+    config: WorkerConfig,
+    rng: Backend,
+    hasher: Backend,
+    store: Store,
+    shutdown: impl Future<Output = ()>,
+) -> Report {
+    tracing::info!(
+        rng = %rng.url(),
+        hasher = %hasher.url(),
+        store = %store.describe(),
+        delay_ms = config.delay.as_millis() as u64,
+        concurrency = config.concurrency,
+        batch = config.batch,
+        "worker mining"
+    );
+    let tally = Arc::new(Tally::default());
+    let miner = Arc::new(Miner {
+        config: config.clone(),
+        rng,
+        hasher,
+        tally: tally.clone(),
+    });
+    let mut loops = JoinSet::new();
+    for _ in 0..config.concurrency.max(1) {
+        loops.spawn(miner.clone().mine());
+    }
+    let mut flusher = Flusher {
+        tally: tally.clone(),
+        store,
+        flushed: 0,
+        failing: false,
+    };
+    let mut ticker = tokio::time::interval_at(Instant::now() + FLUSH_INTERVAL, FLUSH_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            _ = ticker.tick() => {
+                // An update in flight is not cancelled: Redis may have applied
+                // it, and counting it again would count it twice.
+                let _ = flusher.flush().await;
+            }
+        }
+    }
+    let stop_began = Instant::now();
+    loops.abort_all();
+    while loops.join_next().await.is_some() {}
+    let left = FINAL_FLUSH_TIMEOUT.saturating_sub(stop_began.elapsed());
+    if tokio::time::timeout(left, flusher.flush()).await.is_err() {
+        tracing::warn!("Redis did not acknowledge the last update in time");
+    }
+    let report = Report {
+        hashes_done: tally.done.load(Ordering::Relaxed),
+        hashes_flushed: flusher.flushed,
+        coins_found: tally.coins_found.load(Ordering::Relaxed),
+        coins_unflushed: tally.coins().len() as u64,
+    };
+    if report.hashes_done == report.hashes_flushed && report.coins_unflushed == 0 {
+        tracing::info!(
+            hashes_done = report.hashes_done,
+            hashes_flushed = report.hashes_flushed,
+            coins_found = report.coins_found,
+            "worker stopped; every hash counted in Redis"
+        );
+    } else {
+        tracing::warn!(
+            hashes_done = report.hashes_done,
+            hashes_flushed = report.hashes_flushed,
+            coins_found = report.coins_found,
+            coins_unflushed = report.coins_unflushed,
+            "worker stopped; Redis did not acknowledge everything"
+        );
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn blocks_of_the_wrong_size_are_refused() {
+        assert!(check_block(&[0; 32]).is_ok());
+        assert!(check_block(&[0; 31]).is_err());
+        assert!(check_block(&[]).is_err());
+        assert_eq!(check_blocks(32, &[0; 64], 2).unwrap(), 2);
+        assert!(check_blocks(32, &[0; 64], 1).is_err(), "more than asked");
+        assert!(check_blocks(16, &[0; 64], 4).is_err(), "wrong block size");
+        assert!(check_blocks(32, &[0; 33], 4).is_err(), "ragged");
+        assert!(check_blocks(32, &[], 4).is_err(), "empty");
+    }
+
+    #[test]
+    fn only_real_hex_digests_pass() {
+        let good = hex::encode(Sha256::digest(b"x"));
+        assert!(check_hex(&good).is_ok());
+        assert!(check_hex(&good.to_uppercase()).is_err());
+        assert!(check_hex(&good[..63]).is_err());
+        assert!(check_hex(&format!("{}g", &good[..63])).is_err());
+        assert!(check_hex("").is_err());
+    }
+
+    #[test]
+    fn coins_are_digests_starting_with_zero() {
+        let blocks: Vec<u8> = (0..32 * 64).map(|i| (i * 7 % 256) as u8).collect();
+        let blocks = Bytes::from(blocks);
+        let digests: Vec<u8> = blocks
+            .chunks(32)
+            .flat_map(|block| Sha256::digest(block).to_vec())
+            .collect();
+        let coins = coins_in_batch(&blocks, &digests).unwrap();
+        let expected = blocks
+            .chunks(32)
+            .filter(|block| hex::encode(Sha256::digest(block)).starts_with('0'))
+            .count();
+        assert_eq!(coins.len(), expected);
+        for coin in coins {
+            assert!(coin.hex.starts_with('0'));
+            assert_eq!(coin.hex, hex::encode(Sha256::digest(&coin.bytes)));
+        }
+        assert!(coins_in_batch(&blocks, &digests[..digests.len() - 1]).is_err());
+        assert!(coins_in_batch(&blocks, &[]).is_err());
+    }
+}
