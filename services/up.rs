@@ -67,6 +67,7 @@ pub enum UpError {
 /// A redis-server child of this process, with no persistence.
 pub struct PrivateRedis {
     child: Child,
+    port: u16,
     pub url: String,
 }
 
@@ -75,6 +76,10 @@ impl PrivateRedis {
     /// accepts connections. `Ok(None)` when there is no redis-server on PATH.
     pub async fn start() -> Result<Option<Self>, UpError> {
         let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
+        Self::start_on(port).await
+    }
+
+    async fn start_on(port: u16) -> Result<Option<Self>, UpError> {
         let spawned = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
@@ -146,12 +151,35 @@ impl PrivateRedis {
         }
         Ok(Some(Self {
             child,
+            port,
             url: format!("redis://{addr}"),
         }))
     }
 
-    /// Stops the child and waits for it.
-    pub async fn stop(mut self) {
+    /// Keeps the child running until `stopped` resolves, then stops it. A
+    /// child that exits (killed, out of memory) is started again on the same
+    /// port: the workers still hold what the dead one had not acknowledged.
+    pub async fn supervise(mut self, stopped: impl Future<Output = ()>) {
+        tokio::pin!(stopped);
+        let mut backoff = crate::pool::Backoff::default();
+        loop {
+            tokio::select! {
+                () = &mut stopped => break,
+                status = self.child.wait() => {
+                    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                    tracing::warn!(url = %self.url, %status, "the private redis-server exited; starting it again (the score restarts from zero)");
+                    backoff.wait().await;
+                    match Self::start_on(self.port).await {
+                        Ok(Some(again)) => self = again,
+                        Ok(None) | Err(_) => {
+                            tracing::error!(url = %self.url, "cannot restart the private redis-server; the score is no longer kept");
+                            stopped.await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         let _ = self.child.kill().await;
     }
 }
@@ -184,9 +212,17 @@ pub async fn run(
             }
         },
     };
+    // The private Redis outlives the services: the workers' last flush needs it.
+    let (stop_redis, redis_stopped) = tokio::sync::oneshot::channel::<()>();
+    let supervisor = private_redis.map(|redis| {
+        tokio::spawn(redis.supervise(async {
+            let _ = redis_stopped.await;
+        }))
+    });
     let result = run_services(config, listeners, addrs, store, shutdown).await;
-    if let Some(redis) = private_redis {
-        redis.stop().await;
+    let _ = stop_redis.send(());
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
     }
     result
 }

@@ -75,6 +75,8 @@ pub fn router(webui: Webui) -> Router {
         .route("/static/style.css", get(style_css))
         .route("/json", get(score_json))
         .route("/healthz", get(|| async { "ok\n" }))
+        // Browsers ask for it on their own; no icon, and no 404 in the console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/status", get(status))
         .route("/api/rng/{size}", get(gateway_rng))
         .route("/api/hash", post(gateway_hash))

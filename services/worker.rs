@@ -30,6 +30,7 @@ use std::{
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use tracing::Instrument;
 
 /// Bytes of randomness per unit of work, as in the original (`GET /32`).
 pub const BLOCK_BYTES: usize = 32;
@@ -419,7 +420,7 @@ pub async fn run(
     });
     let mut loops = JoinSet::new();
     for _ in 0..config.concurrency.max(1) {
-        loops.spawn(miner.clone().mine());
+        loops.spawn(miner.clone().mine().in_current_span());
     }
     let mut flusher = Flusher {
         tally: tally.clone(),

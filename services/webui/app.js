@@ -122,6 +122,7 @@ async function pollStatus() {
   }
 }
 
+draw();
 pollScore();
 pollStatus();
 setInterval(pollScore, 1000);
