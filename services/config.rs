@@ -160,6 +160,22 @@ pub enum Command {
     Webui(WebuiArgs),
     /// Run the whole mesh in this process: rng, hasher, webui and workers.
     Up(UpArgs),
+    /// Check a service's health, for container healthchecks (exit 0: healthy).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// `dockercoins healthcheck`: exit 0 when the target is healthy, 1 when not.
+#[derive(Clone, Debug, clap::Args)]
+pub struct HealthcheckArgs {
+    /// `grpc://host:port` (a grpc.health.v1 Check) or `http://host:port/path`
+    /// (a GET that must answer 2xx).
+    pub target: String,
+    /// The gRPC service to ask about; empty means the whole server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Bound on the whole check, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 /// How a client reaches rng, hasher and Redis (worker and webui).

@@ -19,6 +19,7 @@
 //! - [`up`]: the whole mesh in one process.
 //! - [`pool`]: gRPC channels per backend, with timeouts and backoff.
 //! - [`store`]: the score in Redis (or the in-process stand-in for `up`).
+//! - [`healthcheck`]: the containers' healthcheck (gRPC health or HTTP).
 //! - [`shutdown`]: SIGTERM and Ctrl-C as one future.
 //! - [`telemetry`]: logging set-up.
 //!
@@ -27,6 +28,7 @@
 
 pub mod config;
 pub mod hasher;
+pub mod healthcheck;
 pub mod limits;
 pub mod pool;
 pub mod rng;

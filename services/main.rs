@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use dockercoins::{
     config::{Cli, ClientArgs, Command, HasherConfig, RngConfig},
-    hasher,
+    hasher, healthcheck,
     pool::Backend,
     rng, shutdown,
     store::Store,
@@ -30,6 +30,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
+    if let Command::Healthcheck(args) = &command {
+        let timeout = std::time::Duration::from_millis(args.timeout_ms);
+        let healthy = healthcheck::check(&args.target, &args.service, timeout).await?;
+        println!("{healthy}");
+        return Ok(());
+    }
     let shutdown = shutdown::signal().context("cannot install the SIGTERM/Ctrl-C handlers")?;
     match command {
         Command::Rng(args) => {
@@ -67,6 +73,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             up::run(config, listeners, shutdown).await?;
         }
+        Command::Healthcheck(_) => unreachable!("handled above"),
     }
     Ok(())
 }
