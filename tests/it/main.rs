@@ -3,6 +3,7 @@
 //! readiness (a bound listener already accepts).
 
 mod cli;
+mod compose;
 mod hasher;
 mod helpers;
 mod rng;

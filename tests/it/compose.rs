@@ -1,0 +1,1 @@
+//! The compose file's invariants (filled in with the compose work).
