@@ -164,6 +164,20 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
 }
 
+impl Command {
+    /// The service this command runs, for logs and traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Rng(_) => "rng",
+            Self::Hasher(_) => "hasher",
+            Self::Worker(_) => "worker",
+            Self::Webui(_) => "webui",
+            Self::Up(_) => "up",
+            Self::Healthcheck(_) => "healthcheck",
+        }
+    }
+}
+
 /// `dockercoins healthcheck`: exit 0 when the target is healthy, 1 when not.
 #[derive(Clone, Debug, clap::Args)]
 pub struct HealthcheckArgs {

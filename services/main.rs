@@ -19,7 +19,21 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = telemetry::init(cli.log_format);
+    if let Command::Healthcheck(args) = &cli.command {
+        // No telemetry: a probe every few seconds must not start an exporter.
+        let timeout = std::time::Duration::from_millis(args.timeout_ms);
+        return match healthcheck::check(&args.target, &args.service, timeout).await {
+            Ok(healthy) => {
+                println!("{healthy}");
+                ExitCode::SUCCESS
+            }
+            Err(unhealthy) => {
+                eprintln!("unhealthy: {unhealthy}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let _telemetry = telemetry::init(cli.log_format, cli.command.name());
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -30,12 +44,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
-    if let Command::Healthcheck(args) = &command {
-        let timeout = std::time::Duration::from_millis(args.timeout_ms);
-        let healthy = healthcheck::check(&args.target, &args.service, timeout).await?;
-        println!("{healthy}");
-        return Ok(());
-    }
     let shutdown = shutdown::signal().context("cannot install the SIGTERM/Ctrl-C handlers")?;
     match command {
         Command::Rng(args) => {

@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 
 /// How a client reaches its backends.
 #[derive(Clone, Debug)]
@@ -137,6 +138,28 @@ impl Backend {
             tracing::info!(backend = self.name, url = %self.url, "{} is answering again", self.name);
         }
     }
+}
+
+/// Makes one gRPC call inside a client span, with the trace context in its
+/// metadata and its status recorded on the span. For a streaming call the
+/// span covers the call's start, up to the response headers.
+pub async fn traced<M, T>(
+    backend: &Backend,
+    service: &'static str,
+    method: &'static str,
+    call: impl AsyncFnOnce(tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+    message: M,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let span = crate::telemetry::grpc_client_span(service, method, backend.url());
+    let result = async {
+        let mut request = tonic::Request::new(message);
+        crate::telemetry::inject(&mut request);
+        call(request).await
+    }
+    .instrument(span.clone())
+    .await;
+    crate::telemetry::record_grpc_result(&span, &result);
+    result
 }
 
 /// Capped exponential backoff with jitter: never a busy loop, and many

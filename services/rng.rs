@@ -30,6 +30,7 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status};
+use tracing::Instrument;
 
 /// Why an rng request is refused. Every variant is the caller's mistake.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,6 +117,8 @@ pub fn random_bytes(len: usize) -> Bytes {
 pub struct Lane {
     /// `None` when lanes are unlimited: nothing to wait for.
     permits: Option<Semaphore>,
+    /// How many lanes, for the traces.
+    lanes: usize,
     /// Cost of one request once it holds a lane.
     delay: Duration,
 }
@@ -124,18 +127,25 @@ impl Lane {
     pub fn new(config: &RngConfig) -> Self {
         Self {
             permits: config.lanes.map(Semaphore::new),
+            lanes: config.lanes.unwrap_or(0),
             delay: config.delay,
         }
     }
 
     /// Waits until this caller holds a lane; the lane is free again when the
     /// returned permit is dropped.
+    ///
+    /// The wait is a span of its own, `rng.lane.wait`: in Jaeger it is where
+    /// ten workers' time goes.
     pub async fn wait_turn(&self) -> Option<SemaphorePermit<'_>> {
-        match &self.permits {
-            // The semaphore is never closed, so acquire cannot fail.
-            Some(permits) => permits.acquire().await.ok(),
-            None => None,
-        }
+        let permits = self.permits.as_ref()?;
+        let span = tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "rng.lane.wait",
+            rng.lanes = self.lanes,
+        );
+        // The semaphore is never closed, so acquire cannot fail.
+        permits.acquire().instrument(span).await.ok()
     }
 
     /// Waits for a lane, pays the delay in it, and runs `work` before letting

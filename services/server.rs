@@ -19,7 +19,8 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
+use tracing::{Span, field::Empty};
 
 /// How long in-flight calls may run after shutdown begins, so that a service
 /// exits well within the one second that `docker stop` users expect.
@@ -130,6 +131,14 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
         let server = Server::builder()
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(server_span)
+                    .on_request(())
+                    .on_response(record_response)
+                    .on_eos(record_trailers)
+                    .on_failure(()),
+            )
             .accept_http1(true)
             .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
             .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
@@ -168,15 +177,95 @@ impl GrpcServer {
     }
 }
 
+fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+/// The server span of a request: a child of the caller's `traceparent`, per
+/// the OpenTelemetry RPC (or HTTP) conventions. Health checks and reflection
+/// are not traced.
+pub(crate) fn server_span<B>(request: &axum::http::Request<B>) -> Span {
+    let path = request.uri().path();
+    if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+        return Span::none();
+    }
+    let span = if is_grpc(request.headers()) {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "grpc.server",
+            otel.name = path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = Empty,
+            otel.status_code = Empty,
+            trace_id = Empty,
+        )
+    } else {
+        tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "http.server",
+            otel.name = format!("{} {path}", request.method()),
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = path,
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+            trace_id = Empty,
+        )
+    };
+    crate::telemetry::continue_trace(&span, request.headers());
+    span
+}
+
+fn record_grpc_status(headers: &axum::http::HeaderMap, span: &Span) {
+    if let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+    {
+        span.record("rpc.grpc.status_code", code);
+        if code != 0 {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+/// Plain HTTP: the status. gRPC: the status when it came with the headers
+/// (an error before any message); otherwise it comes in the trailers.
+pub(crate) fn record_response<B>(
+    response: &axum::http::Response<B>,
+    _latency: Duration,
+    span: &Span,
+) {
+    if is_grpc(response.headers()) {
+        record_grpc_status(response.headers(), span);
+    } else {
+        span.record("http.response.status_code", response.status().as_u16());
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+fn record_trailers(trailers: Option<&axum::http::HeaderMap>, _stream: Duration, span: &Span) {
+    if let Some(trailers) = trailers {
+        record_grpc_status(trailers, span);
+    }
+}
+
 /// Unknown routes: a gRPC UNIMPLEMENTED status for gRPC clients, a plain 404
 /// for everyone else.
 async fn not_found(request: Request) -> Response {
-    let is_grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc"));
-    if is_grpc {
+    if is_grpc(request.headers()) {
         tonic::Status::unimplemented(format!("unknown method {}", request.uri().path()))
             .into_http::<axum::body::Body>()
     } else {

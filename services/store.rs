@@ -15,6 +15,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+use tracing::Instrument;
 
 /// The counter of hashes done, as in the original.
 pub const HASHES_KEY: &str = "hashes";
@@ -150,17 +151,26 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// Runs `pipeline` (named `operation` in its span) with the timeout.
     async fn run<T: redis::FromRedisValue>(
         &self,
+        operation: &'static str,
         pipeline: &redis::Pipeline,
     ) -> Result<T, StoreError> {
+        let span = crate::telemetry::redis_span(operation, &self.url);
         let work = async {
             let mut connection = self.pool.get().await?;
             Ok::<T, StoreError>(pipeline.query_async(&mut connection).await?)
         };
-        tokio::time::timeout(self.timeout, work)
+        let result = tokio::time::timeout(self.timeout, work.instrument(span.clone()))
             .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(|_| StoreError::Timeout(self.timeout))
+            .and_then(|result| result);
+        if let Err(error) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.message", error.to_string());
+        }
+        result
     }
 
     async fn record(&self, hashes: u64, coins: &[Coin]) -> Result<(), StoreError> {
@@ -179,13 +189,13 @@ impl RedisStore {
         if hashes == 0 && coins.is_empty() {
             return Ok(());
         }
-        self.run::<()>(&pipeline).await
+        self.run::<()>("MULTI INCRBY HSET EXEC", &pipeline).await
     }
 
     async fn score(&self) -> Result<Score, StoreError> {
         let mut pipeline = redis::pipe();
         pipeline.get(HASHES_KEY).hlen(WALLET_KEY);
-        let (hashes, coins): (Option<String>, u64) = self.run(&pipeline).await?;
+        let (hashes, coins): (Option<String>, u64) = self.run("GET HLEN", &pipeline).await?;
         let hashes = match hashes {
             None => 0,
             Some(text) => text.parse().map_err(|_| StoreError::NotACounter(text))?,
@@ -196,7 +206,7 @@ impl RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut pipeline = redis::pipe();
         pipeline.cmd("PING");
-        self.run::<(String,)>(&pipeline).await.map(drop)
+        self.run::<(String,)>("PING", &pipeline).await.map(drop)
     }
 }
 

@@ -1,8 +1,33 @@
-//! Logging set-up: `tracing-subscriber` filtered by `RUST_LOG` (default
-//! `info`), as human-readable text or as JSON lines.
+//! Logs and traces, set up once by [`init`].
+//!
+//! Logs: `tracing-subscriber`, filtered by `RUST_LOG` (default `info`), as
+//! text or JSON lines on stderr. A line written inside a traced span carries
+//! that span's `trace_id`.
+//!
+//! Traces: OpenTelemetry through `tracing-opentelemetry`. Spans are always
+//! created (so trace ids reach the logs and `traceparent` reaches the next
+//! hop), and exported over OTLP/gRPC only when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! is set. The standard `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` are honoured by the
+//! SDK. Only spans with target [`TARGET`] become OpenTelemetry spans: h2,
+//! hyper, tonic and the exporter's own calls never do, health checks neither.
+//!
+//! The helpers below make the spans of this project: one shape for a gRPC
+//! client call, a gRPC or HTTP server request, a Redis command.
 
-use std::io::IsTerminal;
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use opentelemetry::{
+    KeyValue,
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::{TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use std::{io::IsTerminal, time::Duration};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, prelude::*};
+
+/// The target of every span that becomes an OpenTelemetry span.
+pub const TARGET: &str = "dockercoins::trace";
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -14,26 +39,223 @@ pub enum LogFormat {
     Json,
 }
 
-/// Keeps telemetry alive; dropping it flushes what is buffered.
+/// Keeps telemetry alive; dropping it flushes the spans still buffered, for
+/// at most [`FLUSH_TIMEOUT`] so a stop stays within its second.
 #[must_use = "telemetry stops when the guard is dropped"]
-pub struct Guard(());
+pub struct Guard {
+    provider: SdkTracerProvider,
+}
 
-/// Installs the global subscriber, writing to stderr. Call once, from `main`.
-pub fn init(format: LogFormat) -> Guard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_target(false),
-            )
-            .init(),
-        LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
-            .init(),
+/// Bound on the last export at exit; a collector that is down costs no more.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_millis(300);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown_with_timeout(FLUSH_TIMEOUT) {
+            tracing::debug!(%error, "trace export did not finish at exit");
+        }
     }
-    Guard(())
+}
+
+/// Installs logging and tracing for the process; call once, inside the tokio
+/// runtime (the OTLP exporter's channel needs it). `service` names the
+/// service when `OTEL_SERVICE_NAME` does not.
+pub fn init(format: LogFormat, service: &str) -> Guard {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|value| !value.is_empty());
+    let provider = provider(service, endpoint.as_deref());
+    let tracer = provider.tracer("dockercoins");
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = match format {
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_location(false)
+        .with_filter(filter_fn(|meta| {
+            // Our spans, and warnings and errors as span events.
+            meta.target() == TARGET || (meta.is_event() && *meta.level() <= tracing::Level::WARN)
+        }));
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(logs))
+        .with(traces)
+        .init();
+    if let Some(endpoint) = endpoint {
+        tracing::info!(%endpoint, "exporting traces over OTLP/gRPC");
+    }
+    Guard { provider }
+}
+
+fn provider(service: &str, endpoint: Option<&str>) -> SdkTracerProvider {
+    let detected = Resource::builder().build();
+    let mut resource = Resource::builder();
+    let named = detected
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    if !named {
+        resource = resource.with_service_name(format!("dockercoins-{service}"));
+    }
+    if detected
+        .get(&opentelemetry::Key::from_static_str("service.instance.id"))
+        .is_none()
+    {
+        // Replicas of one service are told apart by host (the container id
+        // under Docker) and process.
+        let instance = format!("{}-{}", crate::server::hostname(), std::process::id());
+        resource = resource.with_attribute(KeyValue::new("service.instance.id", instance));
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    if endpoint.is_some() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(error) => eprintln!("dockercoins: traces will not be exported: {error}"),
+        }
+    }
+    builder.build()
+}
+
+/// Writes the current span's context into outgoing gRPC metadata.
+pub fn inject<T>(request: &mut tonic::Request<T>) {
+    let context = Span::current().context();
+    TraceContextPropagator::new()
+        .inject_context(&context, &mut MetadataMap(request.metadata_mut()));
+}
+
+struct MetadataMap<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataMap<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Reads a trace context from HTTP headers (gRPC metadata included).
+struct Headers<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|key| key.as_str()).collect()
+    }
+}
+
+/// Makes `span` a child of the trace context in `headers` (if any), and
+/// records its trace id for the logs.
+pub fn continue_trace(span: &Span, headers: &axum::http::HeaderMap) {
+    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    record_trace_id(span);
+}
+
+/// Makes `span` the root of a new trace, whatever span encloses it, and
+/// records its trace id for the logs.
+pub fn new_trace(span: &Span) {
+    let _ = span.set_parent(opentelemetry::Context::new());
+    record_trace_id(span);
+}
+
+fn record_trace_id(span: &Span) {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string());
+    }
+}
+
+/// A gRPC client span: `service/method` to `url`, per the OpenTelemetry RPC
+/// conventions. Record the outcome with [`record_grpc_result`].
+pub fn grpc_client_span(service: &'static str, method: &'static str, url: &str) -> Span {
+    let (address, port) = split_url(url);
+    tracing::info_span!(
+        target: TARGET,
+        "grpc.client",
+        otel.name = format!("{service}/{method}"),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        server.address = address,
+        server.port = port,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+    )
+}
+
+/// Records a gRPC call's status on its span.
+pub fn record_grpc_result<T>(span: &Span, result: &Result<T, tonic::Status>) {
+    match result {
+        Ok(_) => {
+            span.record("rpc.grpc.status_code", 0);
+        }
+        Err(status) => {
+            span.record("rpc.grpc.status_code", status.code() as i32);
+            span.record("otel.status_code", "ERROR");
+            span.record("error.message", status.message());
+        }
+    }
+}
+
+/// A Redis command span.
+pub fn redis_span(operation: &'static str, url: &str) -> Span {
+    let (address, port) = split_url(url);
+    tracing::info_span!(
+        target: TARGET,
+        "redis",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system = "redis",
+        db.system.name = "redis",
+        db.operation.name = operation,
+        server.address = address,
+        server.port = port,
+        otel.status_code = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+    )
+}
+
+/// `host` and `port` of a URL like `http://rng:8001` or `redis://:pw@redis:6379/0`.
+fn split_url(url: &str) -> (String, u16) {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    match host_port.rsplit_once(':') {
+        Some((host, port)) => (host.to_owned(), port.parse().unwrap_or(0)),
+        None => (host_port.to_owned(), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_split_into_address_and_port_without_credentials() {
+        assert_eq!(super::split_url("http://rng:8001"), ("rng".into(), 8001));
+        assert_eq!(
+            super::split_url("redis://:secret@redis:6379/0"),
+            ("redis".into(), 6379)
+        );
+        assert_eq!(super::split_url("redis"), ("redis".into(), 0));
+    }
 }

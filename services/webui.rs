@@ -8,7 +8,7 @@
 use crate::{
     limits::MAX_BLOCK_BYTES,
     pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
-    pool::Backend,
+    pool::{Backend, traced},
     rng::check_size,
     server::DRAIN_TIMEOUT,
     store::Store,
@@ -32,7 +32,7 @@ use std::{
 };
 use tokio::net::TcpListener;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
 const INDEX_HTML: &str = include_str!("webui/index.html");
 const APP_JS: &str = include_str!("webui/app.js");
@@ -82,6 +82,22 @@ pub fn router(webui: Webui) -> Router {
         .route("/api/hash", post(gateway_hash))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(DefaultBodyLimit::max(MAX_BLOCK_BYTES))
+        // Traced: the score and the gateway, the calls that reach a backend.
+        // Not the page, its assets, the probes or the status poll.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    let path = request.uri().path();
+                    if path == "/json" || (path.starts_with("/api/") && path != "/api/status") {
+                        crate::server::server_span(request)
+                    } else {
+                        tracing::Span::none()
+                    }
+                })
+                .on_request(())
+                .on_response(crate::server::record_response)
+                .on_failure(()),
+        )
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -280,8 +296,14 @@ async fn gateway_rng(
         .parse::<u64>()
         .map_err(|_| GatewayError::BadRequest(format!("size must be a number, got {size:?}")))
         .and_then(|n| check_size(n).map_err(|e| GatewayError::BadRequest(e.to_string())))?;
-    let mut client = RngClient::new(webui.rng.channel());
-    let call = client.generate(GenerateRequest { size: size as u32 });
+    let request = GenerateRequest { size: size as u32 };
+    let call = traced(
+        &webui.rng,
+        "dockercoins.v1.Rng",
+        "Generate",
+        async |request| RngClient::new(webui.rng.channel()).generate(request).await,
+        request,
+    );
     let data = tokio::time::timeout(BACKEND_TIMEOUT, call)
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 2 s")))
@@ -296,8 +318,17 @@ async fn gateway_hash(
     State(webui): State<Webui>,
     body: Bytes,
 ) -> Result<Json<Value>, GatewayError> {
-    let mut client = HasherClient::new(webui.hasher.channel());
-    let call = client.hash(HashRequest { data: body });
+    let call = traced(
+        &webui.hasher,
+        "dockercoins.v1.Hasher",
+        "Hash",
+        async |request| {
+            HasherClient::new(webui.hasher.channel())
+                .hash(request)
+                .await
+        },
+        HashRequest { data: body },
+    );
     let hex = tokio::time::timeout(BACKEND_TIMEOUT, call)
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 2 s")))

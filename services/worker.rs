@@ -15,7 +15,7 @@ use crate::{
         GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest,
         hasher_client::HasherClient, rng_client::RngClient,
     },
-    pool::{Backend, Backoff},
+    pool::{Backend, Backoff, traced},
     store::{Coin, Store, StoreError},
 };
 use bytes::Bytes;
@@ -281,45 +281,72 @@ impl Miner {
                 backoff.wait().await;
                 continue;
             }
-            let result = if self.config.batch == 0 {
-                self.unary_unit().await
-            } else {
-                self.batch_unit(self.config.batch).await
-            };
-            match result {
-                Ok(()) => backoff.reset(),
-                Err(error) => {
-                    match &error {
+            // One trace per unit of work: a root span, whatever encloses it.
+            let span = tracing::info_span!(
+                target: crate::telemetry::TARGET,
+                "worker.unit",
+                otel.name = if self.config.batch == 0 { "mine one block" } else { "mine a batch" },
+                worker.batch = self.config.batch,
+                otel.status_code = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+            );
+            crate::telemetry::new_trace(&span);
+            let unit = async {
+                let result = if self.config.batch == 0 {
+                    self.unary_unit().await
+                } else {
+                    self.batch_unit(self.config.batch).await
+                };
+                // Logged inside the unit's span: the line carries its trace id.
+                if let Err(error) = &result {
+                    tracing::Span::current().record("otel.status_code", "ERROR");
+                    match error {
                         UnitError::Rng(status) => self.rng.note_failure(status),
                         UnitError::Hasher(status) => self.hasher.note_failure(status),
                         UnitError::BadReply { .. } => {
                             tracing::warn!(%error, "unit of work refused, not counted")
                         }
                     }
-                    backoff.wait().await;
                 }
+                result
+            };
+            match unit.instrument(span).await {
+                Ok(()) => backoff.reset(),
+                Err(_) => backoff.wait().await,
             }
         }
     }
 
     /// The original unit: 32 random bytes, their hash, maybe a coin.
     async fn unary_unit(&self) -> Result<(), UnitError> {
-        let data = RngClient::new(self.rng.channel())
-            .generate(GenerateRequest {
-                size: BLOCK_BYTES as u32,
-            })
-            .await
-            .map_err(UnitError::Rng)?
-            .into_inner()
-            .data;
+        let request = GenerateRequest {
+            size: BLOCK_BYTES as u32,
+        };
+        let data = traced(
+            &self.rng,
+            RNG,
+            "Generate",
+            async |request| RngClient::new(self.rng.channel()).generate(request).await,
+            request,
+        )
+        .await
+        .map_err(UnitError::Rng)?
+        .into_inner()
+        .data;
         self.rng.note_success();
         check_block(&data)?;
-        let hex = HasherClient::new(self.hasher.channel())
-            .hash(HashRequest { data: data.clone() })
-            .await
-            .map_err(UnitError::Hasher)?
-            .into_inner()
-            .hex;
+        let request = HashRequest { data: data.clone() };
+        let hex = traced(
+            &self.hasher,
+            HASHER,
+            "Hash",
+            async |request| HasherClient::new(self.hasher.channel()).hash(request).await,
+            request,
+        )
+        .await
+        .map_err(UnitError::Hasher)?
+        .into_inner()
+        .hex;
         self.hasher.note_success();
         check_hex(&hex)?;
         let coins = if hex.starts_with('0') {
@@ -339,20 +366,39 @@ impl Miner {
         let wait = self.config.call_timeout;
         let timed_out =
             |what: &str| Status::deadline_exceeded(format!("no {what} within {wait:?}"));
-        let mut blocks = RngClient::new(self.rng.channel())
-            .generate_stream(GenerateStreamRequest {
-                size: BLOCK_BYTES as u32,
-                count: count as u32,
-            })
-            .await
-            .map_err(UnitError::Rng)?
-            .into_inner();
+        let request = GenerateStreamRequest {
+            size: BLOCK_BYTES as u32,
+            count: count as u32,
+        };
+        let mut blocks = traced(
+            &self.rng,
+            RNG,
+            "GenerateStream",
+            async |request| {
+                RngClient::new(self.rng.channel())
+                    .generate_stream(request)
+                    .await
+            },
+            request,
+        )
+        .await
+        .map_err(UnitError::Rng)?
+        .into_inner();
         let (to_hasher, requests) = mpsc::channel(1);
-        let mut digests = HasherClient::new(self.hasher.channel())
-            .hash_stream(ReceiverStream::new(requests))
-            .await
-            .map_err(UnitError::Hasher)?
-            .into_inner();
+        let mut digests = traced(
+            &self.hasher,
+            HASHER,
+            "HashStream",
+            async |request| {
+                HasherClient::new(self.hasher.channel())
+                    .hash_stream(request)
+                    .await
+            },
+            ReceiverStream::new(requests),
+        )
+        .await
+        .map_err(UnitError::Hasher)?
+        .into_inner();
         let mut left = count;
         while left > 0 {
             let message = tokio::time::timeout(wait, blocks.message())
@@ -390,6 +436,21 @@ impl Miner {
         }
         Ok(())
     }
+}
+
+const RNG: &str = "dockercoins.v1.Rng";
+const HASHER: &str = "dockercoins.v1.Hasher";
+
+/// The root span of an update to Redis: its own trace, with the Redis command.
+fn flush_span() -> tracing::Span {
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "worker.flush",
+        otel.name = "update the score",
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::new_trace(&span);
+    span
 }
 
 /// Mines with `config` until `shutdown` resolves, then stops its loops,
@@ -438,7 +499,7 @@ pub async fn run(
             _ = ticker.tick() => {
                 // An update in flight is not cancelled: Redis may have applied
                 // it, and counting it again would count it twice.
-                let _ = flusher.flush().await;
+                let _ = flusher.flush().instrument(flush_span()).await;
             }
         }
     }
@@ -446,7 +507,10 @@ pub async fn run(
     loops.abort_all();
     while loops.join_next().await.is_some() {}
     let left = FINAL_FLUSH_TIMEOUT.saturating_sub(stop_began.elapsed());
-    if tokio::time::timeout(left, flusher.flush()).await.is_err() {
+    if tokio::time::timeout(left, flusher.flush().instrument(flush_span()))
+        .await
+        .is_err()
+    {
         tracing::warn!("Redis did not acknowledge the last update in time");
     }
     let report = Report {

@@ -1,56 +1,13 @@
 //! The `dockercoins` binary as a user runs it, and the README kept true: its
 //! settings table matches the CLI, and its grpcurl lines work.
 
-use crate::helpers::{sha256_hex, spawn_hasher, spawn_rng};
+use crate::helpers::{sha256_hex, sigterm, spawn_hasher, spawn_rng, start_binary};
 use clap::CommandFactory;
 use dockercoins::config::{Cli, HasherConfig, RngConfig};
-use std::{process::Stdio, time::Duration};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use std::time::Duration;
+use tokio::process::Command;
 
 const README: &str = include_str!("../../README.md");
-
-/// Starts `dockercoins <args>` and waits for its start-up log line; returns
-/// the address it listens on (empty for the worker, which listens on none).
-async fn start_binary(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dockercoins"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("LOG_FORMAT")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listen = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listen=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-            if line.contains("worker mining") {
-                return String::new();
-            }
-        }
-        panic!("the binary exited before serving");
-    })
-    .await
-    .expect("no serving line within 30 s");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, listen)
-}
-
-async fn sigterm(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-}
 
 /// Every service, as its own process, exits 0 within a second of SIGTERM;
 /// worker and webui even with their backends and Redis unreachable.
@@ -72,7 +29,7 @@ async fn each_service_exits_zero_within_a_second_of_sigterm() {
     ];
     for args in commands {
         let service = args[0];
-        let (mut child, listen) = start_binary(&args).await;
+        let (mut child, listen) = start_binary(&args, &[]).await;
         assert!(
             service == "worker" || listen.starts_with("127.0.0.1:"),
             "{listen}"

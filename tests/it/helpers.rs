@@ -9,7 +9,12 @@ use dockercoins::{
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::process::Stdio;
 use std::{net::SocketAddr, time::Duration};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::oneshot,
@@ -329,4 +334,46 @@ impl RunningWorker {
             .expect("the worker did not stop within 2 s")
             .unwrap()
     }
+}
+
+/// Starts `dockercoins <args>` and waits for its start-up log line; returns
+/// the address it listens on (empty for the worker, which listens on none).
+pub async fn start_binary(args: &[&str], envs: &[(&str, &str)]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dockercoins"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("LOG_FORMAT")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .envs(envs.iter().copied())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+            if line.contains("worker mining") {
+                return String::new();
+            }
+        }
+        panic!("the binary exited before serving");
+    })
+    .await
+    .expect("no serving line within 30 s");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, listen)
+}
+
+pub async fn sigterm(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
 }

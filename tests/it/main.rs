@@ -8,6 +8,7 @@ mod hasher;
 mod helpers;
 mod rng;
 mod server;
+mod tracing;
 mod up;
 mod webui;
 mod worker;

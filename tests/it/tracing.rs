@@ -1,0 +1,311 @@
+//! Traces end to end: rng, hasher and a worker as real processes export over
+//! OTLP/gRPC to a receiver started here (opentelemetry-proto's tonic server:
+//! a real OTLP endpoint, not a mock of the exporter), with a real Redis.
+
+use crate::helpers::{RedisServer, sigterm, start_binary};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{KeyValue, any_value::Value},
+    trace::v1::{Span, span::SpanKind},
+};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::process::Child;
+use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+
+/// A span as received, with its service's resource attributes.
+#[derive(Clone, Debug)]
+struct Received {
+    service: String,
+    instance: Option<String>,
+    span: Span,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+    let value = attributes
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?;
+    Some(match value {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        Value::BoolValue(b) => b.to_string(),
+        Value::DoubleValue(d) => d.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans.resource.unwrap_or_default();
+            let service = attribute(&resource.attributes, "service.name").unwrap_or_default();
+            let instance = attribute(&resource.attributes, "service.instance.id");
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(Received {
+                        service: service.clone(),
+                        instance: instance.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Receiver {
+    async fn start() -> (Self, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let receiver = Self::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                let _ = stopped.await;
+            });
+        tokio::spawn(server);
+        (receiver, addr, stop)
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// rng, hasher and one worker, all exporting to `endpoint` with `ratio`.
+struct Mesh {
+    rng: Child,
+    hasher: Child,
+    worker: Child,
+}
+
+impl Mesh {
+    async fn start(redis: &RedisServer, endpoint: &str, ratio: &str) -> Self {
+        let otel = |service| {
+            [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                ("OTEL_SERVICE_NAME", service),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", ratio),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ]
+        };
+        let (rng, rng_addr) = start_binary(
+            &[
+                "rng",
+                "--listen",
+                "127.0.0.1:0",
+                "--delay-ms",
+                "0",
+                "--lanes",
+                "1",
+            ],
+            &otel("rng"),
+        )
+        .await;
+        let (hasher, hasher_addr) = start_binary(
+            &["hasher", "--listen", "127.0.0.1:0", "--delay-ms", "0"],
+            &otel("hasher"),
+        )
+        .await;
+        let (rng_url, hasher_url) = (
+            format!("http://{rng_addr}"),
+            format!("http://{hasher_addr}"),
+        );
+        let redis_url = redis.url();
+        let worker_args = [
+            "worker",
+            "--rng",
+            &rng_url,
+            "--hasher",
+            &hasher_url,
+            "--redis",
+            &redis_url,
+            "--delay-ms",
+            "20",
+        ];
+        let (worker, _) = start_binary(&worker_args, &otel("worker")).await;
+        Self {
+            rng,
+            hasher,
+            worker,
+        }
+    }
+
+    /// SIGTERM to each, worker first; each must exit 0 within a second,
+    /// having flushed its spans.
+    async fn stop(mut self) {
+        for (name, child) in [
+            ("worker", &mut self.worker),
+            ("rng", &mut self.rng),
+            ("hasher", &mut self.hasher),
+        ] {
+            let begun = std::time::Instant::now();
+            sigterm(child).await;
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .unwrap_or_else(|_| panic!("{name} did not exit"))
+                .unwrap();
+            assert!(status.success(), "{name}: {status}");
+            assert!(
+                begun.elapsed() < Duration::from_secs(1),
+                "{name} took {:?}",
+                begun.elapsed()
+            );
+        }
+    }
+}
+
+fn find(spans: &[Received], pred: impl Fn(&Received) -> bool) -> Vec<&Received> {
+    spans.iter().filter(|r| pred(r)).collect()
+}
+
+#[tokio::test]
+async fn every_hop_is_one_trace_with_the_right_parents() {
+    let redis = RedisServer::start().await;
+    let (receiver, addr, stop_receiver) = Receiver::start().await;
+    let mesh = Mesh::start(&redis, &format!("http://{addr}"), "1.0").await;
+    redis.wait_for_hashes(5, Duration::from_secs(30)).await;
+    mesh.stop().await;
+    let spans = receiver.spans();
+    let _ = stop_receiver.send(());
+
+    // A worker root span per unit of work.
+    let roots = find(&spans, |r| {
+        r.service == "worker" && r.span.name == "mine one block" && r.span.parent_span_id.is_empty()
+    });
+    assert!(
+        !roots.is_empty(),
+        "no worker root span among {} spans",
+        spans.len()
+    );
+    // Take a unit that completed: it has both client spans.
+    let complete = roots.iter().find_map(|root| {
+        let children = find(&spans, |r| {
+            r.span.trace_id == root.span.trace_id && r.span.parent_span_id == root.span.span_id
+        });
+        let rng = children
+            .iter()
+            .find(|c| c.span.name == "dockercoins.v1.Rng/Generate")?;
+        let hasher = children
+            .iter()
+            .find(|c| c.span.name == "dockercoins.v1.Hasher/Hash")?;
+        Some((root, *rng, *hasher))
+    });
+    let (root, rng_client, hasher_client) = complete.expect("no unit with both client spans");
+
+    for (client, service, method, server_service) in [
+        (rng_client, "dockercoins.v1.Rng", "Generate", "rng"),
+        (hasher_client, "dockercoins.v1.Hasher", "Hash", "hasher"),
+    ] {
+        let attrs = &client.span.attributes;
+        assert_eq!(client.span.kind, SpanKind::Client as i32);
+        assert_eq!(attribute(attrs, "rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(attribute(attrs, "rpc.service").as_deref(), Some(service));
+        assert_eq!(attribute(attrs, "rpc.method").as_deref(), Some(method));
+        assert_eq!(
+            attribute(attrs, "server.address").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            attribute(attrs, "rpc.grpc.status_code").as_deref(),
+            Some("0")
+        );
+        // The server span: same trace, child of the client span, in the
+        // other process.
+        let server = find(&spans, |r| {
+            r.span.trace_id == root.span.trace_id && r.span.parent_span_id == client.span.span_id
+        });
+        let server = server
+            .first()
+            .unwrap_or_else(|| panic!("no server span under {service}/{method}"));
+        assert_eq!(server.service, server_service);
+        assert_eq!(server.span.kind, SpanKind::Server as i32);
+        assert_eq!(
+            attribute(&server.span.attributes, "rpc.method").as_deref(),
+            Some(method)
+        );
+        assert_eq!(
+            attribute(&server.span.attributes, "rpc.grpc.status_code").as_deref(),
+            Some("0")
+        );
+        assert!(
+            server.instance.is_some(),
+            "no service.instance.id on {server_service}"
+        );
+        if server_service == "rng" {
+            let wait = find(&spans, |r| r.span.parent_span_id == server.span.span_id);
+            assert!(
+                wait.iter().any(|r| r.span.name == "rng.lane.wait"),
+                "rng's lane wait is not a span of its own"
+            );
+        }
+    }
+
+    // Redis: the worker's updates, each a span with db.system.
+    let redis_spans = find(&spans, |r| {
+        r.service == "worker"
+            && attribute(&r.span.attributes, "db.system").as_deref() == Some("redis")
+    });
+    assert!(!redis_spans.is_empty(), "no Redis span");
+    let update = redis_spans[0];
+    let parent = find(&spans, |r| r.span.span_id == update.span.parent_span_id);
+    assert_eq!(
+        parent.first().map(|r| r.span.name.as_str()),
+        Some("update the score")
+    );
+
+    // Nothing of the transport or of health checks.
+    assert!(
+        spans
+            .iter()
+            .all(|r| !r.span.name.contains("grpc.health") && !r.span.name.starts_with("h2")),
+        "unexpected spans"
+    );
+}
+
+#[tokio::test]
+async fn sampling_ratio_zero_exports_nothing() {
+    let redis = RedisServer::start().await;
+    let (receiver, addr, stop_receiver) = Receiver::start().await;
+    let mesh = Mesh::start(&redis, &format!("http://{addr}"), "0").await;
+    redis.wait_for_hashes(5, Duration::from_secs(30)).await;
+    mesh.stop().await;
+    assert_eq!(receiver.spans().len(), 0);
+    let _ = stop_receiver.send(());
+}
+
+/// A collector that is not there: the mesh mines as usual and still stops
+/// within a second.
+#[tokio::test]
+async fn an_unreachable_collector_blocks_nothing() {
+    let redis = RedisServer::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let mesh = Mesh::start(&redis, &endpoint, "1.0").await;
+    redis.wait_for_hashes(5, Duration::from_secs(30)).await;
+    mesh.stop().await;
+}
