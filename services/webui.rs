@@ -280,11 +280,19 @@ impl IntoResponse for GatewayError {
     }
 }
 
-fn backend_error(backend: &Backend, status: tonic::Status) -> GatewayError {
-    GatewayError::Backend {
-        backend: backend.name(),
-        status,
-    }
+/// The reply of a gateway call to `backend`, within [`BACKEND_TIMEOUT`].
+async fn answer<T>(
+    backend: &Backend,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, GatewayError> {
+    tokio::time::timeout(BACKEND_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 2 s")))
+        .map(tonic::Response::into_inner)
+        .map_err(|status| GatewayError::Backend {
+            backend: backend.name(),
+            status,
+        })
 }
 
 /// `GET /api/rng/<n>`: `Rng/Generate`, the bytes as hex.
@@ -304,12 +312,7 @@ async fn gateway_rng(
         async |request| RngClient::new(webui.rng.channel()).generate(request).await,
         request,
     );
-    let data = tokio::time::timeout(BACKEND_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 2 s")))
-        .map_err(|status| backend_error(&webui.rng, status))?
-        .into_inner()
-        .data;
+    let data = answer(&webui.rng, call).await?.data;
     Ok(Json(json!({"size": data.len(), "hex": hex::encode(&data)})))
 }
 
@@ -329,11 +332,6 @@ async fn gateway_hash(
         },
         HashRequest { data: body },
     );
-    let hex = tokio::time::timeout(BACKEND_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 2 s")))
-        .map_err(|status| backend_error(&webui.hasher, status))?
-        .into_inner()
-        .hex;
+    let hex = answer(&webui.hasher, call).await?.hex;
     Ok(Json(json!({"hex": hex})))
 }
