@@ -22,6 +22,8 @@ pub mod env {
     pub const GRPC_CHANNELS: &str = "GRPC_CHANNELS";
     pub const GRPC_CONNECT_TIMEOUT_MS: &str = "GRPC_CONNECT_TIMEOUT_MS";
     pub const GRPC_TIMEOUT_MS: &str = "GRPC_TIMEOUT_MS";
+    pub const GRPC_POLICY: &str = "GRPC_POLICY";
+    pub const GRPC_RESOLVE_MS: &str = "GRPC_RESOLVE_MS";
     pub const WORKER_DELAY_MS: &str = "WORKER_DELAY_MS";
     pub const WORKER_CONCURRENCY: &str = "WORKER_CONCURRENCY";
     pub const WORKER_BATCH: &str = "WORKER_BATCH";
@@ -223,6 +225,15 @@ pub struct TimeoutArgs {
     /// Bound on each gRPC call (queueing in rng's lane included), in milliseconds.
     #[arg(long, env = env::GRPC_TIMEOUT_MS, default_value_t = 5000)]
     pub call_timeout_ms: u64,
+    /// `balanced`: every replica the name resolves to, re-resolved
+    /// periodically. `pinned`: one connection, as a naive gRPC client (it
+    /// stays on the replica it first reached: the lab's trap).
+    #[arg(long, env = env::GRPC_POLICY, value_enum, default_value_t)]
+    pub grpc_policy: crate::pool::Policy,
+    /// How often a balanced client resolves rng's and hasher's names again,
+    /// in milliseconds.
+    #[arg(long, env = env::GRPC_RESOLVE_MS, default_value_t = 5000)]
+    pub resolve_ms: u64,
 }
 
 impl TimeoutArgs {
@@ -231,6 +242,8 @@ impl TimeoutArgs {
             channels: self.grpc_channels,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
+            policy: self.grpc_policy,
+            resolve_interval: Duration::from_millis(self.resolve_ms.max(100)),
         }
     }
 

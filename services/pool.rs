@@ -1,32 +1,57 @@
-//! The gRPC client side shared by the worker and the webui gateway: a few
-//! HTTP/2 channels per backend, with connect and call timeouts, and a capped
+//! The gRPC client side shared by the worker and the webui gateway: one
+//! [`Backend`] per service, spreading calls over every replica that the
+//! service's name resolves to, with connect and call timeouts, and a capped
 //! exponential [`Backoff`] for when a backend is down.
 //!
-//! Several channels, because one HTTP/2 connection serialises its streams on a
-//! lock in h2: spreading calls over a few connections is what lets one worker
-//! keep many calls in flight. [`Backend::channel`] is the one place a call
-//! picks its connection, so a balancer over several replicas drops in there.
+//! Why not one channel to the name: HTTP/2 keeps a connection for as long as
+//! it can, so a client that resolved `rng` once stays pinned to the replica it
+//! found, and replicas added later sit idle (the best-known trap of gRPC
+//! behind DNS). [`Policy::Balanced`] re-resolves the name every few seconds,
+//! keeps a connection per address, sends calls round robin, and ejects a
+//! replica whose connection fails, retrying the call on another one.
+//! [`Policy::Pinned`] is the naive client, kept so the lab can show the trap.
 
 use rand::Rng as _;
 use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, RwLock, Weak,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
+use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
+
+/// How a client spreads its calls over a backend's replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Every address the name resolves to, re-resolved periodically.
+    #[default]
+    Balanced,
+    /// One connection to the name, as a naive gRPC client: it stays on the
+    /// replica it first reached.
+    Pinned,
+}
 
 /// How a client reaches its backends.
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
-    /// HTTP/2 connections per backend.
+    /// HTTP/2 connections per replica (one connection serialises its
+    /// streams on a lock in h2).
     pub channels: usize,
     /// Bound on establishing a connection.
     pub connect_timeout: Duration,
     /// Bound on each call, queueing in the backend included.
     pub call_timeout: Duration,
+    /// Balanced or pinned.
+    pub policy: Policy,
+    /// How often a balanced backend resolves its name again.
+    pub resolve_interval: Duration,
 }
 
 impl Default for PoolSettings {
@@ -35,9 +60,14 @@ impl Default for PoolSettings {
             channels: 2,
             connect_timeout: Duration::from_secs(1),
             call_timeout: Duration::from_secs(5),
+            policy: Policy::Balanced,
+            resolve_interval: Duration::from_secs(5),
         }
     }
 }
+
+/// How long a replica whose connection failed gets no calls.
+const EJECTION: Duration = Duration::from_secs(2);
 
 /// A backend URL that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,32 +78,108 @@ pub struct InvalidUrl {
     reason: String,
 }
 
-/// The channels to one backend service.
+/// Turns a host and port into addresses: the system resolver by default, a
+/// closure in tests.
+pub type Resolver = Arc<
+    dyn Fn(String, u16) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The system's resolver (Docker's embedded DNS, a Kubernetes headless
+/// Service: one address per replica).
+pub fn system_resolver() -> Resolver {
+    Arc::new(|host, port| {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect())
+        })
+    })
+}
+
+/// One replica: an address (or, pinned, the name) and its connections.
+struct Replica {
+    /// The address, or the URL when pinned; for logs, spans and counts.
+    label: String,
+    /// The host part, for `server.address` on spans.
+    host: String,
+    port: u16,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+    /// No calls before this instant: its connection failed.
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl Replica {
+    fn channel(&self) -> Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[i].clone()
+    }
+
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| until > now)
+    }
+
+    fn eject(&self) {
+        *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + EJECTION);
+    }
+}
+
+/// What a backend shares between its clones and its resolver task.
+struct Shared {
+    name: &'static str,
+    url: String,
+    endpoint: Endpoint,
+    scheme: String,
+    host: String,
+    port: u16,
+    settings: PoolSettings,
+    resolver: Resolver,
+    /// The current replicas, swapped whole when the name resolves anew.
+    replicas: RwLock<Arc<[Arc<Replica>]>>,
+    next: AtomicUsize,
+    /// Wakes the resolver early (no replica left to call).
+    resolve_now: Notify,
+    /// Calls answered, by the replica that says it served them.
+    served: Mutex<BTreeMap<String, u64>>,
+    /// Whether the last call failed: the logs say "down" once and "back" once.
+    down: AtomicBool,
+    /// Calls that failed after every retry: units of work lost to this backend.
+    failures: std::sync::atomic::AtomicU64,
+}
+
+/// The replicas of one backend service.
 #[derive(Clone)]
 pub struct Backend {
-    /// `rng` or `hasher`: for logs.
-    name: &'static str,
-    /// The URL as configured, for logs and the status page.
-    url: Arc<str>,
-    /// Connected lazily: a backend that is down at start is not an error.
-    channels: Arc<[Channel]>,
-    /// Round-robin position over `channels`.
-    next: Arc<AtomicUsize>,
-    /// Whether the last call failed as unavailable: lets the logs say "down"
-    /// once and "back" once, instead of once per failed call.
-    down: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at {}", self.name, self.url)
+        write!(f, "{} at {}", self.shared.name, self.shared.url)
     }
 }
 
 impl Backend {
-    /// Channels to `url` (`http://host:port`). Nothing connects until the
-    /// first call.
+    /// A backend at `url` (`http://host:port`), resolved with the system
+    /// resolver. Nothing connects until the first call. Must be called
+    /// inside a tokio runtime (a balanced backend resolves in a task).
     pub fn new(name: &'static str, url: &str, settings: &PoolSettings) -> Result<Self, InvalidUrl> {
+        Self::with_resolver(name, url, settings, system_resolver())
+    }
+
+    /// The same, with the resolver given.
+    pub fn with_resolver(
+        name: &'static str,
+        url: &str,
+        settings: &PoolSettings,
+        resolver: Resolver,
+    ) -> Result<Self, InvalidUrl> {
         let invalid = |reason: String| InvalidUrl {
             name,
             url: url.to_owned(),
@@ -81,84 +187,324 @@ impl Backend {
         };
         let endpoint =
             Endpoint::from_shared(url.to_owned()).map_err(|error| invalid(error.to_string()))?;
-        if endpoint.uri().host().is_none() {
-            return Err(invalid("no host".into()));
-        }
-        let endpoint = endpoint
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.call_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let channels = (0..settings.channels.max(1))
-            .map(|_| endpoint.connect_lazy())
-            .collect();
-        Ok(Self {
+        let uri = endpoint.uri().clone();
+        let host = uri.host().ok_or_else(|| invalid("no host".into()))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+        let port = uri.port_u16().ok_or_else(|| invalid("no port".into()))?;
+        let endpoint = configure(endpoint, settings);
+        let pinned = settings.policy == Policy::Pinned;
+        let replicas: Arc<[Arc<Replica>]> = if pinned {
+            // The naive client: one connection to the name, resolved by the
+            // connection itself when it (re)connects.
+            Arc::new([Arc::new(Replica {
+                label: url.to_owned(),
+                host: host.clone(),
+                port,
+                channels: vec![endpoint.connect_lazy()],
+                next: AtomicUsize::new(0),
+                ejected_until: Mutex::new(None),
+            })])
+        } else {
+            Arc::new([])
+        };
+        let shared = Arc::new(Shared {
             name,
-            url: url.into(),
-            channels,
-            next: Arc::new(AtomicUsize::new(0)),
-            down: Arc::new(AtomicBool::new(false)),
-        })
+            url: url.to_owned(),
+            endpoint,
+            scheme,
+            host,
+            port,
+            settings: settings.clone(),
+            resolver,
+            replicas: RwLock::new(replicas),
+            next: AtomicUsize::new(0),
+            resolve_now: Notify::new(),
+            served: Mutex::default(),
+            down: AtomicBool::new(false),
+            failures: Default::default(),
+        });
+        if !pinned {
+            tokio::spawn(resolve_forever(Arc::downgrade(&shared)));
+        }
+        Ok(Self { shared })
     }
 
     pub fn name(&self) -> &'static str {
-        self.name
+        self.shared.name
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        &self.shared.url
     }
 
-    /// The channel for the next call (round robin).
-    pub fn channel(&self) -> Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+    /// The replicas' labels (addresses), in order.
+    pub fn replicas(&self) -> Vec<String> {
+        self.current().iter().map(|r| r.label.clone()).collect()
+    }
+
+    /// Calls answered so far, by the replica that served them.
+    pub fn served(&self) -> BTreeMap<String, u64> {
+        self.shared
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn current(&self) -> Arc<[Arc<Replica>]> {
+        self.shared
+            .replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The replica for the next call: round robin over those not ejected;
+    /// if all are, the next one anyway (better a probe than no call).
+    async fn pick(&self) -> Result<Arc<Replica>, tonic::Status> {
+        let mut replicas = self.current();
+        if replicas.is_empty() {
+            // The first call, or the name resolves to nothing: resolve now.
+            resolve_once(&self.shared).await;
+            replicas = self.current();
+        }
+        if replicas.is_empty() {
+            self.shared.resolve_now.notify_one();
+            return Err(tonic::Status::unavailable(format!(
+                "{}: {}:{} resolves to no address",
+                self.shared.name, self.shared.host, self.shared.port
+            )));
+        }
+        let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let healthy = (0..replicas.len())
+            .map(|i| &replicas[(start + i) % replicas.len()])
+            .find(|replica| !replica.is_ejected(now));
+        match healthy {
+            Some(replica) => Ok(replica.clone()),
+            None => {
+                self.shared.resolve_now.notify_one();
+                Ok(replicas[start % replicas.len()].clone())
+            }
+        }
+    }
+
+    /// A channel to the next replica, for calls made outside [`traced`].
+    pub async fn channel(&self) -> Result<Channel, tonic::Status> {
+        Ok(self.pick().await?.channel())
+    }
+
+    fn count_served(&self, served_by: Option<&str>, replica: &Replica) {
+        let key = served_by.unwrap_or(&replica.label).to_owned();
+        *self
+            .shared
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default() += 1;
     }
 
     /// Notes a call that failed; logs the first failure of a streak at warn.
     pub fn note_failure(&self, status: &tonic::Status) {
-        if !self.down.swap(true, Ordering::Relaxed) {
+        let shared = &self.shared;
+        shared.failures.fetch_add(1, Ordering::Relaxed);
+        if !shared.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                backend = self.name,
-                url = %self.url,
+                backend = shared.name,
+                url = %shared.url,
                 code = ?status.code(),
                 error = status.message(),
                 "{} call failed; backing off and retrying",
-                self.name
+                shared.name
             );
         } else {
-            tracing::debug!(backend = self.name, code = ?status.code(), error = status.message(), "call failed");
+            tracing::debug!(backend = shared.name, code = ?status.code(), error = status.message(), "call failed");
         }
+    }
+
+    /// Calls noted as failed so far.
+    pub fn failures(&self) -> u64 {
+        self.shared.failures.load(Ordering::Relaxed)
     }
 
     /// Notes a call that succeeded; logs the end of a failure streak.
     pub fn note_success(&self) {
-        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
-            tracing::info!(backend = self.name, url = %self.url, "{} is answering again", self.name);
+        let shared = &self.shared;
+        if shared.down.load(Ordering::Relaxed) && shared.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(backend = shared.name, url = %shared.url, "{} is answering again", shared.name);
         }
     }
 }
 
-/// Makes one gRPC call inside a client span, with the trace context in its
-/// metadata and its status recorded on the span. For a streaming call the
-/// span covers the call's start, up to the response headers.
-pub async fn traced<M, T>(
+fn configure(endpoint: Endpoint, settings: &PoolSettings) -> Endpoint {
+    endpoint
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.call_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+}
+
+/// Resolves the name every `resolve_interval` (sooner when asked) for as long
+/// as the backend exists.
+async fn resolve_forever(shared: Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let interval = strong.settings.resolve_interval;
+        resolve_once(&strong).await;
+        let woken = async {
+            // Held only while waiting, so the backend can go away meanwhile.
+            strong.resolve_now.notified().await;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = woken => {
+                // Asked early: still at most one resolution a quarter period.
+                tokio::time::sleep(interval / 4).await;
+            }
+        }
+        drop(strong);
+    }
+}
+
+/// Resolves the name once and swaps in the new set of replicas, keeping the
+/// connections of addresses that stay.
+async fn resolve_once(shared: &Shared) {
+    let addrs = match (shared.resolver)(shared.host.clone(), shared.port).await {
+        Ok(addrs) => addrs,
+        Err(error) => {
+            tracing::debug!(backend = shared.name, host = %shared.host, %error, "cannot resolve");
+            Vec::new()
+        }
+    };
+    let mut addrs: Vec<SocketAddr> = addrs;
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        // Keep what we had: a resolver hiccup must not drop live replicas.
+        return;
+    }
+    let old = shared
+        .replicas
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let by_label: HashMap<&str, &Arc<Replica>> =
+        old.iter().map(|r| (r.label.as_str(), r)).collect();
+    let mut changed = old.len() != addrs.len();
+    let replicas: Vec<Arc<Replica>> = addrs
+        .iter()
+        .map(|addr| {
+            let label = addr.to_string();
+            if let Some(existing) = by_label.get(label.as_str()) {
+                return Arc::clone(existing);
+            }
+            changed = true;
+            let uri = format!("{}://{label}", shared.scheme);
+            let endpoint = shared.endpoint.clone();
+            let endpoint = Endpoint::from_shared(uri)
+                .map(|e| configure(e, &shared.settings))
+                .unwrap_or(endpoint);
+            Arc::new(Replica {
+                label,
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                channels: (0..shared.settings.channels.max(1))
+                    .map(|_| endpoint.connect_lazy())
+                    .collect(),
+                next: AtomicUsize::new(0),
+                ejected_until: Mutex::new(None),
+            })
+        })
+        .collect();
+    if changed {
+        let labels: Vec<&str> = replicas.iter().map(|r| r.label.as_str()).collect();
+        tracing::info!(backend = shared.name, host = %shared.host, endpoints = ?labels, "{} endpoints changed", shared.name);
+        *shared.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
+    }
+}
+
+/// The response header in which rng and hasher say which replica served a call.
+pub const SERVED_BY: &str = "x-served-by";
+
+/// Makes one gRPC call to `backend` inside a client span, with the trace
+/// context in its metadata and its status recorded on the span. A replica
+/// whose connection fails (UNAVAILABLE) is ejected and the call is tried on
+/// the next one, so a dead replica still in DNS costs no failed call. For a
+/// streaming call the span covers the call's start, up to the response
+/// headers.
+pub async fn traced<M: Clone, T>(
     backend: &Backend,
     service: &'static str,
     method: &'static str,
-    call: impl AsyncFnOnce(tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+    call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
     message: M,
 ) -> Result<tonic::Response<T>, tonic::Status> {
-    let span = crate::telemetry::grpc_client_span(service, method, backend.url());
+    let attempts = backend.current().len().clamp(1, 4);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let replica = backend.pick().await?;
+        let result = call_replica(backend, &replica, service, method, &call, message.clone()).await;
+        if matches!(&result, Err(status) if status.code() == tonic::Code::Unavailable)
+            && attempt < attempts
+        {
+            tracing::debug!(backend = backend.name(), replica = %replica.label, "unavailable; trying another replica");
+            continue;
+        }
+        return result;
+    }
+}
+
+/// [`traced`] for a call whose request cannot be sent twice (a client
+/// stream): one replica, one attempt; the caller's backoff retries.
+pub async fn traced_once<M, T>(
+    backend: &Backend,
+    service: &'static str,
+    method: &'static str,
+    call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+    message: M,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let replica = backend.pick().await?;
+    call_replica(backend, &replica, service, method, &call, message).await
+}
+
+async fn call_replica<M, T>(
+    backend: &Backend,
+    replica: &Replica,
+    service: &'static str,
+    method: &'static str,
+    call: &impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+    message: M,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let span = crate::telemetry::grpc_client_span(service, method, &replica.host, replica.port);
     let result = async {
         let mut request = tonic::Request::new(message);
         crate::telemetry::inject(&mut request);
-        call(request).await
+        call(replica.channel(), request).await
     }
     .instrument(span.clone())
     .await;
     crate::telemetry::record_grpc_result(&span, &result);
+    match &result {
+        Ok(response) => {
+            let served_by = response
+                .metadata()
+                .get(SERVED_BY)
+                .and_then(|value| value.to_str().ok());
+            backend.count_served(served_by, replica);
+        }
+        // The connection failed: no more calls to this replica for a while.
+        Err(status) if status.code() == tonic::Code::Unavailable => replica.eject(),
+        Err(_) => {}
+    }
     result
 }
 

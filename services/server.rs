@@ -19,12 +19,22 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
+use tower_http::{
+    limit::RequestBodyLimitLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer,
+};
 use tracing::{Span, field::Empty};
 
 /// How long in-flight calls may run after shutdown begins, so that a service
 /// exits well within the one second that `docker stop` users expect.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(750);
+
+/// Connections older than this are closed gracefully, so clients that keep
+/// one connection for ever (a naive gRPC client) still move to new replicas.
+/// Long enough that the lab can show the pinned trap first.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+
+/// Calls in flight on a connection past its age get this long to finish.
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
 
 /// Why a server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +138,10 @@ impl GrpcServer {
                 .set_service_status(name, ServingStatus::Serving)
                 .await;
         }
+        let local = listener.local_addr()?;
+        let served_by =
+            axum::http::HeaderValue::from_str(&format!("{}:{}", hostname(), local.port()))
+                .unwrap_or_else(|_| axum::http::HeaderValue::from_static("unknown"));
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
         let server = Server::builder()
@@ -139,7 +153,16 @@ impl GrpcServer {
                     .on_eos(record_trailers)
                     .on_failure(()),
             )
+            // Says which replica answered: clients count calls per replica.
+            .layer(SetResponseHeaderLayer::overriding(
+                axum::http::HeaderName::from_static(crate::pool::SERVED_BY),
+                served_by,
+            ))
             .accept_http1(true)
+            // A backstop for clients that do not balance: they reconnect (and
+            // resolve the name again) at least this often.
+            .max_connection_age(MAX_CONNECTION_AGE)
+            .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
             .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
             .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -186,8 +186,12 @@ fn record_trace_id(span: &Span) {
 
 /// A gRPC client span: `service/method` to `url`, per the OpenTelemetry RPC
 /// conventions. Record the outcome with [`record_grpc_result`].
-pub fn grpc_client_span(service: &'static str, method: &'static str, url: &str) -> Span {
-    let (address, port) = split_url(url);
+pub fn grpc_client_span(
+    service: &'static str,
+    method: &'static str,
+    address: &str,
+    port: u16,
+) -> Span {
     tracing::info_span!(
         target: TARGET,
         "grpc.client",

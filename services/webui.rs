@@ -227,8 +227,11 @@ async fn grpc_health(backend: &Backend, service: &str) -> Value {
     let request = HealthCheckRequest {
         service: service.into(),
     };
-    let mut client = HealthClient::new(backend.channel());
-    let check = client.check(request);
+    let check = async {
+        HealthClient::new(backend.channel().await?)
+            .check(request)
+            .await
+    };
     let (status, error) = match tokio::time::timeout(BACKEND_TIMEOUT, check).await {
         Ok(Ok(reply)) => (reply.into_inner().status().as_str_name().to_owned(), None),
         Ok(Err(status)) => ("UNREACHABLE".to_owned(), Some(status.message().to_owned())),
@@ -309,7 +312,7 @@ async fn gateway_rng(
         &webui.rng,
         "dockercoins.v1.Rng",
         "Generate",
-        async |request| RngClient::new(webui.rng.channel()).generate(request).await,
+        async |channel, request| RngClient::new(channel).generate(request).await,
         request,
     );
     let data = answer(&webui.rng, call).await?.data;
@@ -325,11 +328,7 @@ async fn gateway_hash(
         &webui.hasher,
         "dockercoins.v1.Hasher",
         "Hash",
-        async |request| {
-            HasherClient::new(webui.hasher.channel())
-                .hash(request)
-                .await
-        },
+        async |channel, request| HasherClient::new(channel).hash(request).await,
         HashRequest { data: body },
     );
     let hex = answer(&webui.hasher, call).await?.hex;

@@ -15,7 +15,7 @@ use crate::{
         GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest,
         hasher_client::HasherClient, rng_client::RngClient,
     },
-    pool::{Backend, Backoff, traced},
+    pool::{Backend, Backoff, traced, traced_once},
     store::{Coin, Store, StoreError},
 };
 use bytes::Bytes;
@@ -326,7 +326,7 @@ impl Miner {
             &self.rng,
             RNG,
             "Generate",
-            async |request| RngClient::new(self.rng.channel()).generate(request).await,
+            async |channel, request| RngClient::new(channel).generate(request).await,
             request,
         )
         .await
@@ -340,7 +340,7 @@ impl Miner {
             &self.hasher,
             HASHER,
             "Hash",
-            async |request| HasherClient::new(self.hasher.channel()).hash(request).await,
+            async |channel, request| HasherClient::new(channel).hash(request).await,
             request,
         )
         .await
@@ -374,26 +374,18 @@ impl Miner {
             &self.rng,
             RNG,
             "GenerateStream",
-            async |request| {
-                RngClient::new(self.rng.channel())
-                    .generate_stream(request)
-                    .await
-            },
+            async |channel, request| RngClient::new(channel).generate_stream(request).await,
             request,
         )
         .await
         .map_err(UnitError::Rng)?
         .into_inner();
         let (to_hasher, requests) = mpsc::channel(1);
-        let mut digests = traced(
+        let mut digests = traced_once(
             &self.hasher,
             HASHER,
             "HashStream",
-            async |request| {
-                HasherClient::new(self.hasher.channel())
-                    .hash_stream(request)
-                    .await
-            },
+            async |channel, request| HasherClient::new(channel).hash_stream(request).await,
             ReceiverStream::new(requests),
         )
         .await

@@ -312,6 +312,16 @@ impl RunningWorker {
         };
         let rng = dockercoins::pool::Backend::new("rng", rng_url, &pool).unwrap();
         let hasher = dockercoins::pool::Backend::new("hasher", hasher_url, &pool).unwrap();
+        Self::with_backends(config, rng, hasher, store)
+    }
+
+    /// A worker on backends made by the test (a resolver of its own...).
+    pub fn with_backends(
+        config: dockercoins::worker::WorkerConfig,
+        rng: dockercoins::pool::Backend,
+        hasher: dockercoins::pool::Backend,
+        store: dockercoins::store::Store,
+    ) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(dockercoins::worker::run(
             config,

@@ -2,6 +2,7 @@
 //! Servers are spawned in-process on port 0; nothing sleeps to wait for
 //! readiness (a bound listener already accepts).
 
+mod balance;
 mod cli;
 mod compose;
 mod hasher;
