@@ -8,7 +8,11 @@ use std::{env, fs, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(
-        ["dockercoins/v1/rng.proto", "dockercoins/v1/hasher.proto"],
+        [
+            "dockercoins/v1/rng.proto",
+            "dockercoins/v1/hasher.proto",
+            "dockercoins/v1/replica.proto",
+        ],
         ["proto"],
     )?;
     let out = PathBuf::from(env::var("OUT_DIR")?);

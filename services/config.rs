@@ -29,6 +29,8 @@ pub mod env {
     pub const WORKER_BATCH: &str = "WORKER_BATCH";
     pub const WEBUI_LISTEN: &str = "WEBUI_LISTEN";
     pub const UP_WORKERS: &str = "UP_WORKERS";
+    pub const UP_RNG_REPLICAS: &str = "UP_RNG_REPLICAS";
+    pub const UP_HASHER_REPLICAS: &str = "UP_HASHER_REPLICAS";
     pub const TURBO: &str = "TURBO";
 }
 
@@ -297,6 +299,13 @@ pub struct UpArgs {
     /// Workers to run.
     #[arg(long, env = env::UP_WORKERS, default_value_t = 1)]
     pub workers: usize,
+    /// rng servers to run, on --rng-listen's port, then +10, +20... The
+    /// lab's fix: with `balanced` clients, 3 replicas triple the rate.
+    #[arg(long, env = env::UP_RNG_REPLICAS, default_value_t = 1)]
+    pub rng_replicas: usize,
+    /// hasher servers to run, on --hasher-listen's port, then +10, +20...
+    #[arg(long, env = env::UP_HASHER_REPLICAS, default_value_t = 1)]
+    pub hasher_replicas: usize,
     /// No delays, no lane, workers in batch mode: how fast the mesh really is.
     #[arg(long, env = env::TURBO)]
     pub turbo: bool,

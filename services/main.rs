@@ -65,8 +65,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => {
             let listeners = Listeners {
-                rng: bind(args.rng_listen, "--rng-listen / RNG_LISTEN").await?,
-                hasher: bind(args.hasher_listen, "--hasher-listen / HASHER_LISTEN").await?,
+                rng: bind_replicas(
+                    args.rng_listen,
+                    args.rng_replicas,
+                    "--rng-listen / RNG_LISTEN",
+                )
+                .await?,
+                hasher: bind_replicas(
+                    args.hasher_listen,
+                    args.hasher_replicas,
+                    "--hasher-listen / HASHER_LISTEN",
+                )
+                .await?,
                 webui: bind(args.webui_listen, "--webui-listen / WEBUI_LISTEN").await?,
             };
             let (rng, hasher, worker) = args.configs();
@@ -93,6 +103,26 @@ fn clients(args: &ClientArgs) -> anyhow::Result<(Backend, Backend, Store)> {
         Backend::new("hasher", &args.hasher_url, &pool)?,
         Store::redis(&args.redis_url, args.timeouts.redis_timeout())?,
     ))
+}
+
+/// `replicas` listeners: on `first`, then its port +10, +20... (port 0
+/// stays 0: every replica gets a free port).
+async fn bind_replicas(
+    first: SocketAddr,
+    replicas: usize,
+    setting: &str,
+) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for n in 0..replicas.max(1) {
+        let mut addr = first;
+        if first.port() != 0 {
+            let port = u16::try_from(usize::from(first.port()) + 10 * n)
+                .context("too many replicas for the port range")?;
+            addr.set_port(port);
+        }
+        listeners.push(bind(addr, setting).await?);
+    }
+    Ok(listeners)
 }
 
 async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {

@@ -246,6 +246,17 @@ impl Backend {
         self.current().iter().map(|r| r.label.clone()).collect()
     }
 
+    /// A channel to each current replica, with its label.
+    pub async fn replica_channels(&self) -> Vec<(String, Channel)> {
+        if self.current().is_empty() {
+            resolve_once(&self.shared).await;
+        }
+        self.current()
+            .iter()
+            .map(|replica| (replica.label.clone(), replica.channel()))
+            .collect()
+    }
+
     /// Calls answered so far, by the replica that served them.
     pub fn served(&self) -> BTreeMap<String, u64> {
         self.shared

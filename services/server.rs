@@ -5,11 +5,21 @@
 //! The services themselves (`rng`, `hasher`) only bring their gRPC service and
 //! their legacy HTTP routes.
 
-use crate::limits;
+use crate::{
+    limits,
+    pb::{
+        InfoRequest, InfoResponse,
+        replica_server::{Replica, ReplicaServer},
+    },
+};
 use axum::{
     extract::Request,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
+};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 use std::{convert::Infallible, future::Future, time::Duration};
 use tokio::{net::TcpListener, sync::oneshot};
@@ -132,7 +142,16 @@ impl GrpcServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let this = self.with_reflection()?;
+        let local = listener.local_addr()?;
+        let instance = format!("{}:{}", hostname(), local.port());
+        let calls = Arc::new(AtomicU64::new(0));
+        let replica = ReplicaService {
+            instance: instance.clone(),
+            calls: calls.clone(),
+        };
+        let this = self
+            .add_service(ReplicaServer::new(replica))
+            .with_reflection()?;
         for name in &this.services {
             this.health
                 .set_service_status(name, ServingStatus::Serving)
@@ -145,6 +164,18 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
         let server = Server::builder()
+            // Counts the dockercoins calls this replica serves, for Replica/Info.
+            .layer(tower::util::MapRequestLayer::new(
+                move |request: axum::http::Request<tonic::body::Body>| {
+                    let path = request.uri().path();
+                    if path.starts_with("/dockercoins.v1.Rng/")
+                        || path.starts_with("/dockercoins.v1.Hasher/")
+                    {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                    request
+                },
+            ))
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(server_span)
@@ -282,6 +313,25 @@ pub(crate) fn record_response<B>(
 fn record_trailers(trailers: Option<&axum::http::HeaderMap>, _stream: Duration, span: &Span) {
     if let Some(trailers) = trailers {
         record_grpc_status(trailers, span);
+    }
+}
+
+/// `dockercoins.v1.Replica`: who this replica is, and how many calls it served.
+struct ReplicaService {
+    instance: String,
+    calls: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl Replica for ReplicaService {
+    async fn info(
+        &self,
+        _request: tonic::Request<InfoRequest>,
+    ) -> Result<tonic::Response<InfoResponse>, tonic::Status> {
+        Ok(tonic::Response::new(InfoResponse {
+            instance: self.instance.clone(),
+            calls: self.calls.load(Ordering::Relaxed),
+        }))
     }
 }
 

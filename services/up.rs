@@ -40,11 +40,21 @@ pub struct UpConfig {
     pub redis_url: Option<String>,
 }
 
-/// The three ports `up` serves on, bound by the caller.
+/// The ports `up` serves on, bound by the caller: one per rng and hasher
+/// replica, and webui's.
 pub struct Listeners {
-    pub rng: TcpListener,
-    pub hasher: TcpListener,
+    pub rng: Vec<TcpListener>,
+    pub hasher: Vec<TcpListener>,
     pub webui: TcpListener,
+}
+
+/// A resolver that always answers `addrs`: how `up`'s clients find every
+/// local replica, as Docker's DNS would list every container.
+fn fixed_resolver(addrs: Vec<SocketAddr>) -> crate::pool::Resolver {
+    std::sync::Arc::new(move |_host, _port| {
+        let addrs = addrs.clone();
+        Box::pin(async move { Ok(addrs) })
+    })
 }
 
 /// Why `up` could not run.
@@ -191,11 +201,11 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), UpError> {
-    let addrs = (
-        listeners.rng.local_addr()?,
-        listeners.hasher.local_addr()?,
-        listeners.webui.local_addr()?,
-    );
+    let addrs = Addrs {
+        rng: addrs_of(&listeners.rng)?,
+        hasher: addrs_of(&listeners.hasher)?,
+        webui: listeners.webui.local_addr()?,
+    };
     let (store, private_redis) = match &config.redis_url {
         Some(url) => (Store::redis(url, config.redis_timeout)?, None),
         None => match PrivateRedis::start().await? {
@@ -227,6 +237,16 @@ pub async fn run(
     result
 }
 
+struct Addrs {
+    rng: Vec<SocketAddr>,
+    hasher: Vec<SocketAddr>,
+    webui: SocketAddr,
+}
+
+fn addrs_of(listeners: &[TcpListener]) -> std::io::Result<Vec<SocketAddr>> {
+    listeners.iter().map(TcpListener::local_addr).collect()
+}
+
 fn local_url(addr: SocketAddr) -> String {
     if addr.ip().is_unspecified() {
         format!("http://localhost:{}", addr.port())
@@ -238,7 +258,7 @@ fn local_url(addr: SocketAddr) -> String {
 async fn run_services(
     config: UpConfig,
     listeners: Listeners,
-    (rng_addr, hasher_addr, webui_addr): (SocketAddr, SocketAddr, SocketAddr),
+    addrs: Addrs,
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), UpError> {
@@ -249,18 +269,39 @@ async fn run_services(
             let _ = stopped.wait_for(|&stop| stop).await;
         }
     };
-    let rng_url = local_url(rng_addr);
-    let hasher_url = local_url(hasher_addr);
+    let rng_url = local_url(addrs.rng[0]);
+    let hasher_url = local_url(addrs.hasher[0]);
+    let webui_addr = addrs.webui;
     let mut tasks: JoinSet<Result<(), UpError>> = JoinSet::new();
-    let rng = crate::rng::serve(listeners.rng, config.rng.clone(), signal());
-    tasks.spawn(async move { Ok(rng.await?) }.instrument(tracing::info_span!("rng")));
-    let hasher = crate::hasher::serve(listeners.hasher, config.hasher.clone(), signal());
-    tasks.spawn(async move { Ok(hasher.await?) }.instrument(tracing::info_span!("hasher")));
-    let webui = Webui::new(
-        store.clone(),
-        Backend::new("rng", &rng_url, &config.pool)?,
-        Backend::new("hasher", &hasher_url, &config.pool)?,
-    );
+    for (n, listener) in listeners.rng.into_iter().enumerate() {
+        let rng = crate::rng::serve(listener, config.rng.clone(), signal());
+        let span = tracing::info_span!("rng", replica = n + 1);
+        tasks.spawn(async move { Ok(rng.await?) }.instrument(span));
+    }
+    for (n, listener) in listeners.hasher.into_iter().enumerate() {
+        let hasher = crate::hasher::serve(listener, config.hasher.clone(), signal());
+        let span = tracing::info_span!("hasher", replica = n + 1);
+        tasks.spawn(async move { Ok(hasher.await?) }.instrument(span));
+    }
+    // Balanced clients see every replica (pinned ones keep the first).
+    let backends = || -> Result<(Backend, Backend), UpError> {
+        Ok((
+            Backend::with_resolver(
+                "rng",
+                &rng_url,
+                &config.pool,
+                fixed_resolver(addrs.rng.clone()),
+            )?,
+            Backend::with_resolver(
+                "hasher",
+                &hasher_url,
+                &config.pool,
+                fixed_resolver(addrs.hasher.clone()),
+            )?,
+        ))
+    };
+    let (rng, hasher) = backends()?;
+    let webui = Webui::new(store.clone(), rng, hasher);
     let webui_signal = signal();
     tasks.spawn(
         async move {
@@ -271,8 +312,7 @@ async fn run_services(
         .instrument(tracing::info_span!("webui")),
     );
     for n in 1..=config.workers.max(1) {
-        let rng = Backend::new("rng", &rng_url, &config.pool)?;
-        let hasher = Backend::new("hasher", &hasher_url, &config.pool)?;
+        let (rng, hasher) = backends()?;
         let worker =
             crate::worker::run(config.worker.clone(), rng, hasher, store.clone(), signal());
         tasks.spawn(
@@ -285,8 +325,8 @@ async fn run_services(
     }
     tracing::info!(
         webui = %local_url(webui_addr),
-        rng = %rng_url,
-        hasher = %hasher_url,
+        rng = ?addrs.rng,
+        hasher = ?addrs.hasher,
         store = %store.describe(),
         workers = config.workers,
         "dockercoins is up: open {} (Ctrl-C stops everything)",

@@ -7,7 +7,10 @@
 
 use crate::{
     limits::MAX_BLOCK_BYTES,
-    pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
+    pb::{
+        GenerateRequest, HashRequest, InfoRequest, hasher_client::HasherClient,
+        replica_client::ReplicaClient, rng_client::RngClient,
+    },
     pool::{Backend, traced},
     rng::check_size,
     server::DRAIN_TIMEOUT,
@@ -222,29 +225,52 @@ fn ms(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e5).round() / 100.0
 }
 
+/// A backend as webui sees it: each replica's health, latency, identity and
+/// calls served; the backend's own status is its best replica's.
 async fn grpc_health(backend: &Backend, service: &str) -> Value {
-    let start = Instant::now();
-    let request = HealthCheckRequest {
-        service: service.into(),
-    };
-    let check = async {
-        HealthClient::new(backend.channel().await?)
-            .check(request)
-            .await
-    };
-    let (status, error) = match tokio::time::timeout(BACKEND_TIMEOUT, check).await {
-        Ok(Ok(reply)) => (reply.into_inner().status().as_str_name().to_owned(), None),
-        Ok(Err(status)) => ("UNREACHABLE".to_owned(), Some(status.message().to_owned())),
-        Err(_) => (
-            "UNREACHABLE".to_owned(),
-            Some("no answer in 2 s".to_owned()),
-        ),
-    };
+    let replicas = backend.replica_channels().await;
+    let checks = replicas.into_iter().map(|(address, channel)| async move {
+        let start = Instant::now();
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        let check = async {
+            let health = HealthClient::new(channel.clone()).check(request).await?;
+            let info = ReplicaClient::new(channel).info(InfoRequest {}).await.ok();
+            Ok::<_, tonic::Status>((health.into_inner().status(), info))
+        };
+        match tokio::time::timeout(BACKEND_TIMEOUT, check).await {
+            Ok(Ok((status, info))) => {
+                let info = info.map(tonic::Response::into_inner);
+                json!({
+                    "address": address,
+                    "status": status.as_str_name(),
+                    "latency_ms": ms(start.elapsed()),
+                    "instance": info.as_ref().map(|i| i.instance.clone()),
+                    "calls": info.map(|i| i.calls),
+                })
+            }
+            Ok(Err(status)) => {
+                json!({"address": address, "status": "UNREACHABLE", "error": status.message()})
+            }
+            Err(_) => {
+                json!({"address": address, "status": "UNREACHABLE", "error": "no answer in 2 s"})
+            }
+        }
+    });
+    let replicas: Vec<Value> = futures_util::future::join_all(checks).await;
+    let best = replicas
+        .iter()
+        .find(|r| r["status"] == "SERVING")
+        .or_else(|| replicas.first())
+        .cloned()
+        .unwrap_or_else(|| json!({"status": "UNREACHABLE", "error": "no address"}));
     json!({
         "url": backend.url(),
-        "status": status,
-        "latency_ms": ms(start.elapsed()),
-        "error": error,
+        "status": best["status"],
+        "latency_ms": best.get("latency_ms"),
+        "error": best.get("error"),
+        "replicas": replicas,
     })
 }
 

@@ -484,11 +484,16 @@ pub async fn run(
     let mut ticker = tokio::time::interval_at(Instant::now() + FLUSH_INTERVAL, FLUSH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             _ = ticker.tick() => {
+                ticks += 1;
+                if ticks % 10 == 0 {
+                    tracing::info!(rng = ?miner.rng.served(), hasher = ?miner.hasher.served(), "calls per replica");
+                }
                 // An update in flight is not cancelled: Redis may have applied
                 // it, and counting it again would count it twice.
                 let _ = flusher.flush().instrument(flush_span()).await;
@@ -516,6 +521,8 @@ pub async fn run(
             hashes_done = report.hashes_done,
             hashes_flushed = report.hashes_flushed,
             coins_found = report.coins_found,
+            rng_calls = ?miner.rng.served(),
+            hasher_calls = ?miner.hasher.served(),
             "worker stopped; every hash counted in Redis"
         );
     } else {

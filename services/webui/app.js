@@ -91,20 +91,37 @@ function draw() {
   ctx.stroke();
 }
 
+const previousCalls = new Map(); // instance -> {calls, t}
+
+function replicaRows(name, backend) {
+  const replicas = backend.replicas && backend.replicas.length ? backend.replicas : [backend];
+  const now = Date.now() / 1000;
+  return replicas.map((r) => {
+    let rate = "–";
+    if (r.instance && r.calls != null) {
+      const before = previousCalls.get(r.instance);
+      if (before && now > before.t) rate = ((r.calls - before.calls) / (now - before.t)).toFixed(1);
+      previousCalls.set(r.instance, { calls: r.calls, t: now });
+    }
+    const label = r.instance ? `${r.address} (${r.instance})` : r.address || backend.url;
+    return [name, label, r.status, r.latency_ms, rate, r.error];
+  });
+}
+
 async function pollStatus() {
   try {
     const response = await fetch("/api/status", { cache: "no-store" });
     const body = await response.json();
     const rows = [
-      ["rng", body.rng.url, body.rng.status, body.rng.latency_ms, body.rng.error],
-      ["hasher", body.hasher.url, body.hasher.status, body.hasher.latency_ms, body.hasher.error],
-      ["redis", body.redis.url, body.redis.state.status, body.redis.state.latency_ms, body.redis.state.error],
+      ...replicaRows("rng", body.rng),
+      ...replicaRows("hasher", body.hasher),
+      ["redis", body.redis.url, body.redis.state.status, body.redis.state.latency_ms, "–", body.redis.state.error],
     ];
     const tbody = $("backends");
     tbody.replaceChildren(
-      ...rows.map(([name, url, state, latency, error]) => {
+      ...rows.map(([name, where, state, latency, rate, error]) => {
         const tr = document.createElement("tr");
-        const cells = [name, url, state, latency == null ? "–" : `${latency.toFixed(1)} ms`];
+        const cells = [name, where, state, latency == null ? "–" : `${latency.toFixed(1)} ms`, rate];
         cells.forEach((text, i) => {
           const td = document.createElement("td");
           td.textContent = text;

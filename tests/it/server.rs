@@ -48,6 +48,7 @@ async fn health_reports_each_service_by_name() {
 async fn reflection_lists_the_servers_own_services_in_both_versions() {
     let rng = spawn_rng(RngConfig::turbo()).await;
     let expected = vec![
+        "dockercoins.v1.Replica",
         "dockercoins.v1.Rng",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",

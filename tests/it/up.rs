@@ -21,8 +21,11 @@ async fn hashes(webui: std::net::SocketAddr) -> u64 {
 #[tokio::test]
 async fn up_runs_the_mesh_and_json_grows() {
     let listeners = Listeners {
-        rng: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        hasher: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        rng: vec![
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ],
+        hasher: vec![TcpListener::bind("127.0.0.1:0").await.unwrap()],
         webui: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let webui = listeners.webui.local_addr().unwrap();
@@ -60,6 +63,19 @@ async fn up_runs_the_mesh_and_json_grows() {
             "hashes did not grow: {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both rng replicas serve: the workers balance over them.
+    let (status, _, body) = crate::helpers::http1(webui, "GET", "/api/status", "").await;
+    assert_eq!(status, 200);
+    let report: Value = serde_json::from_slice(&body).unwrap();
+    let replicas = report["rng"]["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 2, "{report}");
+    for replica in replicas {
+        assert_eq!(replica["status"], "SERVING", "{report}");
+        assert!(
+            replica["calls"].as_u64().unwrap() > 0,
+            "idle replica: {report}"
+        );
     }
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(3), up)
