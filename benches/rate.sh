@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Measures end-to-end hashes/s of `dockercoins up` from webui's /json, the way
+# the lab's page does: two reads of the counter, SECONDS apart, after a warm-up.
+#
+#   benches/rate.sh WORKERS SECONDS [more `dockercoins up` flags]
+#   benches/rate.sh 10 20                                    # the lab: ~10/s
+#   benches/rate.sh 10 20 --rng-replicas 3                   # balanced: ~30/s
+#   benches/rate.sh 10 20 --rng-replicas 3 --grpc-policy pinned  # the trap: ~10/s
+#
+# Uses target/release/dockercoins (cargo build --release) and ports 8000-8021.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+workers=$1 seconds=$2
+shift 2
+bin=target/release/dockercoins
+[ -x "$bin" ] || cargo build --release --locked
+log=$(mktemp)
+"$bin" up --workers "$workers" "$@" >"$log" 2>&1 &
+pid=$!
+trap 'kill -INT $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 100); do
+    curl -sf localhost:8000/json >/dev/null && break
+    kill -0 $pid 2>/dev/null || { cat "$log"; exit 1; }
+    sleep 0.1
+done
+sleep 3 # warm-up: every worker past its first update
+a=$(curl -sf localhost:8000/json)
+sleep "$seconds"
+b=$(curl -sf localhost:8000/json)
+python3 - "$a" "$b" "$workers" "$*" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+rate = (b["hashes"] - a["hashes"]) / (b["now"] - a["now"])
+print(f"workers={sys.argv[3]} flags=[{sys.argv[4]}] hashes/s={rate:.2f} over {b['now'] - a['now']:.1f} s")
+PY
+grep "calls per replica" "$log" | tail -1 | sed 's/.*calls per replica/calls per replica (one worker):/' || true
