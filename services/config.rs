@@ -32,6 +32,14 @@ pub mod env {
     pub const UP_RNG_REPLICAS: &str = "UP_RNG_REPLICAS";
     pub const UP_HASHER_REPLICAS: &str = "UP_HASHER_REPLICAS";
     pub const TURBO: &str = "TURBO";
+    pub const BENCH_MODE: &str = "BENCH_MODE";
+    pub const BENCH_SECONDS: &str = "BENCH_SECONDS";
+    pub const BENCH_BATCH: &str = "BENCH_BATCH";
+    pub const BENCH_CONCURRENCY: &str = "BENCH_CONCURRENCY";
+    pub const BENCH_CHANNELS: &str = "BENCH_CHANNELS";
+    pub const BENCH_WARMUP_MS: &str = "BENCH_WARMUP_MS";
+    pub const BENCH_PROBES: &str = "BENCH_PROBES";
+    pub const BENCH_JSON: &str = "BENCH_JSON";
 }
 
 /// `dockercoins rng`: the random-bytes service.
@@ -166,6 +174,53 @@ pub enum Command {
     Up(UpArgs),
     /// Check a service's health, for container healthchecks (exit 0: healthy).
     Healthcheck(HealthcheckArgs),
+    /// Measure the mesh in turbo: hashes/s, per-hop latency, memory, CPU.
+    Bench(BenchArgs),
+}
+
+/// `dockercoins bench`: rng, hasher and a worker as child processes with
+/// turbo settings, and a private redis-server.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// `unary` (two RPCs per hash) or `batch` (streams).
+    #[arg(long, env = env::BENCH_MODE, value_enum, default_value = "batch")]
+    pub mode: crate::bench::Mode,
+    /// Length of the measured window.
+    #[arg(long, env = env::BENCH_SECONDS, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Blocks per batch in batch mode.
+    #[arg(long, env = env::BENCH_BATCH, default_value_t = 8192)]
+    pub batch: usize,
+    /// Units of work in flight in the worker [default: 64 unary, 4 batch].
+    #[arg(long, env = env::BENCH_CONCURRENCY)]
+    pub concurrency: Option<usize>,
+    /// gRPC connections per backend in the worker.
+    #[arg(long, env = env::BENCH_CHANNELS, default_value_t = 4)]
+    pub channels: usize,
+    /// Time the worker runs before the window opens, in milliseconds.
+    #[arg(long, env = env::BENCH_WARMUP_MS, default_value_t = 2000)]
+    pub warmup_ms: u64,
+    /// Sequential probe calls per hop for the light-load latency.
+    #[arg(long, env = env::BENCH_PROBES, default_value_t = 2000)]
+    pub probes: usize,
+    /// Print the report as JSON instead of a table.
+    #[arg(long, env = env::BENCH_JSON)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    pub fn config(&self) -> crate::bench::BenchConfig {
+        let unary = self.mode == crate::bench::Mode::Unary;
+        crate::bench::BenchConfig {
+            mode: self.mode,
+            seconds: self.seconds.max(0.1),
+            batch: self.batch.max(1),
+            concurrency: self.concurrency.unwrap_or(if unary { 64 } else { 4 }),
+            channels: self.channels.max(1),
+            warmup: Duration::from_millis(self.warmup_ms),
+            probes: self.probes,
+        }
+    }
 }
 
 impl Command {
@@ -178,6 +233,7 @@ impl Command {
             Self::Webui(_) => "webui",
             Self::Up(_) => "up",
             Self::Healthcheck(_) => "healthcheck",
+            Self::Bench(_) => "bench",
         }
     }
 }

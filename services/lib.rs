@@ -17,6 +17,7 @@
 //! - [`worker`]: the miner, and the checks on every reply it gets.
 //! - [`webui`]: the page, `/json`, and the HTTP gateway to the backends.
 //! - [`up`]: the whole mesh in one process.
+//! - [`bench`]: the mesh's own numbers (throughput, latency, memory, CPU).
 //! - [`pool`]: gRPC channels per backend, with timeouts and backoff.
 //! - [`store`]: the score in Redis (or the in-process stand-in for `up`).
 //! - [`healthcheck`]: the containers' healthcheck (gRPC health or HTTP).
@@ -26,6 +27,7 @@
 //! Each service exposes `serve(listener, config, shutdown)`: the caller binds
 //! (tests bind port 0) and decides what shutdown means.
 
+pub mod bench;
 pub mod config;
 pub mod hasher;
 pub mod healthcheck;

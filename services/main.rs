@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use dockercoins::{
+    bench,
     config::{Cli, ClientArgs, Command, HasherConfig, RngConfig},
     hasher, healthcheck,
     pool::Backend,
@@ -92,6 +93,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             up::run(config, listeners, shutdown).await?;
         }
         Command::Healthcheck(_) => unreachable!("handled above"),
+        Command::Bench(args) => {
+            let report = bench::run(&args.config()).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            anyhow::ensure!(
+                report.cross_check,
+                "cross-check failed: the worker counted {} hashes, Redis holds {}",
+                report.counted_hashes,
+                report.redis_hashes
+            );
+        }
     }
     Ok(())
 }

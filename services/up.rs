@@ -166,6 +166,16 @@ impl PrivateRedis {
         }))
     }
 
+    /// The child's process id, for reading its CPU time and memory.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops the child now.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Keeps the child running until `stopped` resolves, then stops it. A
     /// child that exits (killed, out of memory) is started again on the same
     /// port: the workers still hold what the dead one had not acknowledged.

@@ -3,6 +3,7 @@
 //! readiness (a bound listener already accepts).
 
 mod balance;
+mod bench;
 mod cli;
 mod compose;
 mod hasher;

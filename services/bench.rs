@@ -1,0 +1,489 @@
+//! `dockercoins bench`: the mesh's own numbers, reproducible on any machine.
+//!
+//! Starts rng, hasher and a worker as child processes of this binary, with
+//! turbo settings (no delay, unlimited lanes) on loopback, and a private
+//! redis-server; measures per-hop gRPC latency at light load (nothing else
+//! running) and at saturation (while the worker runs flat out), end-to-end
+//! hashes/s from Redis over a fixed window, each process's memory and CPU; and
+//! cross-checks Redis against what the worker says it did once stopped.
+
+use crate::{
+    pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
+    up::PrivateRedis,
+};
+use serde::Serialize;
+use std::{
+    collections::BTreeMap,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::oneshot,
+};
+use tonic::transport::Channel;
+
+/// Unary (two RPCs per hash) or batch (streams).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Unary,
+    Batch,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub mode: Mode,
+    /// The measured window.
+    pub seconds: f64,
+    /// Blocks per batch (batch mode).
+    pub batch: usize,
+    /// Units in flight in the worker.
+    pub concurrency: usize,
+    /// gRPC connections per backend in the worker.
+    pub channels: usize,
+    /// Before the window: the worker runs, nothing is measured.
+    pub warmup: Duration,
+    /// Sequential probe calls per hop at light load.
+    pub probes: usize,
+}
+
+/// Why a bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("bench needs redis-server on PATH (apt-get install redis-server)")]
+    NoRedis,
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn failed(what: impl std::fmt::Display) -> BenchError {
+    BenchError::Failed(what.to_string())
+}
+
+/// Latency percentiles of one hop, client-observed, in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Latency {
+    pub calls: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[i].as_secs_f64() * 1e6
+        };
+        Self {
+            calls: samples.len(),
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+        }
+    }
+}
+
+/// One hop at light load and at saturation.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Hop {
+    pub light: Latency,
+    pub saturated: Latency,
+    /// The light-load numbers, at the top for scripts.
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// One process's memory (kB, from /proc: VmRSS idle, VmHWM peak) and CPU.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Usage {
+    pub idle_rss_kb: u64,
+    pub peak_rss_kb: u64,
+    pub cpu_seconds: f64,
+}
+
+/// What `bench` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub mode: Mode,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub seconds: f64,
+    /// Redis `hashes` delta over the window, per second.
+    pub hashes_per_second: f64,
+    /// The worker's own count of hashes done, read from its last log line.
+    pub counted_hashes: u64,
+    /// Of those, what it saw Redis acknowledge.
+    pub flushed_hashes: u64,
+    /// Redis `hashes` after the worker stopped.
+    pub redis_hashes: u64,
+    /// `counted_hashes == redis_hashes == flushed_hashes`.
+    pub cross_check: bool,
+    pub hops: BTreeMap<&'static str, Hop>,
+    pub processes: BTreeMap<&'static str, Usage>,
+    /// CPU of rng, hasher, worker and Redis over the window, per million
+    /// hashes done in it.
+    pub cpu_seconds_per_million_hashes: f64,
+    pub machine: String,
+}
+
+/// A child `dockercoins` process, its pid and the address it listens on.
+struct Service {
+    child: Child,
+    /// stderr lines after the start-up line.
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+async fn spawn(args: &[&str]) -> Result<(Service, String), BenchError> {
+    let exe = std::env::current_exe().map_err(failed)?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(failed)?;
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            let fields = &value["fields"];
+            if let Some(listen) = fields["listen"].as_str() {
+                return Some(listen.to_owned());
+            }
+            if fields["message"].as_str() == Some("worker mining") {
+                return Some(String::new());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(|| failed(format!("`dockercoins {}` did not start", args.join(" "))))?;
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    Ok((Service { child, lines }, started))
+}
+
+/// (utime + stime) in seconds, from /proc/<pid>/stat (USER_HZ = 100 on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A `/proc/<pid>/status` field in kB.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sequential calls to rng and hasher, each timed, until `stop` or `count`.
+async fn probe(
+    rng: Channel,
+    hasher: Channel,
+    count: usize,
+    mut stop: Option<oneshot::Receiver<()>>,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut rng_samples, mut hasher_samples) = (Vec::new(), Vec::new());
+    let mut rng = RngClient::new(rng);
+    let mut hasher = HasherClient::new(hasher);
+    for _ in 0..count {
+        if let Some(stop) = &mut stop
+            && stop.try_recv().is_ok()
+        {
+            break;
+        }
+        let start = Instant::now();
+        let Ok(reply) = rng.generate(GenerateRequest { size: 32 }).await else {
+            continue;
+        };
+        rng_samples.push(start.elapsed());
+        let start = Instant::now();
+        if hasher
+            .hash(HashRequest {
+                data: reply.into_inner().data,
+            })
+            .await
+            .is_ok()
+        {
+            hasher_samples.push(start.elapsed());
+        }
+    }
+    (rng_samples, hasher_samples)
+}
+
+async fn channel(addr: &str) -> Result<Channel, BenchError> {
+    Channel::from_shared(format!("http://{addr}"))
+        .map_err(failed)?
+        .connect()
+        .await
+        .map_err(failed)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+/// Runs the bench and returns its report.
+pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
+    let redis = PrivateRedis::start()
+        .await
+        .map_err(failed)?
+        .ok_or(BenchError::NoRedis)?;
+    let (rng, rng_addr) = spawn(&[
+        "rng",
+        "--listen",
+        "127.0.0.1:0",
+        "--delay-ms",
+        "0",
+        "--lanes",
+        "0",
+    ])
+    .await?;
+    let (hasher, hasher_addr) =
+        spawn(&["hasher", "--listen", "127.0.0.1:0", "--delay-ms", "0"]).await?;
+    let rng_pid = rng.child.id().unwrap_or(0);
+    let hasher_pid = hasher.child.id().unwrap_or(0);
+    let redis_pid = redis.pid().unwrap_or(0);
+    let (rng_channel, hasher_channel) = (channel(&rng_addr).await?, channel(&hasher_addr).await?);
+
+    // Light load: the probe alone.
+    let (rng_light, hasher_light) = probe(
+        rng_channel.clone(),
+        hasher_channel.clone(),
+        config.probes,
+        None,
+    )
+    .await;
+    let idle = |pid| status_kb(pid, "VmRSS:");
+    // The worker is never idle: it mines from its first breath.
+    let idle_rss = [idle(rng_pid), idle(hasher_pid), 0, idle(redis_pid)];
+
+    let (rng_url, hasher_url) = (
+        format!("http://{rng_addr}"),
+        format!("http://{hasher_addr}"),
+    );
+    let (batch, concurrency, channels) = (
+        match config.mode {
+            Mode::Unary => "0".to_owned(),
+            Mode::Batch => config.batch.to_string(),
+        },
+        config.concurrency.to_string(),
+        config.channels.to_string(),
+    );
+    let (mut worker, _) = spawn(&[
+        "worker",
+        "--rng",
+        &rng_url,
+        "--hasher",
+        &hasher_url,
+        "--redis",
+        &redis.url,
+        "--delay-ms",
+        "0",
+        "--concurrency",
+        &concurrency,
+        "--batch",
+        &batch,
+        "--grpc-channels",
+        &channels,
+    ])
+    .await?;
+    let worker_pid = worker.child.id().unwrap_or(0);
+    let store = crate::store::Store::redis(&redis.url, Duration::from_secs(2)).map_err(failed)?;
+    tokio::time::sleep(config.warmup).await;
+
+    // The window: Redis counter and CPU at both ends, the probe meanwhile.
+    let pids = [rng_pid, hasher_pid, worker_pid, redis_pid];
+    let cpu_before: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+    let start_score = store.score().await.map_err(failed)?;
+    let start = Instant::now();
+    let (stop_probe, probe_stopped) = oneshot::channel();
+    let saturated = tokio::spawn(probe(
+        rng_channel,
+        hasher_channel,
+        usize::MAX,
+        Some(probe_stopped),
+    ));
+    tokio::time::sleep(Duration::from_secs_f64(config.seconds)).await;
+    let end_score = store.score().await.map_err(failed)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+    let _ = stop_probe.send(());
+    let (rng_saturated, hasher_saturated) = saturated.await.map_err(failed)?;
+    let peak = |pid| status_kb(pid, "VmHWM:");
+    let peak_rss = [
+        peak(rng_pid),
+        peak(hasher_pid),
+        peak(worker_pid),
+        peak(redis_pid),
+    ];
+
+    // Stop the worker as docker would, and read its last words.
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker_pid.to_string()])
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await;
+    let mut counted = None;
+    while let Ok(line) = worker.lines.try_recv() {
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let fields = &value["fields"];
+        if let (Some(done), Some(flushed)) = (
+            fields["hashes_done"].as_u64(),
+            fields["hashes_flushed"].as_u64(),
+        ) {
+            counted = Some((done, flushed));
+        }
+    }
+    let (counted_hashes, flushed_hashes) =
+        counted.ok_or_else(|| failed("the worker's last log line has no hashes_done"))?;
+    let redis_hashes = store.score().await.map_err(failed)?.hashes;
+    drop((rng, hasher));
+    redis.stop().await;
+
+    let window_hashes = end_score.hashes.saturating_sub(start_score.hashes);
+    let cpu: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a - b).sum();
+    let names = ["rng", "hasher", "worker", "redis"];
+    let processes = names
+        .iter()
+        .enumerate()
+        .map(|(i, &name)| {
+            let usage = Usage {
+                idle_rss_kb: idle_rss[i],
+                peak_rss_kb: peak_rss[i],
+                cpu_seconds: cpu_after[i] - cpu_before[i],
+            };
+            (name, usage)
+        })
+        .collect();
+    let hop = |light: Vec<Duration>, saturated: Vec<Duration>| {
+        let light = Latency::of(light);
+        Hop {
+            p50_us: light.p50_us,
+            p99_us: light.p99_us,
+            light,
+            saturated: Latency::of(saturated),
+        }
+    };
+    let hops = BTreeMap::from([
+        ("rng", hop(rng_light, rng_saturated)),
+        ("hasher", hop(hasher_light, hasher_saturated)),
+    ]);
+    Ok(Report {
+        mode: config.mode,
+        batch: if config.mode == Mode::Batch {
+            config.batch
+        } else {
+            0
+        },
+        concurrency: config.concurrency,
+        seconds: elapsed,
+        hashes_per_second: window_hashes as f64 / elapsed,
+        counted_hashes,
+        flushed_hashes,
+        redis_hashes,
+        cross_check: counted_hashes == redis_hashes && counted_hashes == flushed_hashes,
+        hops,
+        processes,
+        cpu_seconds_per_million_hashes: if window_hashes > 0 {
+            cpu / window_hashes as f64 * 1e6
+        } else {
+            0.0
+        },
+        machine: machine(),
+    })
+}
+
+impl Report {
+    /// The table for humans.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mode = match self.mode {
+            Mode::Unary => format!("unary, {} in flight", self.concurrency),
+            Mode::Batch => format!("batch of {}, {} in flight", self.batch, self.concurrency),
+        };
+        out += &format!(
+            "dockercoins bench: {mode}, {:.1} s on {}\n\n",
+            self.seconds, self.machine
+        );
+        out += &format!(
+            "  end to end      {:>14.0} hashes/s\n",
+            self.hashes_per_second
+        );
+        out += &format!(
+            "  cross-check     worker counted {}, Redis holds {}: {}\n",
+            self.counted_hashes,
+            self.redis_hashes,
+            if self.cross_check {
+                "equal"
+            } else {
+                "MISMATCH"
+            }
+        );
+        out += &format!(
+            "  CPU             {:.3} s per million hashes (rng + hasher + worker + Redis)\n\n",
+            self.cpu_seconds_per_million_hashes
+        );
+        out += "  hop (unary call)  load        p50 us   p99 us  p99.9 us   calls\n";
+        for (name, hop) in &self.hops {
+            for (load, l) in [("light", hop.light), ("saturated", hop.saturated)] {
+                out += &format!(
+                    "  {name:<17} {load:<10} {:>7.0}  {:>7.0}  {:>8.0}  {:>6}\n",
+                    l.p50_us, l.p99_us, l.p999_us, l.calls
+                );
+            }
+        }
+        out += "\n  process   idle RSS MB   peak RSS MB   CPU s\n";
+        for (name, usage) in &self.processes {
+            let idle = match usage.idle_rss_kb {
+                0 => "-".to_owned(),
+                kb => format!("{:.1}", kb as f64 / 1024.0),
+            };
+            out += &format!(
+                "  {name:<9} {idle:>11}   {:>11.1}   {:>5.2}\n",
+                usage.peak_rss_kb as f64 / 1024.0,
+                usage.cpu_seconds
+            );
+        }
+        out
+    }
+}
