@@ -147,7 +147,8 @@ async fn spawn(args: &[&str]) -> Result<(Service, String), BenchError> {
         .args(args)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        // OTEL_* pass through: `OTEL_EXPORTER_OTLP_ENDPOINT=... dockercoins
+        // bench` measures what tracing costs.
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
