@@ -20,6 +20,10 @@ use tracing::Instrument;
 /// The least time a command already sent to Redis gets to answer.
 pub const MIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
+fn command_timeout(timeout: Duration) -> Duration {
+    timeout.max(MIN_COMMAND_TIMEOUT)
+}
+
 /// The counter of hashes done, as in the original.
 pub const HASHES_KEY: &str = "hashes";
 /// The coins found, as in the original.
@@ -53,11 +57,8 @@ pub struct Score {
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("invalid Redis URL {url}: {source}")]
-    Url {
-        url: String,
-        source: deadpool_redis::CreatePoolError,
-    },
+    #[error("invalid Redis URL {url}: {reason}")]
+    Url { url: String, reason: String },
     #[error("no Redis connection: {0}")]
     Pool(#[from] deadpool_redis::PoolError),
     #[error("Redis error: {0}")]
@@ -85,22 +86,31 @@ impl Store {
     /// A Redis store for `url` (`redis://[:password@]host:port[/db]`). No
     /// connection is made yet: a Redis that is down now is retried later.
     pub fn redis(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let mut config = deadpool_redis::Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            max_size: 4,
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|source| StoreError::Url {
-                url: mask_password(url),
-                source,
-            })?;
+        let invalid = |reason: String| StoreError::Url {
+            url: mask_password(url),
+            reason,
+        };
+        // redis-rs has its own response timeout (500 ms by default): it must
+        // be the command timeout, or a big update that Redis applies after
+        // 500 ms looks failed, is sent again, and is counted twice.
+        let connection = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(command_timeout(timeout)));
+        let manager = deadpool_redis::Manager::new_with_config(url, connection)
+            .map_err(|error| invalid(error.to_string()))?;
+        let pool = Pool::builder(manager)
+            .config(PoolConfig {
+                max_size: 4,
+                timeouts: Timeouts {
+                    wait: Some(timeout),
+                    create: Some(timeout),
+                    recycle: Some(timeout),
+                },
+                ..PoolConfig::default()
+            })
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|error| invalid(error.to_string()))?;
         Ok(Self::Redis(RedisStore {
             pool,
             timeout,
@@ -176,7 +186,7 @@ impl RedisStore {
             // Once sent, a command gets longer: giving up on a slow but live
             // Redis would leave us not knowing whether it applied the update,
             // and sending it again could count it twice.
-            let command_timeout = self.timeout.max(MIN_COMMAND_TIMEOUT);
+            let command_timeout = command_timeout(self.timeout);
             tokio::time::timeout(command_timeout, pipeline.query_async(&mut connection))
                 .await
                 .map_err(|_| StoreError::Timeout(command_timeout))?
@@ -247,7 +257,8 @@ impl MemoryStore {
             .unwrap_or_else(|poison| poison.into_inner());
         data.hashes += hashes;
         for coin in coins {
-            data.wallet.insert(coin.hex(), Bytes::copy_from_slice(&coin.bytes));
+            data.wallet
+                .insert(coin.hex(), Bytes::copy_from_slice(&coin.bytes));
         }
     }
 

@@ -357,8 +357,7 @@ impl Miner {
                 digest: [0; 32],
                 bytes: data[..].try_into().expect("checked: 32 bytes"),
             };
-            hex::decode_to_slice(&hex, &mut coin.digest)
-                .map_err(|_| bad("hasher", "not hex"))?;
+            hex::decode_to_slice(&hex, &mut coin.digest).map_err(|_| bad("hasher", "not hex"))?;
             vec![coin]
         } else {
             Vec::new()

@@ -6,7 +6,15 @@ use serde_json::Value;
 
 fn bench(mode: &str) -> Value {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_dockercoins"))
-        .args(["bench", "--mode", mode, "--seconds", "1", "--warmup-ms", "300"])
+        .args([
+            "bench",
+            "--mode",
+            mode,
+            "--seconds",
+            "1",
+            "--warmup-ms",
+            "300",
+        ])
         .args(["--probes", "50", "--batch", "1024", "--json"])
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .output()
@@ -24,7 +32,10 @@ fn bench_reports_both_modes_and_redis_matches_the_workers_count() {
     for mode in ["unary", "batch"] {
         let report = bench(mode);
         assert_eq!(report["mode"], mode);
-        assert!(report["hashes_per_second"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(
+            report["hashes_per_second"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
         let counted = report["counted_hashes"].as_u64().unwrap();
         assert!(counted > 0, "{report}");
         assert_eq!(report["redis_hashes"].as_u64(), Some(counted), "{report}");
@@ -37,7 +48,13 @@ fn bench_reports_both_modes_and_redis_matches_the_workers_count() {
             assert!(hop["saturated"]["calls"].as_u64().unwrap() > 0, "{report}");
         }
         for process in ["rng", "hasher", "worker", "redis"] {
-            assert!(report["processes"][process]["peak_rss_kb"].as_u64().unwrap() > 0, "{report}");
+            assert!(
+                report["processes"][process]["peak_rss_kb"]
+                    .as_u64()
+                    .unwrap()
+                    > 0,
+                "{report}"
+            );
         }
         assert!(report["cpu_seconds_per_million_hashes"].as_f64().unwrap() > 0.0);
     }

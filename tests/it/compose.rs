@@ -1,1 +1,684 @@
-//! The compose file's invariants (filled in with the compose work).
+//! The compose file's invariants, checked without Docker: docker-compose.yaml,
+//! docker-compose.turbo.yaml and deploy/otel-collector.yaml are parsed (YAML
+//! anchors and `<<` merges applied, as Compose does) and held to what the lab
+//! and the binary need. tests/compose-e2e.sh runs the same file for real.
+
+use serde_yaml_ng::{Mapping, Value};
+use std::collections::BTreeSet;
+
+const COMPOSE: &str = include_str!("../../docker-compose.yaml");
+const TURBO: &str = include_str!("../../docker-compose.turbo.yaml");
+const COLLECTOR: &str = include_str!("../../deploy/otel-collector.yaml");
+const README: &str = include_str!("../../README.md");
+
+/// The services that run the dockercoins binary, each with its subcommand.
+const DOCKERCOINS: [&str; 4] = ["rng", "hasher", "worker", "webui"];
+/// Services without a healthcheck, on purpose (the file says why): the worker
+/// serves nothing to probe; the collector's image has nothing to probe with.
+const NO_HEALTHCHECK: [&str; 2] = ["worker", "otel-collector"];
+
+fn parse(text: &str) -> Value {
+    let mut value: Value = serde_yaml_ng::from_str(text).expect("valid YAML");
+    value.apply_merge().expect("valid << merges");
+    value
+}
+
+fn compose() -> Value {
+    parse(COMPOSE)
+}
+
+fn services(file: &Value) -> &Mapping {
+    file["services"].as_mapping().expect("a services mapping")
+}
+
+fn service_names(file: &Value) -> BTreeSet<String> {
+    services(file)
+        .keys()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn service<'a>(file: &'a Value, name: &str) -> &'a Value {
+    file["services"]
+        .get(name)
+        .unwrap_or_else(|| panic!("no service {name}"))
+}
+
+/// `environment:` as (key, value) pairs, from either the mapping or the
+/// `KEY=VALUE` list form.
+fn environment(service: &Value) -> Vec<(String, String)> {
+    match service.get("environment") {
+        None => Vec::new(),
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => serde_yaml_ng::to_string(other).unwrap().trim().to_owned(),
+                };
+                (k.as_str().unwrap().to_owned(), value)
+            })
+            .collect(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|item| {
+                let item = item.as_str().unwrap();
+                let (k, v) = item.split_once('=').unwrap_or((item, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+        Some(other) => panic!("environment is neither a mapping nor a list: {other:?}"),
+    }
+}
+
+fn env_value(service: &Value, key: &str) -> Option<String> {
+    environment(service)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+/// `${VAR:-default}` and `${VAR-default}` -> default, as with VAR unset.
+fn with_defaults(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closed ${") + start;
+        let inner = &rest[start + 2..end];
+        let default = inner
+            .split_once(":-")
+            .or_else(|| inner.split_once('-'))
+            .map(|(_, d)| d)
+            .unwrap_or_else(|| panic!("${{{inner}}} has no default"));
+        out.push_str(default);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Published host ports -> container ports, from the short (`"8001:8001"`,
+/// `"127.0.0.1:8001:8001/tcp"`) and the long syntax.
+fn published(service: &Value) -> Vec<(u16, u16)> {
+    let Some(ports) = service.get("ports") else {
+        return Vec::new();
+    };
+    ports
+        .as_sequence()
+        .expect("ports is a list")
+        .iter()
+        .map(|port| match port {
+            Value::String(s) => {
+                let s = s.split('/').next().unwrap();
+                let parts: Vec<&str> = s.split(':').collect();
+                assert!(parts.len() >= 2, "port {s} publishes on a random host port");
+                let host = parts[parts.len() - 2].parse().expect("host port");
+                let target = parts[parts.len() - 1].parse().expect("container port");
+                (host, target)
+            }
+            Value::Mapping(m) => {
+                let num = |k: &str| -> u16 {
+                    match &m[k] {
+                        Value::Number(n) => n.as_u64().unwrap() as u16,
+                        Value::String(s) => s.parse().unwrap(),
+                        other => panic!("port {k}: {other:?}"),
+                    }
+                };
+                (num("published"), num("target"))
+            }
+            other => panic!("a port as a bare number publishes a random host port: {other:?}"),
+        })
+        .collect()
+}
+
+/// Container ports a service offers to the others: `expose` and published
+/// ports' targets, plus the ports the binary listens on.
+fn offered_ports(name: &str, service: &Value) -> BTreeSet<u16> {
+    let mut ports: BTreeSet<u16> = published(service).into_iter().map(|(_, t)| t).collect();
+    if let Some(expose) = service.get("expose").and_then(Value::as_sequence) {
+        for port in expose {
+            let port = match port {
+                Value::Number(n) => n.as_u64().unwrap() as u16,
+                Value::String(s) => s.split('/').next().unwrap().parse().unwrap(),
+                other => panic!("expose: {other:?}"),
+            };
+            ports.insert(port);
+        }
+    }
+    match name {
+        "rng" => ports.insert(8001),
+        "hasher" => ports.insert(8002),
+        "webui" => ports.insert(8000),
+        "redis" => ports.insert(6379),
+        _ => false,
+    };
+    ports
+}
+
+/// `scheme://host:port...` -> (host, port), the port defaulted by scheme.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next().unwrap();
+    let authority = authority.rsplit('@').next().unwrap();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (
+            authority,
+            match scheme {
+                "redis" => 6379,
+                "https" => 443,
+                _ => 80,
+            },
+        ),
+    };
+    Some((host.to_owned(), port))
+}
+
+/// The binary's settings: every backticked ALL_CAPS name in the README.
+fn readme_settings() -> BTreeSet<String> {
+    README
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.len() > 2
+                && s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_known_setting(key: &str, readme: &BTreeSet<String>) -> bool {
+    readme.contains(key) || key.starts_with("OTEL_") || key == "RUST_LOG" || key == "LOG_FORMAT"
+}
+
+#[test]
+fn the_files_parse_and_define_the_whole_mesh() {
+    let file = compose();
+    let names = service_names(&file);
+    let expected: BTreeSet<String> = [
+        "rng",
+        "hasher",
+        "worker",
+        "webui",
+        "redis",
+        "otel-collector",
+        "jaeger",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(names, expected);
+    // Compose v1 (1.29) reads the Compose Specification only without `version:`
+    // or with a 3.x one; v2 ignores it. Keep none.
+    assert!(file.get("version").is_none(), "drop the version key");
+    parse(TURBO);
+    parse(COLLECTOR);
+}
+
+#[test]
+fn every_long_running_service_has_a_healthcheck() {
+    let file = compose();
+    for (name, svc) in services(&file) {
+        let name = name.as_str().unwrap();
+        let check = svc
+            .get("healthcheck")
+            .unwrap_or_else(|| panic!("{name}: no healthcheck (or an explicit disable)"));
+        if check.get("disable") == Some(&Value::Bool(true)) {
+            assert!(
+                NO_HEALTHCHECK.contains(&name),
+                "{name}: healthcheck disabled; only {NO_HEALTHCHECK:?} may"
+            );
+            continue;
+        }
+        let test = check["test"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: healthcheck test is not an exec list"));
+        assert_eq!(
+            test[0].as_str(),
+            Some("CMD"),
+            "{name}: CMD, not CMD-SHELL: the dockercoins image has no shell"
+        );
+        for key in ["interval", "timeout", "retries"] {
+            assert!(
+                check.get(key).is_some(),
+                "{name}: healthcheck without {key}"
+            );
+        }
+        if DOCKERCOINS.contains(&name) {
+            let args: Vec<&str> = test.iter().map(|a| a.as_str().unwrap()).collect();
+            assert_eq!(args[1], "/usr/local/bin/dockercoins", "{name}: {args:?}");
+            assert_eq!(args[2], "healthcheck", "{name}: {args:?}");
+            // It probes its own container, on its own port.
+            let (host, port) = host_port(args[3]).unwrap();
+            assert_eq!(host, "127.0.0.1", "{name}: {args:?}");
+            assert!(
+                offered_ports(name, svc).contains(&port),
+                "{name}: probes port {port}"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_container_name_anywhere() {
+    let file = compose();
+    for (name, svc) in services(&file) {
+        assert!(
+            svc.get("container_name").is_none(),
+            "{name:?}: container_name"
+        );
+    }
+    let uncommented = COMPOSE
+        .lines()
+        .map(|l| l.split('#').next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!uncommented.contains("container_name"));
+}
+
+#[test]
+fn ports_published_and_the_worker_scales() {
+    let file = compose();
+    assert!(
+        service(&file, "worker").get("ports").is_none(),
+        "a published port on worker breaks --scale worker=N"
+    );
+    for (name, port) in [
+        ("rng", 8001),
+        ("hasher", 8002),
+        ("webui", 8000),
+        ("jaeger", 16686),
+    ] {
+        assert!(
+            published(service(&file, name)).contains(&(port, port)),
+            "{name} must publish {port}:{port}"
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (name, svc) in services(&file) {
+        for (host, _) in published(svc) {
+            assert!(
+                seen.insert(host),
+                "host port {host} published twice ({name:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_ip_address_only_service_names() {
+    let file = compose();
+    let names = service_names(&file);
+    let mut urls = 0;
+    for (name, svc) in services(&file) {
+        for (key, value) in environment(svc) {
+            if key == "OTEL_EXPORTER_OTLP_ENDPOINT" || key.ends_with("_URL") {
+                let (host, port) = host_port(&value)
+                    .unwrap_or_else(|| panic!("{name:?}: {key}={value} is not a URL"));
+                assert!(
+                    names.contains(&host),
+                    "{name:?}: {key}={value}: {host} is not a service of the file"
+                );
+                assert!(
+                    offered_ports(&host, service(&file, &host)).contains(&port),
+                    "{name:?}: {key}={value}: {host} does not offer port {port}"
+                );
+                urls += 1;
+            }
+        }
+    }
+    assert!(
+        urls >= 4,
+        "the OTLP endpoint is set on the dockercoins services"
+    );
+    // The binary's own defaults (the README's settings table) name this file's
+    // services, which is why the containers need no RNG_URL and the like.
+    for (setting, default) in [
+        ("RNG_URL", "http://rng:8001"),
+        ("HASHER_URL", "http://hasher:8002"),
+        ("REDIS_URL", "redis://redis:6379"),
+    ] {
+        let row = README
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(&format!("`{setting}`")))
+            .unwrap_or_else(|| panic!("README has no row for {setting}"));
+        assert!(row.contains(&format!("`{default}`")), "{row}");
+        let (host, port) = host_port(default).unwrap();
+        assert!(offered_ports(&host, service(&file, &host)).contains(&port));
+    }
+    let uncommented: String = COMPOSE
+        .lines()
+        .map(|l| l.split('#').next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dotted_quad = uncommented.split(|c: char| !(c.is_ascii_digit() || c == '.'));
+    for word in dotted_quad {
+        let parts: Vec<&str> = word.split('.').collect();
+        let ip = parts.len() == 4 && parts.iter().all(|p| p.parse::<u8>().is_ok());
+        // 127.0.0.1 inside a healthcheck is the container's own loopback.
+        assert!(
+            !ip || word == "127.0.0.1",
+            "an IP address in the file: {word}"
+        );
+    }
+}
+
+#[test]
+fn dependencies_wait_for_health_and_never_for_tracing() {
+    let file = compose();
+    let names = service_names(&file);
+    for (name, svc) in services(&file) {
+        let name = name.as_str().unwrap();
+        let Some(deps) = svc.get("depends_on") else {
+            continue;
+        };
+        let deps = deps
+            .as_mapping()
+            .unwrap_or_else(|| panic!("{name}: depends_on in the long form, with conditions"));
+        for (dep, cond) in deps {
+            let dep = dep.as_str().unwrap();
+            assert!(names.contains(dep), "{name} depends on unknown {dep}");
+            let condition = cond["condition"].as_str().unwrap();
+            assert!(
+                ["service_healthy", "service_started"].contains(&condition),
+                "{name} -> {dep}: {condition}"
+            );
+            if condition == "service_healthy" {
+                let check = &service(&file, dep)["healthcheck"];
+                assert!(
+                    check.get("test").is_some(),
+                    "{name} waits for {dep} to be healthy, but {dep} has no healthcheck"
+                );
+            }
+            if DOCKERCOINS.contains(&name) {
+                assert!(
+                    !["otel-collector", "jaeger"].contains(&dep),
+                    "{name} depends on {dep}: a tracing backend that is down must never block the mesh"
+                );
+            }
+        }
+    }
+    for (name, deps) in [
+        ("worker", ["rng", "hasher", "redis"]),
+        ("webui", ["rng", "hasher", "redis"]),
+    ] {
+        for dep in deps {
+            assert_eq!(
+                service(&file, name)["depends_on"][dep]["condition"].as_str(),
+                Some("service_healthy"),
+                "{name} -> {dep}"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_image_for_the_dockercoins_services_a_pinned_tag_for_the_others() {
+    let file = compose();
+    let mut dockercoins_images = BTreeSet::new();
+    for (name, svc) in services(&file) {
+        let name = name.as_str().unwrap();
+        let image = with_defaults(
+            svc["image"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: no image name")),
+        );
+        let last = image.rsplit('/').next().unwrap();
+        let tag = last
+            .split_once(':')
+            .map(|(_, t)| t)
+            .unwrap_or_else(|| panic!("{name}: untagged image {image}"));
+        assert!(!tag.is_empty() && tag != "latest", "{name}: {image}");
+        if DOCKERCOINS.contains(&name) {
+            dockercoins_images.insert(image.clone());
+            assert_eq!(
+                svc["build"]["dockerfile"].as_str(),
+                Some("deploy/Dockerfile")
+            );
+            let command: Vec<&str> = svc["command"]
+                .as_sequence()
+                .unwrap_or_else(|| panic!("{name}: command as an exec list"))
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+            assert_eq!(command, [name], "{name} runs `dockercoins {name}`");
+        } else {
+            assert!(svc.get("build").is_none(), "{name}");
+            // Pinned to a release: a number in the tag, not a moving name.
+            assert!(
+                tag.chars().next().unwrap().is_ascii_digit() && tag.contains('.'),
+                "{name}: pin a version, not {image}"
+            );
+        }
+    }
+    assert_eq!(dockercoins_images.len(), 1, "{dockercoins_images:?}");
+    assert!(
+        dockercoins_images
+            .first()
+            .unwrap()
+            .starts_with("dockercoins:")
+    );
+}
+
+#[test]
+fn every_service_restarts_is_bounded_and_stops_quickly() {
+    let file = compose();
+    for (name, svc) in services(&file) {
+        assert_eq!(svc["restart"].as_str(), Some("unless-stopped"), "{name:?}");
+        let memory = svc
+            .get("mem_limit")
+            .or_else(|| {
+                svc.get("deploy")
+                    .map(|d| &d["resources"]["limits"]["memory"])
+            })
+            .unwrap_or_else(|| panic!("{name:?}: no memory limit"));
+        assert!(memory.as_str().is_some_and(|m| !m.is_empty()), "{name:?}");
+        assert_eq!(svc["read_only"].as_bool(), Some(true), "{name:?}");
+        let grace = svc["stop_grace_period"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name:?}"));
+        let secs: u32 = grace.strip_suffix('s').unwrap().parse().unwrap();
+        assert!(secs <= 10, "{name:?}: stop_grace_period {grace}");
+    }
+    let redis = service(&file, "redis");
+    let command: Vec<&str> = redis["command"]
+        .as_sequence()
+        .expect("redis: an explicit command, so any redis-server image behaves the same")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(command[0], "redis-server");
+}
+
+#[test]
+fn the_dockercoins_services_are_traced_and_set_only_known_settings() {
+    let file = compose();
+    let readme = readme_settings();
+    assert!(
+        readme.contains("RNG_DELAY_MS"),
+        "README settings table not found"
+    );
+    for name in DOCKERCOINS {
+        let svc = service(&file, name);
+        for (key, value) in environment(svc) {
+            assert!(
+                is_known_setting(&key, &readme),
+                "{name}: {key} is not a setting of the binary (README) nor OTEL_*/RUST_LOG/LOG_FORMAT"
+            );
+            assert!(!value.is_empty(), "{name}: {key} is empty");
+        }
+        assert_eq!(env_value(svc, "OTEL_SERVICE_NAME").as_deref(), Some(name));
+        assert_eq!(
+            env_value(svc, "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+            Some("http://otel-collector:4317")
+        );
+        assert_eq!(
+            env_value(svc, "OTEL_TRACES_SAMPLER").as_deref(),
+            Some("parentbased_traceidratio")
+        );
+        assert_eq!(
+            env_value(svc, "OTEL_TRACES_SAMPLER_ARG").as_deref(),
+            Some("1.0"),
+            "{name}: classroom mode samples every trace"
+        );
+        // Classroom mode is the binary's defaults: no timing overridden here.
+        for key in [
+            "RNG_DELAY_MS",
+            "RNG_LANES",
+            "HASHER_DELAY_MS",
+            "WORKER_DELAY_MS",
+            "WORKER_BATCH",
+        ] {
+            assert!(
+                env_value(svc, key).is_none(),
+                "{name}: {key} belongs in the turbo file"
+            );
+        }
+    }
+}
+
+#[test]
+fn turbo_overrides_only_known_settings_of_existing_services() {
+    let base = compose();
+    let turbo = parse(TURBO);
+    let names = service_names(&base);
+    let readme = readme_settings();
+    let mut all = Vec::new();
+    for (name, svc) in services(&turbo) {
+        let name = name.as_str().unwrap();
+        assert!(
+            names.contains(name),
+            "turbo overrides unknown service {name}"
+        );
+        for key in svc.as_mapping().unwrap().keys() {
+            let key = key.as_str().unwrap();
+            // Settings and memory only; Redis also gets a memory cap.
+            let allowed =
+                key == "environment" || key == "mem_limit" || (name == "redis" && key == "command");
+            assert!(allowed, "turbo {name}: overrides {key}");
+        }
+        if let Some(command) = svc.get("command") {
+            let base = &service(&base, name)["command"];
+            let base = base.as_sequence().unwrap();
+            let turbo = command.as_sequence().unwrap();
+            assert_eq!(
+                &turbo[..base.len()],
+                &base[..],
+                "turbo redis keeps the base flags"
+            );
+        }
+        for (key, value) in environment(svc) {
+            assert!(
+                is_known_setting(&key, &readme),
+                "turbo {name}: unknown {key}"
+            );
+            all.push((name.to_owned(), key, value));
+        }
+    }
+    let get = |svc: &str, key: &str| {
+        all.iter()
+            .find(|(s, k, _)| s == svc && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .unwrap_or_else(|| panic!("turbo: {svc} {key} unset"))
+    };
+    assert_eq!(get("rng", "RNG_DELAY_MS"), "0");
+    assert_eq!(get("rng", "RNG_LANES"), "0");
+    assert_eq!(get("hasher", "HASHER_DELAY_MS"), "0");
+    assert_eq!(get("worker", "WORKER_DELAY_MS"), "0");
+    assert_eq!(get("worker", "WORKER_BATCH"), "8192");
+    assert_eq!(get("worker", "WORKER_CONCURRENCY"), "4");
+    for svc in DOCKERCOINS {
+        let ratio: f64 = get(svc, "OTEL_TRACES_SAMPLER_ARG").parse().unwrap();
+        assert!(ratio > 0.0 && ratio <= 0.05, "turbo {svc}: sample little");
+    }
+}
+
+#[test]
+fn the_collector_receives_otlp_and_exports_to_a_service_of_the_file() {
+    let file = compose();
+    let collector = parse(COLLECTOR);
+    let names = service_names(&file);
+    // Mounted where the collector reads it.
+    let svc = service(&file, "otel-collector");
+    let mounts: Vec<&str> = svc["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.starts_with("./deploy/otel-collector.yaml:")),
+        "{mounts:?}"
+    );
+    let offered = offered_ports("otel-collector", svc);
+    for (protocol, port) in [("grpc", 4317), ("http", 4318)] {
+        let endpoint = collector["receivers"]["otlp"]["protocols"][protocol]["endpoint"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            endpoint,
+            format!("0.0.0.0:{port}"),
+            "listen beyond localhost"
+        );
+        assert!(
+            offered.contains(&port),
+            "otel-collector does not expose {port}"
+        );
+    }
+    let pipeline = &collector["service"]["pipelines"]["traces"];
+    let list = |key: &str| -> Vec<String> {
+        pipeline[key]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(list("processors"), ["memory_limiter", "batch"]);
+    for (kind, section) in [
+        ("receivers", "receivers"),
+        ("processors", "processors"),
+        ("exporters", "exporters"),
+    ] {
+        for id in list(kind) {
+            assert!(
+                collector[section].get(id.as_str()).is_some(),
+                "pipeline names {kind} {id}, not configured"
+            );
+        }
+    }
+    let exporters = list("exporters");
+    assert!(!exporters.is_empty());
+    for id in exporters {
+        // The OTLP/gRPC exporter: `otlp_grpc` since collector 0.144 (`otlp`
+        // is its deprecated alias); there is no `jaeger` exporter any more.
+        let kind = id.split('/').next().unwrap();
+        assert_eq!(kind, "otlp_grpc", "{id}");
+        let endpoint = collector["exporters"][id.as_str()]["endpoint"]
+            .as_str()
+            .unwrap();
+        let (host, port) = endpoint
+            .rsplit_once(':')
+            .map(|(h, p)| {
+                (
+                    h.trim_start_matches("http://").to_owned(),
+                    p.parse::<u16>().unwrap(),
+                )
+            })
+            .unwrap();
+        assert!(
+            names.contains(&host),
+            "exporter {id} sends to unknown {host}"
+        );
+        assert!(
+            offered_ports(&host, service(&file, &host)).contains(&port),
+            "{host} does not offer {port}"
+        );
+    }
+}

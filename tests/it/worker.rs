@@ -178,3 +178,36 @@ async fn ten_workers_are_capped_by_rngs_lane() {
     rng.stop().await.unwrap();
     hasher.stop().await.unwrap();
 }
+
+/// A Redis that applies an update slowly (here 1.5 s, past redis-rs's own
+/// 500 ms default) must not make it look failed: it would be sent again and
+/// counted twice. bench found exactly that at 1.7M hashes/s. CLIENT PAUSE
+/// WRITE holds only writes: the pool's ping and connection set-up go
+/// through, the update waits.
+#[tokio::test]
+async fn a_slow_redis_answer_is_not_a_failure_and_counts_once() {
+    use dockercoins::store::Coin;
+    let redis = RedisServer::start().await;
+    let store = store(&redis);
+    store.record(1, &[]).await.unwrap();
+    let mut admin = redis.connection().await.unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let coin = Coin {
+        digest: [0; 32],
+        bytes: [1; 32],
+    };
+    let started = std::time::Instant::now();
+    store.record(41, &[coin]).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "Redis was not slow"
+    );
+    assert_eq!(redis.hashes().await, 42);
+    assert_eq!(redis.wallet().await.len(), 1);
+}
