@@ -82,14 +82,20 @@ pub fn init(format: LogFormat, service: &str) -> Guard {
             .boxed(),
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_threads(false)
-        .with_location(false)
-        .with_filter(filter_fn(|meta| {
-            // Our spans, and warnings and errors as span events.
-            meta.target() == TARGET || (meta.is_event() && *meta.level() <= tracing::Level::WARN)
-        }));
+    // OTEL_SDK_DISABLED=true (the standard switch): no spans at all, so no
+    // trace ids in the logs and no traceparent sent on; what tracing costs.
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let traces = (!disabled).then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_threads(false)
+            .with_location(false)
+            .with_filter(filter_fn(|meta| {
+                // Our spans, and warnings and errors as span events.
+                meta.target() == TARGET
+                    || (meta.is_event() && *meta.level() <= tracing::Level::WARN)
+            }))
+    });
     // Logs see the spans that frame a unit of work or a request (their
     // trace_id prefixes the lines inside), not the per-call ones that no
     // line is written in: formatting those for nothing costs throughput.
@@ -101,7 +107,9 @@ pub fn init(format: LogFormat, service: &str) -> Guard {
         .with(fmt.with_filter(logs.and(framing)))
         .with(traces)
         .init();
-    if let Some(endpoint) = endpoint {
+    if disabled {
+        tracing::info!("OTEL_SDK_DISABLED: no tracing");
+    } else if let Some(endpoint) = endpoint {
         tracing::info!(%endpoint, "exporting traces over OTLP/gRPC");
     }
     Guard { provider }
