@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# docker-compose.yaml, for real, on this machine: its own Docker engine, the
+# dockercoins image, Redis, healthchecks, the lab's numbers, a quick `down`.
+#
+#   sudo bash tests/compose-e2e.sh
+#
+# Needs root (it starts its own dockerd) and Debian's packages; no registry of
+# images: the base images are made here with debootstrap and tagged under the
+# names the compose file and deploy/Dockerfile use. Steps:
+#   1. installs docker.io, docker-compose (v1) and debootstrap when missing;
+#   2. starts a private dockerd in a temporary directory (its own socket, never
+#      the default one, so any other engine is left alone);
+#   3. builds a Debian bookworm minbase rootfs with redis-server (cached in
+#      /var/cache/dockercoins-e2e), imports it, tags it as the redis image and
+#      as the dockercoins runtime stand-in;
+#   4. builds target/release/dockercoins when missing, then the image through
+#      deploy/Dockerfile's `prebuilt` target;
+#   5. `up -d` redis rng hasher worker webui (the collector and Jaeger images
+#      cannot exist here: the mesh must run with its OTLP endpoint pointing at
+#      a collector that is not there), waits until each is healthy;
+#   6. checks the hash rate with 1 worker (about 3.3/s) and with 10 (capped
+#      near 10/s by rng's single lane), then times `down`;
+#   7. cleans up on exit: containers, networks, the daemon (by pid), its
+#      directories, and the docker0 bridge if it was not there before.
+# Environment: E2E_COMPOSE (default docker-compose; `docker compose` also works
+# where the v2 plugin is installed), E2E_CACHE (default /var/cache/dockercoins-e2e,
+# empty = no cache), E2E_KEEP=1 keeps the temporary directory for a post-mortem.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+SECONDS=0
+
+log() { printf '[compose-e2e %3ds] %s\n' "$SECONDS" "$*"; }
+fail() {
+    printf '[compose-e2e %3ds] FAIL: %s\n' "$SECONDS" "$*" >&2
+    exit 1
+}
+
+[ "$(id -u)" = 0 ] || fail "run as root: it starts its own dockerd"
+
+# ------------------------------------------------------------------ tools --
+export DEBIAN_FRONTEND=noninteractive
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+[ -n "${E2E_COMPOSE:-}" ] || command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v curl >/dev/null || missing+=(curl)
+command -v ip >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -q
+    apt-get install -y -q "${missing[@]}"
+fi
+# Debian's client matches Debian's dockerd; another `docker` earlier on PATH may not.
+DOCKER=docker
+[ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker
+read -r -a COMPOSE_CMD <<<"${E2E_COMPOSE:-docker-compose}"
+log "$("$DOCKER" --version); $("${COMPOSE_CMD[@]}" version --short 2>/dev/null || "${COMPOSE_CMD[@]}" version | head -1)"
+
+# The compose file publishes these on the host: they must be free (say who
+# holds one; wait a minute in case it is on its way out).
+port_taken() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+command -v ss >/dev/null || missing_ss=1
+if [ -z "${missing_ss:-}" ]; then
+    for port in 8000 8001 8002; do
+        for _ in $(seq 1 60); do port_taken "$port" || break; sleep 1; done
+        if port_taken "$port"; then
+            ss -Hltnp "sport = :$port" >&2
+            fail "port $port is taken on this host (the compose file publishes it): stop that first"
+        fi
+    done
+fi
+
+# --------------------------------------------------------- cleanup on exit --
+WORK=$(mktemp -d /tmp/dockercoins-e2e.XXXXXX)
+DOCKERD_PID=
+HAD_DOCKER0=0
+ip link show docker0 >/dev/null 2>&1 && HAD_DOCKER0=1
+COMPOSE_UP=0
+# dockerd adds iptables chains, sets FORWARD's policy to DROP and turns on IP
+# forwarding, and leaves all that behind. Undone on exit when they were not
+# there before and no other dockerd runs.
+NET_BEFORE=none
+if command -v iptables >/dev/null && ! pgrep -x dockerd >/dev/null &&
+    ! iptables -S DOCKER-USER >/dev/null 2>&1; then
+    NET_BEFORE="$(iptables -S FORWARD 2>/dev/null | sed -n 's/^-P FORWARD //p') $(sysctl -n net.ipv4.ip_forward 2>/dev/null)"
+fi
+
+undo_dockerd_network() {
+    [ "$NET_BEFORE" != none ] || return 0
+    pgrep -x dockerd >/dev/null && return 0
+    local policy=${NET_BEFORE% *} forward=${NET_BEFORE#* } chain
+    iptables -t nat -D PREROUTING -m addrtype --dst-type LOCAL -j DOCKER 2>/dev/null
+    iptables -t nat -D OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER 2>/dev/null
+    iptables -t nat -F DOCKER 2>/dev/null && iptables -t nat -X DOCKER 2>/dev/null
+    iptables -D FORWARD -j DOCKER-USER 2>/dev/null
+    iptables -D FORWARD -j DOCKER-ISOLATION-STAGE-1 2>/dev/null
+    for chain in DOCKER DOCKER-ISOLATION-STAGE-1 DOCKER-ISOLATION-STAGE-2 DOCKER-USER; do
+        iptables -F "$chain" 2>/dev/null && iptables -X "$chain" 2>/dev/null
+    done
+    [ -n "$policy" ] && iptables -P FORWARD "$policy" 2>/dev/null
+    [ -n "$forward" ] && sysctl -qw net.ipv4.ip_forward="$forward" 2>/dev/null
+    return 0
+}
+
+dc() { "${COMPOSE_CMD[@]}" -f "$REPO/docker-compose.yaml" "$@"; }
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if [ "$rc" != 0 ] && [ -n "$DOCKERD_PID" ] && [ "$COMPOSE_UP" = 1 ]; then
+        log "last logs of each service (failure: rc=$rc)"
+        timeout 20 "${COMPOSE_CMD[@]}" -f "$REPO/docker-compose.yaml" ps
+        timeout 20 "${COMPOSE_CMD[@]}" -f "$REPO/docker-compose.yaml" logs --no-color --tail 15
+    fi
+    if [ -n "$DOCKERD_PID" ]; then
+        if [ "$COMPOSE_UP" = 1 ]; then
+            log "cleanup: down -v"
+            timeout 60 "${COMPOSE_CMD[@]}" -f "$REPO/docker-compose.yaml" down -v --remove-orphans >/dev/null 2>&1
+        fi
+        # Anything else this private engine still runs (e.g. an interrupted build).
+        local ids
+        ids=$(timeout 20 "$DOCKER" ps -aq 2>/dev/null)
+        [ -n "$ids" ] && timeout 60 "$DOCKER" rm -f $ids >/dev/null 2>&1
+        log "cleanup: stopping dockerd (pid $DOCKERD_PID)"
+        kill "$DOCKERD_PID" 2>/dev/null
+        for _ in $(seq 1 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done
+        if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            log "cleanup: dockerd still up after 30 s, SIGKILL"
+            kill -9 "$DOCKERD_PID" 2>/dev/null
+        fi
+        wait "$DOCKERD_PID" 2>/dev/null
+    fi
+    if [ "$HAD_DOCKER0" = 0 ] && ip link show docker0 >/dev/null 2>&1; then
+        ip link delete docker0 2>/dev/null
+    fi
+    undo_dockerd_network
+    # Mounts the daemon may have left under its directories (it unmounts on a
+    # clean stop; this is for a SIGKILL).
+    grep -o " $WORK/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m"; done
+    if [ "${E2E_KEEP:-0}" = 1 ]; then
+        log "cleanup: kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    if [ "$rc" = 0 ]; then log "PASS ($SECONDS s)"; else log "FAILED (rc=$rc, $SECONDS s)"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ----------------------------------------------------------- own dockerd --
+export DOCKER_HOST="unix://$WORK/docker.sock"
+unset DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH
+# Image pulls must not even be tried: fail fast instead of waiting on a network.
+export COMPOSE_INTERACTIVE_NO_CLI=1
+log "starting dockerd in $WORK"
+# --bridge=none: the default docker0 bridge is not needed (compose makes its
+# own network) and another engine on this machine may own it.
+dockerd --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
+    -H "$DOCKER_HOST" --bridge=none >"$WORK/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+ok=0
+for _ in $(seq 1 120); do
+    if "$DOCKER" version >/dev/null 2>&1; then ok=1; break; fi
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    sleep 0.5
+done
+if [ "$ok" != 1 ]; then
+    tail -20 "$WORK/dockerd.log" >&2
+    fail "dockerd did not answer within 60 s"
+fi
+log "dockerd up: server $("$DOCKER" version --format '{{.Server.Version}}'), storage $("$DOCKER" info --format '{{.Driver}}')"
+
+# Names the compose file and the Dockerfile use (read from them, so this stays true).
+REDIS_IMAGE=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' docker-compose.yaml | head -1)
+TAG=$(sed -n 's/^DOCKERCOINS_TAG=//p' .env 2>/dev/null | head -1)
+DOCKERCOINS_IMAGE="dockercoins:${DOCKERCOINS_TAG:-${TAG:-dev}}"
+STANDIN=dockercoins-e2e/bookworm-minbase:local
+[ -n "$REDIS_IMAGE" ] || fail "no redis image in docker-compose.yaml"
+
+# ------------------------------------------------------ base image, local --
+MIRROR=$(
+    {
+        sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n'
+        sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) bookworm .*/\2/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
+    } | grep -E '^https?://' | grep -v -- '-security' | grep -i debian | head -1 || true
+)
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+CACHE=${E2E_CACHE-/var/cache/dockercoins-e2e}
+ROOTFS_TAR="$WORK/rootfs.tar"
+# Bump the name when the package set changes.
+CACHED_TAR="${CACHE:+$CACHE/bookworm-minbase-redis-v1.tar}"
+if [ -n "$CACHED_TAR" ] && [ -s "$CACHED_TAR" ]; then
+    log "base rootfs from cache $CACHED_TAR"
+    ROOTFS_TAR=$CACHED_TAR
+else
+    log "debootstrap bookworm minbase + redis-server from $MIRROR (about 30-60 s)"
+    mkdir -p "$WORK/rootfs"
+    if ! timeout 300 debootstrap --variant=minbase --include=redis-server bookworm "$WORK/rootfs" "$MIRROR" \
+        >"$WORK/debootstrap.log" 2>&1; then
+        tail -20 "$WORK/debootstrap.log" >&2
+        fail "debootstrap failed"
+    fi
+    rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
+    tar --numeric-owner -C "$WORK/rootfs" -cf "$ROOTFS_TAR" .
+    rm -rf "$WORK/rootfs"
+    if [ -n "$CACHED_TAR" ] && mkdir -p "$CACHE" && cp "$ROOTFS_TAR" "$CACHED_TAR.tmp"; then
+        mv "$CACHED_TAR.tmp" "$CACHED_TAR"
+        log "cached the rootfs in $CACHED_TAR"
+    fi
+fi
+"$DOCKER" import "$ROOTFS_TAR" "$STANDIN" >/dev/null || fail "docker import failed"
+"$DOCKER" tag "$STANDIN" "$REDIS_IMAGE"
+log "imported the rootfs as $STANDIN and $REDIS_IMAGE"
+
+# ---------------------------------------------------- the dockercoins image --
+if [ ! -x target/release/dockercoins ]; then
+    log "building target/release/dockercoins (cargo build --release --locked)"
+    cargo build --release --locked
+fi
+log "docker build --target prebuilt (RUNTIME_IMAGE=$STANDIN) -> $DOCKERCOINS_IMAGE"
+timeout 300 "$DOCKER" build -q -f deploy/Dockerfile --target prebuilt \
+    --build-arg RUNTIME_IMAGE="$STANDIN" -t "$DOCKERCOINS_IMAGE" . >"$WORK/build.log" 2>&1 ||
+    { cat "$WORK/build.log" >&2; fail "docker build failed"; }
+version=$("$DOCKER" run --rm --network none "$DOCKERCOINS_IMAGE" --version) || fail "the image does not run"
+log "image ok: $version, user $("$DOCKER" image inspect -f '{{.Config.User}}' "$DOCKERCOINS_IMAGE")"
+
+# ----------------------------------------------------------------- up -d --
+export DOCKERCOINS_TAG=${DOCKERCOINS_IMAGE#dockercoins:}
+SERVICES=(redis rng hasher worker webui)
+log "up -d ${SERVICES[*]} (no otel-collector, no jaeger: their images cannot exist here)"
+COMPOSE_UP=1
+t0=$SECONDS
+timeout 180 "${COMPOSE_CMD[@]}" -f docker-compose.yaml up -d --no-build "${SERVICES[@]}" >"$WORK/up.log" 2>&1 ||
+    { cat "$WORK/up.log" >&2; fail "up -d failed"; }
+
+# Wait until every started container is running and, when it has a
+# healthcheck, healthy. Prints one line per change.
+wait_healthy() {
+    local limit=$1 deadline=$((SECONDS + $1)) last="" state ids id line all
+    while :; do
+        ids=$(dc ps -q)
+        all=1
+        state=""
+        for id in $ids; do
+            line=$("$DOCKER" inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}no-healthcheck{{end}}' "$id")
+            state+="${line#/} "
+            case "$line" in
+                *" running healthy" | *" running no-healthcheck") ;;
+                *) all=0 ;;
+            esac
+        done
+        [ "$state" != "$last" ] && log "  $state" && last=$state
+        [ -n "$ids" ] && [ "$all" = 1 ] && return 0
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.5
+    done
+}
+wait_healthy 90 || fail "not every service healthy within 90 s"
+HEALTHY_S=$((SECONDS - t0))
+log "every service healthy $HEALTHY_S s after up"
+
+# The compose file's settings reached the container.
+read -r ro mem user restart < <("$DOCKER" inspect \
+    -f '{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.Memory}} {{.Config.User}} {{.HostConfig.RestartPolicy.Name}}' \
+    "$(dc ps -q rng)")
+log "rng container: read_only=$ro memory=$mem user=$user restart=$restart"
+[ "$ro" = true ] && [ "$mem" -gt 0 ] && [ "$user" = 65532:65532 ] && [ "$restart" = unless-stopped ] ||
+    fail "rng container settings are not the compose file's"
+
+# A healthcheck is a process started in the container: it must be quick even
+# though OTEL_EXPORTER_OTLP_ENDPOINT points at a collector that is not there.
+hc_start=$(date +%s%N)
+"$DOCKER" exec "$(dc ps -q rng)" /usr/local/bin/dockercoins healthcheck grpc://127.0.0.1:8001 --service dockercoins.v1.Rng >/dev/null 2>&1 ||
+    fail "rng healthcheck run by hand failed"
+HC_MS=$((($(date +%s%N) - hc_start) / 1000000))
+log "one healthcheck run by hand (docker exec, collector absent): ${HC_MS} ms"
+[ "$HC_MS" -lt 2500 ] || fail "a healthcheck took ${HC_MS} ms"
+
+# ------------------------------------------------------------ the numbers --
+hashes() {
+    local j
+    j=$(curl -s --max-time 3 http://127.0.0.1:8000/json) || { echo -1; return; }
+    j=$(sed -n 's/.*"hashes": *\([0-9][0-9]*\).*/\1/p' <<<"$j")
+    echo "${j:-0}"
+}
+# rate SECONDS -> hashes/s with two decimals, measured through webui's /json.
+rate() {
+    local secs=$1 h0 h1 t0 t1
+    h0=$(hashes); t0=$(date +%s%N)
+    sleep "$secs"
+    h1=$(hashes); t1=$(date +%s%N)
+    [ "$h0" -ge 0 ] && [ "$h1" -ge 0 ] || { echo "-1"; return; }
+    awk -v d="$((h1 - h0))" -v ns="$((t1 - t0))" 'BEGIN { printf "%.2f", d / (ns / 1e9) }'
+}
+in_range() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x >= lo && x <= hi) }'; }
+
+log "webui /json: $(curl -s --max-time 3 http://127.0.0.1:8000/json)"
+# The worker flushes its count about once a second; let it settle first.
+sleep 3
+RATE1=$(rate 10)
+log "1 worker: $RATE1 hashes/s over 10 s (classroom: about 3.3)"
+in_range "$RATE1" 2.5 4.0 || fail "1 worker should do about 3.3 hashes/s, measured $RATE1"
+
+log "up -d --scale worker=10"
+timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml up -d --no-build --scale worker=10 "${SERVICES[@]}" >"$WORK/scale.log" 2>&1 ||
+    { cat "$WORK/scale.log" >&2; fail "scale failed"; }
+wait_healthy 60 || fail "not every service running/healthy after scaling"
+NWORKERS=$(dc ps -q worker | wc -l)
+[ "$NWORKERS" = 10 ] || fail "expected 10 worker containers, found $NWORKERS"
+sleep 4
+RATE10=$(rate 20)
+log "10 workers: $RATE10 hashes/s over 20 s (rng's single lane caps it near 10)"
+in_range "$RATE10" 7 11 || fail "10 workers should be capped near 10 hashes/s, measured $RATE10"
+
+# The lab's latency check, with curl for httping: rng's GET / waits in the lane.
+lat() { curl -s -o /dev/null --max-time 5 -w '%{time_total}' "$1"; }
+RNG_LAT=$(lat http://127.0.0.1:8001/)
+HASHER_LAT=$(lat http://127.0.0.1:8002/)
+log "latency with 10 workers: rng GET / ${RNG_LAT}s, hasher GET / ${HASHER_LAT}s"
+awk -v r="$RNG_LAT" -v h="$HASHER_LAT" 'BEGIN { exit !(r > h) }' || fail "rng should be the slow one"
+
+# What the services say with the collector absent (export errors should be
+# rare and short, never a flood).
+for svc in rng worker; do
+    id=$(dc ps -q "$svc" | head -1)
+    log "$svc: $("$DOCKER" logs "$id" 2>&1 | wc -l) log lines so far; the last 3:"
+    "$DOCKER" logs --tail 3 "$id" 2>&1 | cut -c1-300 | sed 's/^/    /'
+done
+
+# ------------------------------------------------------------------ down --
+NCONT=$(dc ps -q | wc -l)
+log "down ($NCONT containers)"
+t0=$(date +%s%N)
+timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml down >"$WORK/down.log" 2>&1 ||
+    { cat "$WORK/down.log" >&2; fail "down failed"; }
+DOWN_MS=$((($(date +%s%N) - t0) / 1000000))
+COMPOSE_UP=0
+DOWN_S=$(awk -v ms="$DOWN_MS" 'BEGIN { printf "%.1f", ms / 1000 }')
+log "down took $DOWN_S s for $NCONT containers"
+[ "$DOWN_MS" -lt 15000 ] || fail "down took $DOWN_S s (limit 15 s): some container ignores SIGTERM"
+left=$("$DOCKER" ps -aq | wc -l)
+[ "$left" = 0 ] || fail "$left containers left after down"
+log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s, 10 workers ${RATE10}/s, rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, down ${DOWN_S}s ($NCONT containers)"
