@@ -227,9 +227,14 @@ struct Flusher {
     store: Store,
     /// Hashes Redis acknowledged.
     flushed: u64,
-    /// Whether the last flush failed: log a streak once.
+    /// Whether the last flush failed: log a streak once...
     failing: bool,
+    /// ...and remind every [`FAILING_REMINDER`] while it lasts.
+    last_warning: Option<Instant>,
 }
+
+/// How often a worker that cannot update Redis says so again.
+const FAILING_REMINDER: Duration = Duration::from_secs(30);
 
 impl Flusher {
     async fn flush(&mut self) -> Result<(), StoreError> {
@@ -239,7 +244,11 @@ impl Flusher {
         if hashes == 0 && coins.is_empty() {
             return Ok(());
         }
-        tracing::info!("{hashes} units of work done, updating hash counter");
+        if self.failing {
+            tracing::debug!("{hashes} units of work waiting, trying Redis again");
+        } else {
+            tracing::info!("{hashes} units of work done, updating hash counter");
+        }
         match self.store.record(hashes, &coins).await {
             Ok(()) => {
                 self.flushed = done;
@@ -252,9 +261,14 @@ impl Flusher {
             Err(error) => {
                 // Keep them for the next update: nothing counted is lost.
                 self.tally.coins().extend(coins);
-                if !self.failing {
+                let coins_waiting = self.tally.coins().len();
+                let remind = self
+                    .last_warning
+                    .is_none_or(|at| at.elapsed() >= FAILING_REMINDER);
+                if !self.failing || remind {
                     self.failing = true;
-                    tracing::warn!(%error, store = %self.store.describe(), "cannot update Redis; keeping {hashes} hashes for the next update");
+                    self.last_warning = Some(Instant::now());
+                    tracing::warn!(%error, store = %self.store.describe(), hashes_waiting = hashes, coins_waiting, "cannot update Redis; keeping the work for the next update");
                 } else {
                     tracing::debug!(%error, "Redis still unavailable");
                 }
@@ -487,6 +501,7 @@ pub async fn run(
         store,
         flushed: 0,
         failing: false,
+        last_warning: None,
     };
     let mut ticker = tokio::time::interval_at(Instant::now() + FLUSH_INTERVAL, FLUSH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
