@@ -39,6 +39,15 @@ pub const BLOCK_BYTES: usize = 32;
 /// long Redis outage can take (64 bytes a coin, 12.8 MB in all).
 pub const MAX_PENDING_COINS: usize = 200_000;
 
+/// Coins waiting that make the flusher send them before the second is up:
+/// keeps every HSET small (about 1.5 MB) and the worker's memory flat in
+/// turbo, where a second can find 200,000 coins.
+pub const COIN_FLUSH_AT: usize = 16 * 1024;
+
+/// Most coins in one HSET: however many wait (after a Redis outage, up to
+/// [`MAX_PENDING_COINS`]), each command stays a few megabytes.
+pub const COIN_FLUSH_MAX: usize = 32 * 1024;
+
 /// How often the counter goes to Redis, as in the original.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -196,8 +205,14 @@ struct Tally {
     done: AtomicU64,
     /// Coins found since start.
     coins_found: AtomicU64,
-    /// Coins not yet in Redis.
+    /// Coins waiting to be sent.
     pending_coins: Mutex<Vec<Coin>>,
+    /// Coins found and not yet acknowledged by Redis: waiting or being sent.
+    /// What bounds memory (mining pauses at [`MAX_PENDING_COINS`]); counting
+    /// only the waiting ones would miss those in a failing update.
+    coins_held: std::sync::atomic::AtomicUsize,
+    /// Wakes the flusher when [`COIN_FLUSH_AT`] coins wait.
+    coins_waiting: tokio::sync::Notify,
 }
 
 impl Tally {
@@ -205,7 +220,12 @@ impl Tally {
         if !coins.is_empty() {
             self.coins_found
                 .fetch_add(coins.len() as u64, Ordering::Relaxed);
-            self.coins().extend(coins);
+            self.coins_held.fetch_add(coins.len(), Ordering::Relaxed);
+            let mut pending = self.coins();
+            pending.extend(coins);
+            if pending.len() >= COIN_FLUSH_AT {
+                self.coins_waiting.notify_one();
+            }
         }
         self.done.fetch_add(hashes, Ordering::Relaxed);
     }
@@ -217,7 +237,28 @@ impl Tally {
     }
 
     fn backlog_full(&self) -> bool {
-        self.coins().len() >= MAX_PENDING_COINS
+        self.coins_held.load(Ordering::Relaxed) >= MAX_PENDING_COINS
+    }
+
+    /// Up to [`COIN_FLUSH_MAX`] waiting coins, taken out to be sent.
+    fn take_coins(&self) -> Vec<Coin> {
+        let mut pending = self.coins();
+        let keep = pending.len().saturating_sub(COIN_FLUSH_MAX);
+        pending.split_off(keep)
+    }
+
+    /// Coins Redis did not take go back to wait.
+    fn put_back(&self, coins: Vec<Coin>) {
+        self.coins().extend(coins);
+    }
+
+    /// Coins Redis acknowledged are released.
+    fn acknowledged(&self, coins: usize) {
+        self.coins_held.fetch_sub(coins, Ordering::Relaxed);
+        // More waiting (after an outage): wake the flusher again.
+        if self.coins().len() >= COIN_FLUSH_AT {
+            self.coins_waiting.notify_one();
+        }
     }
 }
 
@@ -237,9 +278,25 @@ struct Flusher {
 const FAILING_REMINDER: Duration = Duration::from_secs(30);
 
 impl Flusher {
+    /// Sends the coins waiting, and nothing of the counter (that is once a
+    /// second, as in the original).
+    async fn flush_coins(&mut self) -> Result<(), StoreError> {
+        let coins = self.tally.take_coins();
+        if coins.is_empty() {
+            return Ok(());
+        }
+        let result = self.store.record(0, &coins).await;
+        match &result {
+            Ok(()) => self.tally.acknowledged(coins.len()),
+            // Kept for the next update, as every other failure.
+            Err(_) => self.tally.put_back(coins),
+        }
+        result
+    }
+
     async fn flush(&mut self) -> Result<(), StoreError> {
         let done = self.tally.done.load(Ordering::Relaxed);
-        let coins = std::mem::take(&mut *self.tally.coins());
+        let coins = self.tally.take_coins();
         let hashes = done - self.flushed;
         if hashes == 0 && coins.is_empty() {
             return Ok(());
@@ -252,6 +309,7 @@ impl Flusher {
         match self.store.record(hashes, &coins).await {
             Ok(()) => {
                 self.flushed = done;
+                self.tally.acknowledged(coins.len());
                 if self.failing {
                     self.failing = false;
                     tracing::info!(store = %self.store.describe(), "Redis is answering again; counts caught up");
@@ -260,8 +318,8 @@ impl Flusher {
             }
             Err(error) => {
                 // Keep them for the next update: nothing counted is lost.
-                self.tally.coins().extend(coins);
-                let coins_waiting = self.tally.coins().len();
+                self.tally.put_back(coins);
+                let coins_waiting = self.tally.coins_held.load(Ordering::Relaxed);
                 let remind = self
                     .last_warning
                     .is_none_or(|at| at.elapsed() >= FAILING_REMINDER);
@@ -508,17 +566,36 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut ticks = 0u64;
     loop {
-        tokio::select! {
+        let counter_too = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            _ = ticker.tick() => {
-                ticks += 1;
-                if ticks % 10 == 0 {
-                    tracing::info!(rng = ?miner.rng.served(), hasher = ?miner.hasher.served(), "calls per replica");
-                }
-                // An update in flight is not cancelled: Redis may have applied
-                // it, and counting it again would count it twice.
-                let _ = flusher.flush().instrument(flush_span()).await;
+            () = tally.coins_waiting.notified() => false,
+            _ = ticker.tick() => true,
+        };
+        if counter_too {
+            ticks += 1;
+            if ticks % 10 == 0 {
+                tracing::info!(rng = ?miner.rng.served(), hasher = ?miner.hasher.served(), "calls per replica");
+            }
+        }
+        let update = async {
+            if counter_too {
+                flusher.flush().await
+            } else {
+                flusher.flush_coins().await
+            }
+        }
+        .instrument(flush_span());
+        tokio::pin!(update);
+        tokio::select! {
+            // An error is logged by the flusher, and retried next time.
+            _ = &mut update => {}
+            () = &mut shutdown => {
+                // An update already sent is not dropped lightly: Redis may
+                // apply it, and sending it again would count it twice. It
+                // gets the stop's bound to finish, then the stop goes on.
+                let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, update).await;
+                break;
             }
         }
     }
@@ -526,7 +603,15 @@ pub async fn run(
     loops.abort_all();
     while loops.join_next().await.is_some() {}
     let left = FINAL_FLUSH_TIMEOUT.saturating_sub(stop_began.elapsed());
-    if tokio::time::timeout(left, flusher.flush().instrument(flush_span()))
+    let last_updates = async {
+        flusher.flush().await?;
+        // What an outage left waiting, a chunk at a time.
+        while !tally.coins().is_empty() {
+            flusher.flush_coins().await?;
+        }
+        Ok::<(), StoreError>(())
+    };
+    if tokio::time::timeout(left, last_updates.instrument(flush_span()))
         .await
         .is_err()
     {
@@ -536,7 +621,7 @@ pub async fn run(
         hashes_done: tally.done.load(Ordering::Relaxed),
         hashes_flushed: flusher.flushed,
         coins_found: tally.coins_found.load(Ordering::Relaxed),
-        coins_unflushed: tally.coins().len() as u64,
+        coins_unflushed: tally.coins_held.load(Ordering::Relaxed) as u64,
     };
     if report.hashes_done == report.hashes_flushed && report.coins_unflushed == 0 {
         tracing::info!(
@@ -563,6 +648,31 @@ pub async fn run(
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    /// Coins being sent still count against the bound: a failing update
+    /// must not let mining run on and memory grow (it reached 2 GB when only
+    /// the waiting coins were counted).
+    #[test]
+    fn coins_in_a_failing_update_still_pause_mining() {
+        let tally = Tally::default();
+        let coin = Coin {
+            digest: [0; 32],
+            bytes: [0; 32],
+        };
+        tally.add(0, vec![coin; MAX_PENDING_COINS]);
+        assert!(tally.backlog_full());
+        let sending = tally.take_coins();
+        assert_eq!(sending.len(), COIN_FLUSH_MAX, "one HSET is capped");
+        assert!(tally.backlog_full(), "coins in flight are still held");
+        tally.put_back(sending);
+        assert!(tally.backlog_full());
+        while !tally.coins().is_empty() {
+            let sent = tally.take_coins();
+            tally.acknowledged(sent.len());
+        }
+        assert!(!tally.backlog_full());
+        assert_eq!(tally.coins_held.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn blocks_of_the_wrong_size_are_refused() {
