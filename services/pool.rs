@@ -304,11 +304,6 @@ impl Backend {
         }
     }
 
-    /// A channel to the next replica, for calls made outside [`traced`].
-    pub async fn channel(&self) -> Result<Channel, tonic::Status> {
-        Ok(self.pick().await?.channel())
-    }
-
     fn count_served(&self, served_by: Option<&str>, replica: &Replica) {
         let key = served_by.unwrap_or(&replica.label).to_owned();
         *self

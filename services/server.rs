@@ -105,11 +105,6 @@ impl GrpcServer {
         self
     }
 
-    /// A handle on the server's health, to read or change it from outside.
-    pub fn health(&self) -> HealthReporter {
-        self.health.clone()
-    }
-
     /// Server reflection in both versions (grpcurl before 1.8.8 and older
     /// grpcui speak only v1alpha), listing exactly the services of this server.
     fn with_reflection(mut self) -> Result<Self, ServeError> {
