@@ -28,6 +28,16 @@ fn resolver(addrs: &Arc<Mutex<Vec<SocketAddr>>>) -> Resolver {
     })
 }
 
+/// Three turbo rng servers, and the address list a resolver will answer.
+async fn three_rng_replicas() -> (Vec<Spawned>, Arc<Mutex<Vec<SocketAddr>>>) {
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(spawn_rng(RngConfig::turbo()).await);
+    }
+    let addrs = replicas.iter().map(|r: &Spawned| r.addr).collect();
+    (replicas, Arc::new(Mutex::new(addrs)))
+}
+
 fn settings(policy: Policy) -> PoolSettings {
     PoolSettings {
         policy,
@@ -70,13 +80,7 @@ fn unary() -> WorkerConfig {
 async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
     let redis = RedisServer::start().await;
     let hasher = spawn_hasher(HasherConfig::turbo()).await;
-    let mut replicas: Vec<Spawned> = Vec::new();
-    for _ in 0..3 {
-        replicas.push(spawn_rng(RngConfig::turbo()).await);
-    }
-    let addrs = Arc::new(Mutex::new(
-        replicas.iter().map(|r| r.addr).collect::<Vec<_>>(),
-    ));
+    let (mut replicas, addrs) = three_rng_replicas().await;
     // The name in the URL is never looked up: the resolver answers.
     let rng = Backend::with_resolver(
         "rng",
@@ -158,13 +162,7 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
 /// whatever the name resolves to.
 #[tokio::test]
 async fn pinned_stays_on_one_replica() {
-    let mut replicas: Vec<Spawned> = Vec::new();
-    for _ in 0..3 {
-        replicas.push(spawn_rng(RngConfig::turbo()).await);
-    }
-    let addrs = Arc::new(Mutex::new(
-        replicas.iter().map(|r| r.addr).collect::<Vec<_>>(),
-    ));
+    let (replicas, addrs) = three_rng_replicas().await;
     let rng = Backend::with_resolver(
         "rng",
         &replicas[0].url(),
