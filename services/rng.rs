@@ -41,7 +41,7 @@ pub enum RngError {
     Count(u64),
     #[error("size * count must be at most {MAX_STREAM_BYTES} bytes, got {0}")]
     StreamBytes(u64),
-    #[error("size must be a number of bytes, like /32, got {0:?}")]
+    #[error("size must be a whole number of bytes, got {0:?}")]
     NotANumber(String),
 }
 
@@ -63,6 +63,14 @@ pub fn check_size(size: u64) -> Result<usize, RngError> {
         Ok(n) if (1..=MAX_BLOCK_BYTES).contains(&n) => Ok(n),
         _ => Err(RngError::Size(size)),
     }
+}
+
+/// Parses and checks a size written in a URL path (`GET /32`).
+pub fn parse_size(text: &str) -> Result<usize, RngError> {
+    let size = text
+        .parse::<u64>()
+        .map_err(|_| RngError::NotANumber(text.to_owned()))?;
+    check_size(size)
 }
 
 /// How a `GenerateStream` call is cut into messages.
@@ -258,10 +266,7 @@ async fn legacy_bytes(
     State(state): State<LegacyState>,
     Path(size): Path<String>,
 ) -> Result<Response, RngError> {
-    let size = size
-        .parse::<u64>()
-        .map_err(|_| RngError::NotANumber(size))?;
-    let size = check_size(size)?;
+    let size = parse_size(&size)?;
     let data = state.lane.serve(|| random_bytes(size)).await;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }

@@ -12,7 +12,7 @@ use crate::{
         replica_client::ReplicaClient, rng_client::RngClient,
     },
     pool::{Backend, traced},
-    rng::check_size,
+    rng::parse_size,
     server::DRAIN_TIMEOUT,
     store::Store,
 };
@@ -329,10 +329,7 @@ async fn gateway_rng(
     State(webui): State<Webui>,
     Path(size): Path<String>,
 ) -> Result<Json<Value>, GatewayError> {
-    let size = size
-        .parse::<u64>()
-        .map_err(|_| GatewayError::BadRequest(format!("size must be a number, got {size:?}")))
-        .and_then(|n| check_size(n).map_err(|e| GatewayError::BadRequest(e.to_string())))?;
+    let size = parse_size(&size).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let request = GenerateRequest { size: size as u32 };
     let call = traced(
         &webui.rng,
