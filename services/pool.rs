@@ -305,14 +305,15 @@ impl Backend {
     }
 
     fn count_served(&self, served_by: Option<&str>, replica: &Replica) {
-        let key = served_by.unwrap_or(&replica.label).to_owned();
-        *self
-            .shared
-            .served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default() += 1;
+        let key = served_by.unwrap_or(&replica.label);
+        let mut served = self.shared.served.lock().unwrap_or_else(|p| p.into_inner());
+        // Every call lands here: allocate the key only the first time.
+        match served.get_mut(key) {
+            Some(calls) => *calls += 1,
+            None => {
+                served.insert(key.to_owned(), 1);
+            }
+        }
     }
 
     /// Notes a call that failed; logs the first failure of a streak at warn.
@@ -453,14 +454,15 @@ pub async fn traced<M: Clone, T>(
     call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
     message: M,
 ) -> Result<tonic::Response<T>, tonic::Status> {
-    let attempts = backend.current().len().clamp(1, 4);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let replica = backend.pick().await?;
         let result = call_replica(backend, &replica, service, method, &call, message.clone()).await;
+        // Up to one try per replica (at most 4), counted only on a failure:
+        // a call that succeeds takes the replica list once, in `pick`.
         if matches!(&result, Err(status) if status.code() == tonic::Code::Unavailable)
-            && attempt < attempts
+            && attempt < backend.current().len().clamp(1, 4)
         {
             tracing::debug!(backend = backend.name(), replica = %replica.label, "unavailable; trying another replica");
             continue;
