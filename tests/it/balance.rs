@@ -38,6 +38,21 @@ async fn three_rng_replicas() -> (Vec<Spawned>, Arc<Mutex<Vec<SocketAddr>>>) {
     (replicas, Arc::new(Mutex::new(addrs)))
 }
 
+/// `calls` Rng/Generate calls through the backend, one after the other.
+async fn generate(rng: &Backend, calls: usize) {
+    for _ in 0..calls {
+        traced(
+            rng,
+            "dockercoins.v1.Rng",
+            "Generate",
+            async |channel, request| RngClient::new(channel).generate(request).await,
+            GenerateRequest { size: 32 },
+        )
+        .await
+        .unwrap();
+    }
+}
+
 fn settings(policy: Policy) -> PoolSettings {
     PoolSettings {
         policy,
@@ -170,17 +185,7 @@ async fn pinned_stays_on_one_replica() {
         resolver(&addrs),
     )
     .unwrap();
-    for _ in 0..60 {
-        traced(
-            &rng,
-            "dockercoins.v1.Rng",
-            "Generate",
-            async |channel, request| RngClient::new(channel).generate(request).await,
-            GenerateRequest { size: 32 },
-        )
-        .await
-        .unwrap();
-    }
+    generate(&rng, 60).await;
     let served = rng.served();
     assert_eq!(served.len(), 1, "{served:?}");
     assert_eq!(served_on(&served, replicas[0].addr.port()), 60);
@@ -197,17 +202,7 @@ async fn the_system_resolver_finds_replicas_by_name() {
     let rng_server = spawn_rng(RngConfig::turbo()).await;
     let url = format!("http://localhost:{}", rng_server.addr.port());
     let rng = Backend::new("rng", &url, &settings(Policy::Balanced)).unwrap();
-    for _ in 0..20 {
-        traced(
-            &rng,
-            "dockercoins.v1.Rng",
-            "Generate",
-            async |channel, request| RngClient::new(channel).generate(request).await,
-            GenerateRequest { size: 32 },
-        )
-        .await
-        .unwrap();
-    }
+    generate(&rng, 20).await;
     assert!(
         rng.replicas().contains(&rng_server.addr.to_string()),
         "{:?}",
