@@ -28,6 +28,7 @@ pub mod env {
     pub const WORKER_CONCURRENCY: &str = "WORKER_CONCURRENCY";
     pub const WORKER_BATCH: &str = "WORKER_BATCH";
     pub const WEBUI_LISTEN: &str = "WEBUI_LISTEN";
+    pub const EDGE_ROUTES: &str = "EDGE_ROUTES";
     pub const UP_WORKERS: &str = "UP_WORKERS";
     pub const UP_RNG_REPLICAS: &str = "UP_RNG_REPLICAS";
     pub const UP_HASHER_REPLICAS: &str = "UP_HASHER_REPLICAS";
@@ -172,6 +173,9 @@ pub enum Command {
     Webui(WebuiArgs),
     /// Run the whole mesh in this process: rng, hasher, webui and workers.
     Up(UpArgs),
+    /// Publish rng and hasher on fixed ports in Compose: forward each TCP
+    /// connection to one replica, round robin.
+    Edge(EdgeArgs),
     /// Check a service's health, for container healthchecks (exit 0: healthy).
     Healthcheck(HealthcheckArgs),
     /// Measure the mesh in turbo: hashes/s, per-hop latency, memory, CPU.
@@ -232,10 +236,25 @@ impl Command {
             Self::Worker(_) => "worker",
             Self::Webui(_) => "webui",
             Self::Up(_) => "up",
+            Self::Edge(_) => "edge",
             Self::Healthcheck(_) => "healthcheck",
             Self::Bench(_) => "bench",
         }
     }
+}
+
+/// `dockercoins edge`: the host's ports for rng and hasher in Compose.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EdgeArgs {
+    /// What to forward: `LISTEN=HOST:PORT`, comma-separated. Each connection
+    /// goes to one of the addresses HOST resolves to, in turn.
+    #[arg(
+        long = "route",
+        env = env::EDGE_ROUTES,
+        value_delimiter = ',',
+        default_value = "0.0.0.0:8001=rng:8001,0.0.0.0:8002=hasher:8002"
+    )]
+    pub routes: Vec<crate::edge::Route>,
 }
 
 /// `dockercoins healthcheck`: exit 0 when the target is healthy, 1 when not.

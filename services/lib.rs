@@ -17,6 +17,8 @@
 //! - [`worker`]: the miner, and the checks on every reply it gets.
 //! - [`webui`]: the page, `/json`, and the HTTP gateway to the backends.
 //! - [`up`]: the whole mesh in one process.
+//! - [`edge`]: Compose's published ports for rng and hasher, forwarded per
+//!   connection to a replica (what Swarm's routing mesh does).
 //! - [`bench`]: the mesh's own numbers (throughput, latency, memory, CPU).
 //! - [`pool`]: gRPC channels per backend, with timeouts and backoff.
 //! - [`store`]: the score in Redis (or the in-process stand-in for `up`).
@@ -29,6 +31,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod edge;
 pub mod hasher;
 pub mod healthcheck;
 pub mod limits;

@@ -34,3 +34,6 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Largest request message to a service whose requests are a few numbers
 /// (rng's `GenerateRequest`, `GenerateStreamRequest`).
 pub const MAX_SMALL_REQUEST_BYTES: usize = 4 * 1024;
+
+/// Connections `edge` forwards at once; more wait in the listen backlog.
+pub const MAX_EDGE_CONNECTIONS: usize = 1024;

@@ -6,7 +6,7 @@ use clap::Parser;
 use dockercoins::{
     bench,
     config::{Cli, ClientArgs, Command, HasherConfig, RngConfig},
-    hasher, healthcheck,
+    edge, hasher, healthcheck,
     pool::Backend,
     rng, shutdown,
     store::Store,
@@ -91,6 +91,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 redis_url: args.redis_url.clone(),
             };
             up::run(config, listeners, shutdown).await?;
+        }
+        Command::Edge(args) => {
+            let mut routes = Vec::new();
+            for route in args.routes {
+                routes.push((bind(route.listen, "--route / EDGE_ROUTES").await?, route));
+            }
+            edge::serve(routes, dockercoins::pool::system_resolver(), shutdown).await;
         }
         Command::Healthcheck(_) => unreachable!("handled above"),
         Command::Bench(args) => {

@@ -6,6 +6,7 @@ mod balance;
 mod bench;
 mod cli;
 mod compose;
+mod edge;
 mod hasher;
 mod helpers;
 mod rng;
