@@ -13,13 +13,16 @@
 #   3. builds a Debian bookworm minbase rootfs with redis-server (cached in
 #      /var/cache/dockercoins-e2e), imports it, tags it as the redis image and
 #      as the dockercoins runtime stand-in;
-#   4. builds target/release/dockercoins when missing, then the image through
-#      deploy/Dockerfile's `prebuilt` target;
-#   5. `up -d` redis rng hasher worker webui (the collector and Jaeger images
+#   4. builds target/release/dockercoins (cargo: a no-op when up to date), then
+#      the image through deploy/Dockerfile's `prebuilt` target;
+#   5. `up -d` redis rng hasher worker webui edge (the collector and Jaeger images
 #      cannot exist here: the mesh must run with its OTLP endpoint pointing at
 #      a collector that is not there), waits until each is healthy;
 #   6. checks the hash rate with 1 worker (about 3.3/s) and with 10 (capped
-#      near 10/s by rng's single lane), then times `down`;
+#      near 10/s by rng's single lane), rng slower than hasher through edge's
+#      ports; then the lab's fix, `--scale rng=3`: no gain with pinned workers
+#      started before the new replicas, about 3x with balanced ones, and edge
+#      spreading connections over the 3 replicas; then times `down`;
 #   7. cleans up on exit: containers, networks, the daemon (by pid), its
 #      directories, and the docker0 bridge if it was not there before.
 # Environment: E2E_COMPOSE (default docker-compose; `docker compose` also works
@@ -216,10 +219,10 @@ fi
 log "imported the rootfs as $STANDIN and $REDIS_IMAGE"
 
 # ---------------------------------------------------- the dockercoins image --
-if [ ! -x target/release/dockercoins ]; then
-    log "building target/release/dockercoins (cargo build --release --locked)"
-    cargo build --release --locked
-fi
+# Always through cargo: it rebuilds only what changed, and a stale binary
+# would test yesterday's code.
+log "cargo build --release --locked (target/release/dockercoins)"
+cargo build --release --locked
 log "docker build --target prebuilt (RUNTIME_IMAGE=$STANDIN) -> $DOCKERCOINS_IMAGE"
 timeout 300 "$DOCKER" build -q -f deploy/Dockerfile --target prebuilt \
     --build-arg RUNTIME_IMAGE="$STANDIN" -t "$DOCKERCOINS_IMAGE" . >"$WORK/build.log" 2>&1 ||
@@ -229,7 +232,7 @@ log "image ok: $version, user $("$DOCKER" image inspect -f '{{.Config.User}}' "$
 
 # ----------------------------------------------------------------- up -d --
 export DOCKERCOINS_TAG=${DOCKERCOINS_IMAGE#dockercoins:}
-SERVICES=(redis rng hasher worker webui)
+SERVICES=(redis rng hasher worker webui edge)
 log "up -d ${SERVICES[*]} (no otel-collector, no jaeger: their images cannot exist here)"
 COMPOSE_UP=1
 t0=$SECONDS
@@ -304,10 +307,17 @@ RATE1=$(rate 10)
 log "1 worker: $RATE1 hashes/s over 10 s (classroom: about 3.3)"
 in_range "$RATE1" 2.5 4.0 || fail "1 worker should do about 3.3 hashes/s, measured $RATE1"
 
+# up_scaled LOGNAME ARGS...: `up -d` with the given scale flags, then healthy.
+up_scaled() {
+    local name=$1
+    shift
+    timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml up -d --no-build "$@" "${SERVICES[@]}" >"$WORK/$name.log" 2>&1 ||
+        { cat "$WORK/$name.log" >&2; fail "up -d $* failed"; }
+    wait_healthy 60 || fail "not every service running/healthy after up -d $*"
+}
+
 log "up -d --scale worker=10"
-timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml up -d --no-build --scale worker=10 "${SERVICES[@]}" >"$WORK/scale.log" 2>&1 ||
-    { cat "$WORK/scale.log" >&2; fail "scale failed"; }
-wait_healthy 60 || fail "not every service running/healthy after scaling"
+up_scaled scale10 --scale worker=10
 NWORKERS=$(dc ps -q worker | wc -l)
 [ "$NWORKERS" = 10 ] || fail "expected 10 worker containers, found $NWORKERS"
 sleep 4
@@ -321,6 +331,40 @@ RNG_LAT=$(lat http://127.0.0.1:8001/)
 HASHER_LAT=$(lat http://127.0.0.1:8002/)
 log "latency with 10 workers: rng GET / ${RNG_LAT}s, hasher GET / ${HASHER_LAT}s"
 awk -v r="$RNG_LAT" -v h="$HASHER_LAT" 'BEGIN { exit !(r > h) }' || fail "rng should be the slow one"
+
+# ------------------------------------------------- scale rng: the lab's fix --
+# Naive gRPC clients first: the workers (recreated, the policy changed) each
+# open one connection to the only rng there is...
+log "GRPC_POLICY=pinned up -d --scale worker=10"
+GRPC_POLICY=pinned up_scaled pinned1 --scale worker=10
+sleep 4
+# ...and the new replicas get none of their calls.
+log "GRPC_POLICY=pinned up -d --scale worker=10 --scale rng=3"
+GRPC_POLICY=pinned up_scaled pinned3 --scale worker=10 --scale rng=3
+NRNG=$(dc ps -q rng | wc -l)
+[ "$NRNG" = 3 ] || fail "expected 3 rng containers, found $NRNG"
+sleep 4
+RATE_PINNED=$(rate 20)
+log "10 pinned workers, 3 rng replicas: $RATE_PINNED hashes/s (no gain: HTTP/2 keeps the first connection)"
+in_range "$RATE_PINNED" 7 11 || fail "pinned workers should stay near 10 hashes/s, measured $RATE_PINNED"
+
+# Balanced workers (the default; recreated, the policy changed back) resolve
+# rng every 5 s and spread their calls over the three.
+log "up -d --scale worker=10 --scale rng=3 (balanced)"
+up_scaled balanced3 --scale worker=10 --scale rng=3
+sleep 8
+RATE_BALANCED=$(rate 20)
+RATIO=$(awk -v b="$RATE_BALANCED" -v o="$RATE10" 'BEGIN { printf "%.2f", b / o }')
+log "10 balanced workers, 3 rng replicas: $RATE_BALANCED hashes/s, ${RATIO}x the single replica's $RATE10"
+awk -v r="$RATIO" 'BEGIN { exit !(r >= 2.4) }' || fail "3 rng replicas should about triple the rate, measured ${RATIO}x"
+
+# edge spreads the lab's port over the replicas: each connection to 8001
+# goes to the next one (x-served-by names it).
+SERVED=$(for _ in 1 2 3 4 5 6; do
+    curl -s -D - -o /dev/null --max-time 5 http://127.0.0.1:8001/8 | tr -d '\r' | sed -n 's/^x-served-by: //Ip'
+done | sort | uniq -c | awk '{ printf "%s%s=%s", sep, $2, $1; sep=" " }')
+log "6 connections to 127.0.0.1:8001 served by: $SERVED"
+[ "$(wc -w <<<"$SERVED")" = 3 ] || fail "edge should spread connections over the 3 rng replicas"
 
 # What the services say with the collector absent (export errors should be
 # rare and short, never a flood).
@@ -343,4 +387,4 @@ log "down took $DOWN_S s for $NCONT containers"
 [ "$DOWN_MS" -lt 15000 ] || fail "down took $DOWN_S s (limit 15 s): some container ignores SIGTERM"
 left=$("$DOCKER" ps -aq | wc -l)
 [ "$left" = 0 ] || fail "$left containers left after down"
-log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s, 10 workers ${RATE10}/s, rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, down ${DOWN_S}s ($NCONT containers)"
+log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s, 10 workers ${RATE10}/s, rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers)"

@@ -3,6 +3,7 @@
 //! anchors and `<<` merges applied, as Compose does) and held to what the lab
 //! and the binary need. tests/compose-e2e.sh runs the same file for real.
 
+use clap::Parser;
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::BTreeSet;
 
@@ -12,10 +13,15 @@ const COLLECTOR: &str = include_str!("../../deploy/otel-collector.yaml");
 const README: &str = include_str!("../../README.md");
 
 /// The services that run the dockercoins binary, each with its subcommand.
-const DOCKERCOINS: [&str; 4] = ["rng", "hasher", "worker", "webui"];
+const DOCKERCOINS: [&str; 5] = ["rng", "hasher", "worker", "webui", "edge"];
+/// The ones that make spans (edge forwards bytes: nothing to trace).
+const TRACED: [&str; 4] = ["rng", "hasher", "worker", "webui"];
+/// The services the lab scales: no host port of their own.
+const SCALED: [&str; 3] = ["rng", "hasher", "worker"];
 /// Services without a healthcheck, on purpose (the file says why): the worker
-/// serves nothing to probe; the collector's image has nothing to probe with.
-const NO_HEALTHCHECK: [&str; 2] = ["worker", "otel-collector"];
+/// and edge serve nothing of their own to probe; the collector's image has
+/// nothing to probe with.
+const NO_HEALTHCHECK: [&str; 3] = ["worker", "edge", "otel-collector"];
 
 fn parse(text: &str) -> Value {
     let mut value: Value = serde_yaml_ng::from_str(text).expect("valid YAML");
@@ -204,6 +210,7 @@ fn the_files_parse_and_define_the_whole_mesh() {
         "hasher",
         "worker",
         "webui",
+        "edge",
         "redis",
         "otel-collector",
         "jaeger",
@@ -281,15 +288,17 @@ fn no_container_name_anywhere() {
 }
 
 #[test]
-fn ports_published_and_the_worker_scales() {
+fn the_lab_ports_are_published_and_the_lab_services_scale() {
     let file = compose();
-    assert!(
-        service(&file, "worker").get("ports").is_none(),
-        "a published port on worker breaks --scale worker=N"
-    );
+    for name in SCALED {
+        assert!(
+            service(&file, name).get("ports").is_none(),
+            "{name}: a published port breaks --scale {name}=N (edge publishes rng and hasher)"
+        );
+    }
     for (name, port) in [
-        ("rng", 8001),
-        ("hasher", 8002),
+        ("edge", 8001),
+        ("edge", 8002),
         ("webui", 8000),
         ("jaeger", 16686),
     ] {
@@ -306,6 +315,37 @@ fn ports_published_and_the_worker_scales() {
                 "host port {host} published twice ({name:?})"
             );
         }
+    }
+    // edge forwards each published port to the service the lab expects there
+    // (its defaults do: the file sets nothing).
+    let edge = service(&file, "edge");
+    assert!(env_value(edge, "EDGE_ROUTES").is_none());
+    let cli = dockercoins::config::Cli::try_parse_from(["dockercoins", "edge"]).unwrap();
+    let dockercoins::config::Command::Edge(args) = cli.command else {
+        unreachable!()
+    };
+    let routes = args.routes;
+    let forwarded: BTreeSet<(u16, String, u16)> = routes
+        .iter()
+        .map(|r| (r.listen.port(), r.host.clone(), r.port))
+        .collect();
+    assert_eq!(
+        forwarded,
+        BTreeSet::from([
+            (8001, "rng".to_owned(), 8001),
+            (8002, "hasher".to_owned(), 8002)
+        ])
+    );
+    for route in &routes {
+        assert!(
+            route.listen.ip().is_unspecified(),
+            "{route}: listen on every interface"
+        );
+        assert!(
+            published(edge).contains(&(route.listen.port(), route.listen.port())),
+            "{route}: edge listens on a port it does not publish"
+        );
+        assert!(offered_ports(&route.host, service(&file, &route.host)).contains(&route.port));
     }
 }
 
@@ -502,7 +542,7 @@ fn the_dockercoins_services_are_traced_and_set_only_known_settings() {
         readme.contains("RNG_DELAY_MS"),
         "README settings table not found"
     );
-    for name in DOCKERCOINS {
+    for name in TRACED {
         let svc = service(&file, name);
         for (key, value) in environment(svc) {
             assert!(
@@ -591,7 +631,7 @@ fn turbo_overrides_only_known_settings_of_existing_services() {
     assert_eq!(get("worker", "WORKER_DELAY_MS"), "0");
     assert_eq!(get("worker", "WORKER_BATCH"), "8192");
     assert_eq!(get("worker", "WORKER_CONCURRENCY"), "4");
-    for svc in DOCKERCOINS {
+    for svc in TRACED {
         let ratio: f64 = get(svc, "OTEL_TRACES_SAMPLER_ARG").parse().unwrap();
         assert!(ratio > 0.0 && ratio <= 0.05, "turbo {svc}: sample little");
     }
