@@ -148,10 +148,24 @@ pub struct RedisServer {
     pub port: u16,
     dir: std::path::PathBuf,
     child: Option<tokio::process::Child>,
+    /// Append-only file, fsynced on every write: a SIGKILL loses nothing
+    /// Redis acknowledged. Without it, a restart starts from empty.
+    persistent: bool,
 }
 
 impl RedisServer {
+    /// A redis-server that keeps its data across restarts (append-only file).
     pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// A redis-server with no persistence, as the compose file runs it: a
+    /// restart starts from empty.
+    pub async fn start_ephemeral() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(persistent: bool) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir =
@@ -167,6 +181,7 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            persistent,
         };
         server.restart().await;
         server
@@ -181,14 +196,12 @@ impl RedisServer {
         assert!(self.child.is_none(), "already running");
         let child = tokio::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
+            .args(["--save", ""])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
@@ -225,6 +238,16 @@ impl RedisServer {
         tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
             .expect("redis-server did not stop")
+            .unwrap();
+    }
+
+    /// Kills the server with SIGKILL: no shutdown, no last write.
+    pub async fn crash(&mut self) {
+        let mut child = self.child.take().expect("not running");
+        child.start_kill().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("redis-server did not die")
             .unwrap();
     }
 
@@ -352,6 +375,16 @@ impl RunningWorker {
 /// Starts `dockercoins <args>` and waits for its start-up log line; returns
 /// the address it listens on (empty for the worker, which listens on none).
 pub async fn start_binary(args: &[&str], envs: &[(&str, &str)]) -> (Child, String) {
+    let (child, listen, _log) = start_binary_logged(args, envs).await;
+    (child, listen)
+}
+
+/// Every stderr line of a child, as it comes.
+pub type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`start_binary`], keeping the child's stderr lines.
+pub async fn start_binary_logged(args: &[&str], envs: &[(&str, &str)]) -> (Child, String, Log) {
+    let log = Log::default();
     let mut child = Command::new(env!("CARGO_BIN_EXE_dockercoins"))
         .args(args)
         .env("RUST_LOG", "info")
@@ -363,8 +396,10 @@ pub async fn start_binary(args: &[&str], envs: &[(&str, &str)]) -> (Child, Strin
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let kept = log.clone();
     let listen = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            kept.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split("listen=").nth(1) {
                 return rest.split_whitespace().next().unwrap().to_owned();
             }
@@ -377,8 +412,13 @@ pub async fn start_binary(args: &[&str], envs: &[(&str, &str)]) -> (Child, Strin
     .await
     .expect("no serving line within 30 s");
     // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, listen)
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    (child, listen, log)
 }
 
 pub async fn sigterm(child: &Child) {
