@@ -281,7 +281,14 @@ pub struct ClientArgs {
     #[arg(long = "hasher", env = env::HASHER_URL, default_value = "http://hasher:8002")]
     pub hasher_url: String,
     /// Redis URL, `redis://[:password@]host:port[/db]`; the password is never logged.
-    #[arg(long = "redis", env = env::REDIS_URL, default_value = "redis://redis:6379")]
+    // hide_env_values: `--help` would otherwise print REDIS_URL's value,
+    // password included.
+    #[arg(
+        long = "redis",
+        env = env::REDIS_URL,
+        default_value = "redis://redis:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
@@ -386,7 +393,7 @@ pub struct UpArgs {
     pub turbo: bool,
     /// Redis URL. Without it, a private redis-server is started when one is
     /// on PATH, else an in-process store stands in.
-    #[arg(long = "redis", env = env::REDIS_URL)]
+    #[arg(long = "redis", env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,
     /// rng's address.
     #[arg(long, env = env::RNG_LISTEN, default_value = "127.0.0.1:8001")]

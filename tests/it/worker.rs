@@ -211,3 +211,96 @@ async fn a_slow_redis_answer_is_not_a_failure_and_counts_once() {
     assert_eq!(redis.hashes().await, 42);
     assert_eq!(redis.wallet().await.len(), 1);
 }
+
+/// Redis credentials come only from the URL: with the right password the
+/// worker mines; with a wrong one it says so; and neither password ever
+/// appears in a log line or in `--help`.
+#[tokio::test]
+async fn a_redis_password_works_and_never_reaches_the_logs() {
+    use crate::helpers::{sigterm, start_binary_logged};
+    let redis = RedisServer::start().await;
+    let mut admin = redis.connection().await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("right-pw-7f3a")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let rng = spawn_rng(RngConfig::turbo()).await;
+    let hasher = spawn_hasher(HasherConfig::turbo()).await;
+    let (rng_url, hasher_url) = (rng.url(), hasher.url());
+    let url = |password: &str| format!("redis://:{password}@127.0.0.1:{}", redis.port);
+    let mut workers = Vec::new();
+    for password in ["right-pw-7f3a", "wrong-pw-91c2"] {
+        let redis_url = url(password);
+        let envs = [("REDIS_URL", redis_url.as_str()), ("WORKER_DELAY_MS", "0")];
+        let args = ["worker", "--rng", &rng_url, "--hasher", &hasher_url];
+        workers.push(start_binary_logged(&args, &envs).await);
+    }
+    // The right password: hashes arrive.
+    let authed = redis::Client::open(url("right-pw-7f3a")).unwrap();
+    let mut authed = authed.get_multiplexed_async_connection().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let hashes: Option<u64> = redis::cmd("GET")
+            .arg("hashes")
+            .query_async(&mut authed)
+            .await
+            .unwrap();
+        if hashes.is_some_and(|h| h > 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no hashes with the right password"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The wrong one: a warning that names the masked URL.
+    let (_, _, wrong_log) = &workers[1];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !wrong_log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("cannot update Redis"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no warning with a wrong password"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (child, _, _) in &mut workers {
+        sigterm(child).await;
+        child.wait().await.unwrap();
+    }
+    let mut lines: Vec<String> = Vec::new();
+    for (_, _, log) in &workers {
+        lines.extend(log.lock().unwrap().iter().cloned());
+    }
+    assert!(
+        lines.iter().any(|l| l.contains(":***@127.0.0.1")),
+        "the masked URL is logged"
+    );
+    for line in &lines {
+        assert!(
+            !line.contains("right-pw-7f3a") && !line.contains("wrong-pw-91c2"),
+            "{line}"
+        );
+    }
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_dockercoins"))
+        .args(["worker", "--help"])
+        .env("REDIS_URL", url("right-pw-7f3a"))
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("REDIS_URL"), "{help}");
+    assert!(
+        !help.contains("right-pw-7f3a"),
+        "--help shows the password:\n{help}"
+    );
+    rng.stop().await.unwrap();
+    hasher.stop().await.unwrap();
+}
