@@ -722,3 +722,70 @@ fn the_collector_receives_otlp_and_exports_to_a_service_of_the_file() {
         );
     }
 }
+
+/// The images run as a non-root user, every container has a read-only root
+/// filesystem, and no secret can reach an image: the Dockerfile copies only
+/// the sources (and, for `prebuilt`, the one binary), and .dockerignore keeps
+/// .env, keys and certificates out of the build context.
+#[test]
+fn images_run_as_non_root_read_only_and_carry_no_secrets() {
+    const DOCKERFILE: &str = include_str!("../../deploy/Dockerfile");
+    const DOCKERIGNORE: &str = include_str!("../../.dockerignore");
+    let mut stages: Vec<(String, Option<String>)> = Vec::new();
+    for line in DOCKERFILE.lines().map(str::trim) {
+        if let Some(from) = line.strip_prefix("FROM ") {
+            let name = from.rsplit(" AS ").next().unwrap_or(from).to_owned();
+            stages.push((name, None));
+        } else if let Some(user) = line.strip_prefix("USER ") {
+            stages.last_mut().expect("USER before FROM").1 = Some(user.to_owned());
+        } else if let Some(copy) = line.strip_prefix("COPY ") {
+            if copy.starts_with("--from=") {
+                continue;
+            }
+            let words: Vec<&str> = copy.split_whitespace().collect();
+            for source in &words[..words.len() - 1] {
+                assert!(
+                    [
+                        "Cargo.toml",
+                        "Cargo.lock",
+                        "build.rs",
+                        "proto",
+                        "services",
+                        "tests",
+                        "deploy/.prebuilt",
+                        "target/release/dockercoin[s]",
+                    ]
+                    .contains(source),
+                    "the Dockerfile copies {source}: only sources and the binary go in"
+                );
+            }
+        }
+    }
+    for target in ["prebuilt", "runtime"] {
+        let user = stages
+            .iter()
+            .find(|(name, _)| name == target)
+            .unwrap_or_else(|| panic!("no stage {target}"))
+            .1
+            .clone()
+            .unwrap_or_else(|| panic!("{target}: no USER, so root"));
+        let uid = user.split(':').next().unwrap();
+        assert!(
+            uid.parse::<u32>().is_ok_and(|uid| uid != 0),
+            "{target}: USER {user} (numeric and not root, so Kubernetes' runAsNonRoot can check it)"
+        );
+    }
+    assert_eq!(stages.last().unwrap().0, "runtime", "the default target");
+    let ignored: Vec<&str> = DOCKERIGNORE.lines().map(str::trim).collect();
+    for secret in [".env", "**/*.pem", "**/*.key"] {
+        assert!(
+            ignored.contains(&secret),
+            ".dockerignore must list {secret}"
+        );
+    }
+    let file = compose();
+    for (name, svc) in services(&file) {
+        assert_eq!(svc["read_only"].as_bool(), Some(true), "{name:?}");
+        assert!(svc.get("privileged").is_none(), "{name:?}");
+    }
+}
