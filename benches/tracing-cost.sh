@@ -16,7 +16,7 @@ cargo build --release --quiet --bin dockercoins --example otlp_sink
 SINK_ADDR=127.0.0.1:${SINK_PORT:-43170}
 target/release/examples/otlp_sink "$SINK_ADDR" >/tmp/otlp_sink.$$.log 2>&1 &
 SINK=$!
-trap 'kill $SINK 2>/dev/null; wait $SINK 2>/dev/null; rm -f /tmp/otlp_sink.$$.log' EXIT
+trap 'kill $SINK 2>/dev/null; wait $SINK 2>/dev/null; rm -f /tmp/otlp_sink.$$.log /tmp/tracing-cost.$$.err' EXIT
 
 configs=(off ratio0.01 ratio1 unreachable)
 declare -A results
@@ -29,12 +29,18 @@ run() {
         ratio1) env+=(OTEL_EXPORTER_OTLP_ENDPOINT=http://$SINK_ADDR OTEL_TRACES_SAMPLER_ARG=1.0) ;;
         unreachable) env+=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9 OTEL_TRACES_SAMPLER_ARG=1.0) ;;
     esac
-    env "${env[@]}" target/release/dockercoins bench --mode "$MODE" --seconds "$SECS" --json 2>/dev/null |
-        sed -n 's/^ *"hashes_per_second": *\([0-9.]*\).*/\1/p' | head -1
+    local out rate
+    out=$(env "${env[@]}" target/release/dockercoins bench --mode "$MODE" --seconds "$SECS" --json 2>/tmp/tracing-cost.$$.err) || true
+    rate=$(sed -n 's/^ *"hashes_per_second": *\([0-9.]*\).*/\1/p' <<<"$out" | head -1)
+    if [ -z "$rate" ]; then
+        echo "bench failed ($config): $(grep -v '^ *$' /tmp/tracing-cost.$$.err | tail -1)" >&2
+    fi
+    echo "${rate:-}"
 }
 for round in $(seq 1 "$ROUNDS"); do
     for config in "${configs[@]}"; do
         rate=$(run "$config")
+        [ -n "$rate" ] || continue
         printf 'round %d  %-12s %12.0f hashes/s\n' "$round" "$config" "$rate"
         results[$config]+="$rate "
     done
