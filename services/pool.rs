@@ -325,12 +325,12 @@ impl Backend {
                 backend = shared.name,
                 url = %shared.url,
                 code = ?status.code(),
-                error = status.message(),
+                error = %status_reason(status),
                 "{} call failed; backing off and retrying",
                 shared.name
             );
         } else {
-            tracing::debug!(backend = shared.name, code = ?status.code(), error = status.message(), "call failed");
+            tracing::debug!(backend = shared.name, code = ?status.code(), error = %status_reason(status), "call failed");
         }
     }
 
@@ -436,6 +436,23 @@ async fn resolve_once(shared: &Shared) {
         tracing::info!(backend = shared.name, host = %shared.host, endpoints = ?labels, "{} endpoints changed", shared.name);
         *shared.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
     }
+}
+
+/// A status's message and the errors under it, on one line: a connection
+/// that failed says only "transport error" at the top, and why (a refused
+/// certificate, a TLS alert from the server) underneath.
+pub fn status_reason(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let next = error.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = error.source();
+    }
+    text
 }
 
 /// The response header in which rng and hasher say which replica served a call.
