@@ -2,11 +2,11 @@
 //! test time and written to PEM files, so the files are loaded the way the
 //! binary loads them. Servers run in-process on 127.0.0.1:0.
 
-use crate::helpers::Spawned;
+use crate::helpers::{Spawned, sha256_hex};
 use dockercoins::{
-    config::RngConfig,
+    config::{HasherConfig, RngConfig},
     healthcheck::{Unhealthy, check_with_tls},
-    pb::{GenerateRequest, rng_client::RngClient},
+    pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
     pool::{Backend, Policy, PoolSettings, Resolver, traced},
     tls::{ClientTls, ServerTls, TlsError},
 };
@@ -129,6 +129,16 @@ impl Pki {
 
 fn ca_other() -> CertifiedIssuer<'static, KeyPair> {
     ca("another CA")
+}
+
+async fn spawn_tls_hasher(tls: ServerTls) -> Spawned {
+    Spawned::start(|listener, stop| async move {
+        dockercoins::hasher::serve_with_tls(listener, HasherConfig::turbo(), Some(tls), async {
+            let _ = stop.await;
+        })
+        .await
+    })
+    .await
 }
 
 async fn spawn_tls_rng(tls: ServerTls) -> Spawned {
@@ -595,4 +605,147 @@ async fn the_binary_refuses_bad_tls_files_with_exit_code_1() {
         assert!(stderr.contains(setting), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// Whether a tool is on PATH; CI must have it (`.ci/run` runs on Debian,
+/// where openssl is always there and grpcurl is installed).
+fn have(tool: &str, version_flag: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg(version_flag)
+        .output()
+        .is_ok();
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "{tool} is not on PATH");
+        eprintln!("{tool} is not on PATH: skipping");
+    }
+    found
+}
+
+/// deploy/tls/make-certs.sh (openssl) makes certificates that rustls takes,
+/// under the names docker-compose.tls.yaml uses: rng and hasher serve mutual
+/// TLS with them, a worker's backends and the healthcheck reach them with the
+/// client certificate, each server certificate names its own service only,
+/// and the README's TLS grpcurl lines work.
+#[tokio::test]
+async fn make_certs_sh_makes_what_the_services_accept() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let out = Pki::empty();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/tls/make-certs.sh");
+    let made = tokio::process::Command::new("bash")
+        .arg(script)
+        .arg(&out.dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let file = |name: &str| out.path(name);
+    let server_tls = |name: &str| {
+        ServerTls::load(
+            Some(&file(&format!("{name}.crt"))),
+            Some(&file(&format!("{name}.key"))),
+            Some(&file("ca.crt")),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let rng = spawn_tls_rng(server_tls("rng")).await;
+    let hasher = spawn_tls_hasher(server_tls("hasher")).await;
+    let client = ClientTls::load(
+        Some(&file("ca.crt")),
+        Some(&file("client.crt")),
+        Some(&file("client.key")),
+    )
+    .unwrap()
+    .unwrap();
+
+    let rng_backend = backend(
+        &format!("https://rng:{}", rng.addr.port()),
+        rng.addr,
+        Some(client.clone()),
+    );
+    assert_eq!(generate(&rng_backend).await.unwrap(), 32);
+    let hasher_backend = Backend::with_resolver(
+        "hasher",
+        &format!("https://hasher:{}", hasher.addr.port()),
+        &settings(Policy::Balanced, Some(client.clone())),
+        resolver(hasher.addr),
+    )
+    .unwrap();
+    let digest = traced(
+        &hasher_backend,
+        "dockercoins.v1.Hasher",
+        "Hash",
+        async |channel, request| HasherClient::new(channel).hash(request).await,
+        HashRequest {
+            data: b"hello".to_vec().into(),
+        },
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(digest.hex, sha256_hex(b"hello"));
+    // rng's certificate is not hasher's.
+    let impostor = backend(
+        &format!("https://hasher:{}", rng.addr.port()),
+        rng.addr,
+        Some(client.clone()),
+    );
+    generate(&impostor).await.unwrap_err();
+    // The compose healthchecks: grpcs://127.0.0.1, the client certificate.
+    for (server, service) in [
+        (&rng, "dockercoins.v1.Rng"),
+        (&hasher, "dockercoins.v1.Hasher"),
+    ] {
+        let target = format!("grpcs://127.0.0.1:{}", server.addr.port());
+        check_with_tls(
+            &target,
+            service,
+            Duration::from_secs(5),
+            Some(&client),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+
+    if have("grpcurl", "-version") {
+        let readme = include_str!("../../README.md");
+        let lines: Vec<&str> = readme
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with("grpcurl ") && line.contains(" -cacert "))
+            .collect();
+        assert!(lines.len() >= 2, "README lost its TLS grpcurl lines");
+        for line in lines {
+            let command = line
+                .replace("deploy/tls/", &format!("{}/", out.dir.display()))
+                .replace("localhost:8001", &format!("localhost:{}", rng.addr.port()))
+                .replace(
+                    "localhost:8002",
+                    &format!("localhost:{}", hasher.addr.port()),
+                );
+            let output = tokio::process::Command::new("sh")
+                .args(["-c", &command])
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{line}\n{stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if line.ends_with(" list") {
+                assert!(stdout.contains("dockercoins.v1.Rng"), "{stdout}");
+            }
+        }
+    }
+    rng.stop().await.unwrap();
+    hasher.stop().await.unwrap();
 }
