@@ -4,8 +4,12 @@
 //!
 //! The README's settings table is checked against these definitions by a test.
 
-use crate::{pool::PoolSettings, worker::WorkerConfig};
-use std::{net::SocketAddr, time::Duration};
+use crate::{
+    pool::PoolSettings,
+    tls::{ClientTls, ServerTls, TlsError},
+    worker::WorkerConfig,
+};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Environment variable names, one per setting.
 pub mod env {
@@ -41,6 +45,69 @@ pub mod env {
     pub const BENCH_WARMUP_MS: &str = "BENCH_WARMUP_MS";
     pub const BENCH_PROBES: &str = "BENCH_PROBES";
     pub const BENCH_JSON: &str = "BENCH_JSON";
+    pub const TLS_CERT: &str = "TLS_CERT";
+    pub const TLS_KEY: &str = "TLS_KEY";
+    pub const TLS_CLIENT_CA: &str = "TLS_CLIENT_CA";
+    pub const TLS_CA: &str = "TLS_CA";
+    pub const TLS_CLIENT_CERT: &str = "TLS_CLIENT_CERT";
+    pub const TLS_CLIENT_KEY: &str = "TLS_CLIENT_KEY";
+}
+
+/// TLS for a gRPC server (rng, hasher). Nothing set: plaintext, HTTP/1.1
+/// routes included.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServerTlsArgs {
+    /// PEM certificate (chain) to serve TLS with; needs --tls-key. Over TLS
+    /// the port speaks HTTP/2 only (gRPC, and the legacy routes to HTTP/2
+    /// clients).
+    #[arg(long, env = env::TLS_CERT, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (unencrypted PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = env::TLS_KEY, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate signed by
+    /// one of them (mutual TLS). Needs --tls-cert and --tls-key.
+    #[arg(long, env = env::TLS_CLIENT_CA, value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    /// Reads and checks the files: `None` means plaintext.
+    pub fn load(&self) -> Result<Option<ServerTls>, TlsError> {
+        ServerTls::load(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_client_ca.as_deref(),
+        )
+    }
+}
+
+/// TLS towards rng and hasher (worker, webui, healthcheck): on for
+/// `https://` URLs (`grpcs://` for the healthcheck).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// PEM CA certificate(s) to verify rng's and hasher's certificates with;
+    /// required for https:// URLs (no system roots are built in).
+    #[arg(long, env = env::TLS_CA, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate to present, for servers that require one
+    /// (mutual TLS); needs --tls-client-key and --tls-ca.
+    #[arg(long, env = env::TLS_CLIENT_CERT, value_name = "PEM")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// PEM private key of --tls-client-cert.
+    #[arg(long, env = env::TLS_CLIENT_KEY, value_name = "PEM")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// Reads and checks the files: `None` when no TLS setting is given.
+    pub fn load(&self) -> Result<Option<ClientTls>, TlsError> {
+        ClientTls::load(
+            self.tls_ca.as_deref(),
+            self.tls_client_cert.as_deref(),
+            self.tls_client_key.as_deref(),
+        )
+    }
 }
 
 /// `dockercoins rng`: the random-bytes service.
@@ -57,6 +124,8 @@ pub struct RngArgs {
     /// 1 is the classroom bottleneck; 0 means unlimited.
     #[arg(long, env = env::RNG_LANES, default_value_t = 1)]
     pub lanes: usize,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 /// `dockercoins hasher`: the SHA-256 service.
@@ -69,6 +138,8 @@ pub struct HasherArgs {
     /// (classroom: 100; turbo: 0). Requests are served concurrently.
     #[arg(long, env = env::HASHER_DELAY_MS, default_value_t = 100)]
     pub delay_ms: u64,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 /// What the rng service needs to run.
@@ -260,8 +331,9 @@ pub struct EdgeArgs {
 /// `dockercoins healthcheck`: exit 0 when the target is healthy, 1 when not.
 #[derive(Clone, Debug, clap::Args)]
 pub struct HealthcheckArgs {
-    /// `grpc://host:port` (a grpc.health.v1 Check) or `http://host:port/path`
-    /// (a GET that must answer 2xx).
+    /// `grpc://host:port` (a grpc.health.v1 Check), `grpcs://host:port` (the
+    /// same over TLS: needs --tls-ca, and a client certificate for mutual
+    /// TLS) or `http://host:port/path` (a GET that must answer 2xx).
     pub target: String,
     /// The gRPC service to ask about; empty means the whole server.
     #[arg(long, default_value = "")]
@@ -269,17 +341,25 @@ pub struct HealthcheckArgs {
     /// Bound on the whole check, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
+    /// The name the server's certificate must carry, for grpcs:// [default:
+    /// the target's host].
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// How a client reaches rng, hasher and Redis (worker and webui).
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClientArgs {
-    /// rng's gRPC address.
+    /// rng's gRPC address; `https://` for TLS (needs --tls-ca).
     #[arg(long = "rng", env = env::RNG_URL, default_value = "http://rng:8001")]
     pub rng_url: String,
-    /// hasher's gRPC address.
+    /// hasher's gRPC address; `https://` for TLS (needs --tls-ca).
     #[arg(long = "hasher", env = env::HASHER_URL, default_value = "http://hasher:8002")]
     pub hasher_url: String,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Redis URL, `redis://[:password@]host:port[/db]`; the password is never logged.
     // hide_env_values: `--help` would otherwise print REDIS_URL's value,
     // password included.
@@ -328,6 +408,7 @@ impl TimeoutArgs {
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             policy: self.grpc_policy,
             resolve_interval: Duration::from_millis(self.resolve_ms.max(100)),
+            tls: None,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::{
         hasher_server::{Hasher as HasherApi, HasherServer},
     },
     server::{GrpcServer, ServeError},
+    tls::ServerTls,
 };
 use axum::{body::Bytes, extract::State, http::header, response::IntoResponse, routing::get};
 use bytes::BytesMut;
@@ -177,19 +178,36 @@ async fn legacy_hash(State(state): State<LegacyState>, body: Bytes) -> impl Into
     ([(header::CONTENT_TYPE, "text/plain")], hex_digest(&body))
 }
 
-/// Runs hasher on `listener` until `shutdown` resolves.
+/// Runs hasher on `listener` until `shutdown` resolves, in plaintext.
 pub async fn serve(
     listener: TcpListener,
     config: HasherConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    serve_with_tls(listener, config, None, shutdown).await
+}
+
+/// Runs hasher on `listener` until `shutdown` resolves, over TLS when `tls`
+/// is set.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    config: HasherConfig,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let service = HasherService::new(&config);
+    if let Some(tls) = &tls {
+        tls.log("hasher");
+    }
     let server = GrpcServer::new(service.legacy_routes(crate::server::hostname()))
-        .add_service(service.into_server());
+        .add_service(service.into_server())
+        .with_tls(tls.clone());
     tracing::info!(
         listen = %listener.local_addr()?,
         delay_ms = config.delay.as_millis() as u64,
-        "hasher serving gRPC and HTTP/1.1"
+        tls = tls.is_some(),
+        "hasher serving {}",
+        if tls.is_some() { "gRPC and HTTP/2 over TLS" } else { "gRPC and HTTP/1.1" }
     );
     server.serve(listener, shutdown).await
 }

@@ -22,7 +22,10 @@
 //! - [`bench`]: the mesh's own numbers (throughput, latency, memory, CPU).
 //! - [`pool`]: gRPC channels per backend, with timeouts and backoff.
 //! - [`store`]: the score in Redis (or the in-process stand-in for `up`).
-//! - [`healthcheck`]: the containers' healthcheck (gRPC health or HTTP).
+//! - [`healthcheck`]: the containers' healthcheck (gRPC health, over TLS
+//!   too, or HTTP).
+//! - [`tls`]: optional TLS for the gRPC hops: certificates and keys read
+//!   and checked at start-up, mutual TLS when a CA is given.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as one future.
 //! - [`telemetry`]: logging set-up.
 //!
@@ -41,6 +44,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod up;
 pub mod webui;
 pub mod worker;

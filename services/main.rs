@@ -22,8 +22,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Healthcheck(args) = &cli.command {
         // No telemetry: a probe every few seconds must not start an exporter.
-        let timeout = std::time::Duration::from_millis(args.timeout_ms);
-        return match healthcheck::check(&args.target, &args.service, timeout).await {
+        return match healthcheck::run(args).await {
             Ok(healthy) => {
                 println!("{healthy}");
                 ExitCode::SUCCESS
@@ -48,12 +47,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = shutdown::signal().context("cannot install the SIGTERM/Ctrl-C handlers")?;
     match command {
         Command::Rng(args) => {
+            let tls = args.tls.load()?;
             let listener = bind(args.listen, "--listen / RNG_LISTEN").await?;
-            rng::serve(listener, RngConfig::from(&args), shutdown).await?;
+            rng::serve_with_tls(listener, RngConfig::from(&args), tls, shutdown).await?;
         }
         Command::Hasher(args) => {
+            let tls = args.tls.load()?;
             let listener = bind(args.listen, "--listen / HASHER_LISTEN").await?;
-            hasher::serve(listener, HasherConfig::from(&args), shutdown).await?;
+            hasher::serve_with_tls(listener, HasherConfig::from(&args), tls, shutdown).await?;
         }
         Command::Worker(args) => {
             let (rng, hasher, store) = clients(&args.client)?;
@@ -119,7 +120,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn clients(args: &ClientArgs) -> anyhow::Result<(Backend, Backend, Store)> {
-    let pool = args.timeouts.pool();
+    let mut pool = args.timeouts.pool();
+    pool.tls = args.tls.load()?;
     Ok((
         Backend::new("rng", &args.rng_url, &pool)?,
         Backend::new("hasher", &args.hasher_url, &pool)?,

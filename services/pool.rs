@@ -10,6 +10,10 @@
 //! keeps a connection per address, sends calls round robin, and ejects a
 //! replica whose connection fails, retrying the call on another one.
 //! [`Policy::Pinned`] is the naive client, kept so the lab can show the trap.
+//!
+//! TLS: an `https://` URL encrypts every connection, balanced ones included,
+//! although those dial an IP address each: the server's certificate is
+//! checked against the URL's host (`rng`), not the address dialled.
 
 use rand::Rng as _;
 use std::{
@@ -24,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::sync::Notify;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
 
 /// How a client spreads its calls over a backend's replicas.
@@ -52,6 +56,8 @@ pub struct PoolSettings {
     pub policy: Policy,
     /// How often a balanced backend resolves its name again.
     pub resolve_interval: Duration,
+    /// The CA (and client identity) for `https://` URLs; required for them.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for PoolSettings {
@@ -62,6 +68,7 @@ impl Default for PoolSettings {
             call_timeout: Duration::from_secs(5),
             policy: Policy::Balanced,
             resolve_interval: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -71,7 +78,7 @@ const EJECTION: Duration = Duration::from_secs(2);
 
 /// A backend URL that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid {name} URL {url:?}: {reason} (expected like http://{name}:8001)")]
+#[error("invalid {name} URL {url:?}: {reason}")]
 pub struct InvalidUrl {
     name: &'static str,
     url: String,
@@ -136,6 +143,9 @@ struct Shared {
     url: String,
     endpoint: Endpoint,
     scheme: String,
+    /// `https://`: TLS for every replica, the certificate checked against
+    /// the URL's host.
+    tls: Option<ClientTlsConfig>,
     host: String,
     port: u16,
     settings: PoolSettings,
@@ -185,17 +195,53 @@ impl Backend {
             url: url.to_owned(),
             reason,
         };
+        let shape = |reason: &str| invalid(format!("{reason} (expected like http://{name}:8001)"));
         let endpoint =
-            Endpoint::from_shared(url.to_owned()).map_err(|error| invalid(error.to_string()))?;
+            Endpoint::from_shared(url.to_owned()).map_err(|error| shape(&error.to_string()))?;
         let uri = endpoint.uri().clone();
-        let host = uri.host().ok_or_else(|| invalid("no host".into()))?;
+        let host = uri.host().ok_or_else(|| shape("no host"))?;
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
         let scheme = uri.scheme_str().unwrap_or("http").to_owned();
-        let port = uri.port_u16().ok_or_else(|| invalid("no port".into()))?;
-        let endpoint = configure(endpoint, settings);
+        let port = uri.port_u16().ok_or_else(|| shape("no port"))?;
+        let tls = match (scheme.as_str(), &settings.tls) {
+            ("https", Some(tls)) => {
+                tracing::info!(
+                    backend = name,
+                    url,
+                    ca = %tls.ca_path().display(),
+                    client_cert = %tls.cert_path().map_or_else(|| "none".into(), |p| p.display().to_string()),
+                    "{name}: TLS on, certificates checked against the name {host}"
+                );
+                Some(tls.config(&host).timeout(settings.connect_timeout))
+            }
+            ("https", None) => {
+                return Err(invalid(format!(
+                    "https:// needs the CA that signed {name}'s certificate: set {}",
+                    crate::tls::setting::TLS_CA
+                )));
+            }
+            (_, Some(_)) => {
+                tracing::warn!(
+                    backend = name,
+                    url,
+                    "TLS settings are given but the URL is not https://: calls to {name} are not encrypted"
+                );
+                None
+            }
+            (_, None) => None,
+        };
+        let mut endpoint = configure(endpoint, settings);
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|error| {
+                invalid(format!(
+                    "cannot set up TLS: {}",
+                    crate::tls::error_chain(&error)
+                ))
+            })?;
+        }
         let pinned = settings.policy == Policy::Pinned;
         let replicas: Arc<[Arc<Replica>]> = if pinned {
             // The naive client: one connection to the name, resolved by the
@@ -216,6 +262,7 @@ impl Backend {
             url: url.to_owned(),
             endpoint,
             scheme,
+            tls,
             host,
             port,
             settings: settings.clone(),
@@ -325,12 +372,12 @@ impl Backend {
                 backend = shared.name,
                 url = %shared.url,
                 code = ?status.code(),
-                error = status.message(),
+                error = %status_reason(status),
                 "{} call failed; backing off and retrying",
                 shared.name
             );
         } else {
-            tracing::debug!(backend = shared.name, code = ?status.code(), error = status.message(), "call failed");
+            tracing::debug!(backend = shared.name, code = ?status.code(), error = %status_reason(status), "call failed");
         }
     }
 
@@ -415,10 +462,17 @@ async fn resolve_once(shared: &Shared) {
             }
             changed = true;
             let uri = format!("{}://{label}", shared.scheme);
-            let endpoint = shared.endpoint.clone();
             let endpoint = Endpoint::from_shared(uri)
                 .map(|e| configure(e, &shared.settings))
-                .unwrap_or(endpoint);
+                .and_then(|e| match &shared.tls {
+                    // The address is dialled, the URL's host is checked.
+                    Some(tls) => e.tls_config(tls.clone()),
+                    None => Ok(e),
+                })
+                .unwrap_or_else(|error| {
+                    tracing::warn!(backend = shared.name, address = %label, %error, "cannot make an endpoint for this address; using the URL's");
+                    shared.endpoint.clone()
+                });
             Arc::new(Replica {
                 label,
                 host: addr.ip().to_string(),
@@ -436,6 +490,23 @@ async fn resolve_once(shared: &Shared) {
         tracing::info!(backend = shared.name, host = %shared.host, endpoints = ?labels, "{} endpoints changed", shared.name);
         *shared.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
     }
+}
+
+/// A status's message and the errors under it, on one line: a connection
+/// that failed says only "transport error" at the top, and why (a refused
+/// certificate, a TLS alert from the server) underneath.
+pub fn status_reason(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let next = error.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = error.source();
+    }
+    text
 }
 
 /// The response header in which rng and hasher say which replica served a call.

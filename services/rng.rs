@@ -14,6 +14,7 @@ use crate::{
         rng_server::{Rng as RngApi, RngServer},
     },
     server::{GrpcServer, ServeError},
+    tls::ServerTls,
 };
 use axum::{
     extract::{Path, State},
@@ -271,20 +272,37 @@ async fn legacy_bytes(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
-/// Runs rng on `listener` until `shutdown` resolves.
+/// Runs rng on `listener` until `shutdown` resolves, in plaintext.
 pub async fn serve(
     listener: TcpListener,
     config: RngConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    serve_with_tls(listener, config, None, shutdown).await
+}
+
+/// Runs rng on `listener` until `shutdown` resolves, over TLS when `tls` is
+/// set.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    config: RngConfig,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let service = RngService::new(&config);
+    if let Some(tls) = &tls {
+        tls.log("rng");
+    }
     let server = GrpcServer::new(service.legacy_routes(crate::server::hostname()))
-        .add_service(service.into_server());
+        .add_service(service.into_server())
+        .with_tls(tls.clone());
     tracing::info!(
         listen = %listener.local_addr()?,
         delay_ms = config.delay.as_millis() as u64,
         lanes = %config.lanes.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
-        "rng serving gRPC and HTTP/1.1"
+        tls = tls.is_some(),
+        "rng serving {}",
+        if tls.is_some() { "gRPC and HTTP/2 over TLS" } else { "gRPC and HTTP/1.1" }
     );
     server.serve(listener, shutdown).await
 }

@@ -67,6 +67,8 @@ pub struct GrpcServer {
     health: HealthReporter,
     /// The gRPC services added, whose health is reported by name.
     services: Vec<&'static str>,
+    /// TLS (and mutual TLS) when set; plaintext otherwise.
+    tls: Option<crate::tls::ServerTls>,
 }
 
 impl GrpcServer {
@@ -82,8 +84,17 @@ impl GrpcServer {
             routes: Routes::from(legacy),
             health,
             services: Vec::new(),
+            tls: None,
         }
         .add_service(health_service)
+    }
+
+    /// Serves over TLS with `tls` (`None`: plaintext). Over TLS the port
+    /// negotiates HTTP/2 only (tonic's acceptor offers ALPN `h2` alone), so
+    /// the legacy routes answer HTTP/2 clients there, not HTTP/1.1 ones.
+    pub fn with_tls(mut self, tls: Option<crate::tls::ServerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Adds a gRPC service and reports it SERVING by name once serving starts.
@@ -158,7 +169,11 @@ impl GrpcServer {
                 .unwrap_or_else(|_| axum::http::HeaderValue::from_static("unknown"));
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &this.tls {
+            builder = builder.tls_config(tls.config())?;
+        }
+        let server = builder
             // Counts the dockercoins calls this replica serves, for Replica/Info.
             .layer(tower::util::MapRequestLayer::new(
                 move |request: axum::http::Request<tonic::body::Body>| {

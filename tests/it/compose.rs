@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 
 const COMPOSE: &str = include_str!("../../docker-compose.yaml");
 const TURBO: &str = include_str!("../../docker-compose.turbo.yaml");
+const TLS: &str = include_str!("../../docker-compose.tls.yaml");
+const MAKE_CERTS: &str = include_str!("../../deploy/tls/make-certs.sh");
 const COLLECTOR: &str = include_str!("../../deploy/otel-collector.yaml");
 const README: &str = include_str!("../../README.md");
 
@@ -720,6 +722,103 @@ fn the_collector_receives_otlp_and_exports_to_a_service_of_the_file() {
             offered_ports(&host, service(&file, &host)).contains(&port),
             "{host} does not offer {port}"
         );
+    }
+}
+
+/// The TLS override: TLS and mutual TLS on every gRPC hop, from files that
+/// deploy/tls/make-certs.sh makes, mounted read-only; healthchecks over TLS.
+#[test]
+fn the_tls_override_secures_every_grpc_hop_with_mounted_files() {
+    const DIR: &str = "/etc/dockercoins/tls/";
+    let base = compose();
+    let tls = parse(TLS);
+    let readme = readme_settings();
+    assert_eq!(
+        service_names(&tls),
+        ["hasher", "rng", "webui", "worker"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<BTreeSet<_>>()
+    );
+    for (name, svc) in services(&tls) {
+        let name = name.as_str().unwrap();
+        for key in svc.as_mapping().unwrap().keys() {
+            let key = key.as_str().unwrap();
+            assert!(
+                ["environment", "volumes", "healthcheck"].contains(&key),
+                "tls {name}: overrides {key}"
+            );
+        }
+        let volumes: Vec<&str> = svc["volumes"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("tls {name}: no volumes"))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            volumes,
+            [format!("./deploy/tls:{}:ro", DIR.trim_end_matches('/'))],
+            "tls {name}: the certificates, read-only"
+        );
+        let env = environment(svc);
+        for (key, value) in &env {
+            assert!(is_known_setting(key, &readme), "tls {name}: unknown {key}");
+            if key.starts_with("TLS_") {
+                let file = value
+                    .strip_prefix(DIR)
+                    .unwrap_or_else(|| panic!("tls {name}: {key}={value} is not under {DIR}"));
+                assert!(
+                    MAKE_CERTS.contains(file),
+                    "tls {name}: {key}={value}: make-certs.sh does not make {file}"
+                );
+            }
+        }
+        let get = |key: &str| {
+            env.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("tls {name}: {key} unset"))
+        };
+        // Every service presents the client certificate: worker and webui to
+        // their backends, rng and hasher in their healthchecks.
+        for key in ["TLS_CA", "TLS_CLIENT_CERT", "TLS_CLIENT_KEY"] {
+            get(key);
+        }
+        match name {
+            "rng" | "hasher" => {
+                assert_eq!(get("TLS_CERT"), format!("{DIR}{name}.crt"));
+                assert_eq!(get("TLS_KEY"), format!("{DIR}{name}.key"));
+                assert_eq!(get("TLS_CLIENT_CA"), get("TLS_CA"), "mutual TLS");
+                // The same probe as the base file's, over TLS.
+                let probe = |file: &Value| -> Vec<String> {
+                    file["services"][name]["healthcheck"]["test"]
+                        .as_sequence()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.as_str().unwrap().to_owned())
+                        .collect()
+                };
+                let plain = probe(&base);
+                let secure = probe(&tls);
+                let grpc = plain[3].strip_prefix("grpc://").unwrap();
+                assert_eq!(secure[3], format!("grpcs://{grpc}"), "tls {name}");
+                assert_eq!(secure[..3], plain[..3]);
+                assert_eq!(secure[4..], plain[4..]);
+            }
+            _ => {
+                for (key, backend) in [("RNG_URL", "rng"), ("HASHER_URL", "hasher")] {
+                    let url = get(key);
+                    assert!(url.starts_with("https://"), "tls {name}: {key}={url}");
+                    let (host, port) = host_port(url).unwrap();
+                    assert_eq!(host, backend, "tls {name}: {key}={url}");
+                    assert!(offered_ports(&host, service(&base, &host)).contains(&port));
+                }
+                assert!(
+                    svc.get("healthcheck").is_none(),
+                    "tls {name}: its probe is unchanged"
+                );
+            }
+        }
     }
 }
 

@@ -30,7 +30,8 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    async fn start<F>(serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Self
+    /// Binds 127.0.0.1:0 and runs `serve` on it in a task.
+    pub async fn start<F>(serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Self
     where
         F: Future<Output = Result<(), ServeError>> + Send + 'static,
     {
