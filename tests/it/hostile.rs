@@ -1,1 +1,1232 @@
-//! (being written)
+//! Hostile input. Whatever a client sends (or, to the worker, whatever a
+//! backend answers), the result is a right answer or a well-formed refusal:
+//! never a 5xx, a panic, a hang, or memory without bound.
+//!
+//! - Property tests (proptest, bounded case counts) drive every parser of
+//!   outside input over real sockets: the legacy HTTP routes, every gRPC
+//!   method with arbitrary bytes as its message (and arbitrary framing), and
+//!   the worker fed lying backends. The pure parsers have their own property
+//!   tests next to them (`rng::properties`, `hasher::properties`,
+//!   `worker::properties`).
+
+use crate::helpers::{RedisServer, RunningWorker, Spawned, sha256_hex, spawn_hasher, spawn_rng};
+use axum::http::{self, HeaderMap, StatusCode};
+use bytes::Bytes;
+use dockercoins::{
+    config::{HasherConfig, RngConfig},
+    limits::{MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES, MAX_SMALL_REQUEST_BYTES},
+    pb::{
+        DigestBatch, GenerateRequest, GenerateResponse, GenerateStreamRequest,
+        GenerateStreamResponse, HashBatch, HashRequest, HashResponse,
+    },
+    pool::{Backend, PoolSettings},
+    store::Store,
+    webui::Webui,
+};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper_util::rt::TokioIo;
+use proptest::{
+    prelude::*,
+    strategy::ValueTree,
+    test_runner::{Config, TestCaseError, TestRunner},
+};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
+};
+
+/// Longest any single case may take: past it, the case is a hang.
+const CASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `cases` cases of `strategy` through the async `check`, on `rt`
+/// (where the test's servers run). A case that takes longer than
+/// [`CASE_TIMEOUT`] fails as a hang. Failures are shrunk and reported with
+/// the smallest input found.
+fn check_cases<S, F, Fut>(rt: &tokio::runtime::Runtime, cases: u32, strategy: S, check: F)
+where
+    S: Strategy,
+    F: Fn(S::Value) -> Fut,
+    Fut: Future<Output = Result<(), TestCaseError>>,
+{
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 256,
+        ..Config::default()
+    };
+    let result = TestRunner::new(config).run(&strategy, |value| {
+        rt.block_on(async {
+            tokio::time::timeout(CASE_TIMEOUT, check(value))
+                .await
+                .unwrap_or_else(|_| Err(TestCaseError::fail("no answer in 10 s: a hang")))
+        })
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+}
+
+/// `n` values drawn from `strategy` (no shrinking): inputs for a test that
+/// runs them all at once.
+fn sample<S: Strategy>(strategy: S, n: usize) -> Vec<S::Value> {
+    let mut runner = TestRunner::default();
+    (0..n)
+        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1: what a hostile client writes, byte for byte.
+
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// Writes `request` as is on a fresh connection and reads until the server
+/// closes it (requests here say `Connection: close`).
+async fn raw_http(addr: SocketAddr, request: &[u8]) -> Result<RawResponse, String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    parse_response(&answer)
+}
+
+fn parse_response(answer: &[u8]) -> Result<RawResponse, String> {
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no complete head in {:?}", String::from_utf8_lossy(answer)))?;
+    let head = String::from_utf8(answer[..end].to_vec()).map_err(|e| e.to_string())?;
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP/1.1 status line: {head:?}"))?;
+    let mut response = RawResponse {
+        status,
+        head,
+        body: answer[end + 4..].to_vec(),
+    };
+    if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        response.body = dechunk(&response.body)?;
+    }
+    Ok(response)
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk")?;
+        let size = std::str::from_utf8(&data[..line])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+            .ok_or("bad chunk size")?;
+        data = &data[line + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        body.extend_from_slice(data.get(..size).ok_or("truncated chunk")?);
+        data = data.get(size + 2..).ok_or("truncated chunk")?;
+    }
+}
+
+fn get_request(method: &str, target: &str) -> Vec<u8> {
+    let length = if method == "POST" || method == "PUT" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
+    format!("{method} {target} HTTP/1.1\r\nHost: test\r\n{length}Connection: close\r\n\r\n")
+        .into_bytes()
+}
+
+/// One POST on a fresh connection with hyper, the body sent with a
+/// Content-Length or chunked (no length: the server learns the size only by
+/// reading).
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+    chunked: bool,
+) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake::<
+        _,
+        BoxBody<Bytes, Infallible>,
+    >(TokioIo::new(stream))
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let body = if chunked {
+        let chunks: Vec<_> = body
+            .chunks(48 * 1024)
+            .map(|c| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        StreamBody::new(tokio_stream::iter(chunks)).boxed()
+    } else {
+        Full::new(Bytes::from(body)).boxed()
+    };
+    let request = http::Request::post(path)
+        .header("host", addr.to_string())
+        .body(body)
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("sending: {e}"))?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("reading: {e}"))?
+        .to_bytes();
+    Ok((parts.status, parts.headers, body))
+}
+
+// ---------------------------------------------------------------------------
+// webui on a real socket.
+
+struct WebuiServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl WebuiServer {
+    async fn start(rng: &Spawned, hasher: &Spawned) -> Self {
+        let pool = PoolSettings {
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let webui = Webui::new(
+            Store::memory(),
+            Backend::new("rng", &rng.url(), &pool).unwrap(),
+            Backend::new("hasher", &hasher.url(), &pool).unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dockercoins::webui::serve(listener, webui, async {
+            let _ = stopped.await;
+        }));
+        Self { addr, stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("webui did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// rng and hasher without delays, and a webui in front of them.
+async fn mesh() -> (Spawned, Spawned, WebuiServer) {
+    let rng = spawn_rng(RngConfig::turbo()).await;
+    let hasher = spawn_hasher(HasherConfig::turbo()).await;
+    let webui = WebuiServer::start(&rng, &hasher).await;
+    (rng, hasher, webui)
+}
+
+// ---------------------------------------------------------------------------
+// (a) The legacy HTTP routes and webui's gateway: arbitrary paths and bodies.
+
+/// Decodes %XX as axum's `Path` does; a `%` not followed by two hex digits
+/// stays as it is.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// What `GET /<segment>` must answer, worked out independently of
+/// `parse_size`: the decoded segment is an optional `+` and ASCII digits
+/// whose value is 1 to MAX_BLOCK_BYTES, or the answer is 400.
+fn expected_size(segment: &str) -> Option<usize> {
+    let decoded = String::from_utf8(percent_decode(segment)).ok()?;
+    let digits = decoded.strip_prefix('+').unwrap_or(&decoded);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let significant = digits.trim_start_matches('0');
+    if significant.len() > 7 {
+        return None;
+    }
+    let value: usize = significant.parse().unwrap_or(0);
+    (1..=MAX_BLOCK_BYTES).contains(&value).then_some(value)
+}
+
+/// A size as a client may write it in a URL: numbers near the limits,
+/// leading zeros, signs, overflow, percent-encoded digits, trailing garbage.
+fn size_segment() -> impl Strategy<Value = String> {
+    let max = MAX_BLOCK_BYTES as u64;
+    prop_oneof![
+        (1..=max).prop_map(|n| n.to_string()),
+        (max - 2..=max + 2).prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        "[+-]?0{0,20}[0-9]{1,22}",
+        "(%3[0-9]){1,4}",
+        "%2[bB]?[0-9]{1,3}(%[0-9a-fA-F]{2})?",
+        "[0-9]{1,5}[a-zA-Z.~_-]{1,3}",
+        "[a-zA-Z.~_-]{1,4}[0-9]{0,3}",
+        "(%20|%09|%0[aA])?[0-9]{1,4}(%20|%09)?",
+    ]
+}
+
+/// `GET /<n>` answers exactly n random bytes when n is a size in range, and
+/// 400 with a one-line reason otherwise; over a real socket.
+#[test]
+fn rng_get_size_answers_exactly_the_sizes_in_range() {
+    let rt = runtime();
+    let rng = rt.block_on(spawn_rng(RngConfig::turbo()));
+    let addr = rng.addr;
+    check_cases(&rt, 64, size_segment(), |segment| async move {
+        let response = raw_http(addr, &get_request("GET", &format!("/{segment}")))
+            .await
+            .map_err(TestCaseError::fail)?;
+        match expected_size(&segment) {
+            Some(size) => {
+                prop_assert_eq!(response.status, 200, "/{}: {:?}", segment, response.head);
+                prop_assert_eq!(response.body.len(), size);
+                prop_assert_eq!(
+                    response.header("content-type"),
+                    Some("application/octet-stream")
+                );
+            }
+            None => {
+                prop_assert_eq!(response.status, 400, "/{}: {:?}", segment, response.head);
+                let reason = String::from_utf8_lossy(&response.body);
+                prop_assert_eq!(reason.lines().count(), 1, "{:?}", reason);
+            }
+        }
+        Ok(())
+    });
+    rt.block_on(rng.stop()).unwrap();
+}
+
+/// Any request target a client may write: path segments of every sort
+/// (dots, percent-encoding, NUL, non-ASCII, spaces), queries, and the odd
+/// forms (`*`, absolute URLs, `//`).
+fn request_target() -> impl Strategy<Value = String> {
+    let segment = prop_oneof![
+        4 => size_segment(),
+        2 => "[a-zA-Z0-9._~!$&'()*+,;=:@-]{0,12}",
+        2 => "(%[0-9a-fA-F]{2}){1,4}",
+        1 => prop::sample::select(vec![
+            "..", ".", "%2e%2e", "%2E%2E", "%2f", "%00", "%ff%fe", "%", "%zz", "static",
+            "api", "rng", "hash", "json", "app.js", "etc", "passwd",
+        ]).prop_map(str::to_owned),
+        1 => "\\PC{1,6}",
+    ];
+    let prefix = prop::sample::select(vec!["", "", "", "/static", "/api"]);
+    let path = (
+        prefix,
+        prop_oneof![
+            3 => segment.clone().prop_map(|s| vec![s]),
+            1 => prop::collection::vec(segment, 0..=3),
+        ],
+        prop::option::weighted(0.3, "[a-z=&%0-9]{0,10}"),
+        prop::bool::weighted(0.15),
+    )
+        .prop_map(|(prefix, segments, query, trailing)| {
+            let mut path = format!("{prefix}/{}", segments.join("/"));
+            if trailing && !segments.is_empty() {
+                path.push('/');
+            }
+            if let Some(query) = query {
+                path = format!("{path}?{query}");
+            }
+            path
+        });
+    prop_oneof![
+        8 => path,
+        1 => prop::sample::select(vec![
+            "*", "http://evil.example/32", "//32", "/./32", "/api/rng/../../32",
+            "/api//rng/32", "/api/rng/", "/api/rng/32/", "/static//app.js",
+        ]).prop_map(str::to_owned),
+    ]
+}
+
+/// Every server here answers any request target with a well-formed 2xx or
+/// 4xx, never a 5xx and never a hang; and a 200 is never more than the
+/// largest block (or its hex, through webui's gateway).
+#[test]
+fn any_request_target_gets_a_2xx_or_4xx_from_every_http_server() {
+    let rt = runtime();
+    let (rng, hasher, webui) = rt.block_on(mesh());
+    let targets = [
+        ("rng", rng.addr),
+        ("hasher", hasher.addr),
+        ("webui", webui.addr),
+    ];
+    let methods = prop::sample::select(vec![
+        "GET", "GET", "GET", "GET", "GET", "POST", "HEAD", "PUT", "BREW",
+    ]);
+    // Half of webui's requests go under `/api/rng/`, where its gateway
+    // parses them, rather than to the 404 fallback.
+    let strategy = (
+        prop::sample::select(targets.to_vec()),
+        methods,
+        request_target(),
+        any::<bool>(),
+    )
+        .prop_map(|((name, addr), method, target, gateway)| {
+            let target = if name == "webui" && gateway && target.starts_with('/') {
+                format!("/api/rng{target}")
+            } else {
+                target
+            };
+            ((name, addr), method, target)
+        });
+    check_cases(
+        &rt,
+        192,
+        strategy,
+        |((name, addr), method, target)| async move {
+            let response = raw_http(addr, &get_request(method, &target))
+                .await
+                .map_err(|e| TestCaseError::fail(format!("{name} {method} {target}: {e}")))?;
+            prop_assert!(
+                (200..300).contains(&response.status) || (400..500).contains(&response.status),
+                "{} {} {}: {:?}",
+                name,
+                method,
+                target,
+                response.head
+            );
+            prop_assert!(response.body.len() <= 2 * MAX_BLOCK_BYTES + 64);
+            Ok(())
+        },
+    );
+    // Every server still serves after all that.
+    rt.block_on(async {
+        for (name, addr) in targets {
+            let response = raw_http(addr, &get_request("GET", "/")).await.unwrap();
+            assert_eq!(response.status, 200, "{name}");
+        }
+        webui.stop().await;
+        rng.stop().await.unwrap();
+        hasher.stop().await.unwrap();
+    });
+}
+
+/// A body for `POST`: small and arbitrary, or within a few bytes of the
+/// 1 MiB limit either side; sent with a length or chunked.
+fn post_body() -> impl Strategy<Value = (Vec<u8>, bool)> {
+    let body = prop_oneof![
+        1 => prop::collection::vec(any::<u8>(), 0..=512),
+        1 => (MAX_BLOCK_BYTES - 4..=MAX_BLOCK_BYTES + 4, any::<u8>())
+            .prop_map(|(len, seed)| (0..len).map(|i| (i as u8).wrapping_mul(seed | 1)).collect()),
+    ];
+    (body, any::<bool>())
+}
+
+/// hasher's `POST /` and webui's `POST /api/hash`: any body up to 1 MiB gets
+/// its SHA-256, anything longer 413, whether its length was announced or not.
+#[test]
+fn post_bodies_get_their_sha256_or_413_over_the_limit() {
+    let rt = runtime();
+    let (rng, hasher, webui) = rt.block_on(mesh());
+    let targets = vec![(hasher.addr, "/"), (webui.addr, "/api/hash")];
+    let strategy = (prop::sample::select(targets), post_body());
+    check_cases(
+        &rt,
+        40,
+        strategy,
+        |((addr, path), (body, chunked))| async move {
+            let len = body.len();
+            let expected = sha256_hex(&body);
+            let (status, _, answer) = post(addr, path, body, chunked)
+                .await
+                .map_err(|e| TestCaseError::fail(format!("{path} {len} bytes: {e}")))?;
+            if len > MAX_BLOCK_BYTES {
+                prop_assert_eq!(
+                    status,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "{} {} bytes",
+                    path,
+                    len
+                );
+            } else {
+                prop_assert_eq!(status, StatusCode::OK, "{} {} bytes", path, len);
+                let answer = String::from_utf8_lossy(&answer);
+                prop_assert!(answer.contains(&expected), "{}: {}", path, answer);
+            }
+            Ok(())
+        },
+    );
+    rt.block_on(async {
+        webui.stop().await;
+        rng.stop().await.unwrap();
+        hasher.stop().await.unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// (b) Every gRPC method with arbitrary bytes as its message, and arbitrary
+// framing around it, sent as raw HTTP/2 requests through a tonic Channel:
+// the answer is always a well-formed gRPC status, and the server serves on.
+
+/// How a gRPC call ended, as read from the wire.
+#[derive(Debug)]
+struct GrpcOutcome {
+    code: tonic::Code,
+    message: String,
+}
+
+/// Reads more than this of a streamed reply, and the call is going fine:
+/// stop there (a valid `GenerateStream` may ask for 256 MiB).
+const READ_CAP: usize = 2 * 1024 * 1024;
+
+fn grpc_status(headers: &HeaderMap) -> Option<GrpcOutcome> {
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .map(|m| String::from_utf8_lossy(&percent_decode(m)).into_owned())
+        .unwrap_or_default();
+    Some(GrpcOutcome {
+        code: tonic::Code::from(code),
+        message,
+    })
+}
+
+/// POSTs `body` as the whole request body of the gRPC method `path`. An
+/// answer that is not a gRPC status (a reset stream, a dropped connection,
+/// an HTTP error) is an `Err`: the server did not answer as a gRPC server.
+async fn raw_grpc(
+    channel: &tonic::transport::Channel,
+    path: &str,
+    body: Bytes,
+) -> Result<GrpcOutcome, String> {
+    use tower::{Service, ServiceExt};
+    let request = http::Request::post(format!("http://dockercoins{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(Full::new(body)))
+        .unwrap();
+    let mut channel = channel.clone();
+    let response = channel
+        .ready()
+        .await
+        .map_err(|e| format!("channel: {e}"))?
+        .call(request)
+        .await
+        .map_err(|e| format!("no response: {e}"))?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    // Trailers-only: the status comes with the headers.
+    if let Some(outcome) = grpc_status(response.headers()) {
+        return Ok(outcome);
+    }
+    let mut body = response.into_body();
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reply body: {e}"))?;
+        match frame.into_data() {
+            Ok(data) => {
+                read += data.len();
+                if read > READ_CAP {
+                    return Ok(GrpcOutcome {
+                        code: tonic::Code::Ok,
+                        message: format!("still streaming after {read} bytes"),
+                    });
+                }
+            }
+            Err(frame) => {
+                let trailers = frame.into_trailers().map_err(|_| "an unknown frame")?;
+                return grpc_status(&trailers).ok_or_else(|| "trailers without grpc-status".into());
+            }
+        }
+    }
+    Err("the reply ended without a gRPC status".into())
+}
+
+/// A gRPC message frame: compressed flag, declared length, payload.
+fn frame(flag: u8, declared: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![flag];
+    frame.extend_from_slice(&declared.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn message(payload: &[u8]) -> Vec<u8> {
+    frame(0, payload.len() as u32, payload)
+}
+
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A protobuf field as a hostile client may write it: a known or unknown
+/// field number with any wire type (valid or not) and any value.
+#[derive(Clone, Debug)]
+enum Field {
+    Varint(u32, u64),
+    Bytes(u32, Vec<u8>),
+    /// A length-delimited field that claims more bytes than follow.
+    ShortBytes(u32, u64, Vec<u8>),
+    Fixed32(u32, u32),
+    Fixed64(u32, u64),
+    /// Group markers (3, 4) and the wire types that do not exist (6, 7).
+    Odd(u32, u8),
+}
+
+/// A varint as a client may set it: small, near the limits, or anything.
+fn field_value() -> impl Strategy<Value = u64> + Clone {
+    prop_oneof![
+        0u64..=64,
+        0u64..=70_000,
+        prop::sample::select(vec![
+            0,
+            1,
+            32,
+            MAX_BLOCK_BYTES as u64,
+            MAX_BLOCK_BYTES as u64 + 1,
+            u32::MAX as u64,
+            u32::MAX as u64 + 33,
+            u64::MAX,
+        ]),
+        any::<u64>(),
+    ]
+}
+
+/// Any field: any number, any wire type, any value.
+fn field() -> impl Strategy<Value = Field> {
+    let number = prop_oneof![4 => 1u32..=3, 1 => 4u32..=20, 1 => any::<u32>()];
+    let value = field_value();
+    prop_oneof![
+        4 => (number.clone(), value.clone()).prop_map(|(n, v)| Field::Varint(n, v)),
+        2 => (number.clone(), prop::collection::vec(any::<u8>(), 0..=96))
+            .prop_map(|(n, b)| Field::Bytes(n, b)),
+        1 => (number.clone(), value, prop::collection::vec(any::<u8>(), 0..=8))
+            .prop_map(|(n, claim, b)| Field::ShortBytes(n, claim.max(b.len() as u64 + 1), b)),
+        1 => (number.clone(), any::<u32>()).prop_map(|(n, v)| Field::Fixed32(n, v)),
+        1 => (number.clone(), any::<u64>()).prop_map(|(n, v)| Field::Fixed64(n, v)),
+        1 => (number, prop::sample::select(vec![3u8, 4, 6, 7])).prop_map(|(n, w)| Field::Odd(n, w)),
+    ]
+}
+
+fn encode(fields: &[Field]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let tag =
+        |n: u32, wire: u8, out: &mut Vec<u8>| varint((u64::from(n) << 3) | u64::from(wire), out);
+    for field in fields {
+        match field {
+            Field::Varint(n, v) => {
+                tag(*n, 0, &mut out);
+                varint(*v, &mut out);
+            }
+            Field::Bytes(n, b) => {
+                tag(*n, 2, &mut out);
+                varint(b.len() as u64, &mut out);
+                out.extend_from_slice(b);
+            }
+            Field::ShortBytes(n, claim, b) => {
+                tag(*n, 2, &mut out);
+                varint(*claim, &mut out);
+                out.extend_from_slice(b);
+            }
+            Field::Fixed32(n, v) => {
+                tag(*n, 5, &mut out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Field::Fixed64(n, v) => {
+                tag(*n, 1, &mut out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Field::Odd(n, wire) => tag(*n, *wire, &mut out),
+        }
+    }
+    out
+}
+
+/// A whole request body for a gRPC call.
+#[derive(Clone, Debug)]
+enum GrpcBody {
+    /// One well-framed message of anything: protobuf-like fields or bytes.
+    Message(Vec<u8>),
+    /// Several well-framed messages back to back.
+    Messages(Vec<Vec<u8>>),
+    /// Bytes with no framing at all.
+    Raw(Vec<u8>),
+    /// A message whose compressed flag is set (no grpc-encoding was
+    /// announced) or is not a flag at all.
+    Flagged(u8, Vec<u8>),
+    /// A frame that declares more bytes than the body holds.
+    Truncated(u32, Vec<u8>),
+    /// A frame that declares more than the method's message limit, followed
+    /// by a few bytes only: it must be refused on its header.
+    Oversize(u32),
+    /// No message at all.
+    Empty,
+}
+
+impl GrpcBody {
+    fn bytes(&self, limit: usize) -> Bytes {
+        let bytes = match self {
+            Self::Message(payload) => message(payload),
+            Self::Messages(payloads) => payloads.iter().flat_map(|p| message(p)).collect(),
+            Self::Raw(raw) => raw.clone(),
+            Self::Flagged(flag, payload) => frame(*flag, payload.len() as u32, payload),
+            Self::Truncated(missing, payload) => frame(0, payload.len() as u32 + missing, payload),
+            Self::Oversize(over) => frame(0, (limit as u32).saturating_add(*over), &[0; 16]),
+            Self::Empty => Vec::new(),
+        };
+        Bytes::from(bytes)
+    }
+
+    /// The status this body must get whatever the method, when only one
+    /// is right.
+    fn required(&self, streaming_request: bool) -> Option<tonic::Code> {
+        match self {
+            // tonic's decoder quirk: a frame whose 5-byte header arrived but
+            // none of its payload looks like a clean end to a client stream
+            // (the header is consumed, the buffer is empty at EOF), so that
+            // call ends OK with every complete message answered. Harmless:
+            // nothing is buffered, nothing is counted.
+            Self::Truncated(_, payload) if streaming_request && payload.is_empty() => None,
+            Self::Flagged(..) | Self::Truncated(..) => Some(tonic::Code::Internal),
+            Self::Oversize(_) => Some(tonic::Code::OutOfRange),
+            // A unary request needs its message; a client stream may be empty.
+            Self::Empty if !streaming_request => Some(tonic::Code::Internal),
+            Self::Empty => Some(tonic::Code::Ok),
+            _ => None,
+        }
+    }
+}
+
+/// A field that decodes: the known numbers (1, 2) as varints or bytes, and
+/// unknown numbers with a valid wire type (skipped by the decoder).
+fn typed_field() -> impl Strategy<Value = Field> {
+    prop_oneof![
+        4 => (1u32..=2, prop_oneof![1u64..=64, field_value()]).prop_map(|(n, v)| Field::Varint(n, v)),
+        2 => (1u32..=2, prop::collection::vec(any::<u8>(), 0..=96)).prop_map(|(n, b)| Field::Bytes(n, b)),
+        1 => (4u32..=20, any::<u32>()).prop_map(|(n, v)| Field::Fixed32(n, v)),
+        1 => (4u32..=20, prop::collection::vec(any::<u8>(), 0..=16)).prop_map(|(n, b)| Field::Bytes(n, b)),
+    ]
+}
+
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        3 => prop::collection::vec(field(), 0..=5).prop_map(|f| encode(&f)),
+        3 => prop::collection::vec(typed_field(), 0..=3).prop_map(|f| encode(&f)),
+        1 => prop::collection::vec(any::<u8>(), 0..=128),
+    ]
+}
+
+fn grpc_body() -> impl Strategy<Value = GrpcBody> {
+    prop_oneof![
+        6 => payload().prop_map(GrpcBody::Message),
+        4 => prop::collection::vec(typed_field(), 1..=3)
+            .prop_map(|f| GrpcBody::Message(encode(&f))),
+        // Two numbers, as in a real request: `size` (and `count`).
+        2 => (prop_oneof![1u64..=4096, field_value()], prop_oneof![1u64..=4096, field_value()])
+            .prop_map(|(a, b)| GrpcBody::Message(encode(&[Field::Varint(1, a), Field::Varint(2, b)]))),
+        2 => prop::collection::vec(payload(), 2..=4).prop_map(GrpcBody::Messages),
+        2 => prop::collection::vec(any::<u8>(), 1..=64).prop_map(GrpcBody::Raw),
+        1 => (prop_oneof![Just(1u8), 2u8..=255], payload()).prop_map(|(f, p)| GrpcBody::Flagged(f, p)),
+        1 => (1u32..=1024, payload()).prop_map(|(m, p)| GrpcBody::Truncated(m, p)),
+        1 => prop_oneof![Just(1u32), 2u32..=1024, Just(u32::MAX)].prop_map(GrpcBody::Oversize),
+        1 => Just(GrpcBody::Empty),
+    ]
+}
+
+/// One gRPC method, its request message limit, and whether its requests
+/// are a stream.
+#[derive(Clone, Copy, Debug)]
+struct Method {
+    path: &'static str,
+    limit: usize,
+    streaming_request: bool,
+    /// `Health/Check` answers NOT_FOUND for a service name it does not know.
+    not_found_ok: bool,
+}
+
+/// tonic's own limit, for the services that do not set one.
+const TONIC_DEFAULT_LIMIT: usize = 4 * 1024 * 1024;
+
+const RNG_METHODS: [Method; 4] = [
+    Method {
+        path: "/dockercoins.v1.Rng/Generate",
+        limit: MAX_SMALL_REQUEST_BYTES,
+        streaming_request: false,
+        not_found_ok: false,
+    },
+    Method {
+        path: "/dockercoins.v1.Rng/GenerateStream",
+        limit: MAX_SMALL_REQUEST_BYTES,
+        streaming_request: false,
+        not_found_ok: false,
+    },
+    Method {
+        path: "/dockercoins.v1.Replica/Info",
+        limit: TONIC_DEFAULT_LIMIT,
+        streaming_request: false,
+        not_found_ok: false,
+    },
+    Method {
+        path: "/grpc.health.v1.Health/Check",
+        limit: TONIC_DEFAULT_LIMIT,
+        streaming_request: false,
+        not_found_ok: true,
+    },
+];
+
+const HASHER_METHODS: [Method; 3] = [
+    Method {
+        path: "/dockercoins.v1.Hasher/Hash",
+        limit: MAX_GRPC_MESSAGE_BYTES,
+        streaming_request: false,
+        not_found_ok: false,
+    },
+    Method {
+        path: "/dockercoins.v1.Hasher/HashStream",
+        limit: MAX_GRPC_MESSAGE_BYTES,
+        streaming_request: true,
+        not_found_ok: false,
+    },
+    Method {
+        path: "/dockercoins.v1.Replica/Info",
+        limit: TONIC_DEFAULT_LIMIT,
+        streaming_request: false,
+        not_found_ok: false,
+    },
+];
+
+/// Every method of rng and hasher, unary and streaming, gets arbitrary
+/// request bodies: the answer is a gRPC status (OK, INVALID_ARGUMENT from
+/// the service, INTERNAL for what does not decode, OUT_OF_RANGE over the
+/// limit), never a reset stream or a dropped connection; one connection per
+/// server carries all the cases, and a normal call works after them.
+#[test]
+fn any_bytes_to_any_grpc_method_get_a_grpc_status() {
+    let rt = runtime();
+    let rng = rt.block_on(spawn_rng(RngConfig::turbo()));
+    let hasher = rt.block_on(spawn_hasher(HasherConfig::turbo()));
+    let rng_channel = rt.block_on(rng.channel());
+    let hasher_channel = rt.block_on(hasher.channel());
+    let methods: Vec<_> = RNG_METHODS
+        .iter()
+        .map(|m| (*m, rng_channel.clone()))
+        .chain(HASHER_METHODS.iter().map(|m| (*m, hasher_channel.clone())))
+        .collect();
+    let strategy = (prop::sample::select(methods), grpc_body());
+    check_cases(&rt, 384, strategy, |((method, channel), body)| async move {
+        let outcome = raw_grpc(&channel, method.path, body.bytes(method.limit))
+            .await
+            .map_err(|e| TestCaseError::fail(format!("{}: {e}", method.path)))?;
+        use tonic::Code;
+        let allowed = matches!(
+            outcome.code,
+            Code::Ok | Code::InvalidArgument | Code::Internal | Code::OutOfRange
+        ) || (method.not_found_ok && outcome.code == Code::NotFound);
+        prop_assert!(allowed, "{}: {:?}", method.path, outcome);
+        if let Some(required) = body.required(method.streaming_request) {
+            prop_assert_eq!(outcome.code, required, "{}: {:?}", method.path, outcome);
+        }
+        if let GrpcBody::Oversize(_) = body {
+            // Refused on the frame's header, by this method's own limit.
+            let limit = format!("the limit is: {} bytes", method.limit);
+            prop_assert!(
+                outcome.message.contains(&limit),
+                "{}: {:?}",
+                method.path,
+                outcome
+            );
+        }
+        Ok(())
+    });
+    rt.block_on(async {
+        let mut rng_client = dockercoins::pb::rng_client::RngClient::new(rng_channel);
+        let data = rng_client
+            .generate(dockercoins::pb::GenerateRequest { size: 32 })
+            .await
+            .unwrap()
+            .into_inner()
+            .data;
+        assert_eq!(data.len(), 32);
+        let mut hasher_client = dockercoins::pb::hasher_client::HasherClient::new(hasher_channel);
+        let hex = hasher_client
+            .hash(dockercoins::pb::HashRequest { data: data.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .hex;
+        assert_eq!(hex, sha256_hex(&data));
+        rng.stop().await.unwrap();
+        hasher.stop().await.unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// (c) The worker fed lying backends: a reply that is not exactly what was
+// asked for is refused, not hashed, not counted, not stored, and the worker
+// keeps mining (no panic kills its loop).
+
+/// How a fake backend lies. Where rng lies, hasher answers as if every
+/// block were a coin, so that a bad block that got through would show.
+#[derive(Clone, Debug)]
+enum Lie {
+    /// Both honest (every digest a coin): the control, which must count.
+    None,
+    /// rng's unary reply: `len` bytes instead of 32.
+    BlockOf(usize),
+    /// hasher's unary reply: this text instead of 64 lowercase hex digits.
+    Hex(String),
+    /// hasher's unary reply: text drawn from a generator, a new one each call.
+    HexDrawn(Vec<String>),
+    /// rng's stream: blocks of 16 bytes.
+    StreamBlockSize,
+    /// rng's stream: one byte more than whole blocks.
+    StreamRagged,
+    /// rng's stream: one block more than asked.
+    StreamTooMany,
+    /// rng's stream: a message with no block.
+    StreamEmpty,
+    /// rng's stream: ends without a message.
+    StreamEndsEarly,
+    /// hasher's stream: digests one byte short, one digest too many, none.
+    DigestsShort,
+    DigestsLong,
+    DigestsNone,
+}
+
+impl Lie {
+    fn by_rng(&self) -> bool {
+        matches!(
+            self,
+            Self::BlockOf(_)
+                | Self::StreamBlockSize
+                | Self::StreamRagged
+                | Self::StreamTooMany
+                | Self::StreamEmpty
+                | Self::StreamEndsEarly
+        )
+    }
+}
+
+#[derive(Clone)]
+struct Fake {
+    lie: Lie,
+    /// rng calls received.
+    asked: Arc<AtomicUsize>,
+    /// Blocks hasher was given to hash (unary calls and stream batches).
+    hashed: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl dockercoins::pb::rng_server::Rng for Fake {
+    async fn generate(
+        &self,
+        request: tonic::Request<GenerateRequest>,
+    ) -> Result<tonic::Response<GenerateResponse>, tonic::Status> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let len = match self.lie {
+            Lie::BlockOf(len) => len,
+            _ => request.get_ref().size as usize,
+        };
+        Ok(tonic::Response::new(GenerateResponse {
+            data: vec![0x5a; len].into(),
+        }))
+    }
+
+    type GenerateStreamStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<GenerateStreamResponse, tonic::Status>>>;
+
+    async fn generate_stream(
+        &self,
+        request: tonic::Request<GenerateStreamRequest>,
+    ) -> Result<tonic::Response<Self::GenerateStreamStream>, tonic::Status> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let count = request.get_ref().count as usize;
+        let (size, len) = match self.lie {
+            Lie::StreamBlockSize => (16, 16 * count),
+            Lie::StreamRagged => (32, 32 * count + 1),
+            Lie::StreamTooMany => (32, 32 * (count + 1)),
+            Lie::StreamEmpty => (32, 0),
+            _ => (32, 32 * count),
+        };
+        let messages = match self.lie {
+            Lie::StreamEndsEarly => Vec::new(),
+            _ => vec![Ok(GenerateStreamResponse {
+                size,
+                blocks: (0..len).map(|i| i as u8).collect::<Vec<u8>>().into(),
+            })],
+        };
+        Ok(tonic::Response::new(tokio_stream::iter(messages)))
+    }
+}
+
+#[tonic::async_trait]
+impl dockercoins::pb::hasher_server::Hasher for Fake {
+    async fn hash(
+        &self,
+        request: tonic::Request<HashRequest>,
+    ) -> Result<tonic::Response<HashResponse>, tonic::Status> {
+        let n = self.hashed.fetch_add(1, Ordering::SeqCst);
+        let real = sha256_hex(&request.get_ref().data);
+        let hex = match &self.lie {
+            Lie::Hex(hex) => hex.clone(),
+            Lie::HexDrawn(drawn) => drawn[n % drawn.len()].clone(),
+            // Honest, and a coin.
+            _ => format!("0{}", &real[1..]),
+        };
+        Ok(tonic::Response::new(HashResponse { hex }))
+    }
+
+    type HashStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<DigestBatch, tonic::Status>>;
+
+    async fn hash_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<HashBatch>>,
+    ) -> Result<tonic::Response<Self::HashStreamStream>, tonic::Status> {
+        let mut batches = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(batch)) = batches.message().await {
+                let blocks = batch.blocks.len() / 32;
+                this.hashed.fetch_add(blocks, Ordering::SeqCst);
+                // Every digest all zeros: every block a coin, if accepted.
+                let len = match this.lie {
+                    Lie::DigestsShort => 32 * blocks - 1,
+                    Lie::DigestsLong => 32 * (blocks + 1),
+                    Lie::DigestsNone => 0,
+                    _ => 32 * blocks,
+                };
+                let reply = DigestBatch {
+                    digests: vec![0; len].into(),
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+}
+
+/// A fake rng and hasher (one server serving both) telling `lie`.
+async fn spawn_fake(lie: Lie) -> (Fake, String, oneshot::Sender<()>) {
+    let fake = Fake {
+        lie,
+        asked: Arc::default(),
+        hashed: Arc::default(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(dockercoins::pb::rng_server::RngServer::new(fake.clone()))
+        .add_service(dockercoins::pb::hasher_server::HasherServer::new(
+            fake.clone(),
+        ))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async {
+                let _ = stopped.await;
+            },
+        );
+    tokio::spawn(server);
+    (fake, url, stop)
+}
+
+/// What a hasher may send instead of a digest (never 64 lowercase hex
+/// digits): near misses and any text.
+fn not_a_digest() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "0[0-9a-f]{62}",
+        "0[0-9a-f]{64}",
+        "0[0-9a-f]{30}[A-F][0-9a-f]{32}",
+        "0[0-9a-f]{0,62}[^0-9a-f]+[0-9a-f]{0,30}",
+        "0000000[é€😀][0-9a-f]{50,60}",
+        "\\PC{0,70}",
+    ]
+    .prop_filter("a real digest", |hex| {
+        !(hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    })
+}
+
+/// Every lie of rng and hasher, unary and batch, each to a worker of its
+/// own, all against one Redis: nothing is counted or stored, what rng got
+/// wrong never reaches hasher, and each worker keeps asking (its loop is
+/// alive). The honest controls, on an in-memory store, do count: the fakes
+/// can be told apart from the checks.
+#[tokio::test]
+async fn the_worker_counts_nothing_from_lying_backends() {
+    use dockercoins::worker::WorkerConfig;
+    let redis = RedisServer::start().await;
+    let unary = WorkerConfig {
+        delay: Duration::ZERO,
+        concurrency: 1,
+        batch: 0,
+        call_timeout: Duration::from_secs(2),
+    };
+    let batch = WorkerConfig {
+        batch: 64,
+        ..unary.clone()
+    };
+    let scenarios = vec![
+        (unary.clone(), Lie::BlockOf(0)),
+        (unary.clone(), Lie::BlockOf(31)),
+        (unary.clone(), Lie::BlockOf(33)),
+        (unary.clone(), Lie::BlockOf(64 * 1024)),
+        (unary.clone(), Lie::Hex("0".repeat(63))),
+        (unary.clone(), Lie::Hex("0".repeat(65))),
+        (
+            unary.clone(),
+            Lie::Hex(format!("0{}", "AB".repeat(31) + "C")),
+        ),
+        (unary.clone(), Lie::Hex(format!("0{}g", "0".repeat(62)))),
+        // 64 bytes, but the 8th character is cut in the middle.
+        (
+            unary.clone(),
+            Lie::Hex(format!("0000000é{}", "0".repeat(55))),
+        ),
+        (unary.clone(), Lie::Hex(String::new())),
+        // A few loops, to go through more of the drawn lies.
+        (
+            WorkerConfig {
+                concurrency: 4,
+                ..unary.clone()
+            },
+            Lie::HexDrawn(sample(not_a_digest(), 64)),
+        ),
+        (batch.clone(), Lie::StreamBlockSize),
+        (batch.clone(), Lie::StreamRagged),
+        (batch.clone(), Lie::StreamTooMany),
+        (batch.clone(), Lie::StreamEmpty),
+        (batch.clone(), Lie::StreamEndsEarly),
+        (batch.clone(), Lie::DigestsShort),
+        (batch.clone(), Lie::DigestsLong),
+        (batch.clone(), Lie::DigestsNone),
+    ];
+    let mut running = Vec::new();
+    for (config, lie) in scenarios {
+        let (fake, url, stop) = spawn_fake(lie).await;
+        let store = Store::redis(&redis.url(), Duration::from_millis(500)).unwrap();
+        let worker = RunningWorker::start(config, &url, &url, store);
+        running.push((fake, worker, stop));
+    }
+    let mut controls = Vec::new();
+    for config in [unary, batch] {
+        let (fake, url, stop) = spawn_fake(Lie::None).await;
+        let worker = RunningWorker::start(config, &url, &url, Store::memory());
+        controls.push((fake, worker, stop));
+    }
+    // Each liar asked at least 4 times: the worker backed off and tried
+    // again, its loop still alive after each refusal.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (fake, _, _) in &running {
+        while fake.asked.load(Ordering::SeqCst) < 4 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}: the worker stopped asking after {} calls",
+                fake.lie,
+                fake.asked.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (fake, worker, stop) in running {
+        let report = worker.stop().await;
+        assert_eq!(report, Default::default(), "{:?}: counted", fake.lie);
+        if fake.lie.by_rng() {
+            assert_eq!(
+                fake.hashed.load(Ordering::SeqCst),
+                0,
+                "{:?}: a bad block was sent to hasher",
+                fake.lie
+            );
+        }
+        let _ = stop.send(());
+    }
+    for (fake, worker, stop) in controls {
+        let report = worker.stop().await;
+        assert!(
+            report.hashes_done > 0 && report.coins_found == report.hashes_done,
+            "{:?}: the honest control counted {report:?}",
+            fake.lie
+        );
+        let _ = stop.send(());
+    }
+    assert!(redis.keys().await.is_empty(), "{:?}", redis.keys().await);
+}
