@@ -34,6 +34,8 @@ pub enum HasherError {
     Ragged { len: usize, size: usize },
     #[error("a batch holds at most {MAX_BATCH_BLOCKS} blocks, got {0}")]
     TooManyBlocks(usize),
+    #[error("a request holds at most {MAX_BLOCK_BYTES} bytes of data, got {0}")]
+    TooLarge(usize),
 }
 
 impl From<HasherError> for Status {
@@ -47,8 +49,19 @@ pub fn hex_digest(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Checks the data of a request: at most [`MAX_BLOCK_BYTES`], as `POST /`
+/// and the proto promise (the gRPC message limit leaves 4 KiB for framing,
+/// which must not become 4 KiB more data).
+pub fn check_data(data: &[u8]) -> Result<(), HasherError> {
+    if data.len() > MAX_BLOCK_BYTES {
+        return Err(HasherError::TooLarge(data.len()));
+    }
+    Ok(())
+}
+
 /// Raw SHA-256 digests of `blocks`, cut into `size`-byte blocks, back to back.
 pub fn digest_batch(size: u32, blocks: &[u8]) -> Result<bytes::Bytes, HasherError> {
+    check_data(blocks)?;
     let block = usize::try_from(size)
         .ok()
         .filter(|n| (1..=MAX_BLOCK_BYTES).contains(n))
@@ -116,6 +129,7 @@ impl HasherApi for HasherService {
         &self,
         request: Request<HashRequest>,
     ) -> Result<tonic::Response<HashResponse>, Status> {
+        check_data(&request.get_ref().data)?;
         self.pay_delay().await;
         let hex = hex_digest(&request.get_ref().data);
         Ok(tonic::Response::new(HashResponse { hex }))
@@ -256,5 +270,66 @@ mod tests {
             digest_batch(1, &many),
             Err(HasherError::TooManyBlocks(MAX_BATCH_BLOCKS + 1))
         );
+    }
+}
+
+/// Property tests: whatever batch a client sends, it gets one digest per
+/// whole block or a refusal, never a panic and never a partial answer.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A block size and that many bytes of blocks, near every limit: small
+    /// blocks up to past [`MAX_BATCH_BLOCKS`] and past 1 MiB, maximal
+    /// blocks, ragged tails, sizes that are not sizes.
+    fn batch() -> impl Strategy<Value = (u32, usize)> {
+        let max = MAX_BLOCK_BYTES as u32;
+        prop_oneof![
+            (1u32..=128, 0..=MAX_BATCH_BLOCKS + 2, 0usize..=2)
+                .prop_map(|(size, n, tail)| (size, size as usize * n + tail)),
+            (max - 2..=max + 2, 0usize..=2, 0usize..=2)
+                .prop_map(|(size, n, tail)| (size, size as usize * n + tail)),
+            (any::<u32>(), 0usize..=256),
+            (Just(0u32), 0usize..=64),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_batch_gets_a_digest_per_whole_block_or_a_refusal(
+            (size, len) in batch(),
+            fill in any::<u8>(),
+        ) {
+            let blocks: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ fill).collect();
+            let block = size as usize;
+            let valid = (1..=MAX_BLOCK_BYTES).contains(&block)
+                && len % block == 0
+                && len / block <= MAX_BATCH_BLOCKS
+                && len <= MAX_BLOCK_BYTES;
+            let result = digest_batch(size, &blocks);
+            prop_assert_eq!(result.is_ok(), valid, "{:?}", result.as_ref().err());
+            if let Ok(digests) = result {
+                prop_assert_eq!(digests.len(), len / block * DIGEST_BYTES);
+                // First and last digests against sha2 directly.
+                for i in [0, (len / block).saturating_sub(1)] {
+                    if len > 0 {
+                        let expected = Sha256::digest(&blocks[i * block..(i + 1) * block]);
+                        prop_assert_eq!(&digests[i * DIGEST_BYTES..(i + 1) * DIGEST_BYTES], &expected[..]);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn data_is_accepted_up_to_the_block_limit_only(len in prop_oneof![
+            0..=4096usize,
+            MAX_BLOCK_BYTES - 8..=MAX_BLOCK_BYTES + 8,
+        ]) {
+            let data = vec![0u8; len];
+            prop_assert_eq!(check_data(&data).is_ok(), len <= MAX_BLOCK_BYTES);
+        }
     }
 }

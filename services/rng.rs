@@ -357,3 +357,95 @@ mod tests {
         assert_ne!(a, b);
     }
 }
+
+/// Property tests: whatever text or numbers a client sends, the parsers
+/// accept exactly what the limits allow and never panic.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a client may write after `GET /`: numbers near every boundary,
+    /// signs, leading zeros, overflow, trailing garbage, any Unicode.
+    fn size_text() -> impl Strategy<Value = String> {
+        let max = MAX_BLOCK_BYTES as u64;
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            (0..=max + 2).prop_map(|n| n.to_string()),
+            (max - 2..=max + 2).prop_map(|n| n.to_string()),
+            "[+-]?0{0,30}[0-9]{0,25}",
+            "[0-9]{1,7}[ a-zA-Z.eE_,x%+-]{1,3}[0-9]{0,3}",
+            "[ \t]?[0-9]{1,4}[ \t]?",
+            "[０-９٠-٩]{1,4}",
+            "\\PC{0,12}",
+        ]
+    }
+
+    /// The oracle, written independently of `parse_size`: an optional `+`,
+    /// ASCII digits only, a value that fits in u64 and lies in range.
+    fn expected(text: &str) -> Result<usize, RngError> {
+        let digits = text.strip_prefix('+').unwrap_or(text);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(RngError::NotANumber(text.to_owned()));
+        }
+        let significant = digits.trim_start_matches('0');
+        // 20 digits or more can exceed u64: not a number for u64 either.
+        let value: u128 = if significant.is_empty() {
+            0
+        } else if significant.len() > 20 {
+            u128::MAX
+        } else {
+            significant.parse().unwrap()
+        };
+        match u64::try_from(value) {
+            Err(_) => Err(RngError::NotANumber(text.to_owned())),
+            Ok(v) if (1..=MAX_BLOCK_BYTES as u64).contains(&v) => Ok(v as usize),
+            Ok(v) => Err(RngError::Size(v)),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parse_size_accepts_exactly_the_sizes_in_range(text in size_text()) {
+            prop_assert_eq!(parse_size(&text), expected(&text));
+        }
+
+        #[test]
+        fn a_size_in_a_url_means_what_the_same_number_means_in_grpc(size in any::<u64>()) {
+            prop_assert_eq!(parse_size(&size.to_string()), check_size(size));
+        }
+
+        /// Every stream request is refused or cut into messages that add up
+        /// to exactly `count` blocks, none over the gRPC message limit.
+        #[test]
+        fn stream_plans_add_up_and_respect_every_limit(
+            (size, count) in prop_oneof![
+                (any::<u32>(), any::<u32>()).prop_map(|(s, c)| (u64::from(s), u64::from(c))),
+                (any::<u64>(), any::<u64>()),
+                (0..=MAX_BLOCK_BYTES as u64 + 1, 0..=MAX_STREAM_BLOCKS as u64 + 1),
+                // Around size * count = MAX_STREAM_BYTES.
+                (1..=MAX_BLOCK_BYTES as u64, -1i64..=1).prop_map(|(s, d)| {
+                    (s, (MAX_STREAM_BYTES as u64 / s).saturating_add_signed(d))
+                }),
+            ]
+        ) {
+            let valid = (1..=MAX_BLOCK_BYTES as u64).contains(&size)
+                && (1..=MAX_STREAM_BLOCKS as u64).contains(&count)
+                && u128::from(size) * u128::from(count) <= MAX_STREAM_BYTES as u128;
+            let plan = StreamPlan::new(size, count);
+            prop_assert_eq!(plan.is_ok(), valid, "{:?}", plan);
+            if let Ok(plan) = plan {
+                let mut blocks = 0;
+                for n in plan.messages() {
+                    prop_assert!(n >= 1 && n <= plan.per_message);
+                    prop_assert!(n == 1 || n * plan.size <= STREAM_MESSAGE_BYTES);
+                    prop_assert!(n * plan.size + 16 <= crate::limits::MAX_GRPC_MESSAGE_BYTES);
+                    blocks += n;
+                }
+                prop_assert_eq!(blocks as u64, count);
+            }
+        }
+    }
+}

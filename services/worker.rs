@@ -718,3 +718,95 @@ mod tests {
         assert!(coins_in_batch(&blocks, &[]).is_err());
     }
 }
+
+/// Property tests on the checks every reply goes through: a reply that is
+/// not exactly what was asked for is refused whole, and the checks never
+/// panic on it (a panic would kill a mining loop silently).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a hasher might answer instead of a digest: real digests, near
+    /// misses (length, case, one bad character), and any text at all.
+    fn hex_reply() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9a-f]{64}",
+            "[0-9a-f]{60,68}",
+            "[0-9a-fA-F]{64}",
+            "[0-9a-f]{0,63}[^0-9a-f][0-9a-f]{0,63}",
+            // Multi-byte characters: 64 bytes that are not 64 characters.
+            "0[0-9a-f]{6}[é€😀][0-9a-f]{50,60}",
+            "\\PC{0,80}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn an_rng_block_passes_only_at_its_exact_size(data in proptest::collection::vec(any::<u8>(), 0..=100)) {
+            prop_assert_eq!(check_block(&data).is_ok(), data.len() == BLOCK_BYTES);
+        }
+
+        /// Exactly 64 lowercase hex digits pass, and what passes is safe for
+        /// what the worker does next: slice the first 8 characters, decode.
+        #[test]
+        fn only_64_lowercase_hex_digits_pass_as_a_digest(hex in hex_reply()) {
+            let expected = hex.len() == 64
+                && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            prop_assert_eq!(check_hex(&hex).is_ok(), expected);
+            if expected {
+                prop_assert!(hex.is_char_boundary(8));
+                let mut digest = [0u8; DIGEST_BYTES];
+                prop_assert!(hex::decode_to_slice(&hex, &mut digest).is_ok());
+            }
+        }
+
+        /// A stream message passes only as whole 32-byte blocks, at least
+        /// one, and no more than were still expected.
+        #[test]
+        fn a_stream_message_passes_only_as_whole_blocks_within_the_count(
+            size in prop_oneof![Just(BLOCK_BYTES as u32), any::<u32>(), 0u32..=64],
+            len in prop_oneof![0usize..=200, (0usize..=8).prop_map(|n| n * BLOCK_BYTES)],
+            left in 0usize..=8,
+        ) {
+            let blocks = vec![7u8; len];
+            let valid = size as usize == BLOCK_BYTES
+                && len > 0
+                && len % BLOCK_BYTES == 0
+                && len / BLOCK_BYTES <= left;
+            let result = check_blocks(size, &blocks, left);
+            prop_assert_eq!(result.is_ok(), valid);
+            if let Ok(count) = result {
+                prop_assert_eq!(count, len / BLOCK_BYTES);
+            }
+        }
+
+        /// Digests of the wrong length are refused whole: no coin comes out
+        /// of a batch whose digests do not match its blocks one for one.
+        /// The coins that do come out are exactly the blocks whose digest
+        /// starts with a 0 nibble, each with its own block's bytes.
+        #[test]
+        fn coins_come_only_from_a_full_set_of_digests(
+            count in 0usize..=16,
+            digests in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..=16 * DIGEST_BYTES + 40),
+                (0usize..=16).prop_flat_map(|n| proptest::collection::vec(0u8..=0x20, n * DIGEST_BYTES)),
+            ],
+        ) {
+            let blocks: Bytes = (0..count * BLOCK_BYTES).map(|i| (i / BLOCK_BYTES) as u8).collect();
+            let result = coins_in_batch(&blocks, &digests);
+            prop_assert_eq!(result.is_ok(), digests.len() == count * DIGEST_BYTES);
+            if let Ok(coins) = result {
+                let expected: Vec<usize> = (0..count).filter(|i| digests[i * DIGEST_BYTES] < 0x10).collect();
+                prop_assert_eq!(coins.len(), expected.len());
+                for (coin, i) in coins.iter().zip(expected) {
+                    prop_assert_eq!(&coin.digest[..], &digests[i * DIGEST_BYTES..(i + 1) * DIGEST_BYTES]);
+                    prop_assert_eq!(&coin.bytes[..], &blocks[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES]);
+                    prop_assert!(coin.hex().starts_with('0'));
+                }
+            }
+        }
+    }
+}
