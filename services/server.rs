@@ -80,6 +80,9 @@ impl GrpcServer {
             .fallback(not_found)
             .layer(RequestBodyLimitLayer::new(limits::MAX_BLOCK_BYTES));
         let (health, health_service) = tonic_health::server::health_reporter();
+        // Health, Replica and reflection requests are a name at most.
+        let health_service =
+            health_service.max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES);
         Self {
             routes: Routes::from(legacy),
             health,
@@ -135,7 +138,14 @@ impl GrpcServer {
             }
             builder
         };
-        let (v1, v1alpha) = (builder().build_v1()?, builder().build_v1alpha()?);
+        let (v1, v1alpha) = (
+            builder()
+                .build_v1()?
+                .max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES),
+            builder()
+                .build_v1alpha()?
+                .max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES),
+        );
         self.routes = self.routes.add_service(v1).add_service(v1alpha);
         Ok(self)
     }
@@ -156,7 +166,10 @@ impl GrpcServer {
             calls: calls.clone(),
         };
         let this = self
-            .add_service(ReplicaServer::new(replica))
+            .add_service(
+                ReplicaServer::new(replica)
+                    .max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES),
+            )
             .with_reflection()?;
         for name in &this.services {
             this.health

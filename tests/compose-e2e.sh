@@ -23,7 +23,11 @@
 #      ports; then the lab's fix, `--scale rng=3`: no gain with pinned workers
 #      started before the new replicas, about 3x with balanced ones, and edge
 #      spreading connections over the 3 replicas; then times `down`;
-#   7. cleans up on exit: containers, networks, the daemon (by pid), its
+#   7. the TLS override: certificates from deploy/tls/make-certs.sh (made and
+#      removed here unless the checkout has its own), every service healthy
+#      over grpcs://, 1 worker at about 3.3/s, rng through edge answers only
+#      a client with a certificate;
+#   8. cleans up on exit: containers, networks, the daemon (by pid), its
 #      directories, and the docker0 bridge if it was not there before.
 # Environment: E2E_COMPOSE (default docker-compose; `docker compose` also works
 # where the v2 plugin is installed), E2E_CACHE (default /var/cache/dockercoins-e2e,
@@ -112,6 +116,8 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
+    # Certificates this script made for the TLS step (never the checkout's own).
+    [ -n "${TLS_MADE:-}" ] && rm -f "$REPO"/deploy/tls/*.crt "$REPO"/deploy/tls/*.key "$REPO"/deploy/tls/*.pem
     if [ "$rc" != 0 ] && [ -n "$DOCKERD_PID" ] && [ "$COMPOSE_UP" = 1 ]; then
         log "last logs of each service (failure: rc=$rc)"
         timeout 20 "${COMPOSE_CMD[@]}" -f "$REPO/docker-compose.yaml" ps
@@ -387,4 +393,38 @@ log "down took $DOWN_S s for $NCONT containers"
 [ "$DOWN_MS" -lt 15000 ] || fail "down took $DOWN_S s (limit 15 s): some container ignores SIGTERM"
 left=$("$DOCKER" ps -aq | wc -l)
 [ "$left" = 0 ] || fail "$left containers left after down"
-log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s, 10 workers ${RATE10}/s, rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers)"
+
+# ------------------------------------------------------------------- TLS --
+# docker-compose.tls.yaml: mutual TLS on every gRPC hop, certificates from
+# deploy/tls/make-certs.sh mounted read-only. Made here (and removed after)
+# unless the checkout already has its own.
+TLS_MADE=
+if [ ! -e deploy/tls/ca.crt ]; then
+    command -v openssl >/dev/null || { apt-get install -y -q openssl >/dev/null || fail "no openssl"; }
+    bash deploy/tls/make-certs.sh >"$WORK/certs.log" 2>&1 || { cat "$WORK/certs.log" >&2; fail "make-certs.sh failed"; }
+    TLS_MADE=1
+fi
+log "TLS: up -d with docker-compose.tls.yaml (mutual TLS on every gRPC hop)"
+COMPOSE_UP=1
+timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml -f docker-compose.tls.yaml up -d --no-build "${SERVICES[@]}" >"$WORK/tls.log" 2>&1 ||
+    { cat "$WORK/tls.log" >&2; fail "up -d with the TLS override failed"; }
+wait_healthy 90 || fail "not every service healthy with TLS (the healthchecks probe over grpcs://)"
+sleep 3
+RATE_TLS=$(rate 10)
+log "TLS, 1 worker: $RATE_TLS hashes/s over 10 s"
+in_range "$RATE_TLS" 2.5 4.0 || fail "1 worker over mutual TLS should do about 3.3 hashes/s, measured $RATE_TLS"
+# From the host, through edge: only with the client certificate.
+tls_curl() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert deploy/tls/ca.crt "$@" https://localhost:8001/8; }
+with_cert=$(tls_curl --cert deploy/tls/client.crt --key deploy/tls/client.key || true)
+without_cert=$(tls_curl || true)
+log "https://localhost:8001/8 through edge: with the client certificate $with_cert, without ${without_cert:-000}"
+[ "$with_cert" = 200 ] || fail "rng over mutual TLS through edge: HTTP $with_cert"
+[ "$without_cert" != 200 ] || fail "rng answered a client without a certificate"
+timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml -f docker-compose.tls.yaml down >"$WORK/tls-down.log" 2>&1 ||
+    { cat "$WORK/tls-down.log" >&2; fail "down (TLS) failed"; }
+COMPOSE_UP=0
+if [ -n "$TLS_MADE" ]; then
+    rm -f deploy/tls/*.crt deploy/tls/*.key deploy/tls/*.pem
+fi
+
+log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s, 10 workers ${RATE10}/s, rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers), TLS 1 worker ${RATE_TLS}/s"

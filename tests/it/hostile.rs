@@ -824,9 +824,6 @@ struct Method {
     not_found_ok: bool,
 }
 
-/// tonic's own limit, for the services that do not set one.
-const TONIC_DEFAULT_LIMIT: usize = 4 * 1024 * 1024;
-
 const RNG_METHODS: [Method; 4] = [
     Method {
         path: "/dockercoins.v1.Rng/Generate",
@@ -842,13 +839,13 @@ const RNG_METHODS: [Method; 4] = [
     },
     Method {
         path: "/dockercoins.v1.Replica/Info",
-        limit: TONIC_DEFAULT_LIMIT,
+        limit: MAX_SMALL_REQUEST_BYTES,
         streaming_request: false,
         not_found_ok: false,
     },
     Method {
         path: "/grpc.health.v1.Health/Check",
-        limit: TONIC_DEFAULT_LIMIT,
+        limit: MAX_SMALL_REQUEST_BYTES,
         streaming_request: false,
         not_found_ok: true,
     },
@@ -869,7 +866,7 @@ const HASHER_METHODS: [Method; 3] = [
     },
     Method {
         path: "/dockercoins.v1.Replica/Info",
-        limit: TONIC_DEFAULT_LIMIT,
+        limit: MAX_SMALL_REQUEST_BYTES,
         streaming_request: false,
         not_found_ok: false,
     },
