@@ -31,6 +31,7 @@ pub mod env {
     pub const WORKER_DELAY_MS: &str = "WORKER_DELAY_MS";
     pub const WORKER_CONCURRENCY: &str = "WORKER_CONCURRENCY";
     pub const WORKER_BATCH: &str = "WORKER_BATCH";
+    pub const WORKER_HEALTH_LISTEN: &str = "WORKER_HEALTH_LISTEN";
     pub const WEBUI_LISTEN: &str = "WEBUI_LISTEN";
     pub const EDGE_ROUTES: &str = "EDGE_ROUTES";
     pub const UP_WORKERS: &str = "UP_WORKERS";
@@ -432,6 +433,11 @@ pub struct WorkerArgs {
     /// batches of N blocks (Rng/GenerateStream piped into Hasher/HashStream).
     #[arg(long, env = env::WORKER_BATCH, default_value_t = 0)]
     pub batch: usize,
+    /// Serve the worker's liveness (`GET /healthz`: 200 while its mining
+    /// loops turn) on this address, for a Kubernetes liveness probe. Unset:
+    /// no listener, the worker serves nothing.
+    #[arg(long, env = env::WORKER_HEALTH_LISTEN)]
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl WorkerArgs {

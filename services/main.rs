@@ -58,7 +58,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Worker(args) => {
             let (rng, hasher, store) = clients(&args.client)?;
-            worker::run(args.config(), rng, hasher, store, shutdown).await;
+            let liveness = std::sync::Arc::new(worker::Liveness::default());
+            if let Some(addr) = args.health_listen {
+                let listener = bind(addr, "--health-listen / WORKER_HEALTH_LISTEN").await?;
+                tracing::info!(listen = %listener.local_addr()?, "serving the worker's liveness on /healthz");
+                // Stops with the process, once the last update is made.
+                tokio::spawn(worker::serve_liveness(
+                    listener,
+                    liveness.clone(),
+                    std::future::pending(),
+                ));
+            }
+            worker::run_with_liveness(args.config(), rng, hasher, store, liveness, shutdown).await;
         }
         Command::Webui(args) => {
             let (rng, hasher, store) = clients(&args.client)?;

@@ -342,12 +342,85 @@ struct Miner {
     rng: Backend,
     hasher: Backend,
     tally: Arc<Tally>,
+    liveness: Arc<Liveness>,
+}
+
+/// How long the mining loops may go without turning before the worker says
+/// it is not alive. A turn takes at most a call timeout per backend plus a
+/// backoff step (2 s), whatever rng, hasher or Redis are doing.
+pub const LIVENESS_STALE: Duration = Duration::from_secs(30);
+
+/// When a mining loop last turned (a unit done, failed, or a backoff step),
+/// for a liveness probe: a worker whose loops are stuck, not one whose
+/// backends are down, is one to restart.
+#[derive(Debug)]
+pub struct Liveness {
+    start: Instant,
+    last_turn_ms: AtomicU64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            last_turn_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Liveness {
+    fn turn(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_turn_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Time since a mining loop last turned (since start-up before the first).
+    pub fn since_last_turn(&self) -> Duration {
+        let last = Duration::from_millis(self.last_turn_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.since_last_turn() <= LIVENESS_STALE
+    }
+}
+
+/// Serves `GET /healthz` on `listener` until `shutdown`: 200 while the mining
+/// loops turn, 503 once they have not for [`LIVENESS_STALE`]. The caller logs
+/// the address (before the worker's first line, so scripts can find it).
+pub async fn serve_liveness(
+    listener: tokio::net::TcpListener,
+    liveness: Arc<Liveness>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::{http::StatusCode, routing::get};
+    let router = axum::Router::new().route(
+        "/healthz",
+        get(move || async move {
+            let since = liveness.since_last_turn().as_millis();
+            if liveness.is_alive() {
+                (
+                    StatusCode::OK,
+                    format!("alive: a mining loop turned {since} ms ago\n"),
+                )
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("stuck: no mining loop turned for {since} ms\n"),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 impl Miner {
     async fn mine(self: Arc<Self>) {
         let mut backoff = Backoff::default();
         loop {
+            self.liveness.turn();
             if !self.config.delay.is_zero() {
                 tokio::time::sleep(self.config.delay).await;
             }
@@ -534,6 +607,18 @@ pub async fn run(
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> Report {
+    run_with_liveness(config, rng, hasher, store, Arc::default(), shutdown).await
+}
+
+/// [`run`], reporting the mining loops' turns to `liveness`.
+pub async fn run_with_liveness(
+    config: WorkerConfig,
+    rng: Backend,
+    hasher: Backend,
+    store: Store,
+    liveness: Arc<Liveness>,
+    shutdown: impl Future<Output = ()>,
+) -> Report {
     tracing::info!(
         rng = %rng.url(),
         hasher = %hasher.url(),
@@ -549,6 +634,7 @@ pub async fn run(
         rng,
         hasher,
         tally: tally.clone(),
+        liveness,
     });
     let mut loops = JoinSet::new();
     for _ in 0..config.concurrency.max(1) {
@@ -649,6 +735,16 @@ mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
 
+    #[tokio::test(start_paused = true)]
+    async fn liveness_goes_stale_when_the_loops_stop_turning() {
+        let liveness = Liveness::default();
+        assert!(liveness.is_alive());
+        tokio::time::advance(LIVENESS_STALE + std::time::Duration::from_secs(1)).await;
+        assert!(!liveness.is_alive(), "{:?}", liveness.since_last_turn());
+        liveness.turn();
+        assert!(liveness.is_alive());
+    }
+
     /// Coins being sent still count against the bound: a failing update
     /// must not let mining run on and memory grow (it reached 2 GB when only
     /// the waiting coins were counted).
@@ -724,6 +820,7 @@ mod tests {
 /// panic on it (a panic would kill a mining loop silently).
 #[cfg(test)]
 mod properties {
+
     use super::*;
     use proptest::prelude::*;
 

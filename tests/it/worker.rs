@@ -304,3 +304,42 @@ async fn a_redis_password_works_and_never_reaches_the_logs() {
     rng.stop().await.unwrap();
     hasher.stop().await.unwrap();
 }
+
+/// WORKER_HEALTH_LISTEN: the worker answers its liveness probe while it
+/// mines, and still while its backends are down (their outage is no reason
+/// to restart it).
+#[tokio::test]
+async fn the_worker_answers_its_liveness_probe() {
+    use crate::helpers::{http1, sigterm, start_binary};
+    let redis = RedisServer::start().await;
+    let rng = spawn_rng(RngConfig::turbo()).await;
+    let hasher = spawn_hasher(HasherConfig::turbo()).await;
+    let (rng_url, hasher_url, redis_url) = (rng.url(), hasher.url(), redis.url());
+    let args = [
+        "worker",
+        "--rng",
+        &rng_url,
+        "--hasher",
+        &hasher_url,
+        "--redis",
+        &redis_url,
+    ];
+    let (mut worker, listen) =
+        start_binary(&args, &[("WORKER_HEALTH_LISTEN", "127.0.0.1:0")]).await;
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .expect("the liveness address is logged first");
+    let (status, _, body) = http1(addr, "GET", "/healthz", "").await;
+    assert_eq!(status, 200, "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("alive"),
+        "{body:?}"
+    );
+    rng.stop().await.unwrap();
+    // rng gone: the loops back off, and keep turning.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(http1(addr, "GET", "/healthz", "").await.0, 200);
+    sigterm(&worker).await;
+    assert!(worker.wait().await.unwrap().success());
+    hasher.stop().await.unwrap();
+}
