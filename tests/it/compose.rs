@@ -1,5 +1,5 @@
 //! The compose file's invariants, checked without Docker: docker-compose.yaml,
-//! docker-compose.turbo.yaml and deploy/otel-collector.yaml are parsed (YAML
+//! docker-compose.turbo.yaml and deploy/otel/collector.yaml are parsed (YAML
 //! anchors and `<<` merges applied, as Compose does) and held to what the lab
 //! and the binary need. tests/compose-e2e.sh runs the same file for real.
 
@@ -11,7 +11,7 @@ const COMPOSE: &str = include_str!("../../docker-compose.yaml");
 const TURBO: &str = include_str!("../../docker-compose.turbo.yaml");
 const TLS: &str = include_str!("../../docker-compose.tls.yaml");
 const MAKE_CERTS: &str = include_str!("../../deploy/tls/make-certs.sh");
-const COLLECTOR: &str = include_str!("../../deploy/otel-collector.yaml");
+const COLLECTOR: &str = include_str!("../../deploy/otel/collector.yaml");
 const README: &str = include_str!("../../README.md");
 
 /// The services that run the dockercoins binary, each with its subcommand.
@@ -655,7 +655,7 @@ fn the_collector_receives_otlp_and_exports_to_a_service_of_the_file() {
     assert!(
         mounts
             .iter()
-            .any(|m| m.starts_with("./deploy/otel-collector.yaml:")),
+            .any(|m| m.starts_with("./deploy/otel/collector.yaml:")),
         "{mounts:?}"
     );
     let offered = offered_ports("otel-collector", svc);

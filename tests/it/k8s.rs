@@ -1,0 +1,469 @@
+//! deploy/k8s, checked without a cluster: the kustomizations are built here
+//! (resources, namespace, images, configMapGenerator: the subset they use)
+//! and held to what the lab needs. `.ci/run` also validates every manifest
+//! against the Kubernetes schemas (kubernetes-validate), and, where kubectl is
+//! installed, checks that `kubectl kustomize` builds the same objects.
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s")
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key].as_str().unwrap_or("")
+}
+
+/// `kustomize build dir`, for the fields these kustomizations use.
+fn build(dir: &Path) -> Vec<Value> {
+    let kustomization = documents(&dir.join("kustomization.yaml")).remove(0);
+    let known = [
+        "apiVersion",
+        "kind",
+        "resources",
+        "namespace",
+        "images",
+        "configMapGenerator",
+    ];
+    for key in kustomization.as_mapping().unwrap().keys() {
+        let key = key.as_str().unwrap();
+        assert!(
+            known.contains(&key),
+            "{}: {key} is not emulated by this test",
+            dir.display()
+        );
+    }
+    let mut objects = Vec::new();
+    for resource in kustomization["resources"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        let path = dir.join(resource.as_str().unwrap());
+        if path.is_dir() {
+            objects.extend(build(&path));
+        } else {
+            objects.extend(documents(&path));
+        }
+    }
+    for generator in kustomization["configMapGenerator"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        let mut data = serde_yaml_ng::Mapping::new();
+        for file in generator["files"].as_sequence().unwrap() {
+            let (key, path) = file.as_str().unwrap().split_once('=').unwrap();
+            let text = std::fs::read_to_string(dir.join(path)).unwrap();
+            data.insert(key.into(), text.into());
+        }
+        let mut config_map = serde_yaml_ng::Mapping::new();
+        config_map.insert("apiVersion".into(), "v1".into());
+        config_map.insert("kind".into(), "ConfigMap".into());
+        let mut metadata = serde_yaml_ng::Mapping::new();
+        metadata.insert("name".into(), generator["name"].clone());
+        config_map.insert("metadata".into(), metadata.into());
+        config_map.insert("data".into(), data.into());
+        objects.push(config_map.into());
+    }
+    if let Some(namespace) = kustomization["namespace"].as_str() {
+        for object in &mut objects {
+            if str_of(object, "kind") != "Namespace" {
+                object["metadata"]
+                    .as_mapping_mut()
+                    .unwrap()
+                    .insert("namespace".into(), namespace.into());
+            }
+        }
+    }
+    for image in kustomization["images"].as_sequence().into_iter().flatten() {
+        let (name, tag) = (str_of(image, "name"), str_of(image, "newTag"));
+        for object in &mut objects {
+            for container in containers_mut(object) {
+                if container["image"].as_str() == Some(name) {
+                    container["image"] = format!("{name}:{tag}").into();
+                }
+            }
+        }
+    }
+    objects
+}
+
+fn containers_mut(object: &mut Value) -> Vec<&mut Value> {
+    match object["spec"]["template"]["spec"]["containers"].as_sequence_mut() {
+        Some(containers) => containers.iter_mut().collect(),
+        None => Vec::new(),
+    }
+}
+
+fn containers(object: &Value) -> Vec<&Value> {
+    object["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .map(|c| c.iter().collect())
+        .unwrap_or_default()
+}
+
+fn name(object: &Value) -> &str {
+    str_of(&object["metadata"], "name")
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> BTreeMap<String, &'a Value> {
+    objects
+        .iter()
+        .filter(|o| str_of(o, "kind") == kind)
+        .map(|o| (name(o).to_owned(), o))
+        .collect()
+}
+
+fn workloads(objects: &[Value]) -> BTreeMap<String, &Value> {
+    let mut all = of_kind(objects, "Deployment");
+    for (name, daemon_set) in of_kind(objects, "DaemonSet") {
+        assert!(
+            all.insert(name.clone(), daemon_set).is_none(),
+            "{name} twice"
+        );
+    }
+    all
+}
+
+fn compose_services() -> BTreeSet<String> {
+    let compose: Value =
+        serde_yaml_ng::from_str(include_str!("../../docker-compose.yaml")).unwrap();
+    compose["services"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The ports a Service offers.
+fn service_ports(service: &Value) -> BTreeSet<u64> {
+    service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect()
+}
+
+/// Everything every build must hold: names, probes, security, images.
+fn check_common(objects: &[Value], what: &str) {
+    let services = of_kind(objects, "Service");
+    let workloads = workloads(objects);
+    let compose = compose_services();
+    // The compose names, so no setting changes (`edge` is Compose's door to
+    // the host; in Kubernetes, Services and port-forward do that).
+    let expected: BTreeSet<String> = compose.iter().filter(|n| *n != "edge").cloned().collect();
+    assert_eq!(
+        workloads.keys().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "{what}"
+    );
+    for name in services.keys() {
+        assert!(
+            compose.contains(name),
+            "{what}: Service {name} is no compose service"
+        );
+    }
+    for (name, port) in [
+        ("rng", 8001),
+        ("hasher", 8002),
+        ("webui", 8000),
+        ("redis", 6379),
+        ("otel-collector", 4317),
+        ("jaeger", 16686),
+    ] {
+        assert!(
+            service_ports(services[name]).contains(&port),
+            "{what}: Service {name} must offer {port}, as in compose"
+        );
+    }
+    // Headless: the name resolves to every pod, and balanced clients reach
+    // them all (a ClusterIP pins each HTTP/2 connection to one pod).
+    for name in ["rng", "hasher"] {
+        assert_eq!(
+            services[name]["spec"]["clusterIP"].as_str(),
+            Some("None"),
+            "{what}: {name} must be headless"
+        );
+    }
+    for object in objects {
+        assert!(
+            object
+                .get("metadata")
+                .and_then(|m| m.get("namespace"))
+                .is_some()
+                || ["Namespace"].contains(&str_of(object, "kind")),
+            "{what}: {} {} has no namespace",
+            str_of(object, "kind"),
+            name(object)
+        );
+    }
+    for (name, workload) in &workloads {
+        let pod = &workload["spec"]["template"];
+        let labels = &pod["metadata"]["labels"];
+        if let Some(service) = services.get(name) {
+            for (key, value) in service["spec"]["selector"].as_mapping().unwrap() {
+                assert_eq!(
+                    labels.get(key),
+                    Some(value),
+                    "{what}: {name}'s pods and Service"
+                );
+            }
+        }
+        let security = &pod["spec"]["securityContext"];
+        assert_eq!(
+            security["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{what}: {name}"
+        );
+        assert!(
+            security["runAsUser"].as_u64().is_some_and(|uid| uid != 0),
+            "{what}: {name}: a numeric non-root user"
+        );
+        assert_eq!(
+            pod["spec"]["automountServiceAccountToken"].as_bool(),
+            Some(false),
+            "{what}: {name} needs no API token"
+        );
+        for container in containers(workload) {
+            let image = str_of(container, "image");
+            let tag = image
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .split_once(':')
+                .map(|(_, t)| t);
+            assert!(
+                tag.is_some_and(|t| !t.is_empty() && t != "latest"),
+                "{what}: {name}: image {image} needs a pinned tag"
+            );
+            let security = &container["securityContext"];
+            assert_eq!(
+                security["readOnlyRootFilesystem"].as_bool(),
+                Some(true),
+                "{what}: {name}"
+            );
+            assert_eq!(
+                security["allowPrivilegeEscalation"].as_bool(),
+                Some(false),
+                "{what}: {name}"
+            );
+            assert_eq!(
+                security["capabilities"]["drop"]
+                    .as_sequence()
+                    .map(Vec::as_slice),
+                Some(&["ALL".into()][..]),
+                "{what}: {name}"
+            );
+            for bound in ["requests", "limits"] {
+                for resource in ["cpu", "memory"] {
+                    assert!(
+                        container["resources"][bound].get(resource).is_some(),
+                        "{what}: {name}: no {bound}.{resource}"
+                    );
+                }
+            }
+            // Every long-running pod is probed; those behind a Service are
+            // only sent traffic when ready.
+            assert!(
+                container.get("livenessProbe").is_some(),
+                "{what}: {name}: no liveness probe"
+            );
+            if services.contains_key(name) {
+                assert!(
+                    container.get("readinessProbe").is_some(),
+                    "{what}: {name}: no readiness probe"
+                );
+            }
+            for probe in ["livenessProbe", "readinessProbe"] {
+                if let Some(probe) = container.get(probe) {
+                    assert!(
+                        probe["timeoutSeconds"].as_u64().is_some_and(|t| t >= 2),
+                        "{what}: {name}: a probe timeout under 2 s restarts busy pods"
+                    );
+                }
+            }
+            if image.starts_with("dockercoins:") {
+                let args: Vec<&str> = container["args"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                assert_eq!(args, [name.as_str()], "{what}: runs `dockercoins {name}`");
+            }
+        }
+    }
+    // rng and hasher: native gRPC probes on their own health service, and a
+    // liveness that takes a minute of failures to restart (a classroom rng
+    // with ten workers queued must never be killed).
+    for (name, service) in [
+        ("rng", "dockercoins.v1.Rng"),
+        ("hasher", "dockercoins.v1.Hasher"),
+    ] {
+        let container = containers(workloads[name])[0];
+        for probe in ["livenessProbe", "readinessProbe"] {
+            let grpc = &container[probe]["grpc"];
+            assert_eq!(
+                grpc["service"].as_str(),
+                Some(service),
+                "{what}: {name} {probe}"
+            );
+            assert!(service_ports(services[name]).contains(&grpc["port"].as_u64().unwrap()));
+        }
+        let liveness = &container["livenessProbe"];
+        let patience = liveness["periodSeconds"].as_u64().unwrap()
+            * liveness["failureThreshold"].as_u64().unwrap();
+        assert!(
+            patience >= 30,
+            "{what}: {name} restarted after {patience} s of failures"
+        );
+    }
+    let webui = containers(workloads["webui"])[0];
+    assert_eq!(
+        webui["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    // The worker's liveness probes the port it is told to serve it on.
+    let worker = containers(workloads["worker"])[0];
+    let listen = worker["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("WORKER_HEALTH_LISTEN"))
+        .and_then(|e| e["value"].as_str())
+        .expect("worker: WORKER_HEALTH_LISTEN");
+    let port: u64 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    let named = worker["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == worker["livenessProbe"]["httpGet"]["port"])
+        .expect("worker: the liveness port is named");
+    assert_eq!(named["containerPort"].as_u64(), Some(port));
+    // OTLP goes to the collector's Service.
+    for (name, workload) in &workloads {
+        for container in containers(workload) {
+            for env in container["env"].as_sequence().into_iter().flatten() {
+                if env["name"].as_str() == Some("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                    assert_eq!(
+                        env["value"].as_str(),
+                        Some("http://otel-collector:4317"),
+                        "{name}"
+                    );
+                }
+            }
+        }
+    }
+    // The collector mounts the generated ConfigMap, made from the file that
+    // Compose mounts.
+    let config_maps = of_kind(objects, "ConfigMap");
+    let config = &config_maps["otel-collector-config"]["data"]["config.yaml"];
+    assert_eq!(
+        config.as_str(),
+        Some(include_str!("../../deploy/otel/collector.yaml"))
+    );
+}
+
+#[test]
+fn the_kustomization_builds_the_compose_mesh() {
+    let objects = build(&root());
+    check_common(&objects, "deploy/k8s");
+    let workloads = workloads(&objects);
+    assert_eq!(str_of(workloads["rng"], "kind"), "Deployment");
+    assert_eq!(
+        of_kind(&objects, "Namespace").keys().collect::<Vec<_>>(),
+        ["dockercoins"]
+    );
+}
+
+#[test]
+fn the_lab_overlay_runs_one_rng_per_node() {
+    let objects = build(&root().join("lab-rng-daemonset"));
+    check_common(&objects, "lab-rng-daemonset");
+    let workloads = workloads(&objects);
+    assert_eq!(str_of(workloads["rng"], "kind"), "DaemonSet");
+    assert!(!of_kind(&objects, "Deployment").contains_key("rng"));
+    // The same pod as the Deployment's, only the kind differs.
+    let base = build(&root());
+    let deployment = of_kind(&base, "Deployment")["rng"];
+    assert_eq!(
+        workloads["rng"]["spec"]["template"],
+        deployment["spec"]["template"]
+    );
+}
+
+#[test]
+fn the_worker_autoscaler_example_targets_the_worker() {
+    let hpa = documents(&root().join("worker-hpa.yaml")).remove(0);
+    assert_eq!(str_of(&hpa, "kind"), "HorizontalPodAutoscaler");
+    assert_eq!(str_of(&hpa["metadata"], "namespace"), "dockercoins");
+    let target = &hpa["spec"]["scaleTargetRef"];
+    assert_eq!(
+        (str_of(target, "kind"), str_of(target, "name")),
+        ("Deployment", "worker")
+    );
+    let (min, max) = (
+        hpa["spec"]["minReplicas"].as_u64(),
+        hpa["spec"]["maxReplicas"].as_u64(),
+    );
+    assert!(min.unwrap() >= 1 && min <= max);
+}
+
+/// Where kubectl is installed, its kustomize builds the same objects as the
+/// emulation above (same kinds and names), so the emulation can be trusted.
+#[test]
+fn kubectl_kustomize_agrees_where_installed() {
+    for dir in [root(), root().join("lab-rng-daemonset")] {
+        let output = match std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&dir)
+            .output()
+        {
+            Ok(output) => output,
+            Err(_) => {
+                eprintln!("kubectl is not installed: skipping");
+                return;
+            }
+        };
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).unwrap();
+        let built: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).unwrap())
+            .collect();
+        let names = |objects: &[Value], hashed: bool| -> BTreeSet<(String, String)> {
+            objects
+                .iter()
+                .map(|o| {
+                    // kubectl names a generated ConfigMap with a hash suffix.
+                    let name = name(o);
+                    let name = match str_of(o, "kind") {
+                        "ConfigMap" if hashed => name.rsplit_once('-').map_or(name, |(n, _)| n),
+                        _ => name,
+                    };
+                    (str_of(o, "kind").to_owned(), name.to_owned())
+                })
+                .collect()
+        };
+        assert_eq!(names(&built, true), names(&build(&dir), false), "{}", dir.display());
+    }
+}
