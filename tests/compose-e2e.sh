@@ -27,9 +27,12 @@
 #      removed here unless the checkout has its own), every service healthy
 #      over grpcs://, 1 worker at about 3.3/s, rng through edge answers only
 #      a client with a certificate;
-#   8. cleans up on exit: containers, networks, the daemon (by pid), its
+#   8. the same file as a Swarm stack on a single-node swarm: stack deploy,
+#      every service healthy, 1 then 10 workers (`docker service scale`),
+#      rng global (docker-compose.rng-global.yaml), stack rm, swarm leave;
+#   9. cleans up on exit: containers, networks, the daemon (by pid), its
 #      directories, and the docker0 bridge if it was not there before.
-# Environment: E2E_COMPOSE (default docker-compose; `docker compose` also works
+# Environment: E2E_COMPOSE (default `docker-compose --compatibility`; `docker compose` also works
 # where the v2 plugin is installed), E2E_CACHE (default /var/cache/dockercoins-e2e,
 # empty = no cache), E2E_KEEP=1 keeps the temporary directory for a post-mortem.
 set -euo pipefail
@@ -61,7 +64,8 @@ fi
 # Debian's client matches Debian's dockerd; another `docker` earlier on PATH may not.
 DOCKER=docker
 [ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker
-read -r -a COMPOSE_CMD <<<"${E2E_COMPOSE:-docker-compose}"
+# v1 applies the `deploy:` memory limits only with --compatibility.
+read -r -a COMPOSE_CMD <<<"${E2E_COMPOSE:-docker-compose --compatibility}"
 log "$("$DOCKER" --version); $("${COMPOSE_CMD[@]}" version --short 2>/dev/null || "${COMPOSE_CMD[@]}" version | head -1)"
 
 # The compose file publishes these on the host: they must be free (say who
@@ -110,12 +114,15 @@ undo_dockerd_network() {
     return 0
 }
 
-dc() { "${COMPOSE_CMD[@]}" -f "$REPO/docker-compose.yaml" "$@"; }
+# v1 --compatibility warns on every call about the deploy keys it ignores
+# (update_config, endpoint_mode): said once below, not on every poll.
+dc() { "${COMPOSE_CMD[@]}" -f "$REPO/docker-compose.yaml" "$@" 2> >(grep -v "not supported and have been ignored" >&2); }
 
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
+    rm -f "$REPO"/.e2e-stack-*.yaml
     # Certificates this script made for the TLS step (never the checkout's own).
     [ -n "${TLS_MADE:-}" ] && rm -f "$REPO"/deploy/tls/*.crt "$REPO"/deploy/tls/*.key "$REPO"/deploy/tls/*.pem
     if [ "$rc" != 0 ] && [ -n "$DOCKERD_PID" ] && [ "$COMPOSE_UP" = 1 ]; then
@@ -127,6 +134,11 @@ cleanup() {
         if [ "$COMPOSE_UP" = 1 ]; then
             log "cleanup: down -v"
             timeout 60 "${COMPOSE_CMD[@]}" -f "$REPO/docker-compose.yaml" down -v --remove-orphans >/dev/null 2>&1
+        fi
+        if [ "${SWARM_UP:-0}" = 1 ]; then
+            log "cleanup: stack rm, swarm leave"
+            timeout 60 "$DOCKER" stack rm dockercoins >/dev/null 2>&1
+            timeout 60 "$DOCKER" swarm leave --force >/dev/null 2>&1
         fi
         # Anything else this private engine still runs (e.g. an interrupted build).
         local ids
@@ -143,6 +155,10 @@ cleanup() {
     fi
     if [ "$HAD_DOCKER0" = 0 ] && ip link show docker0 >/dev/null 2>&1; then
         ip link delete docker0 2>/dev/null
+    fi
+    # Swarm's bridge, left behind like docker0.
+    if [ "${SWARM_UP:-0}" != 0 ] && ip link show docker_gwbridge >/dev/null 2>&1; then
+        ip link delete docker_gwbridge 2>/dev/null
     fi
     undo_dockerd_network
     # Mounts the daemon may have left under its directories (it unmounts on a
@@ -384,7 +400,11 @@ done
 NCONT=$(dc ps -q | wc -l)
 log "down ($NCONT containers)"
 t0=$(date +%s%N)
+# Docker 20.10 now and then refuses to remove the network right after its
+# last container ("has active endpoints"): a second `down` finishes the job.
 timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml down >"$WORK/down.log" 2>&1 ||
+    { grep -q "active endpoints" "$WORK/down.log" && sleep 1 &&
+        timeout 60 "${COMPOSE_CMD[@]}" -f docker-compose.yaml down >>"$WORK/down.log" 2>&1; } ||
     { cat "$WORK/down.log" >&2; fail "down failed"; }
 DOWN_MS=$((($(date +%s%N) - t0) / 1000000))
 COMPOSE_UP=0
@@ -421,10 +441,106 @@ log "https://localhost:8001/8 through edge: with the client certificate $with_ce
 [ "$with_cert" = 200 ] || fail "rng over mutual TLS through edge: HTTP $with_cert"
 [ "$without_cert" != 200 ] || fail "rng answered a client without a certificate"
 timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml -f docker-compose.tls.yaml down >"$WORK/tls-down.log" 2>&1 ||
+    { grep -q "active endpoints" "$WORK/tls-down.log" && sleep 1 &&
+        timeout 60 "${COMPOSE_CMD[@]}" -f docker-compose.yaml -f docker-compose.tls.yaml down >>"$WORK/tls-down.log" 2>&1; } ||
     { cat "$WORK/tls-down.log" >&2; fail "down (TLS) failed"; }
 COMPOSE_UP=0
 if [ -n "$TLS_MADE" ]; then
     rm -f deploy/tls/*.crt deploy/tls/*.key deploy/tls/*.pem
 fi
 
-log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s, 10 workers ${RATE10}/s, rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers), TLS 1 worker ${RATE_TLS}/s"
+# ----------------------------------------------------------------- Swarm --
+# The same file as a Swarm stack, on a single-node swarm of this engine.
+log "swarm: init on loopback, stack deploy -c docker-compose.yaml"
+"$DOCKER" swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 >"$WORK/swarm.log" 2>&1 ||
+    { cat "$WORK/swarm.log" >&2; fail "swarm init failed"; }
+SWARM_UP=1
+# `docker stack deploy` takes a file without `version:` from Docker 23 on
+# (Debian bookworm's client is 20.10): use a newer client when there is one,
+# else copies of the files with `version: "3.9"` added (in the repository, so
+# relative paths keep their meaning; removed on exit).
+STACK_DOCKER=$DOCKER
+for candidate in $(command -v -a docker 2>/dev/null || which -a docker); do
+    major=$("$candidate" --version 2>/dev/null | grep -Eo '[0-9]+' | head -1)
+    if [ "${major:-0}" -ge 23 ]; then STACK_DOCKER=$candidate; break; fi
+done
+stack_file() {
+    if [ "$STACK_DOCKER" != "$DOCKER" ]; then echo "$1"; return; fi
+    local copy="$REPO/.e2e-stack-$(basename "$1")"
+    { echo 'version: "3.9"'; cat "$1"; } >"$copy"
+    echo "$copy"
+}
+log "swarm: stack deploy with $("$STACK_DOCKER" --version)"
+STACK_FILES=(-c "$(stack_file docker-compose.yaml)")
+if [ ! -e /proc/net/ip_vs ] && ! modprobe -q ip_vs 2>/dev/null; then
+    # Swarm's virtual IPs and routing mesh are IPVS (see the file).
+    log "swarm: this kernel has no IPVS: every service in DNS round-robin mode, ports on the node (tests/swarm-no-ipvs.yaml)"
+    STACK_FILES+=(-c "$(stack_file tests/swarm-no-ipvs.yaml)")
+fi
+stack_deploy() {
+    timeout 120 "$STACK_DOCKER" stack deploy "${STACK_FILES[@]}" dockercoins >>"$WORK/stack.log" 2>&1 ||
+        { cat "$WORK/stack.log" >&2; fail "stack deploy failed"; }
+}
+stack_deploy
+# Every service of the mesh with its replicas running, and healthy where it
+# has a healthcheck (the collector and Jaeger images cannot exist here).
+wait_stack() {
+    local deadline=$((SECONDS + $1)) last="" state svc line ok
+    while :; do
+        ok=1
+        state=""
+        for svc in redis rng hasher worker webui edge; do
+            line=$("$DOCKER" service ls --filter "name=dockercoins_$svc" --format '{{.Name}} {{.Replicas}}' | grep "^dockercoins_$svc " || true)
+            state+="${line#dockercoins_} "
+            read -r _ replicas <<<"$line"
+            [ -n "${replicas:-}" ] && [ "${replicas%%/*}" = "${replicas##*/}" ] && [ "${replicas%%/*}" != 0 ] || ok=0
+        done
+        # No task's container still starting or unhealthy.
+        if "$DOCKER" ps --filter name=dockercoins_ --format '{{.Status}}' | grep -q "starting\|unhealthy"; then ok=0; fi
+        [ "$state" != "$last" ] && log "  $state" && last=$state
+        [ "$ok" = 1 ] && return 0
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 1
+    done
+}
+t0=$SECONDS
+wait_stack 120 || { "$DOCKER" service ps --no-trunc dockercoins_rng dockercoins_worker >&2; fail "the stack did not converge within 120 s"; }
+log "swarm: every service running and healthy $((SECONDS - t0)) s after deploy"
+sleep 3
+RATE_SWARM1=$(rate 10)
+log "swarm, 1 worker: $RATE_SWARM1 hashes/s"
+in_range "$RATE_SWARM1" 2.5 4.0 || fail "1 worker in the stack should do about 3.3 hashes/s, measured $RATE_SWARM1"
+log "swarm: docker service scale dockercoins_worker=10"
+timeout 120 "$DOCKER" service scale --detach dockercoins_worker=10 >/dev/null || fail "service scale failed"
+wait_stack 120 || fail "10 workers did not converge"
+sleep 4
+RATE_SWARM10=$(rate 20)
+log "swarm, 10 workers: $RATE_SWARM10 hashes/s (rng's lane caps it near 10)"
+in_range "$RATE_SWARM10" 7 11 || fail "10 workers in the stack should be capped near 10 hashes/s, measured $RATE_SWARM10"
+# The lab's fix, Swarm style: rng global (one per node; one node here).
+# Swarm cannot change a service's mode in place: rng goes, then comes back
+# global; the redeploy puts the workers back to the file's one replica.
+log "swarm: service rm dockercoins_rng, stack deploy with docker-compose.rng-global.yaml, scale the workers again"
+"$DOCKER" service rm dockercoins_rng >/dev/null || fail "service rm failed"
+STACK_FILES+=(-c "$(stack_file docker-compose.rng-global.yaml)")
+stack_deploy
+timeout 120 "$DOCKER" service scale --detach dockercoins_worker=10 >/dev/null || fail "service scale failed"
+mode=$("$DOCKER" service inspect -f '{{if .Spec.Mode.Global}}global{{else}}replicated{{end}}' dockercoins_rng)
+[ "$mode" = global ] || fail "rng should be a global service, is $mode"
+wait_stack 120 || fail "the stack with a global rng did not converge"
+sleep 4
+RATE_GLOBAL=$(rate 10)
+log "swarm, global rng on 1 node, 10 workers: $RATE_GLOBAL hashes/s (one node: one rng, still capped)"
+in_range "$RATE_GLOBAL" 7 11 || fail "one node's global rng should cap 10 workers near 10 hashes/s, measured $RATE_GLOBAL"
+log "swarm: rng is global (one task per node: $("$DOCKER" service ls --filter name=dockercoins_rng --format '{{.Replicas}}'))"
+log "swarm: stack rm, swarm leave"
+t0=$(date +%s%N)
+"$STACK_DOCKER" stack rm dockercoins >/dev/null || fail "stack rm failed"
+for _ in $(seq 1 60); do [ -z "$("$DOCKER" ps -q --filter name=dockercoins_)" ] && break; sleep 0.5; done
+[ -z "$("$DOCKER" ps -q --filter name=dockercoins_)" ] || fail "containers left 30 s after stack rm"
+STACK_RM_S=$(awk -v ms="$((($(date +%s%N) - t0) / 1000000))" 'BEGIN { printf "%.1f", ms / 1000 }')
+"$DOCKER" swarm leave --force >/dev/null || fail "swarm leave failed"
+SWARM_UP=0
+log "swarm: every container gone $STACK_RM_S s after stack rm"
+
+log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s, 10 workers ${RATE10}/s, rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers), TLS 1 worker ${RATE_TLS}/s, swarm 1 worker ${RATE_SWARM1}/s, 10 workers ${RATE_SWARM10}/s, global rng ${RATE_GLOBAL}/s"

@@ -409,53 +409,85 @@ fn no_ip_address_only_service_names() {
     }
 }
 
+/// `depends_on` in the list form, the only one `docker stack deploy` takes
+/// (Compose then starts the dependencies first, without waiting for their
+/// health: the worker and webui wait for their backends themselves).
 #[test]
-fn dependencies_wait_for_health_and_never_for_tracing() {
+fn dependencies_start_first_and_never_include_tracing() {
     let file = compose();
     let names = service_names(&file);
-    for (name, svc) in services(&file) {
-        let name = name.as_str().unwrap();
-        let Some(deps) = svc.get("depends_on") else {
-            continue;
-        };
-        let deps = deps
-            .as_mapping()
-            .unwrap_or_else(|| panic!("{name}: depends_on in the long form, with conditions"));
-        for (dep, cond) in deps {
-            let dep = dep.as_str().unwrap();
-            assert!(names.contains(dep), "{name} depends on unknown {dep}");
-            let condition = cond["condition"].as_str().unwrap();
-            assert!(
-                ["service_healthy", "service_started"].contains(&condition),
-                "{name} -> {dep}: {condition}"
-            );
-            if condition == "service_healthy" {
-                let check = &service(&file, dep)["healthcheck"];
+    let deps_of = |name: &str| -> Vec<String> {
+        match service(&file, name).get("depends_on") {
+            None => Vec::new(),
+            Some(deps) => deps
+                .as_sequence()
+                .unwrap_or_else(|| panic!("{name}: depends_on as a list (docker stack deploy)"))
+                .iter()
+                .map(|d| d.as_str().unwrap().to_owned())
+                .collect(),
+        }
+    };
+    for name in &names {
+        for dep in deps_of(name) {
+            assert!(names.contains(&dep), "{name} depends on unknown {dep}");
+            if DOCKERCOINS.contains(&name.as_str()) {
                 assert!(
-                    check.get("test").is_some(),
-                    "{name} waits for {dep} to be healthy, but {dep} has no healthcheck"
-                );
-            }
-            if DOCKERCOINS.contains(&name) {
-                assert!(
-                    !["otel-collector", "jaeger"].contains(&dep),
+                    !["otel-collector", "jaeger"].contains(&dep.as_str()),
                     "{name} depends on {dep}: a tracing backend that is down must never block the mesh"
                 );
             }
         }
     }
-    for (name, deps) in [
-        ("worker", ["rng", "hasher", "redis"]),
-        ("webui", ["rng", "hasher", "redis"]),
-    ] {
-        for dep in deps {
-            assert_eq!(
-                service(&file, name)["depends_on"][dep]["condition"].as_str(),
-                Some("service_healthy"),
-                "{name} -> {dep}"
+    for name in ["worker", "webui"] {
+        assert_eq!(deps_of(name), ["rng", "hasher", "redis"], "{name}");
+    }
+    assert_eq!(deps_of("edge"), ["rng", "hasher"]);
+}
+
+/// The file deploys as a Swarm stack (`docker stack deploy -c
+/// docker-compose.yaml dockercoins`): images named, no option the stack
+/// refuses, `deploy:` keys for memory and updates, and rng and hasher in
+/// DNS round-robin mode so the balanced workers see every task.
+#[test]
+fn the_file_deploys_as_a_swarm_stack() {
+    let file = compose();
+    for (name, svc) in services(&file) {
+        let name = name.as_str().unwrap();
+        assert!(
+            svc.get("image").is_some(),
+            "{name}: a stack needs an image name"
+        );
+        // Refused by `docker stack deploy` ("Compose file contains
+        // unsupported options"), found by running it on Docker 20.10.
+        for refused in ["mem_limit", "memswap_limit", "cpus", "mem_reservation"] {
+            assert!(
+                svc.get(refused).is_none(),
+                "{name}: {refused}: use deploy.resources"
+            );
+        }
+        let deploy = svc
+            .get("deploy")
+            .unwrap_or_else(|| panic!("{name}: no deploy"));
+        assert!(
+            deploy["resources"]["limits"]["memory"].as_str().is_some(),
+            "{name}: deploy.resources.limits.memory"
+        );
+        let dnsrr = deploy.get("endpoint_mode").and_then(Value::as_str) == Some("dnsrr");
+        assert_eq!(
+            dnsrr,
+            ["rng", "hasher"].contains(&name),
+            "{name}: endpoint_mode"
+        );
+        // dnsrr services cannot publish in Swarm's ingress mode.
+        if dnsrr {
+            assert!(
+                published(svc).is_empty(),
+                "{name}: dnsrr and a published port"
             );
         }
     }
+    let update = &service(&file, "redis")["deploy"]["update_config"]["order"];
+    assert_eq!(update.as_str(), Some("stop-first"), "one Redis at a time");
 }
 
 #[test]
@@ -512,11 +544,8 @@ fn every_service_restarts_is_bounded_and_stops_quickly() {
     for (name, svc) in services(&file) {
         assert_eq!(svc["restart"].as_str(), Some("unless-stopped"), "{name:?}");
         let memory = svc
-            .get("mem_limit")
-            .or_else(|| {
-                svc.get("deploy")
-                    .map(|d| &d["resources"]["limits"]["memory"])
-            })
+            .get("deploy")
+            .map(|d| &d["resources"]["limits"]["memory"])
             .unwrap_or_else(|| panic!("{name:?}: no memory limit"));
         assert!(memory.as_str().is_some_and(|m| !m.is_empty()), "{name:?}");
         assert_eq!(svc["read_only"].as_bool(), Some(true), "{name:?}");
@@ -600,7 +629,7 @@ fn turbo_overrides_only_known_settings_of_existing_services() {
             let key = key.as_str().unwrap();
             // Settings and memory only; Redis also gets a memory cap.
             let allowed =
-                key == "environment" || key == "mem_limit" || (name == "redis" && key == "command");
+                key == "environment" || key == "deploy" || (name == "redis" && key == "command");
             assert!(allowed, "turbo {name}: overrides {key}");
         }
         if let Some(command) = svc.get("command") {
@@ -886,5 +915,51 @@ fn images_run_as_non_root_read_only_and_carry_no_secrets() {
     for (name, svc) in services(&file) {
         assert_eq!(svc["read_only"].as_bool(), Some(true), "{name:?}");
         assert!(svc.get("privileged").is_none(), "{name:?}");
+    }
+}
+
+/// The Swarm lab step: rng global, nothing else; and the e2e's no-IPVS file
+/// changes only endpoint modes and publishing modes of existing services.
+#[test]
+fn the_swarm_overrides_change_only_what_they_say() {
+    let base = compose();
+    let global = parse(include_str!("../../docker-compose.rng-global.yaml"));
+    assert_eq!(services(&global).len(), 1);
+    assert_eq!(
+        service(&global, "rng")["deploy"]["mode"].as_str(),
+        Some("global")
+    );
+    assert!(
+        service(&base, "rng")["deploy"].get("replicas").is_none(),
+        "replicas cannot go with mode: global"
+    );
+    let no_ipvs = parse(include_str!("../swarm-no-ipvs.yaml"));
+    for (name, svc) in services(&no_ipvs) {
+        let name = name.as_str().unwrap();
+        assert!(service_names(&base).contains(name), "{name}");
+        for key in svc.as_mapping().unwrap().keys() {
+            assert!(
+                ["deploy", "ports"].contains(&key.as_str().unwrap()),
+                "{name}: {key:?}"
+            );
+        }
+        assert_eq!(
+            svc["deploy"]["endpoint_mode"].as_str(),
+            Some("dnsrr"),
+            "{name}"
+        );
+        for port in svc
+            .get("ports")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(port["mode"].as_str(), Some("host"), "{name}");
+            let target = port["target"].as_u64().unwrap() as u16;
+            assert!(
+                published(service(&base, name)).contains(&(target, target)),
+                "{name}: {target}"
+            );
+        }
     }
 }

@@ -464,6 +464,11 @@ fn kubectl_kustomize_agrees_where_installed() {
                 })
                 .collect()
         };
-        assert_eq!(names(&built, true), names(&build(&dir), false), "{}", dir.display());
+        assert_eq!(
+            names(&built, true),
+            names(&build(&dir), false),
+            "{}",
+            dir.display()
+        );
     }
 }
