@@ -66,7 +66,7 @@ DOCKER=docker
 [ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker
 # v1 applies the `deploy:` memory limits only with --compatibility.
 read -r -a COMPOSE_CMD <<<"${E2E_COMPOSE:-docker-compose --compatibility}"
-log "$("$DOCKER" --version); $("${COMPOSE_CMD[@]}" version --short 2>/dev/null || "${COMPOSE_CMD[@]}" version | head -1)"
+log "$("$DOCKER" --version); $("${COMPOSE_CMD[@]}" version --short 2>/dev/null || "${COMPOSE_CMD[@]}" version | sed -n 1p)"
 
 # The compose file publishes these on the host: they must be free (say who
 # holds one; wait a minute in case it is on its way out).
@@ -199,8 +199,8 @@ fi
 log "dockerd up: server $("$DOCKER" version --format '{{.Server.Version}}'), storage $("$DOCKER" info --format '{{.Driver}}')"
 
 # Names the compose file and the Dockerfile use (read from them, so this stays true).
-REDIS_IMAGE=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' docker-compose.yaml | head -1)
-TAG=$(sed -n 's/^DOCKERCOINS_TAG=//p' .env 2>/dev/null | head -1)
+REDIS_IMAGE=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' docker-compose.yaml | sed -n 1p)
+TAG=$(sed -n 's/^DOCKERCOINS_TAG=//p' .env 2>/dev/null | sed -n 1p)
 DOCKERCOINS_IMAGE="dockercoins:${DOCKERCOINS_TAG:-${TAG:-dev}}"
 STANDIN=dockercoins-e2e/bookworm-minbase:local
 [ -n "$REDIS_IMAGE" ] || fail "no redis image in docker-compose.yaml"
@@ -210,7 +210,7 @@ MIRROR=$(
     {
         sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n'
         sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) bookworm .*/\2/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
-    } | grep -E '^https?://' | grep -v -- '-security' | grep -i debian | head -1 || true
+    } | grep -E '^https?://' | grep -v -- '-security' | grep -i debian | sed -n 1p || true
 )
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 CACHE=${E2E_CACHE-/var/cache/dockercoins-e2e}
@@ -391,7 +391,7 @@ log "6 connections to 127.0.0.1:8001 served by: $SERVED"
 # What the services say with the collector absent (export errors should be
 # rare and short, never a flood).
 for svc in rng worker; do
-    id=$(dc ps -q "$svc" | head -1)
+    id=$(dc ps -q "$svc" | sed -n 1p)
     log "$svc: $("$DOCKER" logs "$id" 2>&1 | wc -l) log lines so far; the last 3:"
     "$DOCKER" logs --tail 3 "$id" 2>&1 | cut -c1-300 | sed 's/^/    /'
 done
@@ -461,7 +461,7 @@ SWARM_UP=1
 # relative paths keep their meaning; removed on exit).
 STACK_DOCKER=$DOCKER
 for candidate in $(command -v -a docker 2>/dev/null || which -a docker); do
-    major=$("$candidate" --version 2>/dev/null | grep -Eo '[0-9]+' | head -1)
+    major=$("$candidate" --version 2>/dev/null | grep -Eo '[0-9]+' | sed -n 1p)
     if [ "${major:-0}" -ge 23 ]; then STACK_DOCKER=$candidate; break; fi
 done
 stack_file() {
