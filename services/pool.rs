@@ -496,17 +496,10 @@ async fn resolve_once(shared: &Shared) {
 /// that failed says only "transport error" at the top, and why (a refused
 /// certificate, a TLS alert from the server) underneath.
 pub fn status_reason(status: &tonic::Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        let next = error.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = error.source();
-    }
-    text
+    crate::tls::with_sources(
+        status.message().to_owned(),
+        std::error::Error::source(status),
+    )
 }
 
 /// The response header in which rng and hasher say which replica served a call.

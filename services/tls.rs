@@ -166,8 +166,14 @@ fn pair<'a>(
 /// The whole chain of an error, on one line (tonic's errors say little at
 /// the top).
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
+    with_sources(error.to_string(), error.source())
+}
+
+/// `text`, then each error of the chain from `source` down, on one line.
+pub(crate) fn with_sources(
+    mut text: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
     while let Some(error) = source {
         let next = error.to_string();
         // Some errors repeat their source's text in their own.
