@@ -2,11 +2,12 @@
 //! resolver answers what the test says, while a worker mines against three
 //! rng servers. And the system resolver, on a name that resolves to loopback.
 
-use crate::helpers::{RedisServer, RunningWorker, Spawned, spawn_hasher, spawn_rng};
+use crate::helpers::{
+    RedisServer, RunningWorker, Spawned, generate_through, spawn_hasher, spawn_rng,
+};
 use dockercoins::{
     config::{HasherConfig, RngConfig},
-    pb::{GenerateRequest, rng_client::RngClient},
-    pool::{Backend, Policy, PoolSettings, Resolver, traced},
+    pool::{Backend, Policy, PoolSettings, Resolver},
     store::Store,
     worker::WorkerConfig,
 };
@@ -41,15 +42,7 @@ async fn three_rng_replicas() -> (Vec<Spawned>, Arc<Mutex<Vec<SocketAddr>>>) {
 /// `calls` Rng/Generate calls through the backend, one after the other.
 async fn generate(rng: &Backend, calls: usize) {
     for _ in 0..calls {
-        traced(
-            rng,
-            "dockercoins.v1.Rng",
-            "Generate",
-            async |channel, request| RngClient::new(channel).generate(request).await,
-            GenerateRequest { size: 32 },
-        )
-        .await
-        .unwrap();
+        generate_through(rng).await.unwrap();
     }
 }
 

