@@ -254,12 +254,7 @@ async fn rng_and_hasher_killed_and_restarted_the_worker_comes_back() {
 
 /// Resident memory of a process, in bytes, from /proc.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    dockercoins::bench::status_kb(pid, "VmRSS:") * 1024
 }
 
 /// SIGTERM, then how long the process took to exit, and its exit code.
@@ -273,6 +268,16 @@ async fn stop_timed(child: &mut Child) -> (Duration, Option<i32>) {
     (start.elapsed(), status.code())
 }
 
+/// Reads a streaming call's replies to the end: `Ok` once the stream ends
+/// well, the status of the call or of the first failed message otherwise.
+async fn read_all<T>(
+    call: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> Result<(), tonic::Status> {
+    let mut stream = call?.into_inner();
+    while stream.message().await?.is_some() {}
+    Ok(())
+}
+
 /// A client that calls rng's stream (or hasher's) in a loop until a call
 /// fails; returns the failing status.
 fn streaming_client(
@@ -280,58 +285,28 @@ fn streaming_client(
     hasher: SocketAddr,
     n: usize,
 ) -> tokio::task::JoinHandle<tonic::Status> {
+    let addr = if n % 2 == 0 { rng } else { hasher };
     tokio::spawn(async move {
         loop {
+            let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return tonic::Status::unavailable("connect");
+            };
             let result = if n % 2 == 0 {
-                let Ok(channel) = Channel::from_shared(format!("http://{rng}"))
-                    .unwrap()
-                    .connect()
-                    .await
-                else {
-                    return tonic::Status::unavailable("connect");
-                };
                 let request = GenerateStreamRequest {
                     size: 32,
                     count: 50_000,
                 };
-                match RngClient::new(channel).generate_stream(request).await {
-                    Ok(stream) => {
-                        let mut stream = stream.into_inner();
-                        loop {
-                            match stream.message().await {
-                                Ok(Some(_)) => continue,
-                                Ok(None) => break Ok(()),
-                                Err(status) => break Err(status),
-                            }
-                        }
-                    }
-                    Err(status) => Err(status),
-                }
+                read_all(RngClient::new(channel).generate_stream(request).await).await
             } else {
-                let Ok(channel) = Channel::from_shared(format!("http://{hasher}"))
-                    .unwrap()
-                    .connect()
-                    .await
-                else {
-                    return tonic::Status::unavailable("connect");
-                };
                 let batches = futures_util::stream::iter((0..200).map(|_| HashBatch {
                     size: 32,
                     blocks: vec![7u8; 32 * 1024].into(),
                 }));
-                match HasherClient::new(channel).hash_stream(batches).await {
-                    Ok(stream) => {
-                        let mut stream = stream.into_inner();
-                        loop {
-                            match stream.message().await {
-                                Ok(Some(_)) => continue,
-                                Ok(None) => break Ok(()),
-                                Err(status) => break Err(status),
-                            }
-                        }
-                    }
-                    Err(status) => Err(status),
-                }
+                read_all(HasherClient::new(channel).hash_stream(batches).await).await
             };
             if let Err(status) = result {
                 return status;
@@ -528,29 +503,20 @@ async fn load_client(n: usize, addr: SocketAddr, tally: Arc<Tally>, stop: Arc<At
                 })
                 .await
                 .map(drop),
-            (1, _) => match rng
-                .generate_stream(GenerateStreamRequest {
-                    size: 32,
-                    count: if over {
-                        limits::MAX_STREAM_BLOCKS as u32 + 1
-                    } else {
-                        4096
-                    },
-                })
+            (1, _) => {
+                read_all(
+                    rng.generate_stream(GenerateStreamRequest {
+                        size: 32,
+                        count: if over {
+                            limits::MAX_STREAM_BLOCKS as u32 + 1
+                        } else {
+                            4096
+                        },
+                    })
+                    .await,
+                )
                 .await
-            {
-                Ok(stream) => {
-                    let mut stream = stream.into_inner();
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(_)) => continue,
-                            Ok(None) => break Ok(()),
-                            Err(status) => break Err(status),
-                        }
-                    }
-                }
-                Err(status) => Err(status),
-            },
+            }
             (2, _) => hasher
                 .hash(HashRequest {
                     data: vec![
@@ -575,22 +541,12 @@ async fn load_client(n: usize, addr: SocketAddr, tally: Arc<Tally>, stop: Arc<At
                     size: 32,
                     blocks: vec![2u8; blocks].into(),
                 };
-                match hasher
-                    .hash_stream(futures_util::stream::iter([batch.clone(), batch]))
-                    .await
-                {
-                    Ok(stream) => {
-                        let mut stream = stream.into_inner();
-                        loop {
-                            match stream.message().await {
-                                Ok(Some(_)) => continue,
-                                Ok(None) => break Ok(()),
-                                Err(status) => break Err(status),
-                            }
-                        }
-                    }
-                    Err(status) => Err(status),
-                }
+                read_all(
+                    hasher
+                        .hash_stream(futures_util::stream::iter([batch.clone(), batch]))
+                        .await,
+                )
+                .await
             }
         };
         match result {
