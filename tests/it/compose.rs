@@ -31,7 +31,7 @@ fn parse(text: &str) -> Value {
     value
 }
 
-fn compose() -> Value {
+pub(crate) fn compose() -> Value {
     parse(COMPOSE)
 }
 
@@ -39,7 +39,7 @@ fn services(file: &Value) -> &Mapping {
     file["services"].as_mapping().expect("a services mapping")
 }
 
-fn service_names(file: &Value) -> BTreeSet<String> {
+pub(crate) fn service_names(file: &Value) -> BTreeSet<String> {
     services(file)
         .keys()
         .map(|k| k.as_str().unwrap().to_owned())

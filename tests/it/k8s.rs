@@ -139,15 +139,9 @@ fn workloads(objects: &[Value]) -> BTreeMap<String, &Value> {
     all
 }
 
+/// The compose file's service names (anchors and merges applied).
 fn compose_services() -> BTreeSet<String> {
-    let compose: Value =
-        serde_yaml_ng::from_str(include_str!("../../docker-compose.yaml")).unwrap();
-    compose["services"]
-        .as_mapping()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str().unwrap().to_owned())
-        .collect()
+    crate::compose::service_names(&crate::compose::compose())
 }
 
 /// The ports a Service offers.
