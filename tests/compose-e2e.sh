@@ -400,12 +400,18 @@ done
 NCONT=$(dc ps -q | wc -l)
 log "down ($NCONT containers)"
 t0=$(date +%s%N)
-# Docker 20.10 now and then refuses to remove the network right after its
-# last container ("has active endpoints"): a second `down` finishes the job.
-timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml down >"$WORK/down.log" 2>&1 ||
-    { grep -q "active endpoints" "$WORK/down.log" && sleep 1 &&
-        timeout 60 "${COMPOSE_CMD[@]}" -f docker-compose.yaml down >>"$WORK/down.log" 2>&1; } ||
-    { cat "$WORK/down.log" >&2; fail "down failed"; }
+# compose_down LOGNAME FILES...: `down` with those -f files. Docker 20.10 now
+# and then refuses to remove the network right after its last container
+# ("has active endpoints"): a second `down` finishes the job.
+compose_down() {
+    local log="$WORK/$1.log"
+    shift
+    timeout 120 "${COMPOSE_CMD[@]}" "$@" down >"$log" 2>&1 ||
+        { grep -q "active endpoints" "$log" && sleep 1 &&
+            timeout 60 "${COMPOSE_CMD[@]}" "$@" down >>"$log" 2>&1; } ||
+        { cat "$log" >&2; fail "down ($*) failed"; }
+}
+compose_down down -f docker-compose.yaml
 DOWN_MS=$((($(date +%s%N) - t0) / 1000000))
 COMPOSE_UP=0
 DOWN_S=$(awk -v ms="$DOWN_MS" 'BEGIN { printf "%.1f", ms / 1000 }')
@@ -440,10 +446,7 @@ without_cert=$(tls_curl || true)
 log "https://localhost:8001/8 through edge: with the client certificate $with_cert, without ${without_cert:-000}"
 [ "$with_cert" = 200 ] || fail "rng over mutual TLS through edge: HTTP $with_cert"
 [ "$without_cert" != 200 ] || fail "rng answered a client without a certificate"
-timeout 120 "${COMPOSE_CMD[@]}" -f docker-compose.yaml -f docker-compose.tls.yaml down >"$WORK/tls-down.log" 2>&1 ||
-    { grep -q "active endpoints" "$WORK/tls-down.log" && sleep 1 &&
-        timeout 60 "${COMPOSE_CMD[@]}" -f docker-compose.yaml -f docker-compose.tls.yaml down >>"$WORK/tls-down.log" 2>&1; } ||
-    { cat "$WORK/tls-down.log" >&2; fail "down (TLS) failed"; }
+compose_down tls-down -f docker-compose.yaml -f docker-compose.tls.yaml
 COMPOSE_UP=0
 if [ -n "$TLS_MADE" ]; then
     rm -f deploy/tls/*.crt deploy/tls/*.key deploy/tls/*.pem
