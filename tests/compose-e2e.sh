@@ -145,13 +145,7 @@ cleanup() {
         ids=$(timeout 20 "$DOCKER" ps -aq 2>/dev/null)
         [ -n "$ids" ] && timeout 60 "$DOCKER" rm -f $ids >/dev/null 2>&1
         log "cleanup: stopping dockerd (pid $DOCKERD_PID)"
-        kill "$DOCKERD_PID" 2>/dev/null
-        for _ in $(seq 1 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done
-        if kill -0 "$DOCKERD_PID" 2>/dev/null; then
-            log "cleanup: dockerd still up after 30 s, SIGKILL"
-            kill -9 "$DOCKERD_PID" 2>/dev/null
-        fi
-        wait "$DOCKERD_PID" 2>/dev/null
+        stop_dockerd
     fi
     if [ "$HAD_DOCKER0" = 0 ] && ip link show docker0 >/dev/null 2>&1; then
         ip link delete docker0 2>/dev/null
@@ -180,22 +174,34 @@ export DOCKER_HOST="unix://$WORK/docker.sock"
 unset DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH
 # Image pulls must not even be tried: fail fast instead of waiting on a network.
 export COMPOSE_INTERACTIVE_NO_CLI=1
-log "starting dockerd in $WORK"
 # --bridge=none: the default docker0 bridge is not needed (compose makes its
 # own network) and another engine on this machine may own it.
-dockerd --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
-    -H "$DOCKER_HOST" --bridge=none >"$WORK/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
-ok=0
-for _ in $(seq 1 120); do
-    if "$DOCKER" version >/dev/null 2>&1; then ok=1; break; fi
-    kill -0 "$DOCKERD_PID" 2>/dev/null || break
-    sleep 0.5
-done
-if [ "$ok" != 1 ]; then
-    tail -20 "$WORK/dockerd.log" >&2
-    fail "dockerd did not answer within 60 s"
-fi
+start_dockerd() {
+    dockerd --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
+        -H "$DOCKER_HOST" --bridge=none >>"$WORK/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    local ok=0
+    for _ in $(seq 1 120); do
+        if "$DOCKER" version >/dev/null 2>&1; then ok=1; break; fi
+        kill -0 "$DOCKERD_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    if [ "$ok" != 1 ]; then
+        tail -20 "$WORK/dockerd.log" >&2
+        fail "dockerd did not answer within 60 s"
+    fi
+}
+stop_dockerd() {
+    kill "$DOCKERD_PID" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        log "dockerd still up 30 s after SIGTERM: SIGKILL"
+        kill -9 "$DOCKERD_PID" 2>/dev/null
+    fi
+    wait "$DOCKERD_PID" 2>/dev/null || true
+}
+log "starting dockerd in $WORK"
+start_dockerd
 log "dockerd up: server $("$DOCKER" version --format '{{.Server.Version}}'), storage $("$DOCKER" info --format '{{.Driver}}')"
 
 # Names the compose file and the Dockerfile use (read from them, so this stays true).
@@ -399,20 +405,47 @@ done
 # ------------------------------------------------------------------ down --
 NCONT=$(dc ps -q | wc -l)
 log "down ($NCONT containers)"
-t0=$(date +%s%N)
-# compose_down LOGNAME FILES...: `down` with those -f files. Docker 20.10 now
-# and then refuses to remove the network right after its last container
-# ("has active endpoints"): a second `down` finishes the job.
+# compose_down LOGNAME FILES...: `down` with those -f files. DOWN_FIRST_MS is
+# how long the first `down` took: it stops and removes every container before
+# it comes to the network.
+# Docker 20.10 now and then keeps the endpoint of a container it has removed,
+# then refuses to remove the network: "has active endpoints" with no container
+# left (moby/moby#43286; twice in about 30 `down`s here). The engine's bug, not the
+# mesh's, so the run goes on: `down` again a second later, then `network
+# disconnect -f` of whatever the network still lists, then a restart of this
+# script's own engine, which forgets the endpoint.
+PROJECT=$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' .env | sed -n 1p)
+PROJECT=${PROJECT:-dockercoins}
 compose_down() {
-    local log="$WORK/$1.log"
+    local log="$WORK/$1.log" t0 net ep left
     shift
-    timeout 120 "${COMPOSE_CMD[@]}" "$@" down >"$log" 2>&1 ||
-        { grep -q "active endpoints" "$log" && sleep 1 &&
-            timeout 60 "${COMPOSE_CMD[@]}" "$@" down >>"$log" 2>&1; } ||
-        { cat "$log" >&2; fail "down ($*) failed"; }
+    t0=$(date +%s%N)
+    if timeout 120 "${COMPOSE_CMD[@]}" "$@" down >"$log" 2>&1; then
+        DOWN_FIRST_MS=$((($(date +%s%N) - t0) / 1000000))
+        return 0
+    fi
+    DOWN_FIRST_MS=$((($(date +%s%N) - t0) / 1000000))
+    grep -q "active endpoints" "$log" || { cat "$log" >&2; fail "down ($*) failed"; }
+    left=$("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -l) || left=unknown
+    [ "$left" = 0 ] || { cat "$log" >&2; fail "down ($*) left $left containers behind"; }
+    log "down: every container is gone but Docker keeps an endpoint in the network (moby/moby#43286): down again"
+    sleep 1
+    timeout 60 "${COMPOSE_CMD[@]}" "$@" down >>"$log" 2>&1 && return 0
+    for net in $("$DOCKER" network ls -q --filter "label=com.docker.compose.project=$PROJECT"); do
+        for ep in $("$DOCKER" network inspect -f '{{range .Containers}}{{.Name}} {{end}}' "$net"); do
+            log "down: docker network disconnect -f $net $ep"
+            "$DOCKER" network disconnect -f "$net" "$ep" >>"$log" 2>&1 || true
+        done
+    done
+    timeout 60 "${COMPOSE_CMD[@]}" "$@" down >>"$log" 2>&1 && return 0
+    log "down: the network still has a stale endpoint: restarting this script's dockerd, which forgets it"
+    stop_dockerd
+    start_dockerd
+    timeout 60 "${COMPOSE_CMD[@]}" "$@" down >>"$log" 2>&1 ||
+        { cat "$log" >&2; fail "down ($*) failed, even after a restart of the engine"; }
 }
 compose_down down -f docker-compose.yaml
-DOWN_MS=$((($(date +%s%N) - t0) / 1000000))
+DOWN_MS=$DOWN_FIRST_MS
 COMPOSE_UP=0
 DOWN_S=$(awk -v ms="$DOWN_MS" 'BEGIN { printf "%.1f", ms / 1000 }')
 log "down took $DOWN_S s for $NCONT containers"
