@@ -35,5 +35,11 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// (rng's `GenerateRequest`, `GenerateStreamRequest`).
 pub const MAX_SMALL_REQUEST_BYTES: usize = 4 * 1024;
 
+/// Time a client has to send a request's headers over HTTP/1.1, on every
+/// server (hyper's default; tonic sets it for rng and hasher, webui sets it
+/// itself). Past it the connection is closed: a client sending half a
+/// request cannot keep it open.
+pub const HTTP1_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Connections `edge` forwards at once; more wait in the listen backlog.
 pub const MAX_EDGE_CONNECTIONS: usize = 1024;

@@ -6,7 +6,7 @@
 //! offline) and served by fixed routes only: no path reaches the filesystem.
 
 use crate::{
-    limits::MAX_BLOCK_BYTES,
+    limits::{HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES},
     pb::{
         GenerateRequest, HashRequest, InfoRequest, hasher_client::HasherClient,
         replica_client::ReplicaClient, rng_client::RngClient,
@@ -24,6 +24,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use serde_json::{Value, json};
 use std::{
     future::Future,
@@ -33,7 +38,7 @@ use std::{
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinSet};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
@@ -125,8 +130,13 @@ pub fn router(webui: Webui) -> Router {
         .with_state(webui)
 }
 
-/// Serves the webui on `listener` until `shutdown` resolves, then lets open
-/// requests finish for at most [`DRAIN_TIMEOUT`].
+/// Serves the webui on `listener` until `shutdown` resolves, then stops
+/// accepting and lets open requests finish for at most [`DRAIN_TIMEOUT`].
+///
+/// Not `axum::serve`: it installs no timer, so hyper's HTTP/1 header read
+/// timeout never fires and a client that sends half a request keeps its
+/// connection forever (tokio-rs/axum#2741). This is axum's accept loop with
+/// [`HTTP1_HEADER_READ_TIMEOUT`] on, as tonic has it for rng and hasher.
 pub async fn serve(
     listener: TcpListener,
     webui: Webui,
@@ -139,20 +149,48 @@ pub async fn serve(
         hasher = %webui.hasher.url(),
         "webui serving HTTP"
     );
-    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
-    let server = axum::serve(listener, router(webui)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = began_tx.send(());
-    });
-    let server = server.into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result,
-        _ = began_rx => {}
+    let app = router(webui);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HTTP1_HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let connection =
+                    graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                connections.spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%peer, %error, "connection closed on an error");
+                    }
+                });
+            }
+            Err(error) => {
+                // Out of file descriptors, most likely: wait, do not spin.
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_err() {
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("requests still open after the drain timeout; closing them");
     }
+    // Dropping the set aborts the connections still open.
+    drop(connections);
     tracing::info!("webui stopped");
     Ok(())
 }

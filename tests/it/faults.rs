@@ -4,8 +4,8 @@
 //! what it started. RELIABILITY.md says what each one shows.
 
 use crate::helpers::{
-    Log, RedisServer, RunningWorker, sha256_hex, spawn_hasher, spawn_rng, start_binary,
-    start_binary_logged,
+    Log, RedisServer, RunningWorker, restartable_port, sha256_hex, spawn_hasher, spawn_rng,
+    start_binary, start_binary_logged,
 };
 use dockercoins::{
     config::{HasherConfig, RngConfig},
@@ -200,8 +200,8 @@ async fn calls_served(addr: SocketAddr) -> Option<u64> {
 #[tokio::test]
 async fn rng_and_hasher_killed_and_restarted_the_worker_comes_back() {
     let redis = RedisServer::start().await;
-    let (rng, rng_addr) = start_service("rng", 0).await;
-    let (hasher, hasher_addr) = start_service("hasher", 0).await;
+    let (rng, rng_addr) = start_service("rng", restartable_port()).await;
+    let (hasher, hasher_addr) = start_service("hasher", restartable_port()).await;
     let worker = RunningWorker::start(
         turbo(4, 0),
         &format!("http://{rng_addr}"),

@@ -142,6 +142,31 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
+/// A free port for a server a test stops and starts again on the same port.
+/// A port from `bind(0)` is in the kernel's ephemeral range, so while the
+/// server is down any other socket of the test run (a listener on port 0, an
+/// outgoing connection) may be given it. Below that range only an explicit
+/// bind takes a port, and each call here picks another one.
+pub fn restartable_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let span = ephemeral_low.saturating_sub(1024).min(12_000);
+    assert!(span >= 100, "no room below the ephemeral port range");
+    // Test processes running at once (nextest) start at different places.
+    let start = std::process::id() as usize * 7919;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (ephemeral_low - span + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
 /// A redis-server of this test's own, on a free port, with an append-only
 /// file in a directory of its own so it can be stopped and started again
 /// with its data. Killed when dropped.
@@ -172,12 +197,7 @@ impl RedisServer {
         let dir =
             std::env::temp_dir().join(format!("dockercoins-test-redis-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = restartable_port();
         let mut server = Self {
             port,
             dir,
@@ -213,9 +233,20 @@ impl RedisServer {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut connection) = self.connection().await {
-                let pong: redis::RedisResult<String> =
-                    redis::cmd("PING").query_async(&mut connection).await;
-                if pong.is_ok() {
+                let dir: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("dir")
+                    .query_async(&mut connection)
+                    .await;
+                if let Ok(dir) = dir {
+                    // This test's server, not another one on the same port.
+                    let ours = std::fs::canonicalize(&self.dir).unwrap();
+                    assert_eq!(
+                        dir.get(1).map(std::path::PathBuf::from),
+                        Some(ours),
+                        "port {} is answered by a Redis that is not this test's",
+                        self.port
+                    );
                     return;
                 }
             }

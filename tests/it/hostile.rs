@@ -22,8 +22,8 @@ use bytes::Bytes;
 use dockercoins::{
     config::{HasherConfig, RngConfig},
     limits::{
-        MAX_BLOCK_BYTES, MAX_CONCURRENT_STREAMS, MAX_GRPC_MESSAGE_BYTES, MAX_HEADER_LIST_BYTES,
-        MAX_SMALL_REQUEST_BYTES,
+        HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES, MAX_CONCURRENT_STREAMS, MAX_GRPC_MESSAGE_BYTES,
+        MAX_HEADER_LIST_BYTES, MAX_SMALL_REQUEST_BYTES,
     },
     pb::{
         DigestBatch, GenerateRequest, GenerateResponse, GenerateStreamRequest,
@@ -1584,6 +1584,43 @@ async fn http1_headers_past_the_buffer_limit_are_refused() {
             let response = parse_response(&answer).unwrap();
             assert_eq!(response.status, 431, "{name}: {:?}", response.head);
         }
+        let response = raw_http(addr, &get_request("GET", "/")).await.unwrap();
+        assert_eq!(response.status, 200, "{name}");
+    }
+    webui.stop().await;
+    rng.stop().await.unwrap();
+    hasher.stop().await.unwrap();
+}
+
+/// HTTP1_HEADER_READ_TIMEOUT: a client that sends half a request and then
+/// nothing is disconnected once the timeout has passed, by every server with
+/// an HTTP/1.1 port, and each serves on. Paused clock: the 30 s pass at once
+/// and the elapsed time is exact (a server without the timeout would keep the
+/// connection past the 2x bound below).
+#[tokio::test(start_paused = true)]
+async fn half_a_request_is_disconnected_after_the_header_read_timeout() {
+    let (rng, hasher, webui) = mesh().await;
+    for (name, addr) in [
+        ("rng", rng.addr),
+        ("hasher", hasher.addr),
+        ("webui", webui.addr),
+    ] {
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nX-Half: ")
+            .await
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let mut answer = Vec::new();
+        let closed =
+            tokio::time::timeout(HTTP1_HEADER_READ_TIMEOUT * 2, slow.read_to_end(&mut answer))
+                .await;
+        let elapsed = start.elapsed();
+        assert!(closed.is_ok(), "{name}: still open after {elapsed:?}");
+        assert!(
+            elapsed >= HTTP1_HEADER_READ_TIMEOUT
+                && elapsed <= HTTP1_HEADER_READ_TIMEOUT + Duration::from_secs(1),
+            "{name}: closed after {elapsed:?}"
+        );
         let response = raw_http(addr, &get_request("GET", "/")).await.unwrap();
         assert_eq!(response.status, 200, "{name}");
     }
