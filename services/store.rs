@@ -1,7 +1,9 @@
 //! Where the score is kept, with the original dockercoins data model so the
 //! original tools can read it: `hashes`, a string counter (`INCRBY`), and
-//! `wallet`, a hash of hex digest -> the 32 random bytes that gave it. No
-//! other keys.
+//! `wallet`, a hash of hex digest -> the 32 random bytes that gave it. One
+//! more key per running worker, `dockercoins:worker:<id>`, makes sending an
+//! update twice harmless (see [`Counter`]); it expires a day after the
+//! worker's last update.
 //!
 //! [`Store::Redis`] is a real Redis through deadpool-redis, with a timeout on
 //! every checkout and every command. [`Store::Memory`] is an in-process store
@@ -28,6 +30,47 @@ fn command_timeout(timeout: Duration) -> Duration {
 pub const HASHES_KEY: &str = "hashes";
 /// The coins found, as in the original.
 pub const WALLET_KEY: &str = "wallet";
+
+/// Prefix of the key holding one worker's running total, as Redis applied it.
+pub const WORKER_KEY_PREFIX: &str = "dockercoins:worker:";
+/// A worker key outlives the worker's last update by this long.
+pub const WORKER_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One worker's count, sent as running totals rather than as an increment,
+/// so that an update sent again (its first reply was lost: Redis died after
+/// applying it) adds nothing twice. Redis keeps the total it applied for each
+/// worker and adds only `total` minus that. When Redis has no such total (it
+/// restarted empty, or the key expired), it adds `total - acknowledged`: what
+/// the worker did since the last update Redis confirmed.
+#[derive(Clone, Copy, Debug)]
+pub struct Counter<'a> {
+    /// Unique per worker process.
+    pub worker: &'a str,
+    /// The total of the last update Redis acknowledged to this worker.
+    pub acknowledged: u64,
+    /// Everything this worker has done; at least `acknowledged`.
+    pub total: u64,
+}
+
+impl Counter<'_> {
+    fn key(&self) -> String {
+        format!("{WORKER_KEY_PREFIX}{}", self.worker)
+    }
+}
+
+/// Adds to `hashes` (KEYS[1]) what this worker's total (ARGV[1]) has over the
+/// total Redis last applied for it (KEYS[2], or ARGV[2] when absent), and
+/// keeps the new total for ARGV[3] seconds. Run inside MULTI with the HSET:
+/// both or neither. Deltas are far below 2^53, exact in Lua's numbers.
+const COUNTER_SCRIPT: &str = r#"
+local last = tonumber(redis.call('GET', KEYS[2]) or ARGV[2])
+local total = tonumber(ARGV[1])
+if total > last then
+  redis.call('INCRBY', KEYS[1], total - last)
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+end
+return 0
+"#;
 
 /// A digest that starts with `0` in hex, and the bytes that hashed to it.
 /// Both inline: a coin waiting for Redis pins no buffer and costs no
@@ -131,13 +174,15 @@ impl Store {
         }
     }
 
-    /// Adds `hashes` to the counter and puts `coins` in the wallet, both or
-    /// neither (one MULTI/EXEC transaction).
-    pub async fn record(&self, hashes: u64, coins: &[Coin]) -> Result<(), StoreError> {
+    /// Brings the counter up to `counter`'s total and puts `coins` in the
+    /// wallet, both or neither (one MULTI/EXEC transaction). Sending the same
+    /// update again changes nothing: the wallet is keyed by digest and the
+    /// counter by running totals.
+    pub async fn record(&self, counter: &Counter<'_>, coins: &[Coin]) -> Result<(), StoreError> {
         match self {
-            Self::Redis(redis) => redis.record(hashes, coins).await,
+            Self::Redis(redis) => redis.record(counter, coins).await,
             Self::Memory(memory) => {
-                memory.record(hashes, coins);
+                memory.record(counter, coins);
                 Ok(())
             }
         }
@@ -200,11 +245,21 @@ impl RedisStore {
         result
     }
 
-    async fn record(&self, hashes: u64, coins: &[Coin]) -> Result<(), StoreError> {
+    async fn record(&self, counter: &Counter<'_>, coins: &[Coin]) -> Result<(), StoreError> {
         let mut pipeline = redis::pipe();
         pipeline.atomic();
-        if hashes > 0 {
-            pipeline.incr(HASHES_KEY, hashes).ignore();
+        let count = counter.total > counter.acknowledged;
+        if count {
+            pipeline
+                .cmd("EVAL")
+                .arg(COUNTER_SCRIPT)
+                .arg(2)
+                .arg(HASHES_KEY)
+                .arg(counter.key())
+                .arg(counter.total)
+                .arg(counter.acknowledged)
+                .arg(WORKER_KEY_TTL.as_secs())
+                .ignore();
         }
         if !coins.is_empty() {
             // HSET wallet hex bytes hex bytes..., the hex made on the stack:
@@ -219,10 +274,10 @@ impl RedisStore {
             }
             pipeline.add_command(hset).ignore();
         }
-        if hashes == 0 && coins.is_empty() {
+        if !count && coins.is_empty() {
             return Ok(());
         }
-        self.run::<()>("MULTI INCRBY HSET EXEC", &pipeline).await
+        self.run::<()>("MULTI EVAL HSET EXEC", &pipeline).await
     }
 
     async fn score(&self) -> Result<Score, StoreError> {
@@ -253,15 +308,26 @@ pub struct MemoryStore {
 struct MemoryData {
     hashes: u64,
     wallet: HashMap<String, Bytes>,
+    /// Each worker's total as applied, as Redis keeps it.
+    workers: HashMap<String, u64>,
 }
 
 impl MemoryStore {
-    fn record(&self, hashes: u64, coins: &[Coin]) {
+    fn record(&self, counter: &Counter<'_>, coins: &[Coin]) {
         let mut data = self
             .inner
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        data.hashes += hashes;
+        let last = data
+            .workers
+            .get(counter.worker)
+            .copied()
+            .unwrap_or(counter.acknowledged);
+        if counter.total > last {
+            data.hashes += counter.total - last;
+            data.workers
+                .insert(counter.worker.to_owned(), counter.total);
+        }
         for coin in coins {
             data.wallet
                 .insert(coin.hex(), Bytes::copy_from_slice(&coin.bytes));
@@ -322,8 +388,21 @@ mod tests {
             digest: [0; 32],
             bytes: [7; 32],
         };
-        store.record(5, std::slice::from_ref(&coin)).await.unwrap();
-        store.record(2, &[coin]).await.unwrap();
+        let counter = |acknowledged, total| Counter {
+            worker: "w1",
+            acknowledged,
+            total,
+        };
+        store
+            .record(&counter(0, 5), std::slice::from_ref(&coin))
+            .await
+            .unwrap();
+        // The same update again (its reply was lost): nothing twice.
+        store
+            .record(&counter(0, 5), std::slice::from_ref(&coin))
+            .await
+            .unwrap();
+        store.record(&counter(0, 7), &[coin]).await.unwrap();
         assert_eq!(
             store.score().await.unwrap(),
             Score {

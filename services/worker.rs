@@ -1,7 +1,8 @@
 //! worker: mines DockerCoins forever. Each unit of work gets random bytes from
 //! rng, has hasher hash them, and keeps a digest starting with `0` (in hex)
 //! as a coin. About once a second it adds the hashes done to Redis
-//! (`INCRBY hashes`) with the coins found (`HSET wallet`), in one transaction.
+//! (`INCRBY hashes`, from running totals so that an update sent again counts
+//! once) with the coins found (`HSET wallet`), in one transaction.
 //!
 //! Two modes: unary (the original, one `Rng/Generate` and one `Hasher/Hash`
 //! per unit, after the loop delay) and batch (`Rng/GenerateStream` piped into
@@ -16,7 +17,7 @@ use crate::{
         hasher_client::HasherClient, rng_client::RngClient,
     },
     pool::{Backend, Backoff, traced, traced_once},
-    store::{Coin, Store, StoreError},
+    store::{Coin, Counter, Store, StoreError},
 };
 use bytes::Bytes;
 use std::{
@@ -266,6 +267,9 @@ impl Tally {
 struct Flusher {
     tally: Arc<Tally>,
     store: Store,
+    /// This worker's name in the store, unique per process: its updates are
+    /// running totals (see [`Counter`]), so one sent again counts once.
+    id: String,
     /// Hashes Redis acknowledged.
     flushed: u64,
     /// Whether the last flush failed: log a streak once...
@@ -285,7 +289,12 @@ impl Flusher {
         if coins.is_empty() {
             return Ok(());
         }
-        let result = self.store.record(0, &coins).await;
+        let counter = Counter {
+            worker: &self.id,
+            acknowledged: self.flushed,
+            total: self.flushed,
+        };
+        let result = self.store.record(&counter, &coins).await;
         match &result {
             Ok(()) => self.tally.acknowledged(coins.len()),
             // Kept for the next update, as every other failure.
@@ -306,7 +315,12 @@ impl Flusher {
         } else {
             tracing::info!("{hashes} units of work done, updating hash counter");
         }
-        match self.store.record(hashes, &coins).await {
+        let counter = Counter {
+            worker: &self.id,
+            acknowledged: self.flushed,
+            total: done,
+        };
+        match self.store.record(&counter, &coins).await {
             Ok(()) => {
                 self.flushed = done;
                 self.tally.acknowledged(coins.len());
@@ -643,6 +657,11 @@ pub async fn run_with_liveness(
     let mut flusher = Flusher {
         tally: tally.clone(),
         store,
+        id: format!(
+            "{}:{:016x}",
+            crate::server::hostname(),
+            rand::random::<u64>()
+        ),
         flushed: 0,
         failing: false,
         last_warning: None,

@@ -31,7 +31,7 @@ fn store(redis: &RedisServer) -> Store {
 }
 
 /// Every hash the worker did is in `hashes`, every coin in `wallet` is real,
-/// and there are no other keys.
+/// and the only other key is the worker's running total.
 async fn check_books(redis: &RedisServer, report: Report) {
     assert_eq!(report.hashes_done, report.hashes_flushed, "{report:?}");
     assert_eq!(report.coins_unflushed, 0, "{report:?}");
@@ -52,7 +52,20 @@ async fn check_books(redis: &RedisServer, report: Report) {
             "wallet entry is not the hash of its bytes"
         );
     }
-    assert_eq!(redis.keys().await, ["hashes", "wallet"]);
+    // The original keys, and this worker's running total, equal to them.
+    let keys = redis.keys().await;
+    let (workers, original): (Vec<_>, Vec<_>) = keys
+        .iter()
+        .partition(|key| key.starts_with(dockercoins::store::WORKER_KEY_PREFIX));
+    assert_eq!(original, ["hashes", "wallet"]);
+    assert_eq!(workers.len(), 1, "{keys:?}");
+    let mut connection = redis.connection().await.unwrap();
+    let total: u64 = redis::cmd("GET")
+        .arg(workers[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(total, report.hashes_done);
 }
 
 #[tokio::test]
@@ -186,10 +199,15 @@ async fn ten_workers_are_capped_by_rngs_lane() {
 /// through, the update waits.
 #[tokio::test]
 async fn a_slow_redis_answer_is_not_a_failure_and_counts_once() {
-    use dockercoins::store::Coin;
+    use dockercoins::store::{Coin, Counter};
     let redis = RedisServer::start().await;
     let store = store(&redis);
-    store.record(1, &[]).await.unwrap();
+    let counter = |acknowledged, total| Counter {
+        worker: "slow",
+        acknowledged,
+        total,
+    };
+    store.record(&counter(0, 1), &[]).await.unwrap();
     let mut admin = redis.connection().await.unwrap();
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -203,13 +221,69 @@ async fn a_slow_redis_answer_is_not_a_failure_and_counts_once() {
         bytes: [1; 32],
     };
     let started = std::time::Instant::now();
-    store.record(41, &[coin]).await.unwrap();
+    store.record(&counter(1, 42), &[coin]).await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(1000),
         "Redis was not slow"
     );
     assert_eq!(redis.hashes().await, 42);
     assert_eq!(redis.wallet().await.len(), 1);
+}
+
+/// The one case a timeout cannot cover: Redis applies an update and dies
+/// before its reply leaves, so the worker sends it again. Updates are running
+/// totals per worker, so the second one adds nothing; when Redis comes back
+/// empty, only what the worker had not seen confirmed is counted.
+#[tokio::test]
+async fn an_update_sent_again_counts_once() {
+    use dockercoins::store::{Coin, Counter, WORKER_KEY_PREFIX};
+    let mut redis = RedisServer::start_ephemeral().await;
+    let store = store(&redis);
+    let counter = |acknowledged, total| Counter {
+        worker: "w-1",
+        acknowledged,
+        total,
+    };
+    let coin = Coin {
+        digest: [0; 32],
+        bytes: [1; 32],
+    };
+    store.record(&counter(0, 10), &[]).await.unwrap();
+    // Applied, but the worker never saw the reply: it sends it again, and
+    // then its next one, both from the last total it saw confirmed (10).
+    store.record(&counter(10, 25), &[coin]).await.unwrap();
+    store.record(&counter(10, 25), &[coin]).await.unwrap();
+    assert_eq!(redis.hashes().await, 25);
+    store.record(&counter(10, 30), &[]).await.unwrap();
+    assert_eq!(redis.hashes().await, 30);
+    assert_eq!(redis.wallet().await.len(), 1);
+    // Another worker's totals are its own.
+    let other = Counter {
+        worker: "w-2",
+        acknowledged: 0,
+        total: 3,
+    };
+    store.record(&other, &[]).await.unwrap();
+    assert_eq!(redis.hashes().await, 33);
+    // The per-worker key expires a day after its last update.
+    let mut admin = redis.connection().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{WORKER_KEY_PREFIX}w-1"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!((86_000..=86_400).contains(&ttl), "TTL {ttl}");
+
+    // Redis restarts empty (no persistence): what it held is gone, and the
+    // worker's next update counts only what came after its last confirmed 30.
+    redis.crash().await;
+    redis.restart().await;
+    let mut tries = 0;
+    while let Err(error) = store.record(&counter(30, 34), &[]).await {
+        tries += 1;
+        assert!(tries < 5, "Redis is back but the store fails: {error}");
+    }
+    assert_eq!(redis.hashes().await, 4);
 }
 
 /// Redis credentials come only from the URL: with the right password the
