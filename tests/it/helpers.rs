@@ -294,13 +294,18 @@ impl RedisServer {
 
     /// `GET hashes` (0 when absent).
     pub async fn hashes(&self) -> u64 {
+        self.number("hashes").await
+    }
+
+    /// `GET key` as a number, 0 when absent.
+    pub async fn number(&self, key: &str) -> u64 {
         let mut connection = self.connection().await.unwrap();
-        let hashes: Option<u64> = redis::cmd("GET")
-            .arg("hashes")
+        let value: Option<u64> = redis::cmd("GET")
+            .arg(key)
             .query_async(&mut connection)
             .await
             .unwrap();
-        hashes.unwrap_or(0)
+        value.unwrap_or(0)
     }
 
     /// `HGETALL wallet`.

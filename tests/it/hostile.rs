@@ -282,6 +282,13 @@ async fn mesh() -> (Spawned, Spawned, WebuiServer) {
     (rng, hasher, webui)
 }
 
+/// Stops what [`mesh`] started, each within its own bound.
+async fn stop_mesh(rng: Spawned, hasher: Spawned, webui: WebuiServer) {
+    webui.stop().await;
+    rng.stop().await.unwrap();
+    hasher.stop().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // (a) The legacy HTTP routes and webui's gateway: arbitrary paths and bodies.
 
@@ -475,9 +482,7 @@ fn any_request_target_gets_a_2xx_or_4xx_from_every_http_server() {
             let response = raw_http(addr, &get_request("GET", "/")).await.unwrap();
             assert_eq!(response.status, 200, "{name}");
         }
-        webui.stop().await;
-        rng.stop().await.unwrap();
-        hasher.stop().await.unwrap();
+        stop_mesh(rng, hasher, webui).await;
     });
 }
 
@@ -526,11 +531,7 @@ fn post_bodies_get_their_sha256_or_413_over_the_limit() {
             Ok(())
         },
     );
-    rt.block_on(async {
-        webui.stop().await;
-        rng.stop().await.unwrap();
-        hasher.stop().await.unwrap();
-    });
+    rt.block_on(stop_mesh(rng, hasher, webui));
 }
 
 // ---------------------------------------------------------------------------
@@ -1546,9 +1547,7 @@ async fn request_bodies_over_1_mib_are_413_with_or_without_a_length() {
             assert_eq!(status, 413, "{path} chunked={chunked}");
         }
     }
-    webui.stop().await;
-    rng.stop().await.unwrap();
-    hasher.stop().await.unwrap();
+    stop_mesh(rng, hasher, webui).await;
 }
 
 /// HTTP/1.1 headers are not buffered without bound either: a 512 KiB header
@@ -1587,9 +1586,7 @@ async fn http1_headers_past_the_buffer_limit_are_refused() {
         let response = raw_http(addr, &get_request("GET", "/")).await.unwrap();
         assert_eq!(response.status, 200, "{name}");
     }
-    webui.stop().await;
-    rng.stop().await.unwrap();
-    hasher.stop().await.unwrap();
+    stop_mesh(rng, hasher, webui).await;
 }
 
 /// HTTP1_HEADER_READ_TIMEOUT: a client that sends half a request and then
@@ -1624,9 +1621,7 @@ async fn half_a_request_is_disconnected_after_the_header_read_timeout() {
         let response = raw_http(addr, &get_request("GET", "/")).await.unwrap();
         assert_eq!(response.status, 200, "{name}");
     }
-    webui.stop().await;
-    rng.stop().await.unwrap();
-    hasher.stop().await.unwrap();
+    stop_mesh(rng, hasher, webui).await;
 }
 
 /// MAX_EDGE_CONNECTIONS: `edge` forwards that many connections at once; the
@@ -1778,9 +1773,7 @@ async fn path_traversal_never_reaches_a_file() {
             }
         }
     }
-    webui.stop().await;
-    rng.stop().await.unwrap();
-    hasher.stop().await.unwrap();
+    stop_mesh(rng, hasher, webui).await;
 }
 
 /// Checks a Content-Security-Policy: `default-src` is `'none'` or `'self'`,
@@ -1913,7 +1906,5 @@ async fn every_webui_answer_carries_the_security_headers() {
             "an inline event handler: {handler}"
         );
     }
-    webui.stop().await;
-    rng.stop().await.unwrap();
-    hasher.stop().await.unwrap();
+    stop_mesh(rng, hasher, webui).await;
 }

@@ -59,13 +59,7 @@ async fn check_books(redis: &RedisServer, report: Report) {
         .partition(|key| key.starts_with(dockercoins::store::WORKER_KEY_PREFIX));
     assert_eq!(original, ["hashes", "wallet"]);
     assert_eq!(workers.len(), 1, "{keys:?}");
-    let mut connection = redis.connection().await.unwrap();
-    let total: u64 = redis::cmd("GET")
-        .arg(workers[0])
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(total, report.hashes_done);
+    assert_eq!(redis.number(workers[0]).await, report.hashes_done);
 }
 
 #[tokio::test]
