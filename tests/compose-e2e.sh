@@ -417,31 +417,30 @@ log "down ($NCONT containers)"
 PROJECT=$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' .env | sed -n 1p)
 PROJECT=${PROJECT:-dockercoins}
 compose_down() {
-    local log="$WORK/$1.log" t0 net ep left
+    local log="$WORK/$1.log" t0 rc=0 net ep left
     shift
+    down_again() { timeout 60 "${COMPOSE_CMD[@]}" "$@" down >>"$log" 2>&1; }
     t0=$(date +%s%N)
-    if timeout 120 "${COMPOSE_CMD[@]}" "$@" down >"$log" 2>&1; then
-        DOWN_FIRST_MS=$((($(date +%s%N) - t0) / 1000000))
-        return 0
-    fi
+    timeout 120 "${COMPOSE_CMD[@]}" "$@" down >"$log" 2>&1 || rc=$?
     DOWN_FIRST_MS=$((($(date +%s%N) - t0) / 1000000))
+    [ "$rc" = 0 ] && return 0
     grep -q "active endpoints" "$log" || { cat "$log" >&2; fail "down ($*) failed"; }
     left=$("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -l) || left=unknown
     [ "$left" = 0 ] || { cat "$log" >&2; fail "down ($*) left $left containers behind"; }
     log "down: every container is gone but Docker keeps an endpoint in the network (moby/moby#43286): down again"
     sleep 1
-    timeout 60 "${COMPOSE_CMD[@]}" "$@" down >>"$log" 2>&1 && return 0
+    down_again "$@" && return 0
     for net in $("$DOCKER" network ls -q --filter "label=com.docker.compose.project=$PROJECT"); do
         for ep in $("$DOCKER" network inspect -f '{{range .Containers}}{{.Name}} {{end}}' "$net"); do
             log "down: docker network disconnect -f $net $ep"
             "$DOCKER" network disconnect -f "$net" "$ep" >>"$log" 2>&1 || true
         done
     done
-    timeout 60 "${COMPOSE_CMD[@]}" "$@" down >>"$log" 2>&1 && return 0
+    down_again "$@" && return 0
     log "down: the network still has a stale endpoint: restarting this script's dockerd, which forgets it"
     stop_dockerd
     start_dockerd
-    timeout 60 "${COMPOSE_CMD[@]}" "$@" down >>"$log" 2>&1 ||
+    down_again "$@" ||
         { cat "$log" >&2; fail "down ($*) failed, even after a restart of the engine"; }
 }
 compose_down down -f docker-compose.yaml
