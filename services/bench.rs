@@ -9,7 +9,9 @@
 
 use crate::{
     pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
-    up::PrivateRedis,
+    private_redis::PrivateRedis,
+    store::Store,
+    telemetry::fields,
 };
 use serde::Serialize;
 use std::{
@@ -48,6 +50,24 @@ pub struct BenchConfig {
     pub warmup: Duration,
     /// Sequential probe calls per hop at light load.
     pub probes: usize,
+}
+
+impl BenchConfig {
+    /// What `bench` runs unless told otherwise: turbo's batches, a window
+    /// long enough to smooth a second's flushes, two seconds to warm up.
+    pub const DEFAULT: Self = Self {
+        mode: Mode::Batch,
+        seconds: 10.0,
+        batch: crate::worker::TURBO_BATCH,
+        concurrency: crate::worker::TURBO_CONCURRENCY,
+        channels: 4,
+        warmup: Duration::from_secs(2),
+        probes: 2000,
+    };
+
+    /// Units in flight in unary mode unless told otherwise: enough calls in
+    /// flight to keep both cores busy despite the round trips.
+    pub const UNARY_CONCURRENCY: usize = 64;
 }
 
 /// Why a bench could not run.
@@ -159,11 +179,11 @@ async fn spawn(args: &[&str]) -> Result<(Service, String), BenchError> {
     let started = tokio::time::timeout(Duration::from_secs(20), async {
         while let Ok(Some(line)) = stderr.next_line().await {
             let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            let fields = &value["fields"];
-            if let Some(listen) = fields["listen"].as_str() {
+            let logged = &value["fields"];
+            if let Some(listen) = logged[fields::LISTEN].as_str() {
                 return Some(listen.to_owned());
             }
-            if fields["message"].as_str() == Some("worker mining") {
+            if logged["message"].as_str() == Some(fields::WORKER_MINING) {
                 return Some(String::new());
             }
         }
@@ -264,126 +284,186 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
-/// Runs the bench and returns its report.
-pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
-    let redis = PrivateRedis::start()
-        .await
-        .map_err(failed)?
-        .ok_or(BenchError::NoRedis)?;
-    let (rng, rng_addr) = spawn(&[
-        "rng",
-        "--listen",
-        "127.0.0.1:0",
-        "--delay-ms",
-        "0",
-        "--lanes",
-        "0",
-    ])
-    .await?;
-    let (hasher, hasher_addr) =
-        spawn(&["hasher", "--listen", "127.0.0.1:0", "--delay-ms", "0"]).await?;
-    let rng_pid = rng.child.id().unwrap_or(0);
-    let hasher_pid = hasher.child.id().unwrap_or(0);
-    let redis_pid = redis.pid().unwrap_or(0);
-    let (rng_channel, hasher_channel) = (channel(&rng_addr).await?, channel(&hasher_addr).await?);
+/// rng and hasher as child processes in turbo, and the private Redis.
+struct Mesh {
+    redis: PrivateRedis,
+    rng: Service,
+    hasher: Service,
+    rng_addr: String,
+    hasher_addr: String,
+}
 
-    // Light load: the probe alone.
-    let (rng_light, hasher_light) = probe(
-        rng_channel.clone(),
-        hasher_channel.clone(),
-        config.probes,
-        None,
-    )
-    .await;
-    let idle = |pid| status_kb(pid, "VmRSS:");
-    // The worker is never idle: it mines from its first breath.
-    let idle_rss = [idle(rng_pid), idle(hasher_pid), 0, idle(redis_pid)];
+impl Mesh {
+    async fn start() -> Result<Self, BenchError> {
+        let redis = PrivateRedis::start()
+            .await
+            .map_err(failed)?
+            .ok_or(BenchError::NoRedis)?;
+        let (rng, rng_addr) = spawn(&[
+            "rng",
+            "--listen",
+            "127.0.0.1:0",
+            "--delay-ms",
+            "0",
+            "--lanes",
+            "0",
+        ])
+        .await?;
+        let (hasher, hasher_addr) =
+            spawn(&["hasher", "--listen", "127.0.0.1:0", "--delay-ms", "0"]).await?;
+        Ok(Self {
+            redis,
+            rng,
+            hasher,
+            rng_addr,
+            hasher_addr,
+        })
+    }
 
-    let (rng_url, hasher_url) = (
-        format!("http://{rng_addr}"),
-        format!("http://{hasher_addr}"),
-    );
-    let (batch, concurrency, channels) = (
-        match config.mode {
+    /// The worker under test, mining flat out.
+    async fn start_worker(&self, config: &BenchConfig) -> Result<Service, BenchError> {
+        let batch = match config.mode {
             Mode::Unary => "0".to_owned(),
             Mode::Batch => config.batch.to_string(),
-        },
-        config.concurrency.to_string(),
-        config.channels.to_string(),
-    );
-    let (mut worker, _) = spawn(&[
-        "worker",
-        "--rng",
-        &rng_url,
-        "--hasher",
-        &hasher_url,
-        "--redis",
-        &redis.url,
-        "--delay-ms",
-        "0",
-        "--concurrency",
-        &concurrency,
-        "--batch",
-        &batch,
-        "--grpc-channels",
-        &channels,
-    ])
-    .await?;
-    let worker_pid = worker.child.id().unwrap_or(0);
-    let store = crate::store::Store::redis(&redis.url, Duration::from_secs(2)).map_err(failed)?;
-    tokio::time::sleep(config.warmup).await;
+        };
+        let (rng_url, hasher_url) = (
+            format!("http://{}", self.rng_addr),
+            format!("http://{}", self.hasher_addr),
+        );
+        let (worker, _) = spawn(&[
+            "worker",
+            "--rng",
+            &rng_url,
+            "--hasher",
+            &hasher_url,
+            "--redis",
+            &self.redis.url,
+            "--delay-ms",
+            "0",
+            "--concurrency",
+            &config.concurrency.to_string(),
+            "--batch",
+            &batch,
+            "--grpc-channels",
+            &config.channels.to_string(),
+        ])
+        .await?;
+        Ok(worker)
+    }
+}
 
-    // The window: Redis counter and CPU at both ends, the probe meanwhile.
-    let pids = [rng_pid, hasher_pid, worker_pid, redis_pid];
+/// What the measured window saw.
+struct Window {
+    hashes: u64,
+    seconds: f64,
+    /// CPU seconds of rng, hasher, worker and Redis over the window.
+    cpu: Vec<f64>,
+    rng_saturated: Vec<Duration>,
+    hasher_saturated: Vec<Duration>,
+}
+
+/// The window: Redis counter and CPU at both ends, the probe meanwhile.
+async fn measure(
+    config: &BenchConfig,
+    store: &Store,
+    (rng, hasher): (Channel, Channel),
+    pids: [u32; 4],
+) -> Result<Window, BenchError> {
     let cpu_before: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
     let start_score = store.score().await.map_err(failed)?;
     let start = Instant::now();
     let (stop_probe, probe_stopped) = oneshot::channel();
-    let saturated = tokio::spawn(probe(
-        rng_channel,
-        hasher_channel,
-        usize::MAX,
-        Some(probe_stopped),
-    ));
+    let saturated = tokio::spawn(probe(rng, hasher, usize::MAX, Some(probe_stopped)));
     tokio::time::sleep(Duration::from_secs_f64(config.seconds)).await;
     let end_score = store.score().await.map_err(failed)?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu_after: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = pids
+        .iter()
+        .zip(cpu_before)
+        .map(|(&pid, before)| cpu_seconds(pid) - before)
+        .collect();
     let _ = stop_probe.send(());
     let (rng_saturated, hasher_saturated) = saturated.await.map_err(failed)?;
-    let peak = |pid| status_kb(pid, "VmHWM:");
-    let peak_rss = [
-        peak(rng_pid),
-        peak(hasher_pid),
-        peak(worker_pid),
-        peak(redis_pid),
-    ];
+    Ok(Window {
+        hashes: end_score.hashes.saturating_sub(start_score.hashes),
+        seconds,
+        cpu,
+        rng_saturated,
+        hasher_saturated,
+    })
+}
 
-    // Stop the worker as docker would, and read its last words.
+/// Stops the worker as docker would, and reads its last words: the hashes
+/// it did and those Redis acknowledged.
+async fn stop_worker(mut worker: Service, pid: u32) -> Result<(u64, u64), BenchError> {
     let _ = Command::new("kill")
-        .args(["-TERM", &worker_pid.to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status()
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await;
     let mut counted = None;
     while let Ok(line) = worker.lines.try_recv() {
         let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        let fields = &value["fields"];
+        let logged = &value["fields"];
         if let (Some(done), Some(flushed)) = (
-            fields["hashes_done"].as_u64(),
-            fields["hashes_flushed"].as_u64(),
+            logged[fields::HASHES_DONE].as_u64(),
+            logged[fields::HASHES_FLUSHED].as_u64(),
         ) {
             counted = Some((done, flushed));
         }
     }
-    let (counted_hashes, flushed_hashes) =
-        counted.ok_or_else(|| failed("the worker's last log line has no hashes_done"))?;
+    counted.ok_or_else(|| {
+        failed(format!(
+            "the worker's last log line has no {}",
+            fields::HASHES_DONE
+        ))
+    })
+}
+
+fn hop(light: Vec<Duration>, saturated: Vec<Duration>) -> Hop {
+    let light = Latency::of(light);
+    Hop {
+        p50_us: light.p50_us,
+        p99_us: light.p99_us,
+        light,
+        saturated: Latency::of(saturated),
+    }
+}
+
+/// Runs the bench and returns its report.
+pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
+    let mesh = Mesh::start().await?;
+    let rng_pid = mesh.rng.child.id().unwrap_or(0);
+    let hasher_pid = mesh.hasher.child.id().unwrap_or(0);
+    let redis_pid = mesh.redis.pid().unwrap_or(0);
+    let channels = (
+        channel(&mesh.rng_addr).await?,
+        channel(&mesh.hasher_addr).await?,
+    );
+
+    // Light load: the probe alone.
+    let (rng_light, hasher_light) =
+        probe(channels.0.clone(), channels.1.clone(), config.probes, None).await;
+    let idle = |pid| status_kb(pid, "VmRSS:");
+    // The worker is never idle: it mines from its first breath.
+    let idle_rss = [idle(rng_pid), idle(hasher_pid), 0, idle(redis_pid)];
+
+    let worker = mesh.start_worker(config).await?;
+    let worker_pid = worker.child.id().unwrap_or(0);
+    let store = Store::redis(&mesh.redis.url, Duration::from_secs(2)).map_err(failed)?;
+    tokio::time::sleep(config.warmup).await;
+    let pids = [rng_pid, hasher_pid, worker_pid, redis_pid];
+    let window = measure(config, &store, channels, pids).await?;
+    let peak_rss = pids.map(|pid| status_kb(pid, "VmHWM:"));
+
+    let (counted_hashes, flushed_hashes) = stop_worker(worker, worker_pid).await?;
     let redis_hashes = store.score().await.map_err(failed)?.hashes;
+    let Mesh {
+        redis, rng, hasher, ..
+    } = mesh;
     drop((rng, hasher));
     redis.stop().await;
 
-    let window_hashes = end_score.hashes.saturating_sub(start_score.hashes);
-    let cpu: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a - b).sum();
     let names = ["rng", "hasher", "worker", "redis"];
     let processes = names
         .iter()
@@ -392,24 +472,12 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
             let usage = Usage {
                 idle_rss_kb: idle_rss[i],
                 peak_rss_kb: peak_rss[i],
-                cpu_seconds: cpu_after[i] - cpu_before[i],
+                cpu_seconds: window.cpu[i],
             };
             (name, usage)
         })
         .collect();
-    let hop = |light: Vec<Duration>, saturated: Vec<Duration>| {
-        let light = Latency::of(light);
-        Hop {
-            p50_us: light.p50_us,
-            p99_us: light.p99_us,
-            light,
-            saturated: Latency::of(saturated),
-        }
-    };
-    let hops = BTreeMap::from([
-        ("rng", hop(rng_light, rng_saturated)),
-        ("hasher", hop(hasher_light, hasher_saturated)),
-    ]);
+    let cpu: f64 = window.cpu.iter().sum();
     Ok(Report {
         mode: config.mode,
         batch: if config.mode == Mode::Batch {
@@ -418,16 +486,19 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
             0
         },
         concurrency: config.concurrency,
-        seconds: elapsed,
-        hashes_per_second: window_hashes as f64 / elapsed,
+        seconds: window.seconds,
+        hashes_per_second: window.hashes as f64 / window.seconds,
         counted_hashes,
         flushed_hashes,
         redis_hashes,
         cross_check: counted_hashes == redis_hashes && counted_hashes == flushed_hashes,
-        hops,
+        hops: BTreeMap::from([
+            ("rng", hop(rng_light, window.rng_saturated)),
+            ("hasher", hop(hasher_light, window.hasher_saturated)),
+        ]),
         processes,
-        cpu_seconds_per_million_hashes: if window_hashes > 0 {
-            cpu / window_hashes as f64 * 1e6
+        cpu_seconds_per_million_hashes: if window.hashes > 0 {
+            cpu / window.hashes as f64 * 1e6
         } else {
             0.0
         },

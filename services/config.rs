@@ -1,13 +1,23 @@
-//! Every setting of every command: its flag, its environment variable and its
-//! default. Parsed once by clap in `main`; library code takes the typed configs
-//! and never reads the environment, so tests build configs directly.
+//! The command line, and nothing else: every setting of every command, its
+//! flag, its environment variable, and the default that the service's own
+//! module defines (`rng::DEFAULT_DELAY_MS`...). Parsed once by clap in
+//! `main` and turned here into the typed configs the services take; library
+//! code never reads the environment, so tests build configs directly.
 //!
 //! The README's settings table is checked against these definitions by a test.
 
 use crate::{
-    pool::PoolSettings,
+    bench::{self, BenchConfig},
+    clients::{HasherClient, RngClient},
+    hasher::{self, HasherConfig},
+    healthcheck::Probe,
+    pool::{self, PoolSettings},
+    rng::{self, RngConfig},
+    store,
     tls::{ClientTls, ServerTls, TlsError},
-    worker::WorkerConfig,
+    up::{self, UpConfig},
+    webui,
+    worker::{self, WorkerConfig},
 };
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -115,15 +125,15 @@ impl ClientTlsArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct RngArgs {
     /// Address to listen on, for gRPC and the legacy HTTP routes alike.
-    #[arg(long, env = env::RNG_LISTEN, default_value = "0.0.0.0:8001")]
+    #[arg(long, env = env::RNG_LISTEN, default_value_t = rng::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Time each request takes once it is its turn, in milliseconds
     /// (classroom: 100; turbo: 0). A streamed batch pays it once per message.
-    #[arg(long, env = env::RNG_DELAY_MS, default_value_t = 100)]
+    #[arg(long, env = env::RNG_DELAY_MS, default_value_t = rng::DEFAULT_DELAY_MS)]
     pub delay_ms: u64,
     /// Requests served at the same time; the others queue in order.
     /// 1 is the classroom bottleneck; 0 means unlimited.
-    #[arg(long, env = env::RNG_LANES, default_value_t = 1)]
+    #[arg(long, env = env::RNG_LANES, default_value_t = rng::DEFAULT_LANES)]
     pub lanes: usize,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
@@ -133,80 +143,34 @@ pub struct RngArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct HasherArgs {
     /// Address to listen on, for gRPC and the legacy HTTP routes alike.
-    #[arg(long, env = env::HASHER_LISTEN, default_value = "0.0.0.0:8002")]
+    #[arg(long, env = env::HASHER_LISTEN, default_value_t = hasher::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Time each request (or stream message) takes, in milliseconds
     /// (classroom: 100; turbo: 0). Requests are served concurrently.
-    #[arg(long, env = env::HASHER_DELAY_MS, default_value_t = 100)]
+    #[arg(long, env = env::HASHER_DELAY_MS, default_value_t = hasher::DEFAULT_DELAY_MS)]
     pub delay_ms: u64,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
 }
 
-/// What the rng service needs to run.
-#[derive(Clone, Debug)]
-pub struct RngConfig {
-    /// Cost of one request (or one stream message) once it holds a lane.
-    pub delay: Duration,
-    /// How many requests hold a lane at once; `None` is unlimited.
-    pub lanes: Option<usize>,
-}
-
-impl RngConfig {
-    /// The original lab: 100 ms a request, one request at a time.
-    pub fn classroom() -> Self {
-        Self {
-            delay: Duration::from_millis(100),
-            lanes: Some(1),
-        }
-    }
-
-    /// No delay, no queue: how fast the mesh really is.
-    pub fn turbo() -> Self {
-        Self {
-            delay: Duration::ZERO,
-            lanes: None,
-        }
+impl RngArgs {
+    /// rng's config, its TLS files read and checked.
+    pub fn config(&self) -> Result<RngConfig, TlsError> {
+        Ok(RngConfig {
+            delay: Duration::from_millis(self.delay_ms),
+            lanes: (self.lanes > 0).then_some(self.lanes),
+            tls: self.tls.load()?,
+        })
     }
 }
 
-impl From<&RngArgs> for RngConfig {
-    fn from(args: &RngArgs) -> Self {
-        Self {
-            delay: Duration::from_millis(args.delay_ms),
-            lanes: (args.lanes > 0).then_some(args.lanes),
-        }
-    }
-}
-
-/// What the hasher service needs to run.
-#[derive(Clone, Debug)]
-pub struct HasherConfig {
-    /// Cost of one request (or one stream message); requests overlap.
-    pub delay: Duration,
-}
-
-impl HasherConfig {
-    /// The original lab: 100 ms a request.
-    pub fn classroom() -> Self {
-        Self {
-            delay: Duration::from_millis(100),
-        }
-    }
-
-    /// No delay.
-    pub fn turbo() -> Self {
-        Self {
-            delay: Duration::ZERO,
-        }
-    }
-}
-
-impl From<&HasherArgs> for HasherConfig {
-    fn from(args: &HasherArgs) -> Self {
-        Self {
-            delay: Duration::from_millis(args.delay_ms),
-        }
+impl HasherArgs {
+    /// hasher's config, its TLS files read and checked.
+    pub fn config(&self) -> Result<HasherConfig, TlsError> {
+        Ok(HasherConfig {
+            delay: Duration::from_millis(self.delay_ms),
+            tls: self.tls.load()?,
+        })
     }
 }
 
@@ -260,24 +224,24 @@ pub enum Command {
 pub struct BenchArgs {
     /// `unary` (two RPCs per hash) or `batch` (streams).
     #[arg(long, env = env::BENCH_MODE, value_enum, default_value = "batch")]
-    pub mode: crate::bench::Mode,
+    pub mode: bench::Mode,
     /// Length of the measured window.
-    #[arg(long, env = env::BENCH_SECONDS, default_value_t = 10.0)]
+    #[arg(long, env = env::BENCH_SECONDS, default_value_t = BenchConfig::DEFAULT.seconds)]
     pub seconds: f64,
     /// Blocks per batch in batch mode.
-    #[arg(long, env = env::BENCH_BATCH, default_value_t = 8192)]
+    #[arg(long, env = env::BENCH_BATCH, default_value_t = BenchConfig::DEFAULT.batch)]
     pub batch: usize,
     /// Units of work in flight in the worker [default: 64 unary, 4 batch].
     #[arg(long, env = env::BENCH_CONCURRENCY)]
     pub concurrency: Option<usize>,
     /// gRPC connections per backend in the worker.
-    #[arg(long, env = env::BENCH_CHANNELS, default_value_t = 4)]
+    #[arg(long, env = env::BENCH_CHANNELS, default_value_t = BenchConfig::DEFAULT.channels)]
     pub channels: usize,
     /// Time the worker runs before the window opens, in milliseconds.
-    #[arg(long, env = env::BENCH_WARMUP_MS, default_value_t = 2000)]
+    #[arg(long, env = env::BENCH_WARMUP_MS, default_value_t = BenchConfig::DEFAULT.warmup.as_millis() as u64)]
     pub warmup_ms: u64,
     /// Sequential probe calls per hop for the light-load latency.
-    #[arg(long, env = env::BENCH_PROBES, default_value_t = 2000)]
+    #[arg(long, env = env::BENCH_PROBES, default_value_t = BenchConfig::DEFAULT.probes)]
     pub probes: usize,
     /// Print the report as JSON instead of a table.
     #[arg(long, env = env::BENCH_JSON)]
@@ -285,13 +249,16 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    pub fn config(&self) -> crate::bench::BenchConfig {
-        let unary = self.mode == crate::bench::Mode::Unary;
-        crate::bench::BenchConfig {
+    pub fn config(&self) -> BenchConfig {
+        let concurrency = match self.mode {
+            bench::Mode::Unary => BenchConfig::UNARY_CONCURRENCY,
+            bench::Mode::Batch => BenchConfig::DEFAULT.concurrency,
+        };
+        BenchConfig {
             mode: self.mode,
             seconds: self.seconds.max(0.1),
             batch: self.batch.max(1),
-            concurrency: self.concurrency.unwrap_or(if unary { 64 } else { 4 }),
+            concurrency: self.concurrency.unwrap_or(concurrency),
             channels: self.channels.max(1),
             warmup: Duration::from_millis(self.warmup_ms),
             probes: self.probes,
@@ -350,14 +317,36 @@ pub struct HealthcheckArgs {
     pub tls: ClientTlsArgs,
 }
 
+impl HealthcheckArgs {
+    /// The check to make. The TLS files are read only for a `grpcs://`
+    /// target, so a container whose environment names them can still probe
+    /// `http://` (webui) with the same line as before.
+    pub fn probe(&self) -> Result<Probe, TlsError> {
+        let tls = if self.target.starts_with("grpcs://") {
+            self.tls.load()?
+        } else {
+            None
+        };
+        Ok(Probe {
+            tls,
+            domain: self.tls_domain.clone(),
+            ..Probe::new(
+                &self.target,
+                &self.service,
+                Duration::from_millis(self.timeout_ms),
+            )
+        })
+    }
+}
+
 /// How a client reaches rng, hasher and Redis (worker and webui).
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClientArgs {
     /// rng's gRPC address; `https://` for TLS (needs --tls-ca).
-    #[arg(long = "rng", env = env::RNG_URL, default_value = "http://rng:8001")]
+    #[arg(long = "rng", env = env::RNG_URL, default_value_t = RngClient::default_url())]
     pub rng_url: String,
     /// hasher's gRPC address; `https://` for TLS (needs --tls-ca).
-    #[arg(long = "hasher", env = env::HASHER_URL, default_value = "http://hasher:8002")]
+    #[arg(long = "hasher", env = env::HASHER_URL, default_value_t = HasherClient::default_url())]
     pub hasher_url: String,
     #[command(flatten)]
     pub tls: ClientTlsArgs,
@@ -367,48 +356,50 @@ pub struct ClientArgs {
     #[arg(
         long = "redis",
         env = env::REDIS_URL,
-        default_value = "redis://redis:6379",
+        default_value = store::DEFAULT_URL,
         hide_env_values = true
     )]
     pub redis_url: String,
     #[command(flatten)]
-    pub timeouts: TimeoutArgs,
+    pub connections: ConnectionArgs,
 }
 
 /// Connections and timeouts towards the backends.
 #[derive(Clone, Debug, clap::Args)]
-pub struct TimeoutArgs {
+pub struct ConnectionArgs {
     /// Bound on each Redis checkout and command, in milliseconds.
-    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = 500)]
+    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = store::DEFAULT_TIMEOUT_MS)]
     pub redis_timeout_ms: u64,
     /// HTTP/2 connections per gRPC backend.
-    #[arg(long, env = env::GRPC_CHANNELS, default_value_t = 2)]
+    #[arg(long, env = env::GRPC_CHANNELS, default_value_t = pool::DEFAULT_CHANNELS)]
     pub grpc_channels: usize,
     /// Bound on connecting to a gRPC backend, in milliseconds.
-    #[arg(long, env = env::GRPC_CONNECT_TIMEOUT_MS, default_value_t = 1000)]
+    #[arg(long, env = env::GRPC_CONNECT_TIMEOUT_MS, default_value_t = pool::DEFAULT_CONNECT_TIMEOUT_MS)]
     pub connect_timeout_ms: u64,
-    /// Bound on each gRPC call (queueing in rng's lane included), in milliseconds.
-    #[arg(long, env = env::GRPC_TIMEOUT_MS, default_value_t = 5000)]
+    /// Bound on each gRPC call (queueing in rng's lane included), and on
+    /// each message of a streamed reply, in milliseconds.
+    #[arg(long, env = env::GRPC_TIMEOUT_MS, default_value_t = pool::DEFAULT_CALL_TIMEOUT_MS)]
     pub call_timeout_ms: u64,
     /// `balanced`: every replica the name resolves to, re-resolved
     /// periodically. `pinned`: one connection, as a naive gRPC client (it
     /// stays on the replica it first reached: the lab's trap).
     #[arg(long, env = env::GRPC_POLICY, value_enum, default_value_t)]
-    pub grpc_policy: crate::pool::Policy,
+    pub grpc_policy: pool::Policy,
     /// How often a balanced client resolves rng's and hasher's names again,
     /// in milliseconds.
-    #[arg(long, env = env::GRPC_RESOLVE_MS, default_value_t = 5000)]
+    #[arg(long, env = env::GRPC_RESOLVE_MS, default_value_t = pool::DEFAULT_RESOLVE_MS)]
     pub resolve_ms: u64,
 }
 
-impl TimeoutArgs {
+impl ConnectionArgs {
     pub fn pool(&self) -> PoolSettings {
         PoolSettings {
             channels: self.grpc_channels,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             policy: self.grpc_policy,
-            resolve_interval: Duration::from_millis(self.resolve_ms.max(100)),
+            resolve_interval: Duration::from_millis(self.resolve_ms)
+                .max(pool::MIN_RESOLVE_INTERVAL),
             tls: None,
         }
     }
@@ -424,14 +415,14 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// Sleep before each unit of work, in milliseconds (classroom: 100; turbo: 0).
-    #[arg(long, env = env::WORKER_DELAY_MS, default_value_t = 100)]
+    #[arg(long, env = env::WORKER_DELAY_MS, default_value_t = worker::DEFAULT_DELAY_MS)]
     pub delay_ms: u64,
     /// Units of work in flight at once.
-    #[arg(long, env = env::WORKER_CONCURRENCY, default_value_t = 1)]
+    #[arg(long, env = env::WORKER_CONCURRENCY, default_value_t = worker::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
     /// 0: one unary call to rng and hasher per hash (the original). N: stream
     /// batches of N blocks (Rng/GenerateStream piped into Hasher/HashStream).
-    #[arg(long, env = env::WORKER_BATCH, default_value_t = 0)]
+    #[arg(long, env = env::WORKER_BATCH, default_value_t = worker::DEFAULT_BATCH)]
     pub batch: usize,
     /// Serve the worker's liveness (`GET /healthz`: 200 while its mining
     /// loops turn) on this address, for a Kubernetes liveness probe. Unset:
@@ -446,7 +437,6 @@ impl WorkerArgs {
             delay: Duration::from_millis(self.delay_ms),
             concurrency: self.concurrency,
             batch: self.batch,
-            call_timeout: Duration::from_millis(self.client.timeouts.call_timeout_ms),
         }
     }
 }
@@ -455,7 +445,7 @@ impl WorkerArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct WebuiArgs {
     /// Address to serve HTTP on.
-    #[arg(long, env = env::WEBUI_LISTEN, default_value = "0.0.0.0:8000")]
+    #[arg(long, env = env::WEBUI_LISTEN, default_value_t = webui::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -466,14 +456,14 @@ pub struct WebuiArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct UpArgs {
     /// Workers to run.
-    #[arg(long, env = env::UP_WORKERS, default_value_t = 1)]
+    #[arg(long, env = env::UP_WORKERS, default_value_t = up::DEFAULT_WORKERS)]
     pub workers: usize,
     /// rng servers to run, on --rng-listen's port, then +10, +20... The
     /// lab's fix: with `balanced` clients, 3 replicas triple the rate.
-    #[arg(long, env = env::UP_RNG_REPLICAS, default_value_t = 1)]
+    #[arg(long, env = env::UP_RNG_REPLICAS, default_value_t = up::DEFAULT_REPLICAS)]
     pub rng_replicas: usize,
     /// hasher servers to run, on --hasher-listen's port, then +10, +20...
-    #[arg(long, env = env::UP_HASHER_REPLICAS, default_value_t = 1)]
+    #[arg(long, env = env::UP_HASHER_REPLICAS, default_value_t = up::DEFAULT_REPLICAS)]
     pub hasher_replicas: usize,
     /// No delays, no lane, workers in batch mode: how fast the mesh really is.
     #[arg(long, env = env::TURBO)]
@@ -483,13 +473,13 @@ pub struct UpArgs {
     #[arg(long = "redis", env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,
     /// rng's address.
-    #[arg(long, env = env::RNG_LISTEN, default_value = "127.0.0.1:8001")]
+    #[arg(long, env = env::RNG_LISTEN, default_value_t = up::DEFAULT_RNG_LISTEN)]
     pub rng_listen: SocketAddr,
     /// hasher's address.
-    #[arg(long, env = env::HASHER_LISTEN, default_value = "127.0.0.1:8002")]
+    #[arg(long, env = env::HASHER_LISTEN, default_value_t = up::DEFAULT_HASHER_LISTEN)]
     pub hasher_listen: SocketAddr,
     /// webui's address.
-    #[arg(long, env = env::WEBUI_LISTEN, default_value = "127.0.0.1:8000")]
+    #[arg(long, env = env::WEBUI_LISTEN, default_value_t = up::DEFAULT_WEBUI_LISTEN)]
     pub webui_listen: SocketAddr,
     /// rng's delay per request in ms [default: 100, turbo: 0].
     #[arg(long, env = env::RNG_DELAY_MS)]
@@ -510,12 +500,13 @@ pub struct UpArgs {
     #[arg(long, env = env::WORKER_BATCH)]
     pub batch: Option<usize>,
     #[command(flatten)]
-    pub timeouts: TimeoutArgs,
+    pub connections: ConnectionArgs,
 }
 
 impl UpArgs {
-    /// Classroom or turbo presets, overridden by any setting given.
-    pub fn configs(&self) -> (RngConfig, HasherConfig, WorkerConfig) {
+    /// What `up` runs: classroom or turbo presets, overridden by any
+    /// setting given.
+    pub fn config(&self) -> UpConfig {
         let (mut rng, mut hasher, mut worker) = if self.turbo {
             (
                 RngConfig::turbo(),
@@ -547,7 +538,25 @@ impl UpArgs {
         if let Some(batch) = self.batch {
             worker.batch = batch;
         }
-        worker.call_timeout = Duration::from_millis(self.timeouts.call_timeout_ms);
-        (rng, hasher, worker)
+        UpConfig {
+            workers: self.workers,
+            rng,
+            hasher,
+            worker,
+            pool: self.connections.pool(),
+            redis_timeout: self.connections.redis_timeout(),
+            redis_url: self.redis_url.clone(),
+        }
+    }
+}
+
+impl ClientArgs {
+    /// How to reach rng and hasher: connections, timeouts, policy, and the
+    /// TLS files read and checked.
+    pub fn pool(&self) -> Result<PoolSettings, TlsError> {
+        Ok(PoolSettings {
+            tls: self.tls.load()?,
+            ..self.connections.pool()
+        })
     }
 }

@@ -25,13 +25,10 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{limits, pool::Resolver};
+use crate::{limits, pool::Resolver, shutdown::DRAIN_TIMEOUT};
 
 /// How long `edge` tries one replica before it tries the next.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How long open connections get to finish after SIGTERM.
-pub const DRAIN_TIMEOUT: Duration = crate::server::DRAIN_TIMEOUT;
 
 /// One published port: `LISTEN=HOST:PORT`, as in `0.0.0.0:8001=rng:8001`.
 #[derive(Clone, Debug, PartialEq, Eq)]

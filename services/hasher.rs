@@ -5,25 +5,86 @@
 //! are served concurrently: hasher is never the lab's bottleneck.
 
 use crate::{
-    config::HasherConfig,
     limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
     pb::{
         DigestBatch, HashBatch, HashRequest, HashResponse,
         hasher_server::{Hasher as HasherApi, HasherServer},
     },
+    protocol::{DIGEST_BYTES, HASHER_PORT},
     server::{GrpcServer, ServeError},
+    telemetry::hostname,
     tls::ServerTls,
 };
 use axum::{body::Bytes, extract::State, http::header, response::IntoResponse, routing::get};
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
-/// Bytes in a SHA-256 digest.
-pub const DIGEST_BYTES: usize = 32;
+/// Where `dockercoins hasher` listens unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, HASHER_PORT));
+
+/// The classroom's cost of a request: the original's `sleep 0.1`.
+pub const DEFAULT_DELAY_MS: u64 = 100;
+
+/// What the hasher service needs to run.
+#[derive(Clone, Debug)]
+pub struct HasherConfig {
+    /// Cost of one request (or one stream message); requests overlap.
+    pub delay: Duration,
+    /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
+    /// otherwise.
+    pub tls: Option<ServerTls>,
+}
+
+impl HasherConfig {
+    /// The original lab: 100 ms a request.
+    pub fn classroom() -> Self {
+        Self {
+            delay: Duration::from_millis(DEFAULT_DELAY_MS),
+            tls: None,
+        }
+    }
+
+    /// No delay.
+    pub fn turbo() -> Self {
+        Self {
+            delay: Duration::ZERO,
+            tls: None,
+        }
+    }
+}
+
+impl std::fmt::Display for HasherConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ms a request, concurrent", self.delay.as_millis())
+    }
+}
+
+/// Runs hasher on `listener` until `shutdown` resolves, over TLS when the
+/// config says so.
+pub async fn serve(
+    listener: TcpListener,
+    config: HasherConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let service = HasherService::new(&config);
+    GrpcServer::new(
+        "hasher",
+        service.legacy_routes(hostname()),
+        config.tls.clone(),
+    )
+    .add_service(service.into_server())
+    .serve(listener, config.to_string(), shutdown)
+    .await
+}
 
 /// Why a hash batch is refused. Every variant is the caller's mistake.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -190,40 +251,6 @@ async fn legacy_index(State(state): State<LegacyState>) -> String {
 async fn legacy_hash(State(state): State<LegacyState>, body: Bytes) -> impl IntoResponse {
     state.service.pay_delay().await;
     ([(header::CONTENT_TYPE, "text/plain")], hex_digest(&body))
-}
-
-/// Runs hasher on `listener` until `shutdown` resolves, in plaintext.
-pub async fn serve(
-    listener: TcpListener,
-    config: HasherConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    serve_with_tls(listener, config, None, shutdown).await
-}
-
-/// Runs hasher on `listener` until `shutdown` resolves, over TLS when `tls`
-/// is set.
-pub async fn serve_with_tls(
-    listener: TcpListener,
-    config: HasherConfig,
-    tls: Option<ServerTls>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    let service = HasherService::new(&config);
-    if let Some(tls) = &tls {
-        tls.log("hasher");
-    }
-    let server = GrpcServer::new(service.legacy_routes(crate::server::hostname()))
-        .add_service(service.into_server())
-        .with_tls(tls.clone());
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        delay_ms = config.delay.as_millis() as u64,
-        tls = tls.is_some(),
-        "hasher serving {}",
-        if tls.is_some() { "gRPC and HTTP/2 over TLS" } else { "gRPC and HTTP/1.1" }
-    );
-    server.serve(listener, shutdown).await
 }
 
 #[cfg(test)]

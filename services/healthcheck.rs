@@ -4,8 +4,8 @@
 //! mutual TLS), an HTTP GET for webui; exit 0 when healthy.
 
 use crate::{
-    config::HealthcheckArgs,
-    tls::{ClientTls, TlsError, error_chain},
+    error_chain::{describe, status_reason},
+    tls::{ClientTls, TlsError},
 };
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -35,47 +35,49 @@ pub enum Unhealthy {
     Failed { target: String, reason: String },
 }
 
-/// The healthcheck subcommand: the TLS files are read only for a `grpcs://`
-/// target, so a container whose environment names them can still probe
-/// `http://` (webui) with the same line as before.
-pub async fn run(args: &HealthcheckArgs) -> Result<String, Unhealthy> {
-    let tls = if args.target.starts_with("grpcs://") {
-        args.tls.load()?
-    } else {
-        None
-    };
-    let timeout = Duration::from_millis(args.timeout_ms);
-    check_with_tls(
-        &args.target,
-        &args.service,
-        timeout,
-        tls.as_ref(),
-        args.tls_domain.as_deref(),
-    )
-    .await
+/// What to check, and how.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// `grpc://host:port` asks grpc.health.v1 about `service`;
+    /// `grpcs://host:port` does the same over TLS; `http://host:port/path`
+    /// wants a 2xx.
+    pub target: String,
+    /// The gRPC service to ask about; `""` is the whole server.
+    pub service: String,
+    /// Bound on the whole check.
+    pub timeout: Duration,
+    /// For `grpcs://`: the CA to verify the server's certificate with, and
+    /// the client certificate to present (mutual TLS), if any.
+    pub tls: Option<ClientTls>,
+    /// For `grpcs://`: the name the server's certificate must carry
+    /// (default: the target's host).
+    pub domain: Option<String>,
 }
 
-/// Checks `target`: `grpc://host:port` asks grpc.health.v1 about `service`
-/// (`""` is the whole server); `http://host:port/path` wants a 2xx.
-pub async fn check(target: &str, service: &str, timeout: Duration) -> Result<String, Unhealthy> {
-    check_with_tls(target, service, timeout, None, None).await
+impl Probe {
+    /// A plaintext check of `target`.
+    pub fn new(target: &str, service: &str, timeout: Duration) -> Self {
+        Self {
+            target: target.to_owned(),
+            service: service.to_owned(),
+            timeout,
+            tls: None,
+            domain: None,
+        }
+    }
 }
 
-/// [`check`], and `grpcs://host:port`: the same gRPC check over TLS,
-/// verifying the server's certificate with `tls`'s CA against `domain`
-/// (default: the host), and presenting `tls`'s client certificate if any.
-pub async fn check_with_tls(
-    target: &str,
-    service: &str,
-    timeout: Duration,
-    tls: Option<&ClientTls>,
-    domain: Option<&str>,
-) -> Result<String, Unhealthy> {
+/// Checks `probe.target`; what the check saw when healthy.
+pub async fn check(probe: &Probe) -> Result<String, Unhealthy> {
+    let (target, service) = (probe.target.as_str(), probe.service.as_str());
     let work = async {
         if let Some(authority) = target.strip_prefix("grpc://") {
             grpc(target, format!("http://{authority}"), service, None).await
         } else if let Some(authority) = target.strip_prefix("grpcs://") {
-            let tls = tls.ok_or_else(|| Unhealthy::NoCa(target.to_owned()))?;
+            let tls = probe
+                .tls
+                .as_ref()
+                .ok_or_else(|| Unhealthy::NoCa(target.to_owned()))?;
             let url = format!("https://{authority}");
             let host = url
                 .parse::<hyper::Uri>()
@@ -83,7 +85,7 @@ pub async fn check_with_tls(
                 .and_then(|uri| uri.host().map(str::to_owned))
                 .ok_or_else(|| Unhealthy::Target(target.to_owned()))?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            let config = tls.config(domain.unwrap_or(host));
+            let config = tls.config(probe.domain.as_deref().unwrap_or(host));
             grpc(target, url, service, Some(config)).await
         } else if target.starts_with("http://") {
             http(target).await
@@ -91,11 +93,11 @@ pub async fn check_with_tls(
             Err(Unhealthy::Target(target.to_owned()))
         }
     };
-    tokio::time::timeout(timeout, work)
+    tokio::time::timeout(probe.timeout, work)
         .await
         .map_err(|_| Unhealthy::Timeout {
             target: target.to_owned(),
-            timeout,
+            timeout: probe.timeout,
         })?
 }
 
@@ -115,17 +117,14 @@ async fn grpc(
     let mut endpoint =
         Endpoint::from_shared(url).map_err(|_| Unhealthy::Target(target.to_owned()))?;
     if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls).map_err(|error| {
-            failed(
-                target,
-                format!("cannot set up TLS: {}", error_chain(&error)),
-            )
-        })?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|error| failed(target, format!("cannot set up TLS: {}", describe(&error))))?;
     }
     let channel = endpoint
         .connect()
         .await
-        .map_err(|error| failed(target, format!("cannot connect: {}", error_chain(&error))))?;
+        .map_err(|error| failed(target, format!("cannot connect: {}", describe(&error))))?;
     // Over TLS 1.3 a server that refuses the client's certificate says so
     // after the handshake: the reason comes with the call.
     let reply = HealthClient::new(channel)
@@ -133,7 +132,7 @@ async fn grpc(
             service: service.to_owned(),
         })
         .await
-        .map_err(|status| failed(target, crate::pool::status_reason(&status)))?;
+        .map_err(|status| failed(target, status_reason(&status)))?;
     match reply.into_inner().status() {
         ServingStatus::Serving => Ok(format!("{target} {service:?}: SERVING")),
         other => Err(failed(

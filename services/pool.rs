@@ -1,7 +1,8 @@
-//! The gRPC client side shared by the worker and the webui gateway: one
+//! The balancer under the typed clients of [`crate::clients`]: one
 //! [`Backend`] per service, spreading calls over every replica that the
-//! service's name resolves to, with connect and call timeouts, and a capped
-//! exponential [`Backoff`] for when a backend is down.
+//! service's name resolves to, with connect and call timeouts, each call
+//! traced and its success or failure noted. Callers back off themselves
+//! (the worker with [`crate::backoff::Backoff`]).
 //!
 //! Why not one channel to the name: HTTP/2 keeps a connection for as long as
 //! it can, so a client that resolved `rng` once stays pinned to the replica it
@@ -15,7 +16,7 @@
 //! although those dial an IP address each: the server's certificate is
 //! checked against the URL's host (`rng`), not the address dialled.
 
-use rand::Rng as _;
+use crate::error_chain::status_reason;
 use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
@@ -60,14 +61,30 @@ pub struct PoolSettings {
     pub tls: Option<crate::tls::ClientTls>,
 }
 
+/// HTTP/2 connections per replica unless told otherwise.
+pub const DEFAULT_CHANNELS: usize = 2;
+
+/// Bound on connecting to a replica unless told otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
+
+/// Bound on each call unless told otherwise: long enough for a classroom
+/// rng's queue of ten workers (about 1 s), short enough to notice a hang.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 5000;
+
+/// How often a balanced client resolves the name again unless told otherwise.
+pub const DEFAULT_RESOLVE_MS: u64 = 5000;
+
+/// Resolving more often than this is refused: a DNS server is not a spin lock.
+pub const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Default for PoolSettings {
     fn default() -> Self {
         Self {
-            channels: 2,
-            connect_timeout: Duration::from_secs(1),
-            call_timeout: Duration::from_secs(5),
-            policy: Policy::Balanced,
-            resolve_interval: Duration::from_secs(5),
+            channels: DEFAULT_CHANNELS,
+            connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
+            call_timeout: Duration::from_millis(DEFAULT_CALL_TIMEOUT_MS),
+            policy: Policy::default(),
+            resolve_interval: Duration::from_millis(DEFAULT_RESOLVE_MS),
             tls: None,
         }
     }
@@ -76,6 +93,18 @@ impl Default for PoolSettings {
 /// How long a replica whose connection failed gets no calls.
 const EJECTION: Duration = Duration::from_secs(2);
 
+/// Which service a backend is, for its logs and its errors.
+#[derive(Clone, Copy, Debug)]
+pub struct Service {
+    /// `rng`, `hasher`: the name in logs, and the host of the example URL.
+    pub name: &'static str,
+    /// The fully qualified gRPC service, from the generated code: the name
+    /// on client spans, and the one asked about in health checks.
+    pub grpc: &'static str,
+    /// Its well-known port, for the example URL in an error.
+    pub port: u16,
+}
+
 /// A backend URL that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {name} URL {url:?}: {reason}")]
@@ -83,6 +112,86 @@ pub struct InvalidUrl {
     name: &'static str,
     url: String,
     reason: String,
+}
+
+/// A backend's URL taken apart: what every replica's endpoint is made from.
+struct Target {
+    endpoint: Endpoint,
+    scheme: String,
+    /// The URL's host, brackets off an IPv6 address: what is resolved, and
+    /// what a TLS certificate is checked against.
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    fn parse(service: Service, url: &str) -> Result<Self, InvalidUrl> {
+        let shape = |reason: &str| InvalidUrl {
+            name: service.name,
+            url: url.to_owned(),
+            reason: format!(
+                "{reason} (expected like http://{}:{})",
+                service.name, service.port
+            ),
+        };
+        let endpoint =
+            Endpoint::from_shared(url.to_owned()).map_err(|error| shape(&error.to_string()))?;
+        let uri = endpoint.uri().clone();
+        let host = uri.host().ok_or_else(|| shape("no host"))?;
+        Ok(Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            scheme: uri.scheme_str().unwrap_or("http").to_owned(),
+            port: uri.port_u16().ok_or_else(|| shape("no port"))?,
+            endpoint,
+        })
+    }
+
+    /// TLS for an `https://` URL, the certificate checked against the URL's
+    /// host; an `https://` URL without a CA is refused, TLS settings with a
+    /// plaintext URL are said loudly.
+    fn tls(
+        &self,
+        service: Service,
+        url: &str,
+        settings: &PoolSettings,
+    ) -> Result<Option<ClientTlsConfig>, InvalidUrl> {
+        let name = service.name;
+        match (self.scheme.as_str(), &settings.tls) {
+            ("https", Some(tls)) => {
+                tracing::info!(
+                    backend = name,
+                    url,
+                    ca = %tls.ca_path().display(),
+                    client_cert = %tls.cert_path().map_or_else(|| "none".into(), |p| p.display().to_string()),
+                    "{name}: TLS on, certificates checked against the name {}",
+                    self.host
+                );
+                Ok(Some(
+                    tls.config(&self.host).timeout(settings.connect_timeout),
+                ))
+            }
+            ("https", None) => Err(InvalidUrl {
+                name,
+                url: url.to_owned(),
+                reason: format!(
+                    "https:// needs the CA that signed {name}'s certificate: set {}",
+                    crate::tls::setting::TLS_CA
+                ),
+            }),
+            (_, Some(_)) => {
+                tracing::warn!(
+                    backend = name,
+                    url,
+                    "TLS settings are given but the URL is not https://: calls to {name} are not encrypted"
+                );
+                Ok(None)
+            }
+            (_, None) => Ok(None),
+        }
+    }
 }
 
 /// Turns a host and port into addresses: the system resolver by default, a
@@ -137,9 +246,10 @@ impl Replica {
     }
 }
 
-/// What a backend shares between its clones and its resolver task.
-struct Shared {
-    name: &'static str,
+/// A backend's balancer: its replicas and how calls are spread over
+/// them, shared by the backend's clones and its resolver task.
+struct Balancer {
+    service: Service,
     url: String,
     endpoint: Endpoint,
     scheme: String,
@@ -166,81 +276,40 @@ struct Shared {
 /// The replicas of one backend service.
 #[derive(Clone)]
 pub struct Backend {
-    shared: Arc<Shared>,
+    balancer: Arc<Balancer>,
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at {}", self.shared.name, self.shared.url)
+        write!(f, "{} at {}", self.balancer.service.name, self.balancer.url)
     }
 }
 
 impl Backend {
-    /// A backend at `url` (`http://host:port`), resolved with the system
-    /// resolver. Nothing connects until the first call. Must be called
-    /// inside a tokio runtime (a balanced backend resolves in a task).
-    pub fn new(name: &'static str, url: &str, settings: &PoolSettings) -> Result<Self, InvalidUrl> {
-        Self::with_resolver(name, url, settings, system_resolver())
-    }
-
-    /// The same, with the resolver given.
-    pub fn with_resolver(
-        name: &'static str,
+    /// A backend of `service` at `url` (`http://host:port`), its replicas
+    /// found by `resolver` (balanced) or by the connection itself (pinned).
+    /// Nothing connects until the first call. Must be called inside a tokio
+    /// runtime (a balanced backend resolves in a task).
+    pub(crate) fn new(
+        service: Service,
         url: &str,
         settings: &PoolSettings,
         resolver: Resolver,
     ) -> Result<Self, InvalidUrl> {
-        let invalid = |reason: String| InvalidUrl {
-            name,
-            url: url.to_owned(),
-            reason,
-        };
-        let shape = |reason: &str| invalid(format!("{reason} (expected like http://{name}:8001)"));
-        let endpoint =
-            Endpoint::from_shared(url.to_owned()).map_err(|error| shape(&error.to_string()))?;
-        let uri = endpoint.uri().clone();
-        let host = uri.host().ok_or_else(|| shape("no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let scheme = uri.scheme_str().unwrap_or("http").to_owned();
-        let port = uri.port_u16().ok_or_else(|| shape("no port"))?;
-        let tls = match (scheme.as_str(), &settings.tls) {
-            ("https", Some(tls)) => {
-                tracing::info!(
-                    backend = name,
-                    url,
-                    ca = %tls.ca_path().display(),
-                    client_cert = %tls.cert_path().map_or_else(|| "none".into(), |p| p.display().to_string()),
-                    "{name}: TLS on, certificates checked against the name {host}"
-                );
-                Some(tls.config(&host).timeout(settings.connect_timeout))
-            }
-            ("https", None) => {
-                return Err(invalid(format!(
-                    "https:// needs the CA that signed {name}'s certificate: set {}",
-                    crate::tls::setting::TLS_CA
-                )));
-            }
-            (_, Some(_)) => {
-                tracing::warn!(
-                    backend = name,
-                    url,
-                    "TLS settings are given but the URL is not https://: calls to {name} are not encrypted"
-                );
-                None
-            }
-            (_, None) => None,
-        };
-        let mut endpoint = configure(endpoint, settings);
+        let target = Target::parse(service, url)?;
+        let tls = target.tls(service, url, settings)?;
+        let mut endpoint = configure(target.endpoint.clone(), settings);
         if let Some(tls) = &tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|error| {
-                invalid(format!(
-                    "cannot set up TLS: {}",
-                    crate::tls::error_chain(&error)
-                ))
-            })?;
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|error| InvalidUrl {
+                    name: service.name,
+                    url: url.to_owned(),
+                    reason: format!(
+                        "cannot set up TLS: {}",
+                        crate::error_chain::describe(&error)
+                    ),
+                })?;
         }
         let pinned = settings.policy == Policy::Pinned;
         let replicas: Arc<[Arc<Replica>]> = if pinned {
@@ -248,8 +317,8 @@ impl Backend {
             // connection itself when it (re)connects.
             Arc::new([Arc::new(Replica {
                 label: url.to_owned(),
-                host: host.clone(),
-                port,
+                host: target.host.clone(),
+                port: target.port,
                 channels: vec![endpoint.connect_lazy()],
                 next: AtomicUsize::new(0),
                 ejected_until: Mutex::new(None),
@@ -257,14 +326,14 @@ impl Backend {
         } else {
             Arc::new([])
         };
-        let shared = Arc::new(Shared {
-            name,
+        let balancer = Arc::new(Balancer {
+            service,
             url: url.to_owned(),
             endpoint,
-            scheme,
+            scheme: target.scheme,
             tls,
-            host,
-            port,
+            host: target.host,
+            port: target.port,
             settings: settings.clone(),
             resolver,
             replicas: RwLock::new(replicas),
@@ -275,17 +344,36 @@ impl Backend {
             failures: Default::default(),
         });
         if !pinned {
-            tokio::spawn(resolve_forever(Arc::downgrade(&shared)));
+            tokio::spawn(resolve_forever(Arc::downgrade(&balancer)));
         }
-        Ok(Self { shared })
+        Ok(Self { balancer })
+    }
+
+    /// Which service this is.
+    pub fn service(&self) -> Service {
+        self.balancer.service
+    }
+
+    /// The bound on each call (and on each message of a streamed reply).
+    pub fn call_timeout(&self) -> Duration {
+        self.balancer.settings.call_timeout
+    }
+
+    /// Notes `result`'s success or failure on this backend, and passes it on.
+    pub(crate) fn note<T>(&self, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+        match &result {
+            Ok(_) => self.note_success(),
+            Err(status) => self.note_failure(status),
+        }
+        result
     }
 
     pub fn name(&self) -> &'static str {
-        self.shared.name
+        self.balancer.service.name
     }
 
     pub fn url(&self) -> &str {
-        &self.shared.url
+        &self.balancer.url
     }
 
     /// The replicas' labels (addresses), in order.
@@ -296,7 +384,7 @@ impl Backend {
     /// A channel to each current replica, with its label.
     pub async fn replica_channels(&self) -> Vec<(String, Channel)> {
         if self.current().is_empty() {
-            resolve_once(&self.shared).await;
+            resolve_once(&self.balancer).await;
         }
         self.current()
             .iter()
@@ -306,7 +394,7 @@ impl Backend {
 
     /// Calls answered so far, by the replica that served them.
     pub fn served(&self) -> BTreeMap<String, u64> {
-        self.shared
+        self.balancer
             .served
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -314,7 +402,7 @@ impl Backend {
     }
 
     fn current(&self) -> Arc<[Arc<Replica>]> {
-        self.shared
+        self.balancer
             .replicas
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -327,17 +415,17 @@ impl Backend {
         let mut replicas = self.current();
         if replicas.is_empty() {
             // The first call, or the name resolves to nothing: resolve now.
-            resolve_once(&self.shared).await;
+            resolve_once(&self.balancer).await;
             replicas = self.current();
         }
         if replicas.is_empty() {
-            self.shared.resolve_now.notify_one();
+            self.balancer.resolve_now.notify_one();
             return Err(tonic::Status::unavailable(format!(
                 "{}: {}:{} resolves to no address",
-                self.shared.name, self.shared.host, self.shared.port
+                self.balancer.service.name, self.balancer.host, self.balancer.port
             )));
         }
-        let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.balancer.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let healthy = (0..replicas.len())
             .map(|i| &replicas[(start + i) % replicas.len()])
@@ -345,7 +433,7 @@ impl Backend {
         match healthy {
             Some(replica) => Ok(replica.clone()),
             None => {
-                self.shared.resolve_now.notify_one();
+                self.balancer.resolve_now.notify_one();
                 Ok(replicas[start % replicas.len()].clone())
             }
         }
@@ -353,7 +441,11 @@ impl Backend {
 
     fn count_served(&self, served_by: Option<&str>, replica: &Replica) {
         let key = served_by.unwrap_or(&replica.label);
-        let mut served = self.shared.served.lock().unwrap_or_else(|p| p.into_inner());
+        let mut served = self
+            .balancer
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // Every call lands here: allocate the key only the first time.
         match served.get_mut(key) {
             Some(calls) => *calls += 1,
@@ -364,33 +456,33 @@ impl Backend {
     }
 
     /// Notes a call that failed; logs the first failure of a streak at warn.
-    pub fn note_failure(&self, status: &tonic::Status) {
-        let shared = &self.shared;
-        shared.failures.fetch_add(1, Ordering::Relaxed);
-        if !shared.down.swap(true, Ordering::Relaxed) {
+    fn note_failure(&self, status: &tonic::Status) {
+        let balancer = &self.balancer;
+        balancer.failures.fetch_add(1, Ordering::Relaxed);
+        if !balancer.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                backend = shared.name,
-                url = %shared.url,
+                backend = balancer.service.name,
+                url = %balancer.url,
                 code = ?status.code(),
                 error = %status_reason(status),
-                "{} call failed; backing off and retrying",
-                shared.name
+                "{} call failed; said again when it answers",
+                balancer.service.name
             );
         } else {
-            tracing::debug!(backend = shared.name, code = ?status.code(), error = %status_reason(status), "call failed");
+            tracing::debug!(backend = balancer.service.name, code = ?status.code(), error = %status_reason(status), "call failed");
         }
     }
 
     /// Calls noted as failed so far.
     pub fn failures(&self) -> u64 {
-        self.shared.failures.load(Ordering::Relaxed)
+        self.balancer.failures.load(Ordering::Relaxed)
     }
 
     /// Notes a call that succeeded; logs the end of a failure streak.
-    pub fn note_success(&self) {
-        let shared = &self.shared;
-        if shared.down.load(Ordering::Relaxed) && shared.down.swap(false, Ordering::Relaxed) {
-            tracing::info!(backend = shared.name, url = %shared.url, "{} is answering again", shared.name);
+    fn note_success(&self) {
+        let balancer = &self.balancer;
+        if balancer.down.load(Ordering::Relaxed) && balancer.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(backend = balancer.service.name, url = %balancer.url, "{} is answering again", balancer.service.name);
         }
     }
 }
@@ -406,9 +498,9 @@ fn configure(endpoint: Endpoint, settings: &PoolSettings) -> Endpoint {
 
 /// Resolves the name every `resolve_interval` (sooner when asked) for as long
 /// as the backend exists.
-async fn resolve_forever(shared: Weak<Shared>) {
+async fn resolve_forever(balancer: Weak<Balancer>) {
     loop {
-        let Some(strong) = shared.upgrade() else {
+        let Some(strong) = balancer.upgrade() else {
             return;
         };
         let interval = strong.settings.resolve_interval;
@@ -430,11 +522,11 @@ async fn resolve_forever(shared: Weak<Shared>) {
 
 /// Resolves the name once and swaps in the new set of replicas, keeping the
 /// connections of addresses that stay.
-async fn resolve_once(shared: &Shared) {
-    let addrs = match (shared.resolver)(shared.host.clone(), shared.port).await {
+async fn resolve_once(balancer: &Balancer) {
+    let addrs = match (balancer.resolver)(balancer.host.clone(), balancer.port).await {
         Ok(addrs) => addrs,
         Err(error) => {
-            tracing::debug!(backend = shared.name, host = %shared.host, %error, "cannot resolve");
+            tracing::debug!(backend = balancer.service.name, host = %balancer.host, %error, "cannot resolve");
             Vec::new()
         }
     };
@@ -445,7 +537,7 @@ async fn resolve_once(shared: &Shared) {
         // Keep what we had: a resolver hiccup must not drop live replicas.
         return;
     }
-    let old = shared
+    let old = balancer
         .replicas
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -461,23 +553,23 @@ async fn resolve_once(shared: &Shared) {
                 return Arc::clone(existing);
             }
             changed = true;
-            let uri = format!("{}://{label}", shared.scheme);
+            let uri = format!("{}://{label}", balancer.scheme);
             let endpoint = Endpoint::from_shared(uri)
-                .map(|e| configure(e, &shared.settings))
-                .and_then(|e| match &shared.tls {
+                .map(|e| configure(e, &balancer.settings))
+                .and_then(|e| match &balancer.tls {
                     // The address is dialled, the URL's host is checked.
                     Some(tls) => e.tls_config(tls.clone()),
                     None => Ok(e),
                 })
                 .unwrap_or_else(|error| {
-                    tracing::warn!(backend = shared.name, address = %label, %error, "cannot make an endpoint for this address; using the URL's");
-                    shared.endpoint.clone()
+                    tracing::warn!(backend = balancer.service.name, address = %label, %error, "cannot make an endpoint for this address; using the URL's");
+                    balancer.endpoint.clone()
                 });
             Arc::new(Replica {
                 label,
                 host: addr.ip().to_string(),
                 port: addr.port(),
-                channels: (0..shared.settings.channels.max(1))
+                channels: (0..balancer.settings.channels.max(1))
                     .map(|_| endpoint.connect_lazy())
                     .collect(),
                 next: AtomicUsize::new(0),
@@ -487,140 +579,93 @@ async fn resolve_once(shared: &Shared) {
         .collect();
     if changed {
         let labels: Vec<&str> = replicas.iter().map(|r| r.label.as_str()).collect();
-        tracing::info!(backend = shared.name, host = %shared.host, endpoints = ?labels, "{} endpoints changed", shared.name);
-        *shared.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
+        tracing::info!(backend = balancer.service.name, host = %balancer.host, endpoints = ?labels, "{} endpoints changed", balancer.service.name);
+        *balancer.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
     }
 }
 
-/// A status's message and the errors under it, on one line: a connection
-/// that failed says only "transport error" at the top, and why (a refused
-/// certificate, a TLS alert from the server) underneath.
-pub fn status_reason(status: &tonic::Status) -> String {
-    crate::tls::with_sources(
-        status.message().to_owned(),
-        std::error::Error::source(status),
-    )
-}
-
-/// The response header in which rng and hasher say which replica served a call.
-pub const SERVED_BY: &str = "x-served-by";
-
-/// Makes one gRPC call to `backend` inside a client span, with the trace
-/// context in its metadata and its status recorded on the span. A replica
-/// whose connection fails (UNAVAILABLE) is ejected and the call is tried on
-/// the next one, so a dead replica still in DNS costs no failed call. For a
-/// streaming call the span covers the call's start, up to the response
-/// headers.
-pub async fn traced<M: Clone, T>(
-    backend: &Backend,
-    service: &'static str,
-    method: &'static str,
-    call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
-    message: M,
-) -> Result<tonic::Response<T>, tonic::Status> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let replica = backend.pick().await?;
-        let result = call_replica(backend, &replica, service, method, &call, message.clone()).await;
-        // Up to one try per replica (at most 4), counted only on a failure:
-        // a call that succeeds takes the replica list once, in `pick`.
-        if matches!(&result, Err(status) if status.code() == tonic::Code::Unavailable)
-            && attempt < backend.current().len().clamp(1, 4)
-        {
-            tracing::debug!(backend = backend.name(), replica = %replica.label, "unavailable; trying another replica");
-            continue;
-        }
-        return result;
-    }
-}
-
-/// [`traced`] for a call whose request cannot be sent twice (a client
-/// stream): one replica, one attempt; the caller's backoff retries.
-pub async fn traced_once<M, T>(
-    backend: &Backend,
-    service: &'static str,
-    method: &'static str,
-    call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
-    message: M,
-) -> Result<tonic::Response<T>, tonic::Status> {
-    let replica = backend.pick().await?;
-    call_replica(backend, &replica, service, method, &call, message).await
-}
-
-async fn call_replica<M, T>(
-    backend: &Backend,
-    replica: &Replica,
-    service: &'static str,
-    method: &'static str,
-    call: &impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
-    message: M,
-) -> Result<tonic::Response<T>, tonic::Status> {
-    let span = crate::telemetry::grpc_client_span(service, method, &replica.host, replica.port);
-    let result = async {
-        let mut request = tonic::Request::new(message);
-        crate::telemetry::inject(&mut request);
-        call(replica.channel(), request).await
-    }
-    .instrument(span.clone())
-    .await;
-    crate::telemetry::record_grpc_result(&span, &result);
-    match &result {
-        Ok(response) => {
-            let served_by = response
-                .metadata()
-                .get(SERVED_BY)
-                .and_then(|value| value.to_str().ok());
-            backend.count_served(served_by, replica);
-        }
-        // The connection failed: no more calls to this replica for a while.
-        Err(status) if status.code() == tonic::Code::Unavailable => replica.eject(),
-        Err(_) => {}
-    }
-    result
-}
-
-/// Capped exponential backoff with jitter: never a busy loop, and many
-/// clients that failed together do not come back in lockstep.
-#[derive(Debug)]
-pub struct Backoff {
-    /// Next wait, before jitter.
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new(Duration::from_millis(50), Duration::from_secs(2))
-    }
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            next: min,
-            min,
-            max,
+impl Backend {
+    /// Makes one gRPC call of `method` inside a client span, with the trace
+    /// context in its metadata and its status recorded on the span. A replica
+    /// whose connection fails (UNAVAILABLE) is ejected and the call is tried
+    /// on the next one, so a dead replica still in DNS costs no failed call.
+    /// For a streaming call the span covers the call's start, up to the
+    /// response headers. Its success or failure is noted on the backend
+    /// (a streak of failures is logged once). Only the typed clients call
+    /// this.
+    pub(crate) async fn call<M: Clone, T>(
+        &self,
+        method: &'static str,
+        call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+        message: M,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let replica = match self.pick().await {
+                Ok(replica) => replica,
+                Err(status) => return self.note(Err(status)),
+            };
+            let result = self
+                .call_replica(&replica, method, &call, message.clone())
+                .await;
+            // Up to one try per replica (at most 4), counted only on a failure:
+            // a call that succeeds takes the replica list once, in `pick`.
+            if matches!(&result, Err(status) if status.code() == tonic::Code::Unavailable)
+                && attempt < self.current().len().clamp(1, 4)
+            {
+                tracing::debug!(backend = self.name(), replica = %replica.label, "unavailable; trying another replica");
+                continue;
+            }
+            return self.note(result);
         }
     }
 
-    /// Back to the shortest wait, after a success.
-    pub fn reset(&mut self) {
-        self.next = self.min;
+    /// [`Self::call`] for a call whose request cannot be sent twice (a
+    /// client stream): one replica, one attempt; the caller's backoff retries.
+    pub(crate) async fn call_once<M, T>(
+        &self,
+        method: &'static str,
+        call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+        message: M,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let result = match self.pick().await {
+            Ok(replica) => self.call_replica(&replica, method, &call, message).await,
+            Err(status) => Err(status),
+        };
+        self.note(result)
     }
 
-    /// The next wait (between half and all of the current step), doubling
-    /// the step up to the cap.
-    pub fn step(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (self.next * 2).min(self.max);
-        step.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    /// Sleeps for the next wait.
-    pub async fn wait(&mut self) {
-        tokio::time::sleep(self.step()).await;
+    async fn call_replica<M, T>(
+        &self,
+        replica: &Replica,
+        method: &'static str,
+        call: &impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+        message: M,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let service = self.balancer.service.grpc;
+        let span = crate::telemetry::grpc_client_span(service, method, &replica.host, replica.port);
+        let result = async {
+            let mut request = tonic::Request::new(message);
+            crate::telemetry::inject(&mut request);
+            call(replica.channel(), request).await
+        }
+        .instrument(span.clone())
+        .await;
+        crate::telemetry::record_grpc_result(&span, &result);
+        match &result {
+            Ok(response) => {
+                let served_by = response
+                    .metadata()
+                    .get(crate::protocol::SERVED_BY)
+                    .and_then(|value| value.to_str().ok());
+                self.count_served(served_by, replica);
+            }
+            // The connection failed: no more calls to this replica for a while.
+            Err(status) if status.code() == tonic::Code::Unavailable => replica.eject(),
+            Err(_) => {}
+        }
+        result
     }
 }
 
@@ -628,23 +673,19 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let waits: Vec<_> = (0..5).map(|_| backoff.step()).collect();
-        let caps = [100, 200, 400, 400, 400].map(Duration::from_millis);
-        for (wait, cap) in waits.iter().zip(caps) {
-            assert!(*wait <= cap && *wait >= cap / 2, "{wait:?} vs {cap:?}");
-        }
-        backoff.reset();
-        assert!(backoff.step() <= Duration::from_millis(100));
-    }
-
     #[tokio::test]
     async fn bad_urls_are_refused_with_the_backend_name() {
         let settings = PoolSettings::default();
-        let error = Backend::new("rng", "not a url", &settings).unwrap_err();
-        assert!(error.to_string().contains("invalid rng URL"), "{error}");
-        assert!(Backend::new("rng", "http://rng:8001", &settings).is_ok());
+        let hasher = Service {
+            name: "hasher",
+            grpc: "test.Hasher",
+            port: 8002,
+        };
+        let new = |url| Backend::new(hasher, url, &settings, system_resolver());
+        let error = new("not a url").unwrap_err().to_string();
+        assert!(error.contains("invalid hasher URL"), "{error}");
+        // The example has the backend's own port.
+        assert!(error.contains("http://hasher:8002"), "{error}");
+        assert!(new("http://hasher:8002").is_ok());
     }
 }

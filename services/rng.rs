@@ -7,13 +7,14 @@
 //! came by, so ten workers queue behind each other.
 
 use crate::{
-    config::RngConfig,
     limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
     pb::{
         GenerateRequest, GenerateResponse, GenerateStreamRequest, GenerateStreamResponse,
         rng_server::{Rng as RngApi, RngServer},
     },
+    protocol::RNG_PORT,
     server::{GrpcServer, ServeError},
+    telemetry::hostname,
     tls::ServerTls,
 };
 use axum::{
@@ -24,7 +25,12 @@ use axum::{
 };
 use bytes::{Bytes, BytesMut};
 use rand::RngCore;
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::Arc,
+    time::Duration,
+};
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, SemaphorePermit, mpsc},
@@ -32,6 +38,74 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status};
 use tracing::Instrument;
+
+/// Where `dockercoins rng` listens unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, RNG_PORT));
+
+/// The classroom's cost of a request: the original's `time.sleep(0.1)`.
+pub const DEFAULT_DELAY_MS: u64 = 100;
+
+/// The classroom's lanes: one request at a time, the lab's bottleneck.
+/// (0 on the command line means unlimited.)
+pub const DEFAULT_LANES: usize = 1;
+
+/// What the rng service needs to run.
+#[derive(Clone, Debug)]
+pub struct RngConfig {
+    /// Cost of one request (or one stream message) once it holds a lane.
+    pub delay: Duration,
+    /// How many requests hold a lane at once; `None` is unlimited.
+    pub lanes: Option<usize>,
+    /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
+    /// otherwise.
+    pub tls: Option<ServerTls>,
+}
+
+impl RngConfig {
+    /// The original lab: 100 ms a request, one request at a time.
+    pub fn classroom() -> Self {
+        Self {
+            delay: Duration::from_millis(DEFAULT_DELAY_MS),
+            lanes: Some(DEFAULT_LANES),
+            tls: None,
+        }
+    }
+
+    /// No delay, no queue: how fast the mesh really is.
+    pub fn turbo() -> Self {
+        Self {
+            delay: Duration::ZERO,
+            lanes: None,
+            tls: None,
+        }
+    }
+}
+
+impl std::fmt::Display for RngConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ms a request, ", self.delay.as_millis())?;
+        match self.lanes {
+            Some(1) => write!(f, "1 lane"),
+            Some(lanes) => write!(f, "{lanes} lanes"),
+            None => write!(f, "unlimited lanes"),
+        }
+    }
+}
+
+/// Runs rng on `listener` until `shutdown` resolves, over TLS when the
+/// config says so.
+pub async fn serve(
+    listener: TcpListener,
+    config: RngConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let service = RngService::new(&config);
+    GrpcServer::new("rng", service.legacy_routes(hostname()), config.tls.clone())
+        .add_service(service.into_server())
+        .serve(listener, config.to_string(), shutdown)
+        .await
+}
 
 /// Why an rng request is refused. Every variant is the caller's mistake.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -270,41 +344,6 @@ async fn legacy_bytes(
     let size = parse_size(&size)?;
     let data = state.lane.serve(|| random_bytes(size)).await;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
-}
-
-/// Runs rng on `listener` until `shutdown` resolves, in plaintext.
-pub async fn serve(
-    listener: TcpListener,
-    config: RngConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    serve_with_tls(listener, config, None, shutdown).await
-}
-
-/// Runs rng on `listener` until `shutdown` resolves, over TLS when `tls` is
-/// set.
-pub async fn serve_with_tls(
-    listener: TcpListener,
-    config: RngConfig,
-    tls: Option<ServerTls>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    let service = RngService::new(&config);
-    if let Some(tls) = &tls {
-        tls.log("rng");
-    }
-    let server = GrpcServer::new(service.legacy_routes(crate::server::hostname()))
-        .add_service(service.into_server())
-        .with_tls(tls.clone());
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        delay_ms = config.delay.as_millis() as u64,
-        lanes = %config.lanes.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
-        tls = tls.is_some(),
-        "rng serving {}",
-        if tls.is_some() { "gRPC and HTTP/2 over TLS" } else { "gRPC and HTTP/1.1" }
-    );
-    server.serve(listener, shutdown).await
 }
 
 #[cfg(test)]

@@ -9,12 +9,18 @@ use crate::{
     limits,
     pb::{
         InfoRequest, InfoResponse,
+        hasher_server::SERVICE_NAME as HASHER_SERVICE,
         replica_server::{Replica, ReplicaServer},
+        rng_server::SERVICE_NAME as RNG_SERVICE,
     },
+    protocol::SERVED_BY,
+    shutdown::DRAIN_TIMEOUT,
+    telemetry::{fields, hostname, is_grpc, record_response, record_trailers, server_span},
+    tls::ServerTls,
 };
 use axum::{
     extract::Request,
-    http::{StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use std::sync::{
@@ -32,11 +38,6 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::{
     limit::RequestBodyLimitLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer,
 };
-use tracing::{Span, field::Empty};
-
-/// How long in-flight calls may run after shutdown begins, so that a service
-/// exits well within the one second that `docker stop` users expect.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(750);
 
 /// Connections older than this are closed gracefully, so clients that keep
 /// one connection for ever (a naive gRPC client) still move to new replicas.
@@ -61,6 +62,8 @@ pub enum ServeError {
 /// from the start, services are added with [`Self::add_service`], and
 /// reflection listing exactly those services is added by [`Self::serve`].
 pub struct GrpcServer {
+    /// The service's name (`rng`, `hasher`), for its log lines.
+    name: &'static str,
     /// Every route of the port: gRPC services by path, legacy HTTP beside them.
     routes: Routes,
     /// Turned to NOT_SERVING for every name in `services` once shutdown begins.
@@ -68,14 +71,20 @@ pub struct GrpcServer {
     /// The gRPC services added, whose health is reported by name.
     services: Vec<&'static str>,
     /// TLS (and mutual TLS) when set; plaintext otherwise.
-    tls: Option<crate::tls::ServerTls>,
+    tls: Option<ServerTls>,
 }
 
+/// The services whose calls a replica counts for `Replica/Info`: the
+/// mesh's work, not health checks, reflection or `Replica/Info` itself.
+const COUNTED_SERVICES: [&str; 2] = [RNG_SERVICE, HASHER_SERVICE];
+
 impl GrpcServer {
-    /// A server whose non-gRPC requests go to `legacy` (HTTP/1.1 routes of the
-    /// original lab). Request bodies on those routes are capped at
-    /// [`limits::MAX_BLOCK_BYTES`].
-    pub fn new(legacy: axum::Router) -> Self {
+    /// The server of `name`, whose non-gRPC requests go to `legacy` (HTTP/1.1
+    /// routes of the original lab; request bodies there are capped at
+    /// [`limits::MAX_BLOCK_BYTES`]), over TLS when `tls` is set. Over TLS the
+    /// port negotiates HTTP/2 only (tonic's acceptor offers ALPN `h2` alone),
+    /// so the legacy routes answer HTTP/2 clients there, not HTTP/1.1 ones.
+    pub fn new(name: &'static str, legacy: axum::Router, tls: Option<ServerTls>) -> Self {
         let legacy = legacy
             .fallback(not_found)
             .layer(RequestBodyLimitLayer::new(limits::MAX_BLOCK_BYTES));
@@ -83,21 +92,17 @@ impl GrpcServer {
         // Health, Replica and reflection requests are a name at most.
         let health_service =
             health_service.max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES);
+        if let Some(tls) = &tls {
+            tls.log(name);
+        }
         Self {
+            name,
             routes: Routes::from(legacy),
             health,
             services: Vec::new(),
-            tls: None,
+            tls,
         }
         .add_service(health_service)
-    }
-
-    /// Serves over TLS with `tls` (`None`: plaintext). Over TLS the port
-    /// negotiates HTTP/2 only (tonic's acceptor offers ALPN `h2` alone), so
-    /// the legacy routes answer HTTP/2 clients there, not HTTP/1.1 ones.
-    pub fn with_tls(mut self, tls: Option<crate::tls::ServerTls>) -> Self {
-        self.tls = tls;
-        self
     }
 
     /// Adds a gRPC service and reports it SERVING by name once serving starts.
@@ -153,9 +158,11 @@ impl GrpcServer {
     /// Serves gRPC (HTTP/2) and the legacy routes (HTTP/1.1) on `listener`
     /// until `shutdown` resolves; then reports NOT_SERVING, stops accepting,
     /// lets in-flight calls finish for at most [`DRAIN_TIMEOUT`], and returns.
+    /// `settings` are logged with the line that says it serves.
     pub async fn serve(
         self,
         listener: TcpListener,
+        settings: String,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let local = listener.local_addr()?;
@@ -171,63 +178,22 @@ impl GrpcServer {
                     .max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES),
             )
             .with_reflection()?;
-        for name in &this.services {
-            this.health
-                .set_service_status(name, ServingStatus::Serving)
-                .await;
-        }
-        let local = listener.local_addr()?;
-        let served_by =
-            axum::http::HeaderValue::from_str(&format!("{}:{}", hostname(), local.port()))
-                .unwrap_or_else(|_| axum::http::HeaderValue::from_static("unknown"));
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let Self {
+            name,
+            routes,
+            health,
+            services,
+            tls,
+        } = this;
+        report(&health, &services, ServingStatus::Serving).await;
+        tracing::info!(
+            { fields::LISTEN } = %local,
+            tls = tls.is_some(),
+            "{name} serving {} ({settings})",
+            if tls.is_some() { "gRPC and HTTP/2 over TLS" } else { "gRPC and HTTP/1.1" }
+        );
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
-        let mut builder = Server::builder();
-        if let Some(tls) = &this.tls {
-            builder = builder.tls_config(tls.config())?;
-        }
-        let server = builder
-            // Counts the dockercoins calls this replica serves, for Replica/Info.
-            .layer(tower::util::MapRequestLayer::new(
-                move |request: axum::http::Request<tonic::body::Body>| {
-                    let path = request.uri().path();
-                    if path.starts_with("/dockercoins.v1.Rng/")
-                        || path.starts_with("/dockercoins.v1.Hasher/")
-                    {
-                        calls.fetch_add(1, Ordering::Relaxed);
-                    }
-                    request
-                },
-            ))
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(server_span)
-                    .on_request(())
-                    .on_response(record_response)
-                    .on_eos(record_trailers)
-                    .on_failure(()),
-            )
-            // Says which replica answered: clients count calls per replica.
-            .layer(SetResponseHeaderLayer::overriding(
-                axum::http::HeaderName::from_static(crate::pool::SERVED_BY),
-                served_by,
-            ))
-            .accept_http1(true)
-            // A backstop for clients that do not balance: they reconnect (and
-            // resolve the name again) at least this often.
-            .max_connection_age(MAX_CONNECTION_AGE)
-            .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
-            .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
-            .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_routes(this.routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                // A dropped sender (no shutdown ever) must not stop the server.
-                if drain_rx.await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            });
+        let server = transport(routes, tls.as_ref(), &instance, calls, listener, drain_rx)?;
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => return Ok(result?),
@@ -235,11 +201,7 @@ impl GrpcServer {
         }
         // Health first, so that a balancer or probe stops sending new work
         // before the listener closes.
-        for name in this.services.iter().copied().chain([""]) {
-            this.health
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
-        }
+        report(&health, &services, ServingStatus::NotServing).await;
         tracing::info!("health NOT_SERVING; draining in-flight calls");
         let _ = drain_tx.send(());
         match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
@@ -254,89 +216,81 @@ impl GrpcServer {
     }
 }
 
-fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc"))
-}
-
-/// The server span of a request: a child of the caller's `traceparent`, per
-/// the OpenTelemetry RPC (or HTTP) conventions. Health checks and reflection
-/// are not traced.
-pub(crate) fn server_span<B>(request: &axum::http::Request<B>) -> Span {
-    let path = request.uri().path();
-    if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
-        return Span::none();
+/// The transport under a server: the routes, behind the layers every
+/// server here has (call counting, tracing, `x-served-by`) and its limits,
+/// served on `listener` until `drain` fires (or for ever if its sender is
+/// dropped without firing).
+fn transport(
+    routes: Routes,
+    tls: Option<&ServerTls>,
+    instance: &str,
+    calls: Arc<AtomicU64>,
+    listener: TcpListener,
+    drain: oneshot::Receiver<()>,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, ServeError> {
+    let served_by = axum::http::HeaderValue::from_str(instance)
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static("unknown"));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.config())?;
     }
-    let span = if is_grpc(request.headers()) {
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path, ""));
-        tracing::info_span!(
-            target: crate::telemetry::TARGET,
-            "grpc.server",
-            otel.name = path.trim_start_matches('/'),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
-            rpc.grpc.status_code = Empty,
-            otel.status_code = Empty,
-            trace_id = Empty,
+    Ok(builder
+        .layer(count_calls(calls))
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(server_span)
+                .on_request(())
+                .on_response(record_response)
+                .on_eos(record_trailers)
+                .on_failure(()),
         )
-    } else {
-        tracing::info_span!(
-            target: crate::telemetry::TARGET,
-            "http.server",
-            otel.name = format!("{} {path}", request.method()),
-            otel.kind = "server",
-            http.request.method = %request.method(),
-            url.path = path,
-            http.response.status_code = Empty,
-            otel.status_code = Empty,
-            trace_id = Empty,
-        )
-    };
-    crate::telemetry::continue_trace(&span, request.headers());
-    span
+        // Says which replica answered: clients count calls per replica.
+        .layer(SetResponseHeaderLayer::overriding(
+            axum::http::HeaderName::from_static(SERVED_BY),
+            served_by,
+        ))
+        .accept_http1(true)
+        // A backstop for clients that do not balance: they reconnect (and
+        // resolve the name again) at least this often.
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
+        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async {
+            // A dropped sender (no shutdown ever) must not stop the server.
+            if drain.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }))
 }
 
-fn record_grpc_status(headers: &axum::http::HeaderMap, span: &Span) {
-    if let Some(code) = headers
-        .get("grpc-status")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<i32>().ok())
-    {
-        span.record("rpc.grpc.status_code", code);
-        if code != 0 {
-            span.record("otel.status_code", "ERROR");
+/// Reports every service of the server (and, when it stops, the server as a
+/// whole: the empty name) with `status`.
+async fn report(health: &HealthReporter, services: &[&'static str], status: ServingStatus) {
+    let whole = (status == ServingStatus::NotServing).then_some("");
+    for name in services.iter().copied().chain(whole) {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Counts the calls to [`COUNTED_SERVICES`] this replica serves, for
+/// `Replica/Info`.
+fn count_calls(
+    calls: Arc<AtomicU64>,
+) -> tower::util::MapRequestLayer<
+    impl Fn(axum::http::Request<tonic::body::Body>) -> axum::http::Request<tonic::body::Body> + Clone,
+> {
+    tower::util::MapRequestLayer::new(move |request: axum::http::Request<tonic::body::Body>| {
+        let service = request.uri().path().split('/').nth(1).unwrap_or_default();
+        if COUNTED_SERVICES.contains(&service) {
+            calls.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// Plain HTTP: the status. gRPC: the status when it came with the headers
-/// (an error before any message); otherwise it comes in the trailers.
-pub(crate) fn record_response<B>(
-    response: &axum::http::Response<B>,
-    _latency: Duration,
-    span: &Span,
-) {
-    if is_grpc(response.headers()) {
-        record_grpc_status(response.headers(), span);
-    } else {
-        span.record("http.response.status_code", response.status().as_u16());
-        if response.status().is_server_error() {
-            span.record("otel.status_code", "ERROR");
-        }
-    }
-}
-
-fn record_trailers(trailers: Option<&axum::http::HeaderMap>, _stream: Duration, span: &Span) {
-    if let Some(trailers) = trailers {
-        record_grpc_status(trailers, span);
-    }
+        request
+    })
 }
 
 /// `dockercoins.v1.Replica`: who this replica is, and how many calls it served.
@@ -367,11 +321,4 @@ async fn not_found(request: Request) -> Response {
     } else {
         (StatusCode::NOT_FOUND, "not found\n").into_response()
     }
-}
-
-/// This machine's hostname, as the original services printed it.
-pub fn hostname() -> String {
-    hostname::get()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
 }

@@ -31,3 +31,8 @@ pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
         }
     })
 }
+
+/// How long in-flight calls and requests may run after shutdown begins, so
+/// that a service exits well within the one second that `docker stop` users
+/// expect. Every server here (rng, hasher, webui, edge) drains with it.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(750);

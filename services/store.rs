@@ -19,6 +19,13 @@ use std::{
 };
 use tracing::Instrument;
 
+/// Where Redis is in Compose: its service name and port.
+pub const DEFAULT_URL: &str = "redis://redis:6379";
+
+/// Bound on each checkout and command unless told otherwise, in
+/// milliseconds: a Redis that is down is noticed within a flush interval.
+pub const DEFAULT_TIMEOUT_MS: u64 = 500;
+
 /// The least time a command already sent to Redis gets to answer.
 pub const MIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -34,6 +34,20 @@ use tracing_subscriber::{
 /// The target of every span that becomes an OpenTelemetry span.
 pub const TARGET: &str = "dockercoins::trace";
 
+/// Log fields that other programs read from a service's output: `bench` and
+/// the tests start services as child processes and wait for these.
+pub mod fields {
+    /// The address a server (or the worker's liveness probe) listens on,
+    /// in its first line: a caller that bound port 0 learns the real one.
+    pub const LISTEN: &str = "listen";
+    /// The worker's last line: hashes done, each with a valid digest.
+    pub const HASHES_DONE: &str = "hashes_done";
+    /// The worker's last line: of those, how many Redis acknowledged.
+    pub const HASHES_FLUSHED: &str = "hashes_flushed";
+    /// The message of the worker's first line, once its loops run.
+    pub const WORKER_MINING: &str = "worker mining";
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -130,7 +144,7 @@ fn provider(service: &str, endpoint: Option<&str>) -> SdkTracerProvider {
     {
         // Replicas of one service are told apart by host (the container id
         // under Docker) and process.
-        let instance = format!("{}-{}", crate::server::hostname(), std::process::id());
+        let instance = format!("{}-{}", hostname(), std::process::id());
         resource = resource.with_attribute(KeyValue::new("service.instance.id", instance));
     }
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
@@ -269,6 +283,95 @@ fn split_url(url: &str) -> (String, u16) {
         Some((host, port)) => (host.to_owned(), port.parse().unwrap_or(0)),
         None => (host_port.to_owned(), 0),
     }
+}
+
+/// Whether a request or response is gRPC, by its content type.
+pub fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+/// The server span of a request: a child of the caller's `traceparent`, per
+/// the OpenTelemetry RPC (or HTTP) conventions. Health checks and reflection
+/// are not traced.
+pub fn server_span<B>(request: &axum::http::Request<B>) -> Span {
+    let path = request.uri().path();
+    if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+        return Span::none();
+    }
+    let span = if is_grpc(request.headers()) {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        tracing::info_span!(
+            target: TARGET,
+            "grpc.server",
+            otel.name = path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        )
+    } else {
+        tracing::info_span!(
+            target: TARGET,
+            "http.server",
+            otel.name = format!("{} {path}", request.method()),
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = path,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        )
+    };
+    continue_trace(&span, request.headers());
+    span
+}
+
+fn record_grpc_status(headers: &axum::http::HeaderMap, span: &Span) {
+    if let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+    {
+        span.record("rpc.grpc.status_code", code);
+        if code != 0 {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+/// Plain HTTP: the status. gRPC: the status when it came with the headers
+/// (an error before any message); otherwise it comes in the trailers.
+pub fn record_response<B>(response: &axum::http::Response<B>, _latency: Duration, span: &Span) {
+    if is_grpc(response.headers()) {
+        record_grpc_status(response.headers(), span);
+    } else {
+        span.record("http.response.status_code", response.status().as_u16());
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+pub fn record_trailers(trailers: Option<&axum::http::HeaderMap>, _stream: Duration, span: &Span) {
+    if let Some(trailers) = trailers {
+        record_grpc_status(trailers, span);
+    }
+}
+
+/// This machine's hostname, as the original services printed it.
+pub fn hostname() -> String {
+    hostname::get()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! Nothing here ever logs or displays key material: [`ServerTls`] and
 //! [`ClientTls`] show their file paths only.
 
+use crate::error_chain::describe;
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -163,29 +164,6 @@ fn pair<'a>(
     }
 }
 
-/// The whole chain of an error, on one line (tonic's errors say little at
-/// the top).
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    with_sources(error.to_string(), error.source())
-}
-
-/// `text`, then each error of the chain from `source` down, on one line.
-pub(crate) fn with_sources(
-    mut text: String,
-    mut source: Option<&(dyn std::error::Error + 'static)>,
-) -> String {
-    while let Some(error) = source {
-        let next = error.to_string();
-        // Some errors repeat their source's text in their own.
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = error.source();
-    }
-    text
-}
-
 /// A server's TLS: its identity, and the CA its clients' certificates must be
 /// signed by when mutual TLS is on. Checked when loaded.
 #[derive(Clone)]
@@ -243,7 +221,7 @@ impl ServerTls {
                 key_setting: setting::TLS_KEY,
                 cert: cert.to_owned(),
                 key: key.to_owned(),
-                reason: error_chain(&error),
+                reason: describe(&error),
             })?;
         Ok(Some(Self {
             config,
@@ -346,12 +324,12 @@ impl ClientTls {
                     key_setting: setting::TLS_CLIENT_KEY,
                     cert: cert.to_owned(),
                     key: key.to_owned(),
-                    reason: error_chain(&error),
+                    reason: describe(&error),
                 },
                 None => TlsError::Certificate {
                     setting: setting::TLS_CA,
                     path: ca.to_owned(),
-                    reason: error_chain(&error),
+                    reason: describe(&error),
                 },
             })?;
         Ok(Some(tls))

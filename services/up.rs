@@ -7,25 +7,66 @@
 //! stopped last, after the workers' final flush.
 
 use crate::{
-    config::{HasherConfig, RngConfig},
-    pool::{Backend, InvalidUrl, PoolSettings},
+    clients::{HasherClient, RngClient},
+    hasher::HasherConfig,
+    pool::{InvalidUrl, PoolSettings, Resolver},
+    private_redis::{PrivateRedis, RedisStartError},
+    protocol::{HASHER_PORT, RNG_PORT, WEBUI_PORT},
+    rng::RngConfig,
     server::ServeError,
     store::{Store, StoreError},
-    webui::Webui,
-    worker::WorkerConfig,
+    webui::{Webui, WebuiError},
+    worker::{Backends, WorkerConfig},
 };
-use std::{future::Future, net::SocketAddr, process::Stdio, time::Duration};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    net::{TcpListener, TcpStream},
-    process::{Child, Command},
-    sync::watch,
-    task::JoinSet,
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
 };
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tracing::Instrument;
 
-/// How long a private redis-server may take to accept connections.
-const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where `up`'s first rng listens unless told otherwise: loopback, the
+/// lab's port (a laptop's mesh is not for the network).
+pub const DEFAULT_RNG_LISTEN: SocketAddr = loopback(RNG_PORT);
+
+/// Where `up`'s first hasher listens unless told otherwise.
+pub const DEFAULT_HASHER_LISTEN: SocketAddr = loopback(HASHER_PORT);
+
+/// Where `up`'s webui listens unless told otherwise.
+pub const DEFAULT_WEBUI_LISTEN: SocketAddr = loopback(WEBUI_PORT);
+
+/// Workers unless told otherwise: the lab's first step.
+pub const DEFAULT_WORKERS: usize = 1;
+
+/// Replicas of rng and of hasher unless told otherwise.
+pub const DEFAULT_REPLICAS: usize = 1;
+
+/// The port of each replica after the first: +10, +20... above it.
+pub const REPLICA_PORT_STEP: u16 = 10;
+
+const fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+/// Where `replicas` replicas listen: `first`, then its port +10, +20...
+/// (port 0 stays 0: every replica gets a free port). At least one.
+pub fn replica_addrs(first: SocketAddr, replicas: usize) -> Result<Vec<SocketAddr>, UpError> {
+    (0..replicas.max(1))
+        .map(|n| {
+            let mut addr = first;
+            if first.port() != 0 {
+                let port = u16::try_from(n)
+                    .ok()
+                    .and_then(|n| n.checked_mul(REPLICA_PORT_STEP))
+                    .and_then(|step| first.port().checked_add(step))
+                    .ok_or(UpError::TooManyReplicas { first, replicas })?;
+                addr.set_port(port);
+            }
+            Ok(addr)
+        })
+        .collect()
+}
 
 /// What `up` runs.
 #[derive(Clone, Debug)]
@@ -50,7 +91,7 @@ pub struct Listeners {
 
 /// A resolver that always answers `addrs`: how `up`'s clients find every
 /// local replica, as Docker's DNS would list every container.
-fn fixed_resolver(addrs: Vec<SocketAddr>) -> crate::pool::Resolver {
+fn fixed_resolver(addrs: Vec<SocketAddr>) -> Resolver {
     std::sync::Arc::new(move |_host, _port| {
         let addrs = addrs.clone();
         Box::pin(async move { Ok(addrs) })
@@ -63,145 +104,17 @@ pub enum UpError {
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("webui failed: {0}")]
-    Webui(std::io::Error),
+    Webui(#[from] WebuiError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Url(#[from] InvalidUrl),
-    #[error("cannot start redis-server: {0}")]
-    RedisStart(String),
+    #[error(transparent)]
+    RedisStart(#[from] RedisStartError),
+    #[error("{replicas} replicas from {first} go past the last port (65535)")]
+    TooManyReplicas { first: SocketAddr, replicas: usize },
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// A redis-server child of this process, with no persistence.
-pub struct PrivateRedis {
-    child: Child,
-    port: u16,
-    pub url: String,
-}
-
-impl PrivateRedis {
-    /// Starts `redis-server` on a free loopback port and waits until it
-    /// accepts connections. `Ok(None)` when there is no redis-server on PATH.
-    pub async fn start() -> Result<Option<Self>, UpError> {
-        let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
-        Self::start_on(port).await
-    }
-
-    async fn start_on(port: u16) -> Result<Option<Self>, UpError> {
-        let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .arg("--dir")
-            .arg(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: Ctrl-C in the terminal reaches only us,
-            // and the workers can still flush before we stop it.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(UpError::RedisStart(error.to_string())),
-        };
-        let mut output = Vec::new();
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            output.push(rx);
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::debug!(target: "redis-server", "{line}");
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = tokio::time::Instant::now() + REDIS_START_TIMEOUT;
-        let mut backoff =
-            crate::pool::Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
-        loop {
-            if let Some(status) = child.try_wait()? {
-                let mut said = Vec::new();
-                for mut rx in output {
-                    while let Some(line) = rx.recv().await {
-                        said.push(line);
-                    }
-                }
-                return Err(UpError::RedisStart(format!(
-                    "it exited with {status}: {}",
-                    said.join(" / ")
-                )));
-            }
-            if TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(UpError::RedisStart(format!(
-                    "not accepting connections on {addr} after {REDIS_START_TIMEOUT:?}"
-                )));
-            }
-            backoff.wait().await;
-        }
-        Ok(Some(Self {
-            child,
-            port,
-            url: format!("redis://{addr}"),
-        }))
-    }
-
-    /// The child's process id, for reading its CPU time and memory.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    /// Stops the child now.
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    /// Keeps the child running until `stopped` resolves, then stops it. A
-    /// child that exits (killed, out of memory) is started again on the same
-    /// port: the workers still hold what the dead one had not acknowledged.
-    pub async fn supervise(mut self, stopped: impl Future<Output = ()>) {
-        tokio::pin!(stopped);
-        let mut backoff = crate::pool::Backoff::default();
-        loop {
-            tokio::select! {
-                () = &mut stopped => break,
-                status = self.child.wait() => {
-                    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                    tracing::warn!(url = %self.url, %status, "the private redis-server exited; starting it again (the score restarts from zero)");
-                    backoff.wait().await;
-                    match Self::start_on(self.port).await {
-                        Ok(Some(again)) => self = again,
-                        Ok(None) | Err(_) => {
-                            tracing::error!(url = %self.url, "cannot restart the private redis-server; the score is no longer kept");
-                            stopped.await;
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        let _ = self.child.kill().await;
-    }
 }
 
 /// Runs the mesh until `shutdown` resolves (or a service fails), then stops
@@ -265,6 +178,8 @@ fn local_url(addr: SocketAddr) -> String {
     }
 }
 
+/// Spawns every service, then waits for `shutdown` (or a service that
+/// ends, which failed: services run until told to stop) and stops them all.
 async fn run_services(
     config: UpConfig,
     listeners: Listeners,
@@ -273,59 +188,106 @@ async fn run_services(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), UpError> {
     let (stop, stopped) = watch::channel(false);
-    let signal = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|&stop| stop).await;
-        }
+    let mut services = Services {
+        tasks: JoinSet::new(),
+        stopped,
     };
-    let rng_url = local_url(addrs.rng[0]);
-    let hasher_url = local_url(addrs.hasher[0]);
-    let webui_addr = addrs.webui;
-    let mut tasks: JoinSet<Result<(), UpError>> = JoinSet::new();
-    for (n, listener) in listeners.rng.into_iter().enumerate() {
-        let rng = crate::rng::serve(listener, config.rng.clone(), signal());
-        let span = tracing::info_span!("rng", replica = n + 1);
-        tasks.spawn(async move { Ok(rng.await?) }.instrument(span));
-    }
-    for (n, listener) in listeners.hasher.into_iter().enumerate() {
-        let hasher = crate::hasher::serve(listener, config.hasher.clone(), signal());
-        let span = tracing::info_span!("hasher", replica = n + 1);
-        tasks.spawn(async move { Ok(hasher.await?) }.instrument(span));
-    }
+    services.spawn_backends(&config, listeners.rng, listeners.hasher);
     // Balanced clients see every replica (pinned ones keep the first).
-    let backends = || -> Result<(Backend, Backend), UpError> {
+    let clients = || -> Result<(RngClient, HasherClient), UpError> {
         Ok((
-            Backend::with_resolver(
-                "rng",
-                &rng_url,
+            RngClient::with_resolver(
+                &local_url(addrs.rng[0]),
                 &config.pool,
                 fixed_resolver(addrs.rng.clone()),
             )?,
-            Backend::with_resolver(
-                "hasher",
-                &hasher_url,
+            HasherClient::with_resolver(
+                &local_url(addrs.hasher[0]),
                 &config.pool,
                 fixed_resolver(addrs.hasher.clone()),
             )?,
         ))
     };
-    let (rng, hasher) = backends()?;
-    let webui = Webui::new(store.clone(), rng, hasher);
-    let webui_signal = signal();
-    tasks.spawn(
-        async move {
-            crate::webui::serve(listeners.webui, webui, webui_signal)
-                .await
-                .map_err(UpError::Webui)
-        }
-        .instrument(tracing::info_span!("webui")),
-    );
+    let (rng, hasher) = clients()?;
+    services.spawn_webui(listeners.webui, Webui::new(store.clone(), rng, hasher));
     for n in 1..=config.workers.max(1) {
-        let (rng, hasher) = backends()?;
-        let worker =
-            crate::worker::run(config.worker.clone(), rng, hasher, store.clone(), signal());
-        tasks.spawn(
+        let (rng, hasher) = clients()?;
+        let backends = Backends {
+            rng,
+            hasher,
+            store: store.clone(),
+        };
+        services.spawn_worker(n, config.worker.clone(), backends);
+    }
+    tracing::info!(
+        webui = %local_url(addrs.webui),
+        rng = ?addrs.rng,
+        hasher = ?addrs.hasher,
+        store = %store.describe(),
+        workers = config.workers,
+        "dockercoins is up: open {} (Ctrl-C stops everything)",
+        local_url(addrs.webui)
+    );
+    let mut result = Ok(());
+    tokio::select! {
+        () = shutdown => {}
+        // Services run until told to stop: one that ends early failed.
+        Some(joined) = services.tasks.join_next() => result = flatten(joined),
+    }
+    let _ = stop.send(true);
+    while let Some(joined) = services.tasks.join_next().await {
+        if let (Ok(()), Err(error)) = (&result, flatten(joined)) {
+            result = Err(error);
+        }
+    }
+    result
+}
+
+/// The services of the mesh as tasks, each stopped by one signal.
+struct Services {
+    tasks: JoinSet<Result<(), UpError>>,
+    /// Turns true when every service is to stop.
+    stopped: watch::Receiver<bool>,
+}
+
+impl Services {
+    /// A future that resolves when every service is to stop.
+    fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopped = self.stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|&stop| stop).await;
+        }
+    }
+
+    fn spawn_backends(
+        &mut self,
+        config: &UpConfig,
+        rng: Vec<TcpListener>,
+        hasher: Vec<TcpListener>,
+    ) {
+        for (n, listener) in rng.into_iter().enumerate() {
+            let rng = crate::rng::serve(listener, config.rng.clone(), self.signal());
+            let span = tracing::info_span!("rng", replica = n + 1);
+            self.tasks
+                .spawn(async move { Ok(rng.await?) }.instrument(span));
+        }
+        for (n, listener) in hasher.into_iter().enumerate() {
+            let hasher = crate::hasher::serve(listener, config.hasher.clone(), self.signal());
+            let span = tracing::info_span!("hasher", replica = n + 1);
+            self.tasks
+                .spawn(async move { Ok(hasher.await?) }.instrument(span));
+        }
+    }
+
+    fn spawn_webui(&mut self, listener: TcpListener, webui: Webui) {
+        let webui = crate::webui::serve(listener, webui, self.signal());
+        self.tasks
+            .spawn(async move { Ok(webui.await?) }.instrument(tracing::info_span!("webui")));
+    }
+
+    fn spawn_worker(&mut self, n: usize, config: WorkerConfig, backends: Backends) {
+        let worker = crate::worker::run(config, backends, None, self.signal());
+        self.tasks.spawn(
             async move {
                 worker.await;
                 Ok(())
@@ -333,29 +295,6 @@ async fn run_services(
             .instrument(tracing::info_span!("worker", n)),
         );
     }
-    tracing::info!(
-        webui = %local_url(webui_addr),
-        rng = ?addrs.rng,
-        hasher = ?addrs.hasher,
-        store = %store.describe(),
-        workers = config.workers,
-        "dockercoins is up: open {} (Ctrl-C stops everything)",
-        local_url(webui_addr)
-    );
-
-    let mut result = Ok(());
-    tokio::select! {
-        () = shutdown => {}
-        // Services run until told to stop: one that ends early failed.
-        Some(joined) = tasks.join_next() => result = flatten(joined),
-    }
-    let _ = stop.send(true);
-    while let Some(joined) = tasks.join_next().await {
-        if let (Ok(()), Err(error)) = (&result, flatten(joined)) {
-            result = Err(error);
-        }
-    }
-    result
 }
 
 fn flatten(joined: Result<Result<(), UpError>, tokio::task::JoinError>) -> Result<(), UpError> {

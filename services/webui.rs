@@ -6,21 +6,21 @@
 //! offline) and served by fixed routes only: no path reaches the filesystem.
 
 use crate::{
+    clients::{HasherClient, RngClient},
     limits::{HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES},
-    pb::{
-        GenerateRequest, HashRequest, InfoRequest, hasher_client::HasherClient,
-        replica_client::ReplicaClient, rng_client::RngClient,
-    },
-    pool::{Backend, traced},
+    pb::{InfoRequest, replica_client::ReplicaClient},
+    pool::Backend,
+    protocol::WEBUI_PORT,
     rng::parse_size,
-    server::DRAIN_TIMEOUT,
+    shutdown::DRAIN_TIMEOUT,
     store::Store,
+    telemetry::{fields, record_response, server_span},
 };
 use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -32,6 +32,7 @@ use hyper_util::{
 use serde_json::{Value, json};
 use std::{
     future::Future,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -40,7 +41,7 @@ use std::{
 };
 use tokio::{net::TcpListener, task::JoinSet};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
+use tower_http::trace::TraceLayer;
 
 const INDEX_HTML: &str = include_str!("webui/index.html");
 const APP_JS: &str = include_str!("webui/app.js");
@@ -51,6 +52,40 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
     style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
+/// Where `dockercoins webui` listens unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, WEBUI_PORT));
+
+/// Why the webui stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WebuiError {
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// Headers on every answer: the page may load and frame nothing but its own
+/// assets, and browsers must not sniff types or send referrers.
+const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
+    (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    // frame-ancestors 'none' in the CSP, for browsers without CSP 2.
+    (header::X_FRAME_OPTIONS, "DENY"),
+];
+
+/// Adds [`SECURITY_HEADERS`] to an answer, and `no-store` unless it says
+/// how to cache (the assets do).
+async fn secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
 /// Bound on each health check and gateway call from the webui.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -58,14 +93,14 @@ const BACKEND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Webui {
     pub store: Store,
-    pub rng: Backend,
-    pub hasher: Backend,
+    pub rng: RngClient,
+    pub hasher: HasherClient,
     /// Whether the last `/json` failed on Redis: log a streak once.
     redis_failing: Arc<AtomicBool>,
 }
 
 impl Webui {
-    pub fn new(store: Store, rng: Backend, hasher: Backend) -> Self {
+    pub fn new(store: Store, rng: RngClient, hasher: HasherClient) -> Self {
         Self {
             store,
             rng,
@@ -97,36 +132,16 @@ pub fn router(webui: Webui) -> Router {
                 .make_span_with(|request: &axum::http::Request<_>| {
                     let path = request.uri().path();
                     if path == "/json" || (path.starts_with("/api/") && path != "/api/status") {
-                        crate::server::server_span(request)
+                        server_span(request)
                     } else {
                         tracing::Span::none()
                     }
                 })
                 .on_request(())
-                .on_response(crate::server::record_response)
+                .on_response(record_response)
                 .on_failure(()),
         )
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        // frame-ancestors 'none' in the CSP, for browsers without CSP 2.
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
+        .layer(axum::middleware::map_response(secure))
         .with_state(webui)
 }
 
@@ -141,12 +156,12 @@ pub async fn serve(
     listener: TcpListener,
     webui: Webui,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), WebuiError> {
     tracing::info!(
-        listen = %listener.local_addr()?,
+        { fields::LISTEN } = %listener.local_addr()?,
         store = %webui.store.describe(),
-        rng = %webui.rng.url(),
-        hasher = %webui.hasher.url(),
+        rng = %webui.rng.backend().url(),
+        hasher = %webui.hasher.backend().url(),
         "webui serving HTTP"
     );
     let app = router(webui);
@@ -249,8 +264,8 @@ async fn score_json(State(webui): State<Webui>) -> Response {
 /// webui sees.
 async fn status(State(webui): State<Webui>) -> Json<Value> {
     let (rng, hasher, redis) = tokio::join!(
-        grpc_health(&webui.rng, "dockercoins.v1.Rng"),
-        grpc_health(&webui.hasher, "dockercoins.v1.Hasher"),
+        grpc_health(webui.rng.backend()),
+        grpc_health(webui.hasher.backend()),
         webui.store.ping(),
     );
     let redis = match redis {
@@ -270,7 +285,8 @@ fn ms(duration: Duration) -> f64 {
 
 /// A backend as webui sees it: each replica's health, latency, identity and
 /// calls served; the backend's own status is its best replica's.
-async fn grpc_health(backend: &Backend, service: &str) -> Value {
+async fn grpc_health(backend: &Backend) -> Value {
+    let service = backend.service().grpc;
     let replicas = backend.replica_channels().await;
     let checks = replicas.into_iter().map(|(address, channel)| async move {
         let start = Instant::now();
@@ -355,12 +371,11 @@ impl IntoResponse for GatewayError {
 /// The reply of a gateway call to `backend`, within [`BACKEND_TIMEOUT`].
 async fn answer<T>(
     backend: &Backend,
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    call: impl Future<Output = Result<T, tonic::Status>>,
 ) -> Result<T, GatewayError> {
     tokio::time::timeout(BACKEND_TIMEOUT, call)
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 2 s")))
-        .map(tonic::Response::into_inner)
         .map_err(|status| GatewayError::Backend {
             backend: backend.name(),
             status,
@@ -373,15 +388,7 @@ async fn gateway_rng(
     Path(size): Path<String>,
 ) -> Result<Json<Value>, GatewayError> {
     let size = parse_size(&size).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-    let request = GenerateRequest { size: size as u32 };
-    let call = traced(
-        &webui.rng,
-        "dockercoins.v1.Rng",
-        "Generate",
-        async |channel, request| RngClient::new(channel).generate(request).await,
-        request,
-    );
-    let data = answer(&webui.rng, call).await?.data;
+    let data = answer(webui.rng.backend(), webui.rng.generate(size as u32)).await?;
     Ok(Json(json!({"size": data.len(), "hex": hex::encode(&data)})))
 }
 
@@ -390,13 +397,6 @@ async fn gateway_hash(
     State(webui): State<Webui>,
     body: Bytes,
 ) -> Result<Json<Value>, GatewayError> {
-    let call = traced(
-        &webui.hasher,
-        "dockercoins.v1.Hasher",
-        "Hash",
-        async |channel, request| HasherClient::new(channel).hash(request).await,
-        HashRequest { data: body },
-    );
-    let hex = answer(&webui.hasher, call).await?.hex;
+    let hex = answer(webui.hasher.backend(), webui.hasher.hash(body)).await?;
     Ok(Json(json!({"hex": hex})))
 }

@@ -6,8 +6,10 @@ use crate::helpers::{
     RedisServer, RunningWorker, Spawned, generate_through, spawn_hasher, spawn_rng,
 };
 use dockercoins::{
-    config::{HasherConfig, RngConfig},
-    pool::{Backend, Policy, PoolSettings, Resolver},
+    clients::{HasherClient, RngClient},
+    hasher::HasherConfig,
+    pool::{Policy, PoolSettings, Resolver},
+    rng::RngConfig,
     store::Store,
     worker::WorkerConfig,
 };
@@ -39,8 +41,8 @@ async fn three_rng_replicas() -> (Vec<Spawned>, Arc<Mutex<Vec<SocketAddr>>>) {
     (replicas, Arc::new(Mutex::new(addrs)))
 }
 
-/// `calls` Rng/Generate calls through the backend, one after the other.
-async fn generate(rng: &Backend, calls: usize) {
+/// `calls` Rng/Generate calls through the client, one after the other.
+async fn generate(rng: &RngClient, calls: usize) {
     for _ in 0..calls {
         generate_through(rng).await.unwrap();
     }
@@ -80,7 +82,6 @@ fn unary() -> WorkerConfig {
         delay: Duration::ZERO,
         concurrency: 6,
         batch: 0,
-        call_timeout: Duration::from_secs(2),
     }
 }
 
@@ -90,23 +91,22 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
     let hasher = spawn_hasher(HasherConfig::turbo()).await;
     let (mut replicas, addrs) = three_rng_replicas().await;
     // The name in the URL is never looked up: the resolver answers.
-    let rng = Backend::with_resolver(
-        "rng",
+    let rng = RngClient::with_resolver(
         "http://rng:8001",
         &settings(Policy::Balanced),
         resolver(&addrs),
     )
     .unwrap();
-    let hasher_backend = Backend::new("hasher", &hasher.url(), &PoolSettings::default()).unwrap();
+    let hasher_backend = HasherClient::new(&hasher.url(), &PoolSettings::default()).unwrap();
     let store = Store::redis(&redis.url(), Duration::from_millis(500)).unwrap();
     let worker = RunningWorker::with_backends(unary(), rng.clone(), hasher_backend, store);
 
     // 1. Every replica gets a fair share: a third each, within 10 points.
     wait_until("600 calls", Duration::from_secs(30), || {
-        rng.served().values().sum::<u64>() >= 600
+        rng.backend().served().values().sum::<u64>() >= 600
     })
     .await;
-    let served = rng.served();
+    let served = rng.backend().served();
     let total: u64 = served.values().sum();
     for replica in &replicas {
         let share = served_on(&served, replica.addr.port()) as f64 / total as f64;
@@ -122,21 +122,21 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
     let dead = replicas.remove(2);
     let dead_port = dead.addr.port();
     dead.stop().await.unwrap();
-    let failures = rng.failures();
-    let before = rng.served();
+    let failures = rng.backend().failures();
+    let before = rng.backend().served();
     wait_until("300 more calls", Duration::from_secs(30), || {
-        rng.served().values().sum::<u64>() >= before.values().sum::<u64>() + 300
+        rng.backend().served().values().sum::<u64>() >= before.values().sum::<u64>() + 300
     })
     .await;
     // At most the calls it already had in flight when it stopped (their
     // replies may land after the snapshot); no new ones.
-    let late = served_on(&rng.served(), dead_port) - served_on(&before, dead_port);
+    let late = served_on(&rng.backend().served(), dead_port) - served_on(&before, dead_port);
     assert!(
         late <= unary().concurrency as u64,
         "{late} calls on the dead replica"
     );
     assert_eq!(
-        rng.failures(),
+        rng.backend().failures(),
         failures,
         "a unit of work failed on the dead replica"
     );
@@ -150,11 +150,15 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
     wait_until(
         "calls on the new replica",
         2 * PERIOD + Duration::from_millis(200),
-        || served_on(&rng.served(), fresh_port) > 0,
+        || served_on(&rng.backend().served(), fresh_port) > 0,
     )
     .await;
     eprintln!("new replica served after {:?}", listed.elapsed());
-    assert!(!rng.replicas().contains(&format!("127.0.0.1:{dead_port}")));
+    assert!(
+        !rng.backend()
+            .replicas()
+            .contains(&format!("127.0.0.1:{dead_port}"))
+    );
 
     let report = worker.stop().await;
     assert_eq!(report.hashes_done, report.hashes_flushed);
@@ -171,15 +175,14 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
 #[tokio::test]
 async fn pinned_stays_on_one_replica() {
     let (replicas, addrs) = three_rng_replicas().await;
-    let rng = Backend::with_resolver(
-        "rng",
+    let rng = RngClient::with_resolver(
         &replicas[0].url(),
         &settings(Policy::Pinned),
         resolver(&addrs),
     )
     .unwrap();
     generate(&rng, 60).await;
-    let served = rng.served();
+    let served = rng.backend().served();
     assert_eq!(served.len(), 1, "{served:?}");
     assert_eq!(served_on(&served, replicas[0].addr.port()), 60);
     for replica in replicas {
@@ -194,13 +197,18 @@ async fn pinned_stays_on_one_replica() {
 async fn the_system_resolver_finds_replicas_by_name() {
     let rng_server = spawn_rng(RngConfig::turbo()).await;
     let url = format!("http://localhost:{}", rng_server.addr.port());
-    let rng = Backend::new("rng", &url, &settings(Policy::Balanced)).unwrap();
+    let rng = RngClient::new(&url, &settings(Policy::Balanced)).unwrap();
     generate(&rng, 20).await;
     assert!(
-        rng.replicas().contains(&rng_server.addr.to_string()),
+        rng.backend()
+            .replicas()
+            .contains(&rng_server.addr.to_string()),
         "{:?}",
-        rng.replicas()
+        rng.backend().replicas()
     );
-    assert_eq!(served_on(&rng.served(), rng_server.addr.port()), 20);
+    assert_eq!(
+        served_on(&rng.backend().served(), rng_server.addr.port()),
+        20
+    );
     rng_server.stop().await.unwrap();
 }

@@ -5,7 +5,7 @@ use crate::helpers::{
     have, run_readme_line, sha256_hex, sigterm, spawn_hasher, spawn_rng, start_binary,
 };
 use clap::CommandFactory;
-use dockercoins::config::{Cli, HasherConfig, RngConfig};
+use dockercoins::{config::Cli, hasher::HasherConfig, rng::RngConfig};
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -149,4 +149,73 @@ async fn readme_grpcurl_lines_work() {
     }
     rng.stop().await.unwrap();
     hasher.stop().await.unwrap();
+}
+
+/// The lesson cannot drift between `dockercoins rng` (Compose, Kubernetes)
+/// and `dockercoins up` (a laptop): each service's own command, with no
+/// setting given, runs exactly what `up` runs for it in the classroom, and
+/// the clients' defaults are the same in both.
+#[test]
+fn each_services_defaults_are_what_up_runs() {
+    use clap::Parser;
+    use dockercoins::config::{Command, env};
+    // clap reads the environment too: a setting there is not a default.
+    for name in [
+        env::RNG_DELAY_MS,
+        env::RNG_LANES,
+        env::HASHER_DELAY_MS,
+        env::WORKER_DELAY_MS,
+        env::WORKER_CONCURRENCY,
+        env::WORKER_BATCH,
+        env::GRPC_CHANNELS,
+        env::GRPC_TIMEOUT_MS,
+        env::GRPC_CONNECT_TIMEOUT_MS,
+        env::GRPC_POLICY,
+        env::GRPC_RESOLVE_MS,
+        env::TURBO,
+    ] {
+        assert!(
+            std::env::var_os(name).is_none(),
+            "{name} is set: run this test without it"
+        );
+    }
+    let parse = |args: &[&str]| {
+        let mut argv = vec!["dockercoins"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().command
+    };
+    let Command::Up(up) = parse(&["up"]) else {
+        unreachable!()
+    };
+    let up = up.config();
+    let Command::Rng(rng) = parse(&["rng"]) else {
+        unreachable!()
+    };
+    let rng = rng.config().unwrap();
+    assert_eq!((rng.delay, rng.lanes), (up.rng.delay, up.rng.lanes));
+    assert_eq!(
+        (rng.delay, rng.lanes),
+        (Duration::from_millis(100), Some(1))
+    );
+    let Command::Hasher(hasher) = parse(&["hasher"]) else {
+        unreachable!()
+    };
+    assert_eq!(hasher.config().unwrap().delay, up.hasher.delay);
+    let Command::Worker(worker) = parse(&["worker"]) else {
+        unreachable!()
+    };
+    let pool = worker.client.pool().unwrap();
+    let worker = worker.config();
+    assert_eq!(
+        (worker.delay, worker.concurrency, worker.batch),
+        (up.worker.delay, up.worker.concurrency, up.worker.batch)
+    );
+    assert_eq!(
+        (pool.channels, pool.call_timeout, pool.policy),
+        (up.pool.channels, up.pool.call_timeout, up.pool.policy)
+    );
+    assert_eq!(
+        (pool.connect_timeout, pool.resolve_interval),
+        (up.pool.connect_timeout, up.pool.resolve_interval)
+    );
 }

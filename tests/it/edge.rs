@@ -3,10 +3,10 @@
 
 use crate::helpers::{Spawned, http1, spawn_rng};
 use dockercoins::{
-    config::RngConfig,
     edge::{self, Route},
     pb::{InfoRequest, replica_client::ReplicaClient},
     pool::Resolver,
+    rng::RngConfig,
 };
 use std::{
     collections::BTreeMap,
@@ -145,10 +145,13 @@ async fn stops_promptly_with_a_connection_open() {
     let idle = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     served_by(edge.addr).await;
     edge.stop.send(()).unwrap();
-    tokio::time::timeout(edge::DRAIN_TIMEOUT + Duration::from_secs(5), edge.task)
-        .await
-        .expect("edge did not stop")
-        .unwrap();
+    tokio::time::timeout(
+        dockercoins::shutdown::DRAIN_TIMEOUT + Duration::from_secs(5),
+        edge.task,
+    )
+    .await
+    .expect("edge did not stop")
+    .unwrap();
     // The listener is closed.
     assert!(tokio::net::TcpStream::connect(edge.addr).await.is_err());
     drop(idle);

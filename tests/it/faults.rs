@@ -5,16 +5,18 @@
 
 use crate::helpers::{
     Log, RedisServer, RunningWorker, restartable_port, sha256_hex, spawn_hasher, spawn_rng,
-    start_binary, start_binary_logged,
+    spawn_webui, start_binary, start_binary_logged,
 };
 use dockercoins::{
-    config::{HasherConfig, RngConfig},
+    hasher::HasherConfig,
     limits,
     pb::{
         GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest, InfoRequest,
         hasher_client::HasherClient, replica_client::ReplicaClient, rng_client::RngClient,
     },
+    rng::RngConfig,
     store::Store,
+    telemetry::fields,
     worker::{Report, WorkerConfig},
 };
 use std::{
@@ -25,7 +27,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use tokio::{net::TcpListener, process::Child};
+use tokio::process::Child;
 use tonic::transport::Channel;
 
 fn turbo(concurrency: usize, batch: usize) -> WorkerConfig {
@@ -33,7 +35,6 @@ fn turbo(concurrency: usize, batch: usize) -> WorkerConfig {
         delay: Duration::ZERO,
         concurrency,
         batch,
-        call_timeout: Duration::from_secs(2),
     }
 }
 
@@ -76,18 +77,8 @@ async fn redis_killed_twice_nothing_lost_nothing_counted_twice() {
         RunningWorker::start(turbo(4, 0), &rng.url(), &hasher.url(), store(&redis)),
         RunningWorker::start(turbo(2, 1024), &rng.url(), &hasher.url(), store(&redis)),
     ];
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let webui_addr = listener.local_addr().unwrap();
-    let pool = dockercoins::pool::PoolSettings::default();
-    let webui = dockercoins::webui::Webui::new(
-        store(&redis),
-        dockercoins::pool::Backend::new("rng", &rng.url(), &pool).unwrap(),
-        dockercoins::pool::Backend::new("hasher", &hasher.url(), &pool).unwrap(),
-    );
-    let (stop_webui, webui_stopped) = tokio::sync::oneshot::channel::<()>();
-    let webui_task = tokio::spawn(dockercoins::webui::serve(listener, webui, async {
-        let _ = webui_stopped.await;
-    }));
+    let webui = spawn_webui(store(&redis), &rng.url(), &hasher.url()).await;
+    let webui_addr = webui.addr;
 
     let mut seen = redis.wait_for_hashes(1, Duration::from_secs(30)).await;
     for _ in 0..2 {
@@ -118,9 +109,8 @@ async fn redis_killed_twice_nothing_lost_nothing_counted_twice() {
     }
     assert_eq!(redis.hashes().await, done, "Redis != what the workers did");
     assert_eq!(wallet_holds_only_real_coins(&redis).await as u64, coins);
-    assert!(!webui_task.is_finished(), "webui died");
-    let _ = stop_webui.send(());
-    webui_task.await.unwrap().unwrap();
+    assert!(webui.is_running(), "webui died");
+    webui.stop().await.unwrap();
     rng.stop().await.unwrap();
     hasher.stop().await.unwrap();
 }
@@ -370,7 +360,7 @@ async fn sigterm_under_turbo_load_every_service_exits_0_promptly() {
                 .unwrap()
                 .iter()
                 .rev()
-                .find(|line| line.contains("hashes_done"))
+                .find(|line| line.contains(fields::HASHES_DONE))
                 .cloned();
             if let Some(line) = line {
                 return line;
@@ -381,10 +371,10 @@ async fn sigterm_under_turbo_load_every_service_exits_0_promptly() {
     .await
     .expect("no last line with hashes_done from the worker");
     let last: serde_json::Value = serde_json::from_str(&last).unwrap();
-    let done = last["fields"]["hashes_done"].as_u64().unwrap();
+    let done = last["fields"][fields::HASHES_DONE].as_u64().unwrap();
     assert!(done >= 200, "{last}");
     assert_eq!(
-        last["fields"]["hashes_flushed"].as_u64(),
+        last["fields"][fields::HASHES_FLUSHED].as_u64(),
         Some(done),
         "{last}"
     );
@@ -427,23 +417,21 @@ async fn a_backend_slower_than_the_call_timeout_costs_bounded_calls() {
     let rng = spawn_rng(RngConfig {
         delay,
         lanes: Some(1),
+        tls: None,
     })
     .await;
     let hasher = spawn_hasher(HasherConfig::turbo()).await;
     let concurrency = 8;
     let call_timeout = Duration::from_millis(200);
-    let config = WorkerConfig {
-        call_timeout,
-        ..turbo(concurrency, 0)
-    };
+    let config = turbo(concurrency, 0);
     let pool = dockercoins::pool::PoolSettings {
         call_timeout,
         ..Default::default()
     };
     let worker = RunningWorker::with_backends(
         config,
-        dockercoins::pool::Backend::new("rng", &rng.url(), &pool).unwrap(),
-        dockercoins::pool::Backend::new("hasher", &hasher.url(), &pool).unwrap(),
+        dockercoins::clients::RngClient::new(&rng.url(), &pool).unwrap(),
+        dockercoins::clients::HasherClient::new(&hasher.url(), &pool).unwrap(),
         store(&redis),
     );
     let run = Duration::from_secs(3);

@@ -2,10 +2,11 @@
 
 use crate::helpers::{hasher_client, http1, sha256_hex, spawn_hasher};
 use dockercoins::{
-    config::HasherConfig,
-    hasher::{DIGEST_BYTES, HasherService},
+    hasher::HasherConfig,
+    hasher::HasherService,
     limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES},
     pb::{HashBatch, HashRequest, hasher_server::Hasher},
+    protocol::DIGEST_BYTES,
 };
 use std::time::Duration;
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
@@ -166,6 +167,7 @@ async fn classroom_hasher_serves_requests_concurrently() {
 async fn hasher_calls_overlap_over_the_network() {
     let config = HasherConfig {
         delay: Duration::from_millis(200),
+        tls: None,
     };
     let server = spawn_hasher(config).await;
     let client = hasher_client(&server).await;

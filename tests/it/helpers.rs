@@ -2,9 +2,16 @@
 
 use bytes::Bytes;
 use dockercoins::{
-    config::{HasherConfig, RngConfig},
-    pb::{hasher_client::HasherClient, rng_client::RngClient},
+    clients::{HasherClient, RngClient},
+    hasher::HasherConfig,
+    pb::{hasher_client, rng_client},
+    pool::PoolSettings,
+    rng::RngConfig,
     server::ServeError,
+    store::Store,
+    telemetry::fields,
+    webui::{Webui, WebuiError},
+    worker::{Backends, Report, WorkerConfig},
 };
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Request, StatusCode};
@@ -22,18 +29,19 @@ use tokio::{
 };
 use tonic::transport::Channel;
 
-/// A service running in this test's runtime.
-pub struct Spawned {
+/// A server running in this test's runtime: rng and hasher (whose errors
+/// are [`ServeError`]s), webui ([`WebuiError`]s).
+pub struct Spawned<E = ServeError> {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ServeError>>,
+    task: JoinHandle<Result<(), E>>,
 }
 
-impl Spawned {
+impl<E: Send + 'static> Spawned<E> {
     /// Binds 127.0.0.1:0 and runs `serve` on it in a task.
     pub async fn start<F>(serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Self
     where
-        F: Future<Output = Result<(), ServeError>> + Send + 'static,
+        F: Future<Output = Result<(), E>> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -59,6 +67,11 @@ impl Spawned {
             .unwrap()
     }
 
+    /// Whether the server still serves (it has not returned).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
     /// Begins shutdown and does not wait for it.
     pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -67,7 +80,7 @@ impl Spawned {
     }
 
     /// Begins shutdown and waits for the server to return.
-    pub async fn stop(mut self) -> Result<(), ServeError> {
+    pub async fn stop(mut self) -> Result<(), E> {
         self.begin_stop();
         tokio::time::timeout(Duration::from_secs(5), &mut self.task)
             .await
@@ -76,7 +89,7 @@ impl Spawned {
     }
 
     /// Waits for a server whose shutdown has begun.
-    pub async fn join(&mut self, within: Duration) -> Result<(), ServeError> {
+    pub async fn join(&mut self, within: Duration) -> Result<(), E> {
         tokio::time::timeout(within, &mut self.task)
             .await
             .expect("server did not stop in time")
@@ -104,12 +117,35 @@ pub async fn spawn_hasher(config: HasherConfig) -> Spawned {
     .await
 }
 
-pub async fn rng_client(server: &Spawned) -> RngClient<Channel> {
-    RngClient::new(server.channel().await)
+/// A webui in front of `rng` and `hasher`, with `store`.
+pub async fn spawn_webui(store: Store, rng: &str, hasher: &str) -> Spawned<WebuiError> {
+    let pool = PoolSettings {
+        connect_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let webui = Webui::new(
+        store,
+        RngClient::new(rng, &pool).unwrap(),
+        HasherClient::new(hasher, &pool).unwrap(),
+    );
+    Spawned::start(|listener, stop| async move {
+        dockercoins::webui::serve(listener, webui, async {
+            let _ = stop.await;
+        })
+        .await
+    })
+    .await
 }
 
-pub async fn hasher_client(server: &Spawned) -> HasherClient<Channel> {
-    HasherClient::new(server.channel().await).max_encoding_message_size(64 * 1024 * 1024)
+/// The generated client on a fresh connection: what any gRPC client sends.
+pub async fn rng_client(server: &Spawned) -> rng_client::RngClient<Channel> {
+    rng_client::RngClient::new(server.channel().await)
+}
+
+/// The generated client on a fresh connection: what any gRPC client sends.
+pub async fn hasher_client(server: &Spawned) -> hasher_client::HasherClient<Channel> {
+    hasher_client::HasherClient::new(server.channel().await)
+        .max_encoding_message_size(64 * 1024 * 1024)
 }
 
 /// One HTTP/1.1 request on a fresh connection.
@@ -356,51 +392,48 @@ impl Drop for RedisServer {
     }
 }
 
+/// How the tests' workers reach their backends: a short connect timeout, and
+/// a call timeout that a hang trips well within a test's bounds.
+pub fn test_pool() -> PoolSettings {
+    PoolSettings {
+        connect_timeout: Duration::from_millis(500),
+        call_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
 /// A worker running in this test's runtime, stopped by `stop`.
 pub struct RunningWorker {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<dockercoins::worker::Report>,
+    task: JoinHandle<Report>,
 }
 
 impl RunningWorker {
-    pub fn start(
-        config: dockercoins::worker::WorkerConfig,
-        rng_url: &str,
-        hasher_url: &str,
-        store: dockercoins::store::Store,
-    ) -> Self {
-        let pool = dockercoins::pool::PoolSettings {
-            connect_timeout: Duration::from_millis(500),
-            ..Default::default()
-        };
-        let rng = dockercoins::pool::Backend::new("rng", rng_url, &pool).unwrap();
-        let hasher = dockercoins::pool::Backend::new("hasher", hasher_url, &pool).unwrap();
+    pub fn start(config: WorkerConfig, rng_url: &str, hasher_url: &str, store: Store) -> Self {
+        let pool = test_pool();
+        let rng = RngClient::new(rng_url, &pool).unwrap();
+        let hasher = HasherClient::new(hasher_url, &pool).unwrap();
         Self::with_backends(config, rng, hasher, store)
     }
 
-    /// A worker on backends made by the test (a resolver of its own...).
+    /// A worker on clients made by the test (a resolver of its own...).
     pub fn with_backends(
-        config: dockercoins::worker::WorkerConfig,
-        rng: dockercoins::pool::Backend,
-        hasher: dockercoins::pool::Backend,
-        store: dockercoins::store::Store,
+        config: WorkerConfig,
+        rng: RngClient,
+        hasher: HasherClient,
+        store: Store,
     ) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(dockercoins::worker::run(
-            config,
-            rng,
-            hasher,
-            store,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let backends = Backends { rng, hasher, store };
+        let task = tokio::spawn(dockercoins::worker::run(config, backends, None, async {
+            let _ = stopped.await;
+        }));
         Self { stop, task }
     }
 
     /// Stops the worker (as SIGTERM would) and returns its report; a stop
     /// takes well under a second.
-    pub async fn stop(self) -> dockercoins::worker::Report {
+    pub async fn stop(self) -> Report {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(2), self.task)
             .await
@@ -437,10 +470,10 @@ pub async fn start_binary_logged(args: &[&str], envs: &[(&str, &str)]) -> (Child
     let listen = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             kept.lock().unwrap().push(line.clone());
-            if let Some(rest) = line.split("listen=").nth(1) {
+            if let Some(rest) = line.split(&format!("{}=", fields::LISTEN)).nth(1) {
                 return rest.split_whitespace().next().unwrap().to_owned();
             }
-            if line.contains("worker mining") {
+            if line.contains(fields::WORKER_MINING) {
                 return String::new();
             }
         }
@@ -503,20 +536,8 @@ pub async fn run_readme_line(line: &str, command: &str) -> String {
     stdout
 }
 
-/// One Rng/Generate call of 32 bytes through a backend (balancing, retries,
-/// TLS: whatever the backend does); the number of bytes it returned.
-pub async fn generate_through(rng: &dockercoins::pool::Backend) -> Result<usize, tonic::Status> {
-    dockercoins::pool::traced(
-        rng,
-        "dockercoins.v1.Rng",
-        "Generate",
-        async |channel, request| {
-            dockercoins::pb::rng_client::RngClient::new(channel)
-                .generate(request)
-                .await
-        },
-        dockercoins::pb::GenerateRequest { size: 32 },
-    )
-    .await
-    .map(|reply| reply.into_inner().data.len())
+/// One Rng/Generate call of 32 bytes through a client (balancing, retries,
+/// TLS: whatever its backend does); the number of bytes it returned.
+pub async fn generate_through(rng: &RngClient) -> Result<usize, tonic::Status> {
+    rng.generate(32).await.map(|data| data.len())
 }

@@ -2,9 +2,9 @@
 
 use crate::helpers::{http1, rng_client, spawn_rng};
 use dockercoins::{
-    config::RngConfig,
     limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS},
     pb::{GenerateRequest, GenerateStreamRequest, rng_server::Rng},
+    rng::RngConfig,
     rng::RngService,
 };
 use std::time::Duration;
@@ -235,6 +235,7 @@ async fn the_lane_holds_over_the_network_whichever_protocol() {
     let config = RngConfig {
         delay: Duration::from_millis(50),
         lanes: Some(1),
+        tls: None,
     };
     let server = spawn_rng(config).await;
     let client = rng_client(&server).await;

@@ -3,9 +3,10 @@
 
 use crate::helpers::{Spawned, rng_client, spawn_hasher, spawn_rng};
 use dockercoins::{
-    config::{HasherConfig, RngConfig},
+    hasher::HasherConfig,
     pb::{GenerateRequest, GenerateStreamRequest},
-    server::DRAIN_TIMEOUT,
+    rng::RngConfig,
+    shutdown::DRAIN_TIMEOUT,
 };
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,6 +154,7 @@ async fn shutdown_reports_not_serving_and_drains_calls_in_flight() {
     let config = RngConfig {
         delay: Duration::from_millis(200),
         lanes: Some(1),
+        tls: None,
     };
     let mut rng = spawn_rng(config).await;
     let channel = rng.channel().await;
@@ -201,6 +203,7 @@ async fn shutdown_is_bounded_when_calls_run_long() {
     let config = RngConfig {
         delay: Duration::from_millis(300),
         lanes: Some(1),
+        tls: None,
     };
     let mut rng = spawn_rng(config).await;
     let mut stream = rng_client(&rng)

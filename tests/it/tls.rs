@@ -4,10 +4,11 @@
 
 use crate::helpers::{Spawned, generate_through, have, run_readme_line, sha256_hex};
 use dockercoins::{
-    config::{HasherConfig, RngConfig},
-    healthcheck::{Unhealthy, check_with_tls},
-    pb::{HashRequest, hasher_client::HasherClient},
-    pool::{Backend, Policy, PoolSettings, Resolver, traced},
+    clients::{HasherClient, RngClient},
+    hasher::HasherConfig,
+    healthcheck::{Probe, Unhealthy, check},
+    pool::{Policy, PoolSettings, Resolver},
+    rng::RngConfig,
     tls::{ClientTls, ServerTls, TlsError},
 };
 use rcgen::{
@@ -133,7 +134,11 @@ fn ca_other() -> CertifiedIssuer<'static, KeyPair> {
 
 async fn spawn_tls_hasher(tls: ServerTls) -> Spawned {
     Spawned::start(|listener, stop| async move {
-        dockercoins::hasher::serve_with_tls(listener, HasherConfig::turbo(), Some(tls), async {
+        let config = HasherConfig {
+            tls: Some(tls),
+            ..HasherConfig::turbo()
+        };
+        dockercoins::hasher::serve(listener, config, async {
             let _ = stop.await;
         })
         .await
@@ -143,7 +148,11 @@ async fn spawn_tls_hasher(tls: ServerTls) -> Spawned {
 
 async fn spawn_tls_rng(tls: ServerTls) -> Spawned {
     Spawned::start(|listener, stop| async move {
-        dockercoins::rng::serve_with_tls(listener, RngConfig::turbo(), Some(tls), async {
+        let config = RngConfig {
+            tls: Some(tls),
+            ..RngConfig::turbo()
+        };
+        dockercoins::rng::serve(listener, config, async {
             let _ = stop.await;
         })
         .await
@@ -167,15 +176,32 @@ fn settings(policy: Policy, tls: Option<ClientTls>) -> PoolSettings {
     }
 }
 
-/// A balanced backend whose URL is `url` and whose every name resolves to
-/// `addr`.
-fn backend(url: &str, addr: SocketAddr, tls: Option<ClientTls>) -> Backend {
-    Backend::with_resolver("rng", url, &settings(Policy::Balanced, tls), resolver(addr)).unwrap()
+/// A balanced rng client whose URL is `url` and whose every name resolves
+/// to `addr`.
+fn backend(url: &str, addr: SocketAddr, tls: Option<ClientTls>) -> RngClient {
+    RngClient::with_resolver(url, &settings(Policy::Balanced, tls), resolver(addr)).unwrap()
+}
+
+/// A healthcheck of `target` over TLS with `tls`, the certificate checked
+/// against `domain` (default: the target's host).
+async fn check_tls(
+    target: &str,
+    service: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+    domain: Option<&str>,
+) -> Result<String, Unhealthy> {
+    check(&Probe {
+        tls: tls.cloned(),
+        domain: domain.map(str::to_owned),
+        ..Probe::new(target, service, timeout)
+    })
+    .await
 }
 
 /// The whole error, sources included, for assertions on the reason.
 fn reason(status: &tonic::Status) -> String {
-    dockercoins::pool::status_reason(status)
+    dockercoins::error_chain::status_reason(status)
 }
 
 /// A worker's backend over https: the pool dials 127.0.0.1, and the
@@ -197,8 +223,12 @@ async fn https_backends_call_a_tls_server_and_check_the_url_host() {
     for _ in 0..3 {
         assert_eq!(generate_through(&rng).await.unwrap(), 32);
     }
-    assert_eq!(rng.replicas(), [server.addr.to_string()], "dials the IP");
-    assert_eq!(rng.served().values().sum::<u64>(), 3);
+    assert_eq!(
+        rng.backend().replicas(),
+        [server.addr.to_string()],
+        "dials the IP"
+    );
+    assert_eq!(rng.backend().served().values().sum::<u64>(), 3);
 
     let misnamed = backend(
         &format!("https://hasher:{port}"),
@@ -213,8 +243,7 @@ async fn https_backends_call_a_tls_server_and_check_the_url_host() {
     );
 
     // Pinned: one connection to the URL itself, over TLS too.
-    let pinned = Backend::new(
-        "rng",
+    let pinned = RngClient::new(
         &format!("https://localhost:{port}"),
         &settings(Policy::Pinned, Some(tls)),
     )
@@ -302,14 +331,14 @@ async fn the_healthcheck_speaks_grpcs_with_and_without_a_client_certificate() {
     let server = spawn_tls_rng(pki.server(false)).await;
     let target = format!("grpcs://127.0.0.1:{}", server.addr.port());
     let tls = pki.client("ca.crt", None);
-    let healthy = check_with_tls(&target, service, timeout, Some(&tls), None)
+    let healthy = check_tls(&target, service, timeout, Some(&tls), None)
         .await
         .unwrap();
     assert!(healthy.contains("SERVING"), "{healthy}");
-    check_with_tls(&target, service, timeout, Some(&tls), Some("rng"))
+    check_tls(&target, service, timeout, Some(&tls), Some("rng"))
         .await
         .unwrap();
-    let misnamed = check_with_tls(&target, service, timeout, Some(&tls), Some("hasher"))
+    let misnamed = check_tls(&target, service, timeout, Some(&tls), Some("hasher"))
         .await
         .unwrap_err();
     assert!(
@@ -318,26 +347,26 @@ async fn the_healthcheck_speaks_grpcs_with_and_without_a_client_certificate() {
             .contains("not valid for name \"hasher\""),
         "{misnamed}"
     );
-    let no_ca = check_with_tls(&target, service, timeout, None, None)
+    let no_ca = check_tls(&target, service, timeout, None, None)
         .await
         .unwrap_err();
     assert!(matches!(no_ca, Unhealthy::NoCa(_)), "{no_ca}");
     assert!(no_ca.to_string().contains("TLS_CA"), "{no_ca}");
     // grpc:// to a TLS port is not healthy.
     let plaintext = format!("grpc://127.0.0.1:{}", server.addr.port());
-    check_with_tls(&plaintext, service, timeout, Some(&tls), None)
+    check_tls(&plaintext, service, timeout, Some(&tls), None)
         .await
         .unwrap_err();
     server.stop().await.unwrap();
 
     let server = spawn_tls_rng(pki.server(true)).await;
     let target = format!("grpcs://127.0.0.1:{}", server.addr.port());
-    let refused = check_with_tls(&target, service, timeout, Some(&tls), None)
+    let refused = check_tls(&target, service, timeout, Some(&tls), None)
         .await
         .unwrap_err();
     eprintln!("without a client certificate: {refused}");
     let mutual = pki.client("ca.crt", Some("client"));
-    let healthy = check_with_tls(&target, service, timeout, Some(&mutual), None)
+    let healthy = check_tls(&target, service, timeout, Some(&mutual), None)
         .await
         .unwrap();
     assert!(healthy.contains("SERVING"), "{healthy}");
@@ -514,7 +543,7 @@ fn bad_tls_settings_are_clear_errors() {
 /// the setting (there are no system roots to fall back on).
 #[tokio::test]
 async fn an_https_backend_without_a_ca_is_refused() {
-    let error = Backend::new("rng", "https://rng:8001", &PoolSettings::default()).unwrap_err();
+    let error = RngClient::new("https://rng:8001", &PoolSettings::default()).unwrap_err();
     let error = error.to_string();
     assert!(error.contains("rng") && error.contains("TLS_CA"), "{error}");
 }
@@ -643,26 +672,14 @@ async fn make_certs_sh_makes_what_the_services_accept() {
         Some(client.clone()),
     );
     assert_eq!(generate_through(&rng_backend).await.unwrap(), 32);
-    let hasher_backend = Backend::with_resolver(
-        "hasher",
+    let hasher_backend = HasherClient::with_resolver(
         &format!("https://hasher:{}", hasher.addr.port()),
         &settings(Policy::Balanced, Some(client.clone())),
         resolver(hasher.addr),
     )
     .unwrap();
-    let digest = traced(
-        &hasher_backend,
-        "dockercoins.v1.Hasher",
-        "Hash",
-        async |channel, request| HasherClient::new(channel).hash(request).await,
-        HashRequest {
-            data: b"hello".to_vec().into(),
-        },
-    )
-    .await
-    .unwrap()
-    .into_inner();
-    assert_eq!(digest.hex, sha256_hex(b"hello"));
+    let hex = hasher_backend.hash(b"hello".to_vec().into()).await.unwrap();
+    assert_eq!(hex, sha256_hex(b"hello"));
     // rng's certificate is not hasher's.
     let impostor = backend(
         &format!("https://hasher:{}", rng.addr.port()),
@@ -676,7 +693,7 @@ async fn make_certs_sh_makes_what_the_services_accept() {
         (&hasher, "dockercoins.v1.Hasher"),
     ] {
         let target = format!("grpcs://127.0.0.1:{}", server.addr.port());
-        check_with_tls(
+        check_tls(
             &target,
             service,
             Duration::from_secs(5),

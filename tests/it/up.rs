@@ -2,8 +2,9 @@
 //! redis-server, serving `/json` with growing hashes.
 
 use dockercoins::{
-    config::{HasherConfig, RngConfig},
+    hasher::HasherConfig,
     pool::PoolSettings,
+    rng::RngConfig,
     up::{Listeners, UpConfig},
     worker::WorkerConfig,
 };

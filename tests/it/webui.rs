@@ -7,8 +7,10 @@ use axum::{
     http::{Request, StatusCode},
 };
 use dockercoins::{
-    config::{HasherConfig, RngConfig},
-    pool::{Backend, PoolSettings},
+    clients::{HasherClient, RngClient},
+    hasher::HasherConfig,
+    pool::PoolSettings,
+    rng::RngConfig,
     store::Store,
     webui::{CONTENT_SECURITY_POLICY, Webui, router},
 };
@@ -24,8 +26,8 @@ fn webui(store: Store, rng_url: &str, hasher_url: &str) -> Webui {
     };
     Webui::new(
         store,
-        Backend::new("rng", rng_url, &pool).unwrap(),
-        Backend::new("hasher", hasher_url, &pool).unwrap(),
+        RngClient::new(rng_url, &pool).unwrap(),
+        HasherClient::new(hasher_url, &pool).unwrap(),
     )
 }
 

@@ -3,7 +3,8 @@
 
 use crate::helpers::{RedisServer, RunningWorker, sha256_hex, spawn_hasher, spawn_rng};
 use dockercoins::{
-    config::{HasherConfig, RngConfig},
+    hasher::HasherConfig,
+    rng::RngConfig,
     store::Store,
     worker::{Report, WorkerConfig},
 };
@@ -14,7 +15,6 @@ fn turbo_unary() -> WorkerConfig {
         delay: Duration::ZERO,
         concurrency: 4,
         batch: 0,
-        call_timeout: Duration::from_secs(2),
     }
 }
 
@@ -158,9 +158,10 @@ async fn ten_workers_are_capped_by_rngs_lane() {
     let rng = spawn_rng(RngConfig {
         delay,
         lanes: Some(1),
+        tls: None,
     })
     .await;
-    let hasher = spawn_hasher(HasherConfig { delay }).await;
+    let hasher = spawn_hasher(HasherConfig { delay, tls: None }).await;
     let config = WorkerConfig {
         delay,
         ..WorkerConfig::classroom()

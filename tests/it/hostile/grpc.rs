@@ -7,7 +7,7 @@ use super::{
     grpc_wire::{GrpcBody, HASHER_METHODS, RNG_METHODS, grpc_body, raw_grpc},
 };
 use crate::helpers::{sha256_hex, spawn_hasher, spawn_rng};
-use dockercoins::config::{HasherConfig, RngConfig};
+use dockercoins::{hasher::HasherConfig, rng::RngConfig};
 use proptest::{prelude::*, test_runner::TestCaseError};
 
 impl GrpcBody {

@@ -9,7 +9,7 @@
 //!   `hasher::bad_batches_end_the_stream_with_invalid_argument`.
 //! - hasher's message limit, far over: `hasher::a_message_over_the_limit_is_a_grpc_error_not_a_crash`.
 //! - hasher `POST /` over 1 MiB with a Content-Length: `hasher::legacy_routes_answer_like_the_original`.
-//! - MAX_PENDING_COINS: `worker::tests::coins_in_a_failing_update_still_pause_mining`.
+//! - MAX_PENDING_COINS: `worker::tally::tests::coins_in_a_failing_update_still_pause_mining`.
 //! - bytes that are neither HTTP/1.1 nor HTTP/2: `server::garbage_on_the_port_drops_the_connection_only`.
 
 use super::{
@@ -20,11 +20,12 @@ use super::{
 };
 use crate::helpers::{hasher_client, http1, rng_client, sha256_hex, spawn_hasher, spawn_rng};
 use dockercoins::{
-    config::{HasherConfig, RngConfig},
+    hasher::HasherConfig,
     limits::{
         HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES,
     },
     pb::{GenerateRequest, HashBatch, HashRequest},
+    rng::RngConfig,
 };
 use std::{
     net::SocketAddr,

@@ -43,7 +43,6 @@ async fn the_worker_counts_nothing_from_lying_backends() {
         delay: Duration::ZERO,
         concurrency: 1,
         batch: 0,
-        call_timeout: Duration::from_secs(2),
     };
     let batch = WorkerConfig {
         batch: 64,

@@ -1,0 +1,231 @@
+//! Typed clients of rng and hasher, for the worker and webui's gateway.
+//!
+//! Each owns its protocol: the service name comes from the generated code,
+//! each call builds its generated client on the channel the balancer picks,
+//! and the balancer traces it and notes its success or failure (a streak of
+//! failures is logged once, its end once). A streamed reply bounds the wait
+//! for each message by the call timeout, as a unary call is bounded as a
+//! whole, and notes each message's success or failure the same way.
+
+use crate::{
+    pb::{
+        DigestBatch, GenerateRequest, GenerateStreamRequest, GenerateStreamResponse, HashBatch,
+        HashRequest, hasher_client, hasher_server, rng_client, rng_server,
+    },
+    pool::{Backend, InvalidUrl, PoolSettings, Resolver, Service, system_resolver},
+    protocol::{HASHER_PORT, RNG_PORT},
+};
+use bytes::Bytes;
+use std::{marker::PhantomData, time::Duration};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+/// Which API a [`Client`] speaks: what the balancer needs to know of it.
+pub trait Api {
+    /// Who the service is, for the balancer's logs, spans and errors.
+    const SERVICE: Service;
+}
+
+/// `dockercoins.v1.Rng`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rng;
+
+impl Api for Rng {
+    const SERVICE: Service = Service {
+        name: "rng",
+        grpc: rng_server::SERVICE_NAME,
+        port: RNG_PORT,
+    };
+}
+
+/// `dockercoins.v1.Hasher`.
+#[derive(Clone, Copy, Debug)]
+pub struct Hasher;
+
+impl Api for Hasher {
+    const SERVICE: Service = Service {
+        name: "hasher",
+        grpc: hasher_server::SERVICE_NAME,
+        port: HASHER_PORT,
+    };
+}
+
+/// A service as its clients reach it: every replica its URL's name
+/// resolves to, through the balancer.
+#[derive(Clone, Debug)]
+pub struct Client<A> {
+    backend: Backend,
+    api: PhantomData<A>,
+}
+
+/// rng's client: `generate`, `generate_stream`.
+pub type RngClient = Client<Rng>;
+
+/// hasher's client: `hash`, `hash_stream`.
+pub type HasherClient = Client<Hasher>;
+
+impl<A: Api> Client<A> {
+    /// The service at `url`, its replicas found by the system's resolver.
+    pub fn new(url: &str, settings: &PoolSettings) -> Result<Self, InvalidUrl> {
+        Self::with_resolver(url, settings, system_resolver())
+    }
+
+    /// The service at `url`, its replicas found by `resolver`.
+    pub fn with_resolver(
+        url: &str,
+        settings: &PoolSettings,
+        resolver: Resolver,
+    ) -> Result<Self, InvalidUrl> {
+        Ok(Self {
+            backend: Backend::new(A::SERVICE, url, settings, resolver)?,
+            api: PhantomData,
+        })
+    }
+
+    /// Where the service is in Compose: its name and its port.
+    pub fn default_url() -> String {
+        format!("http://{}:{}", A::SERVICE.name, A::SERVICE.port)
+    }
+
+    /// The balancer behind this client: its replicas and their counts.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+}
+
+impl Client<Rng> {
+    /// `Rng/Generate`: `size` random bytes.
+    pub async fn generate(&self, size: u32) -> Result<Bytes, Status> {
+        let reply = self
+            .backend
+            .call(
+                "Generate",
+                async |channel, request| {
+                    rng_client::RngClient::new(channel).generate(request).await
+                },
+                GenerateRequest { size },
+            )
+            .await?;
+        Ok(reply.into_inner().data)
+    }
+
+    /// `Rng/GenerateStream`: `count` blocks of `size` bytes, in messages.
+    pub async fn generate_stream(&self, size: u32, count: u32) -> Result<Blocks, Status> {
+        let reply = self
+            .backend
+            .call(
+                "GenerateStream",
+                async |channel, request| {
+                    rng_client::RngClient::new(channel)
+                        .generate_stream(request)
+                        .await
+                },
+                GenerateStreamRequest { size, count },
+            )
+            .await?;
+        Ok(Blocks {
+            stream: reply.into_inner(),
+            wait: self.backend.call_timeout(),
+            backend: self.backend.clone(),
+        })
+    }
+}
+
+/// The messages of an `Rng/GenerateStream` call.
+pub struct Blocks {
+    stream: Streaming<GenerateStreamResponse>,
+    backend: Backend,
+    /// Bound on waiting for each message.
+    wait: Duration,
+}
+
+impl Blocks {
+    /// The next message; `None` once rng ended the stream.
+    pub async fn message(&mut self) -> Result<Option<GenerateStreamResponse>, Status> {
+        let message = tokio::time::timeout(self.wait, self.stream.message())
+            .await
+            .unwrap_or_else(|_| Err(timed_out("random blocks", self.wait)));
+        self.backend.note(message)
+    }
+}
+
+impl Client<Hasher> {
+    /// `Hasher/Hash`: the SHA-256 of `data`, in lowercase hex.
+    pub async fn hash(&self, data: Bytes) -> Result<String, Status> {
+        let reply = self
+            .backend
+            .call(
+                "Hash",
+                async |channel, request| {
+                    hasher_client::HasherClient::new(channel)
+                        .hash(request)
+                        .await
+                },
+                HashRequest { data },
+            )
+            .await?;
+        Ok(reply.into_inner().hex)
+    }
+
+    /// `Hasher/HashStream`: a pipe that hashes one batch at a time, on one
+    /// replica (a client stream cannot be sent again elsewhere).
+    pub async fn hash_stream(&self) -> Result<HashPipe, Status> {
+        // One batch ahead at most: the worker waits for each batch's digests.
+        let (to_hasher, requests) = mpsc::channel(1);
+        let reply = self
+            .backend
+            .call_once(
+                "HashStream",
+                async |channel, request| {
+                    hasher_client::HasherClient::new(channel)
+                        .hash_stream(request)
+                        .await
+                },
+                ReceiverStream::new(requests),
+            )
+            .await?;
+        Ok(HashPipe {
+            to_hasher,
+            digests: reply.into_inner(),
+            wait: self.backend.call_timeout(),
+            backend: self.backend.clone(),
+        })
+    }
+}
+
+/// An open `Hasher/HashStream` call: batches in, their digests out.
+pub struct HashPipe {
+    to_hasher: mpsc::Sender<HashBatch>,
+    digests: Streaming<DigestBatch>,
+    backend: Backend,
+    /// Bound on waiting for each batch's digests.
+    wait: Duration,
+}
+
+impl HashPipe {
+    /// The raw digests of `batch`'s blocks, back to back; `None` when hasher
+    /// ended the stream without them.
+    pub async fn hash(&mut self, batch: HashBatch) -> Result<Option<Bytes>, Status> {
+        let reply = if self.to_hasher.send(batch).await.is_err() {
+            // The call ended; its status says why.
+            Err(self
+                .digests
+                .message()
+                .await
+                .err()
+                .unwrap_or_else(|| Status::unavailable("hasher stream closed")))
+        } else {
+            tokio::time::timeout(self.wait, self.digests.message())
+                .await
+                .unwrap_or_else(|_| Err(timed_out("digests", self.wait)))
+        };
+        self.backend
+            .note(reply)
+            .map(|reply| reply.map(|batch| batch.digests))
+    }
+}
+
+fn timed_out(what: &str, wait: Duration) -> Status {
+    Status::deadline_exceeded(format!("no {what} within {wait:?}"))
+}

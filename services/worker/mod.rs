@@ -1,0 +1,196 @@
+//! worker: mines DockerCoins forever. Each unit of work gets random bytes from
+//! rng, has hasher hash them, and keeps a digest starting with `0` (in hex)
+//! as a coin. About once a second it adds the hashes done to Redis
+//! (`INCRBY hashes`, from running totals so that an update sent again counts
+//! once) with the coins found (`HSET wallet`), in one transaction.
+//!
+//! Two modes: unary (the original, one `Rng/Generate` and one `Hasher/Hash`
+//! per unit, after the loop delay) and batch (`Rng/GenerateStream` piped into
+//! `Hasher/HashStream`, a batch per unit). Counted work is never dropped: what
+//! Redis has not acknowledged is kept and sent with the next update, and a
+//! stop flushes before it returns.
+
+//! Layout: [`mining`] is a mining loop and the checks on every reply,
+//! [`tally`] the books and their updates to Redis, [`liveness`] the optional
+//! probe; this file holds the config, the report and [`run`], which ties
+//! them together.
+
+mod liveness;
+mod mining;
+mod tally;
+
+pub use liveness::{LIVENESS_STALE, Liveness};
+pub use mining::{UnitError, check_block, check_blocks, check_hex, coins_in_batch};
+pub use tally::{
+    COIN_FLUSH_AT, COIN_FLUSH_MAX, FINAL_FLUSH_TIMEOUT, FLUSH_INTERVAL, MAX_PENDING_COINS,
+};
+
+use crate::{
+    clients::{HasherClient, RngClient},
+    store::Store,
+    telemetry::fields,
+};
+use mining::Miner;
+use std::{
+    future::Future,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+use tally::{Flusher, Tally};
+use tokio::{net::TcpListener, task::JoinSet, time::Instant};
+use tracing::Instrument;
+
+/// The original worker's sleep before each unit: `time.sleep(0.1)`.
+pub const DEFAULT_DELAY_MS: u64 = 100;
+
+/// Units in flight at once, as the original: one.
+pub const DEFAULT_CONCURRENCY: usize = 1;
+
+/// 0: unary calls, one `Rng/Generate` and one `Hasher/Hash` per unit, as
+/// the original's two HTTP requests.
+pub const DEFAULT_BATCH: usize = 0;
+
+/// Turbo's units in flight: enough batches to keep two cores busy.
+pub const TURBO_CONCURRENCY: usize = 4;
+
+/// Turbo's blocks per batch: large enough that a message's cost hides the
+/// per-call cost, small enough for the worker's memory to stay flat.
+pub const TURBO_BATCH: usize = 8192;
+
+/// How the worker mines.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Sleep before each unit, as the original's `time.sleep(0.1)`.
+    pub delay: Duration,
+    /// Units in flight at once.
+    pub concurrency: usize,
+    /// 0: unary calls, one block per unit. N: streams of N blocks per unit.
+    pub batch: usize,
+}
+
+impl WorkerConfig {
+    /// The original worker.
+    pub fn classroom() -> Self {
+        Self {
+            delay: Duration::from_millis(DEFAULT_DELAY_MS),
+            concurrency: DEFAULT_CONCURRENCY,
+            batch: DEFAULT_BATCH,
+        }
+    }
+
+    /// No delay, several batches in flight.
+    pub fn turbo() -> Self {
+        Self {
+            delay: Duration::ZERO,
+            concurrency: TURBO_CONCURRENCY,
+            batch: TURBO_BATCH,
+        }
+    }
+}
+
+/// What a worker did, reported when it stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Hashes done, each with a valid digest.
+    pub hashes_done: u64,
+    /// Of those, how many Redis acknowledged.
+    pub hashes_flushed: u64,
+    /// Coins found.
+    pub coins_found: u64,
+    /// Coins found but not acknowledged by Redis.
+    pub coins_unflushed: u64,
+}
+
+/// What a worker talks to, made by the caller.
+pub struct Backends {
+    pub rng: RngClient,
+    pub hasher: HasherClient,
+    pub store: Store,
+}
+
+/// Mines with `config` until `shutdown` resolves, then stops its loops,
+/// flushes what it counted (for at most [`FINAL_FLUSH_TIMEOUT`]) and
+/// returns what it did. Logs that report as its last line. With a
+/// `liveness` listener, serves the liveness probe there until it returns.
+pub async fn run(
+    config: WorkerConfig,
+    backends: Backends,
+    liveness: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Report {
+    let Backends { rng, hasher, store } = backends;
+    let turns = Arc::new(Liveness::default());
+    let probe = liveness.map(|listener| liveness::start(listener, turns.clone()));
+    tracing::info!(
+        rng = %rng.backend().url(),
+        hasher = %hasher.backend().url(),
+        store = %store.describe(),
+        delay_ms = config.delay.as_millis() as u64,
+        concurrency = config.concurrency,
+        batch = config.batch,
+        "{}", fields::WORKER_MINING
+    );
+    let tally = Arc::new(Tally::default());
+    let miner = Arc::new(Miner {
+        config: config.clone(),
+        rng,
+        hasher,
+        tally: tally.clone(),
+        liveness: turns,
+    });
+    let mut loops = JoinSet::new();
+    for _ in 0..config.concurrency.max(1) {
+        loops.spawn(miner.clone().mine().in_current_span());
+    }
+    let mut flusher = Flusher::new(tally.clone(), store);
+    let mut ticks = 0u64;
+    flusher
+        .keep_books(shutdown, || {
+            ticks += 1;
+            if ticks % 10 == 0 {
+                tracing::info!(rng = ?miner.rng.backend().served(), hasher = ?miner.hasher.backend().served(), "calls per replica");
+            }
+        })
+        .await;
+    let stop_began = Instant::now();
+    loops.abort_all();
+    while loops.join_next().await.is_some() {}
+    flusher
+        .close_books(FINAL_FLUSH_TIMEOUT.saturating_sub(stop_began.elapsed()))
+        .await;
+    let report = Report {
+        hashes_done: tally.done.load(Ordering::Relaxed),
+        hashes_flushed: flusher.flushed,
+        coins_found: tally.coins_found.load(Ordering::Relaxed),
+        coins_unflushed: tally.coins_held.load(Ordering::Relaxed) as u64,
+    };
+    report.log(&miner);
+    if let Some(probe) = probe {
+        probe.abort();
+    }
+    report
+}
+
+impl Report {
+    /// The worker's last line: what `bench` and the tests read back.
+    fn log(&self, miner: &Miner) {
+        if self.hashes_done == self.hashes_flushed && self.coins_unflushed == 0 {
+            tracing::info!(
+                { fields::HASHES_DONE } = self.hashes_done,
+                { fields::HASHES_FLUSHED } = self.hashes_flushed,
+                coins_found = self.coins_found,
+                rng_calls = ?miner.rng.backend().served(),
+                hasher_calls = ?miner.hasher.backend().served(),
+                "worker stopped; every hash counted in Redis"
+            );
+        } else {
+            tracing::warn!(
+                { fields::HASHES_DONE } = self.hashes_done,
+                { fields::HASHES_FLUSHED } = self.hashes_flushed,
+                coins_found = self.coins_found,
+                coins_unflushed = self.coins_unflushed,
+                "worker stopped; Redis did not acknowledge everything"
+            );
+        }
+    }
+}
