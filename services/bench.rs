@@ -400,18 +400,24 @@ async fn stop_worker(mut worker: Service, pid: u32) -> Result<(u64, u64), BenchE
         .args(["-TERM", &pid.to_string()])
         .status()
         .await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await;
     let mut counted = None;
-    while let Ok(line) = worker.lines.try_recv() {
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        let logged = &value["fields"];
-        if let (Some(done), Some(flushed)) = (
-            logged[fields::HASHES_DONE].as_u64(),
-            logged[fields::HASHES_FLUSHED].as_u64(),
-        ) {
-            counted = Some((done, flushed));
+    // Every line up to the end of its stderr, which comes when it exits: a
+    // line still in the pipe when it exits is read, not missed.
+    let last_words = async {
+        while let Some(line) = worker.lines.recv().await {
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            let logged = &value["fields"];
+            if let (Some(done), Some(flushed)) = (
+                logged[fields::HASHES_DONE].as_u64(),
+                logged[fields::HASHES_FLUSHED].as_u64(),
+            ) {
+                counted = Some((done, flushed));
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), last_words).await;
+    // Its stderr closed: it has exited, or is about to; dropped, it is killed.
+    let _ = tokio::time::timeout(Duration::from_secs(1), worker.child.wait()).await;
     counted.ok_or_else(|| {
         failed(format!(
             "the worker's last log line has no {}",
