@@ -9,7 +9,7 @@
 //! `Hasher/HashStream`, a batch per unit). Counted work is never dropped: what
 //! Redis has not acknowledged is kept and sent with the next update, and a
 //! stop flushes before it returns.
-
+//!
 //! Layout: [`mining`] is a mining loop and the checks on every reply,
 //! [`tally`] the books and their updates to Redis, [`liveness`] the optional
 //! probe; this file holds the config, the report and [`run`], which ties
