@@ -11,6 +11,7 @@ mod faults;
 mod hasher;
 mod helpers;
 mod hostile;
+mod jaeger;
 mod k8s;
 mod rng;
 mod server;

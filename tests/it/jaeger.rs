@@ -1,0 +1,501 @@
+//! The real trace backend, as students use it: rng, hasher, the workers and
+//! webui as processes export to the OpenTelemetry Collector (built from
+//! `deploy/otel/builder.yaml`, running the project's `collector.yaml` with
+//! only its addresses changed), which exports to Jaeger v2 (built from its Go
+//! module, memory storage). Everything is read back through Jaeger's HTTP API
+//! v3, what its UI shows. `tests/build-otel-tools.sh` builds both; without
+//! them the test skips with a message, under CI it fails.
+
+use crate::helpers::{RedisServer, http1, restartable_port, sigterm, start_binary};
+use serde_json::Value;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::process::{Child, Command};
+
+const TOOLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/otel-tools");
+const COLLECTOR_CONFIG: &str = include_str!("../../deploy/otel/collector.yaml");
+
+/// Jaeger and the Collector, built by `tests/build-otel-tools.sh`; `None`
+/// (and a message) when they are not, a failure under CI.
+fn tools() -> Option<(PathBuf, PathBuf)> {
+    let (jaeger, otelcol) = (
+        Path::new(TOOLS).join("jaeger"),
+        Path::new(TOOLS).join("otelcol"),
+    );
+    if jaeger.exists() && otelcol.exists() {
+        return Some((jaeger, otelcol));
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{TOOLS} has no jaeger or otelcol: run tests/build-otel-tools.sh (.ci/run does)"
+    );
+    eprintln!(
+        "no Jaeger or Collector in {TOOLS} (bash tests/build-otel-tools.sh builds them): skipping"
+    );
+    None
+}
+
+/// Jaeger and the Collector, running on free ports, killed when dropped.
+struct Backend {
+    _jaeger: Child,
+    _collector: Child,
+    dir: PathBuf,
+    /// Jaeger's query API (the UI's port, 16686 in compose).
+    query: SocketAddr,
+    /// Where the services send their spans: the Collector's OTLP/gRPC.
+    otlp: String,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Jaeger v2 config: OTLP/gRPC in, memory storage, the query API and the
+/// health check, every port given; no metrics endpoint (its fixed port
+/// would clash between runs).
+fn jaeger_config(otlp: u16, http: u16, grpc: u16, health: u16) -> String {
+    format!(
+        "service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:{http}
+    grpc:
+      endpoint: 127.0.0.1:{grpc}
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+  healthcheckv2:
+    use_v2: true
+    http:
+      endpoint: 127.0.0.1:{health}
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{otlp}
+processors:
+  batch:
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"
+    )
+}
+
+/// Waits until `GET http://addr/path` answers 200: bounded, and the failure
+/// says which server did not come up.
+async fn wait_healthy(what: &str, addr: SocketAddr, path: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = tokio::time::timeout(Duration::from_secs(2), async {
+            tokio::net::TcpStream::connect(addr).await.ok()?;
+            Some(http1(addr, "GET", path, "").await.0)
+        })
+        .await;
+        if let Ok(Some(status)) = answered
+            && status == 200
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not answer 200 on http://{addr}{path} within 30 s (its log is in the test's temp dir)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_backend(jaeger: &Path, otelcol: &Path) -> Backend {
+    let dir = std::env::temp_dir().join(format!("dockercoins-jaeger-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let [otlp, http, grpc, health, in_grpc, in_http, in_health] =
+        std::array::from_fn(|_| restartable_port());
+    std::fs::write(
+        dir.join("jaeger.yaml"),
+        jaeger_config(otlp, http, grpc, health),
+    )
+    .unwrap();
+    // The project's own collector config, its addresses moved to this test's.
+    let collector = COLLECTOR_CONFIG
+        .replace("jaeger:4317", &format!("127.0.0.1:{otlp}"))
+        .replace("0.0.0.0:4317", &format!("127.0.0.1:{in_grpc}"))
+        .replace("0.0.0.0:4318", &format!("127.0.0.1:{in_http}"))
+        .replace("0.0.0.0:13133", &format!("127.0.0.1:{in_health}"));
+    assert_ne!(
+        collector, COLLECTOR_CONFIG,
+        "collector.yaml's addresses moved"
+    );
+    std::fs::write(dir.join("collector.yaml"), collector).unwrap();
+    let spawn = |program: &Path, config: &str, log: &str| {
+        Command::new(program)
+            .arg("--config")
+            .arg(dir.join(config))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let backend = Backend {
+        _jaeger: spawn(jaeger, "jaeger.yaml", "jaeger.log"),
+        _collector: spawn(otelcol, "collector.yaml", "collector.log"),
+        query: SocketAddr::from(([127, 0, 0, 1], http)),
+        otlp: format!("http://127.0.0.1:{in_grpc}"),
+        dir,
+    };
+    wait_healthy(
+        "jaeger",
+        SocketAddr::from(([127, 0, 0, 1], health)),
+        "/status",
+    )
+    .await;
+    wait_healthy(
+        "otelcol",
+        SocketAddr::from(([127, 0, 0, 1], in_health)),
+        "/",
+    )
+    .await;
+    backend
+}
+
+/// A span as Jaeger returns it.
+#[derive(Clone, Debug)]
+struct JaegerSpan {
+    service: String,
+    trace: String,
+    id: String,
+    parent: Option<String>,
+    name: String,
+    start_ns: u64,
+    duration: Duration,
+}
+
+/// Every span of the traces that touch `service`, from Jaeger's API v3.
+async fn spans_of(query: SocketAddr, service: &str) -> Vec<JaegerSpan> {
+    // A fresh Jaeger holds only this test's spans: any window will do.
+    let path = format!(
+        "/api/v3/traces?query.service_name={service}&query.start_time_min=2020-01-01T00:00:00Z\
+         &query.start_time_max=2100-01-01T00:00:00Z&query.num_traces=100000"
+    );
+    let (status, _, body) = http1(query, "GET", &path, "").await;
+    if status == 404 {
+        return Vec::new(); // no trace yet
+    }
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    let mut spans = Vec::new();
+    for resource in body["result"]["resourceSpans"].as_array().unwrap() {
+        let service = resource["resource"]["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|kv| kv["key"] == "service.name")
+            .and_then(|kv| kv["value"]["stringValue"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        for scope in resource["scopeSpans"].as_array().unwrap() {
+            for span in scope["spans"].as_array().unwrap() {
+                let ns = |key: &str| span[key].as_str().unwrap().parse::<u64>().unwrap();
+                spans.push(JaegerSpan {
+                    service: service.clone(),
+                    trace: span["traceId"].as_str().unwrap().to_owned(),
+                    id: span["spanId"].as_str().unwrap().to_owned(),
+                    parent: span["parentSpanId"]
+                        .as_str()
+                        .filter(|id| !id.is_empty())
+                        .map(str::to_owned),
+                    name: span["name"].as_str().unwrap().to_owned(),
+                    start_ns: ns("startTimeUnixNano"),
+                    duration: Duration::from_nanos(
+                        ns("endTimeUnixNano").saturating_sub(ns("startTimeUnixNano")),
+                    ),
+                });
+            }
+        }
+    }
+    spans
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn median(mut durations: Vec<Duration>) -> Duration {
+    assert!(!durations.is_empty(), "no spans to take a median of");
+    durations.sort();
+    durations[durations.len() / 2]
+}
+
+/// Checks every trace: one root, no span whose parent is missing; and each
+/// rooted at a worker's unit of work: a client span per call, the server
+/// span of rng and hasher under each, rng's lane wait inside rng's server
+/// span. Returns the lane waits and hasher's server spans of the units that
+/// started in `[from, until)` (nanoseconds since the epoch).
+fn check_units(spans: &[JaegerSpan], from: u64, until: u64) -> (Vec<Duration>, Vec<Duration>) {
+    let mut traces: BTreeMap<&str, Vec<&JaegerSpan>> = BTreeMap::new();
+    for span in spans {
+        traces.entry(&span.trace).or_default().push(span);
+    }
+    let (mut lane_waits, mut hasher_spans) = (Vec::new(), Vec::new());
+    for (trace, spans) in traces {
+        let by_id: HashMap<&str, &JaegerSpan> = spans.iter().map(|s| (s.id.as_str(), *s)).collect();
+        let roots: Vec<_> = spans.iter().filter(|s| s.parent.is_none()).collect();
+        assert_eq!(roots.len(), 1, "trace {trace} has {} roots", roots.len());
+        for span in &spans {
+            if let Some(parent) = &span.parent {
+                assert!(
+                    by_id.contains_key(parent.as_str()),
+                    "trace {trace}: {} ({}) has a missing parent",
+                    span.name,
+                    span.service
+                );
+            }
+        }
+        let root = roots[0];
+        if root.name != "mine one block" {
+            continue; // a Redis update
+        }
+        assert_eq!(root.service, "worker", "trace {trace}");
+        let children = |parent: &JaegerSpan, name: &str, service: &str| -> Vec<&JaegerSpan> {
+            spans
+                .iter()
+                .copied()
+                .filter(|s| {
+                    s.parent.as_deref() == Some(parent.id.as_str())
+                        && s.name == name
+                        && s.service == service
+                })
+                .collect()
+        };
+        for (method, server) in [
+            ("dockercoins.v1.Rng/Generate", "rng"),
+            ("dockercoins.v1.Hasher/Hash", "hasher"),
+        ] {
+            let clients = children(root, method, "worker");
+            // A unit cut short by the stop has no hasher call yet.
+            if clients.is_empty() && server == "hasher" {
+                continue;
+            }
+            assert_eq!(clients.len(), 1, "trace {trace}: {method} client spans");
+            let servers = children(clients[0], method, server);
+            assert_eq!(servers.len(), 1, "trace {trace}: {server}'s server span");
+            let counted = (from..until).contains(&root.start_ns);
+            if server == "rng" {
+                let waits = children(servers[0], "rng.lane.wait", "rng");
+                assert_eq!(waits.len(), 1, "trace {trace}: rng.lane.wait in rng's span");
+                if counted {
+                    lane_waits.push(waits[0].duration);
+                }
+            } else if counted {
+                hasher_spans.push(servers[0].duration);
+            }
+        }
+    }
+    (lane_waits, hasher_spans)
+}
+
+/// The services in classroom timings, exporting to the Collector: the names
+/// compose gives them, spans sent every 200 ms so the test need not wait.
+/// Returns the child and the address it listens on (none for a worker).
+async fn start_service(args: &[&str], name: &str, otlp: &str) -> (Child, String) {
+    let envs = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+        ("OTEL_SERVICE_NAME", name),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    start_binary(args, &envs).await
+}
+
+/// The lesson, read from Jaeger: with one classroom worker rng's lane is
+/// free; with ten, each call waits behind the others (each worker's cycle
+/// is about a second: 100 ms sleep, the wait, 100 ms in rng, 100 ms in
+/// hasher), while hasher stays near its 100 ms.
+#[tokio::test]
+async fn jaeger_shows_every_hop_and_where_ten_workers_wait() {
+    let Some((jaeger, otelcol)) = tools() else {
+        return;
+    };
+    let backend = start_backend(&jaeger, &otelcol).await;
+    let redis = RedisServer::start().await;
+    let otlp = backend.otlp.as_str();
+    let (mut rng, rng_addr) = start_service(&["rng", "--listen", "127.0.0.1:0"], "rng", otlp).await;
+    let (mut hasher, hasher_addr) =
+        start_service(&["hasher", "--listen", "127.0.0.1:0"], "hasher", otlp).await;
+    let (rng_url, hasher_url, redis_url) = (
+        format!("http://{rng_addr}"),
+        format!("http://{hasher_addr}"),
+        redis.url(),
+    );
+    let client = [
+        "--rng",
+        &rng_url,
+        "--hasher",
+        &hasher_url,
+        "--redis",
+        &redis_url,
+    ];
+    let webui_args = [&["webui", "--listen", "127.0.0.1:0"][..], &client].concat();
+    let (mut webui, webui_addr) = start_service(&webui_args, "webui", otlp).await;
+    let worker_args = [&["worker"][..], &client].concat();
+    let mut workers = vec![start_service(&worker_args, "worker", otlp).await.0];
+
+    // One worker: nobody else in rng's lane.
+    let one_from = now_ns();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let one_until = now_ns();
+    // Ten: nine more join; the queue settles within a cycle or two.
+    for _ in 0..9 {
+        workers.push(start_service(&worker_args, "worker", otlp).await.0);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ten_from = now_ns();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (status, _, _) = http1(webui_addr.parse().unwrap(), "GET", "/json", "").await;
+    assert_eq!(status, 200);
+    for child in workers.iter().chain([&rng, &hasher, &webui]) {
+        sigterm(child).await;
+    }
+    for child in workers
+        .iter_mut()
+        .chain([&mut rng, &mut hasher, &mut webui])
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    }
+
+    // The last spans reach Jaeger through the Collector's 1 s batch.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let services = loop {
+        let (_, _, body) = http1(backend.query, "GET", "/api/v3/services", "").await;
+        let services: Value = serde_json::from_slice(&body).unwrap();
+        let mut names: Vec<String> = services["services"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        if names.len() >= 4 || tokio::time::Instant::now() > deadline {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        services,
+        ["hasher", "rng", "webui", "worker"],
+        "Jaeger's services"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spans = spans_of(backend.query, "worker").await;
+    assert!(
+        spans.iter().any(|s| s.name == "update the score")
+            && spans
+                .iter()
+                .any(|s| s.service == "worker" && s.name.contains("EXEC")),
+        "no Redis update in Jaeger"
+    );
+
+    let (one_waits, _) = check_units(&spans, one_from, one_until);
+    let (ten_waits, ten_hasher) = check_units(&spans, ten_from, u64::MAX);
+    let p = |durations: &[Duration], q: f64| {
+        let mut sorted = durations.to_vec();
+        sorted.sort();
+        sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+    };
+    println!(
+        "from Jaeger: 1 worker: {} units, lane wait p50 {:?} p99 {:?}; \
+         10 workers: {} units, lane wait p50 {:?} p99 {:?}, hasher p50 {:?}",
+        one_waits.len(),
+        p(&one_waits, 0.5),
+        p(&one_waits, 0.99),
+        ten_waits.len(),
+        p(&ten_waits, 0.5),
+        p(&ten_waits, 0.99),
+        p(&ten_hasher, 0.5),
+    );
+    // One worker makes about 3 units a second, ten together about 10.
+    assert!(
+        one_waits.len() >= 8,
+        "{} units with 1 worker",
+        one_waits.len()
+    );
+    assert!(
+        ten_waits.len() >= 50,
+        "{} units with 10 workers",
+        ten_waits.len()
+    );
+    assert!(median(one_waits) < Duration::from_millis(20));
+    let wait = median(ten_waits);
+    assert!(
+        (Duration::from_millis(500)..=Duration::from_millis(900)).contains(&wait),
+        "10 workers: lane wait median {wait:?}"
+    );
+    let hasher = median(ten_hasher);
+    assert!(
+        (Duration::from_millis(95)..=Duration::from_millis(200)).contains(&hasher),
+        "10 workers: hasher's server span median {hasher:?}"
+    );
+}
+
+/// One Jaeger release and one Collector release everywhere: what compose
+/// and Kubernetes pull is what `tests/build-otel-tools.sh` builds and the
+/// test above runs.
+#[test]
+fn compose_kubernetes_and_the_build_pin_one_jaeger_and_one_collector() {
+    let tag = |text: &str, image: &str| -> Option<String> {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix("image: ")?.strip_prefix(image))
+            .map(str::to_owned)
+    };
+    let compose = include_str!("../../docker-compose.yaml");
+    let jaeger = tag(compose, "jaegertracing/jaeger:").expect("compose's jaeger image");
+    let k8s = include_str!("../../deploy/k8s/base/jaeger.yaml");
+    assert_eq!(tag(k8s, "jaegertracing/jaeger:"), Some(jaeger.clone()));
+    let build = include_str!("../build-otel-tools.sh");
+    assert!(
+        build.contains(&format!("# Jaeger v{jaeger}")),
+        "tests/build-otel-tools.sh does not build Jaeger {jaeger}"
+    );
+    let contrib = "otel/opentelemetry-collector-contrib:";
+    let collector = tag(compose, contrib).expect("compose's collector image");
+    let k8s = include_str!("../../deploy/k8s/base/otel-collector.yaml");
+    assert_eq!(tag(k8s, contrib), Some(collector.clone()));
+    let manifest = include_str!("../../deploy/otel/builder.yaml");
+    assert!(manifest.contains(&format!("version: {collector}")));
+    // Components at the contrib release; the confmap providers are 1.x.
+    for line in manifest.lines().filter(|line| line.contains("gomod:")) {
+        let version = line.rsplit(' ').next().unwrap();
+        assert!(
+            version == format!("v{collector}") || line.contains("/confmap/provider/"),
+            "deploy/otel/builder.yaml: {line}"
+        );
+    }
+}
