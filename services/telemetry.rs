@@ -218,42 +218,90 @@ fn record_trace_id(span: &Span) {
     }
 }
 
-/// A gRPC client span: `service/method` to `url`, per the OpenTelemetry RPC
-/// conventions. Record the outcome with [`record_grpc_result`].
+/// A gRPC client span: `service/method` to `address:port`, per the stable
+/// OpenTelemetry RPC conventions (semconv 1.45): the span is named after the
+/// full method, which `rpc.method` carries too. Record the outcome with
+/// [`record_grpc_result`].
 pub fn grpc_client_span(
     service: &'static str,
     method: &'static str,
     address: &str,
     port: u16,
 ) -> Span {
+    let full_method = format!("{service}/{method}");
     tracing::info_span!(
         target: TARGET,
         "grpc.client",
-        otel.name = format!("{service}/{method}"),
+        otel.name = full_method.as_str(),
         otel.kind = "client",
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
+        rpc.system.name = "grpc",
+        rpc.method = full_method.as_str(),
         server.address = address,
-        server.port = port,
-        rpc.grpc.status_code = tracing::field::Empty,
+        server.port = i64::from(port),
+        rpc.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         error.message = tracing::field::Empty,
     )
 }
 
-/// Records a gRPC call's status on its span.
+/// Records a gRPC call's status on its client span: every status but OK is
+/// an error for the caller.
 pub fn record_grpc_result<T>(span: &Span, result: &Result<T, tonic::Status>) {
     match result {
         Ok(_) => {
-            span.record("rpc.grpc.status_code", 0);
+            span.record("rpc.response.status_code", code_name(tonic::Code::Ok));
         }
         Err(status) => {
-            span.record("rpc.grpc.status_code", status.code() as i32);
+            let code = code_name(status.code());
+            span.record("rpc.response.status_code", code);
+            span.record("error.type", code);
             span.record("otel.status_code", "ERROR");
             span.record("error.message", status.message());
         }
     }
+}
+
+/// A gRPC status code as the RPC conventions write it (`OK`,
+/// `DEADLINE_EXCEEDED`...): the names of the gRPC specification, which
+/// tonic's `Code` spells in CamelCase.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Whether a server that answered `code` failed, per the gRPC conventions:
+/// a caller's mistake (INVALID_ARGUMENT, NOT_FOUND...) is not the server's
+/// error.
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 /// A Redis command span.
@@ -302,19 +350,16 @@ pub fn server_span<B>(request: &axum::http::Request<B>) -> Span {
         return Span::none();
     }
     let span = if is_grpc(request.headers()) {
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path, ""));
+        let full_method = path.trim_start_matches('/');
         tracing::info_span!(
             target: TARGET,
             "grpc.server",
-            otel.name = path.trim_start_matches('/'),
+            otel.name = full_method,
             otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
-            rpc.grpc.status_code = tracing::field::Empty,
+            rpc.system.name = "grpc",
+            rpc.method = full_method,
+            rpc.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         )
@@ -341,8 +386,10 @@ fn record_grpc_status(headers: &axum::http::HeaderMap, span: &Span) {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<i32>().ok())
     {
-        span.record("rpc.grpc.status_code", code);
-        if code != 0 {
+        let code = tonic::Code::from_i32(code);
+        span.record("rpc.response.status_code", code_name(code));
+        if is_server_error(code) {
+            span.record("error.type", code_name(code));
             span.record("otel.status_code", "ERROR");
         }
     }
@@ -376,6 +423,24 @@ pub fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_grpc_code_has_its_specification_name() {
+        let names: Vec<&str> = (0..=16)
+            .map(|code| super::code_name(tonic::Code::from_i32(code)))
+            .collect();
+        assert_eq!(names[0], "OK");
+        assert_eq!(names[4], "DEADLINE_EXCEEDED");
+        assert_eq!(names[14], "UNAVAILABLE");
+        assert_eq!(names[16], "UNAUTHENTICATED");
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 17, "{names:?}");
+        // A caller's mistake is not the server's error; a crash is.
+        assert!(!super::is_server_error(tonic::Code::InvalidArgument));
+        assert!(super::is_server_error(tonic::Code::Internal));
+    }
+
     #[test]
     fn urls_split_into_address_and_port_without_credentials() {
         assert_eq!(super::split_url("http://rng:8001"), ("rng".into(), 8001));

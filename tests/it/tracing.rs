@@ -222,17 +222,33 @@ async fn every_hop_is_one_trace_with_the_right_parents() {
     ] {
         let attrs = &client.span.attributes;
         assert_eq!(client.span.kind, SpanKind::Client as i32);
-        assert_eq!(attribute(attrs, "rpc.system").as_deref(), Some("grpc"));
-        assert_eq!(attribute(attrs, "rpc.service").as_deref(), Some(service));
-        assert_eq!(attribute(attrs, "rpc.method").as_deref(), Some(method));
+        // The stable RPC conventions (semconv 1.45), and none of the
+        // experimental attributes they replace.
+        let full_method = format!("{service}/{method}");
+        assert_eq!(attribute(attrs, "rpc.system.name").as_deref(), Some("grpc"));
+        assert_eq!(
+            attribute(attrs, "rpc.method").as_deref(),
+            Some(full_method.as_str())
+        );
         assert_eq!(
             attribute(attrs, "server.address").as_deref(),
             Some("127.0.0.1")
         );
-        assert_eq!(
-            attribute(attrs, "rpc.grpc.status_code").as_deref(),
-            Some("0")
+        assert!(
+            attrs.iter().any(|kv| kv.key == "server.port"
+                && matches!(
+                    kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                    Some(Value::IntValue(_))
+                )),
+            "server.port is not an integer: {attrs:?}"
         );
+        assert_eq!(
+            attribute(attrs, "rpc.response.status_code").as_deref(),
+            Some("OK")
+        );
+        for old in ["rpc.system", "rpc.service", "rpc.grpc.status_code"] {
+            assert_eq!(attribute(attrs, old), None, "{old} on {full_method}");
+        }
         // The server span: same trace, child of the client span, in the
         // other process.
         let server = find(&spans, |r| {
@@ -243,13 +259,18 @@ async fn every_hop_is_one_trace_with_the_right_parents() {
             .unwrap_or_else(|| panic!("no server span under {service}/{method}"));
         assert_eq!(server.service, server_service);
         assert_eq!(server.span.kind, SpanKind::Server as i32);
+        assert_eq!(server.span.name, full_method);
         assert_eq!(
             attribute(&server.span.attributes, "rpc.method").as_deref(),
-            Some(method)
+            Some(full_method.as_str())
         );
         assert_eq!(
-            attribute(&server.span.attributes, "rpc.grpc.status_code").as_deref(),
-            Some("0")
+            attribute(&server.span.attributes, "rpc.system.name").as_deref(),
+            Some("grpc")
+        );
+        assert_eq!(
+            attribute(&server.span.attributes, "rpc.response.status_code").as_deref(),
+            Some("OK")
         );
         assert!(
             server.instance.is_some(),
