@@ -15,6 +15,7 @@ use crate::{
     rng::{self, RngConfig},
     store,
     tls::{ClientTls, ServerTls, TlsError},
+    traces::{self, TracesConfig},
     up::{self, UpConfig},
     webui,
     worker::{self, WorkerConfig},
@@ -56,6 +57,8 @@ pub mod env {
     pub const BENCH_WARMUP_MS: &str = "BENCH_WARMUP_MS";
     pub const BENCH_PROBES: &str = "BENCH_PROBES";
     pub const BENCH_JSON: &str = "BENCH_JSON";
+    pub const JAEGER_URL: &str = "JAEGER_URL";
+    pub const TRACES_SINCE: &str = "TRACES_SINCE";
     pub const TLS_CERT: &str = "TLS_CERT";
     pub const TLS_KEY: &str = "TLS_KEY";
     pub const TLS_CLIENT_CA: &str = "TLS_CLIENT_CA";
@@ -216,6 +219,29 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Measure the mesh in turbo: hashes/s, per-hop latency, memory, CPU.
     Bench(BenchArgs),
+    /// Where the time goes: each hop's count, p50 and p99, read from Jaeger
+    /// (exit 1 when no trace arrives or a hop is missing).
+    Traces(TracesArgs),
+}
+
+/// `dockercoins traces`: the worker's traces of the last minute, per hop.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TracesArgs {
+    /// Jaeger's query address (its UI's), `http://host:port`.
+    #[arg(long, env = env::JAEGER_URL, default_value = traces::DEFAULT_JAEGER)]
+    pub jaeger: String,
+    /// How far back to read: `90`, `60s`, `5m`, `1h`.
+    #[arg(long, env = env::TRACES_SINCE, default_value = traces::DEFAULT_SINCE, value_parser = traces::parse_since)]
+    pub since: Duration,
+}
+
+impl TracesArgs {
+    pub fn config(&self) -> TracesConfig {
+        TracesConfig {
+            jaeger: self.jaeger.clone(),
+            since: self.since,
+        }
+    }
 }
 
 /// `dockercoins bench`: rng, hasher and a worker as child processes with
@@ -278,6 +304,7 @@ impl Command {
             Self::Edge(_) => "edge",
             Self::Healthcheck(_) => "healthcheck",
             Self::Bench(_) => "bench",
+            Self::Traces(_) => "traces",
         }
     }
 }

@@ -3,12 +3,11 @@
 //! rng and hasher (over TLS for `grpcs://`, with a client certificate for
 //! mutual TLS), an HTTP GET for webui; exit 0 when healthy.
 
+use crate::http_get::GetError;
 use crate::{
     error_chain::{describe, status_reason},
     tls::{ClientTls, TlsError},
 };
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use std::time::Duration;
 use tonic::transport::Endpoint;
 use tonic_health::pb::{
@@ -143,31 +142,13 @@ async fn grpc(
 }
 
 async fn http(target: &str) -> Result<String, Unhealthy> {
-    let uri: hyper::Uri = target
-        .parse()
-        .map_err(|_| Unhealthy::Target(target.to_owned()))?;
-    let host = uri
-        .authority()
-        .ok_or_else(|| Unhealthy::Target(target.to_owned()))?
-        .clone();
-    let port = host.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.host(), port))
+    let (status, _) = crate::http_get::get(target)
         .await
-        .map_err(|error| failed(target, format!("cannot connect: {error}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| failed(target, error))?;
-    tokio::spawn(connection);
-    let request = hyper::Request::get(uri.path())
-        .header(hyper::header::HOST, host.as_str())
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(|error| failed(target, error))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|error| failed(target, error))?;
-    let status = response.status();
-    let _ = response.into_body().collect().await;
+        .map_err(|error| match error {
+            GetError::Url(_) => Unhealthy::Target(target.to_owned()),
+            GetError::Connect { error, .. } => failed(target, format!("cannot connect: {error}")),
+            GetError::Http(reason) => failed(target, reason),
+        })?;
     if status.is_success() {
         Ok(format!("{target}: {status}"))
     } else {

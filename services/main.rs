@@ -9,7 +9,7 @@ use dockercoins::{
     config::{BenchArgs, Cli, ClientArgs, Command, EdgeArgs, HealthcheckArgs, UpArgs},
     edge, hasher, healthcheck, pool, rng, shutdown,
     store::Store,
-    telemetry,
+    telemetry, traces,
     up::{self, Listeners},
     webui, worker,
 };
@@ -81,6 +81,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Edge(args) => run_edge(args, shutdown).await?,
         Command::Healthcheck(_) => unreachable!("handled above"),
         Command::Bench(args) => run_bench(args).await?,
+        Command::Traces(args) => print!("{}", traces::run(&args.config()).await?.table()),
     }
     Ok(())
 }

@@ -320,6 +320,21 @@ fn check_units(spans: &[JaegerSpan], from: u64, until: u64) -> (Vec<Duration>, V
     (lane_waits, hasher_spans)
 }
 
+/// `dockercoins traces` against `jaeger`: exit code, stdout, stderr.
+async fn traces(jaeger: &str) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_dockercoins"))
+        .args(["traces", "--jaeger", jaeger, "--since", "60s"])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The services in classroom timings, exporting to the Collector: the names
 /// compose gives them, spans sent every 200 ms so the test need not wait.
 /// Returns the child and the address it listens on (none for a worker).
@@ -342,6 +357,11 @@ async fn jaeger_shows_every_hop_and_where_ten_workers_wait() {
         return;
     };
     let backend = start_backend(&jaeger, &otelcol).await;
+    let jaeger_url = format!("http://{}", backend.query);
+    // The preflight before anything runs: no trace, exit 1, and why.
+    let (code, _, stderr) = traces(&jaeger_url).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no trace from the worker"), "{stderr}");
     let redis = RedisServer::start().await;
     let otlp = backend.otlp.as_str();
     let (mut rng, rng_addr) = start_service(&["rng", "--listen", "127.0.0.1:0"], "rng", otlp).await;
@@ -423,6 +443,19 @@ async fn jaeger_shows_every_hop_and_where_ten_workers_wait() {
         "no Redis update in Jaeger"
     );
 
+    // What a student runs: where the time goes.
+    let (code, table, stderr) = traces(&jaeger_url).await;
+    println!("dockercoins traces --jaeger {jaeger_url} --since 60s\n{table}");
+    assert_eq!(code, Some(0), "{stderr}");
+    for hop in [
+        "worker unit",
+        "rng lane wait",
+        "rng ",
+        "hasher",
+        "Redis update",
+    ] {
+        assert!(table.contains(hop), "no {hop} row:\n{table}");
+    }
     let (one_waits, _) = check_units(&spans, one_from, one_until);
     let (ten_waits, ten_hasher) = check_units(&spans, ten_from, u64::MAX);
     let p = |durations: &[Duration], q: f64| {
