@@ -15,7 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JAEGER_MODULE=github.com/jaegertracing/jaeger
-JAEGER_VERSION=v1.76.0 # Jaeger v2.13.0
+JAEGER_RELEASE=2.13.0    # what docker-compose.yaml and deploy/k8s pull
+JAEGER_VERSION=v1.76.0   # its Go module version
 BUILDER_VERSION=v0.144.0
 out=target/otel-tools
 mkdir -p "$out"
@@ -30,19 +31,28 @@ command -v go >/dev/null || {
 # has a replace directive (Jaeger's pins an old sarama), so it is built from a
 # throwaway module that requires it, with the same replace.
 if [ "$(cat "$out/jaeger.version" 2>/dev/null)" != "$JAEGER_VERSION" ] || [ ! -x "$out/jaeger" ]; then
-    log "Jaeger $JAEGER_VERSION (first time: about 1.3 GB of modules, minutes of compiling)"
+    log "Jaeger $JAEGER_RELEASE, module $JAEGER_VERSION (first time: about 1.3 GB of modules, minutes of compiling)"
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     (
         cd "$work"
         go mod init dockercoins/jaeger-build >/dev/null 2>&1
         go mod edit -replace github.com/Shopify/sarama=github.com/Shopify/sarama@v1.33.0
-        go get -tool "$JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION" 2>&1 | grep -v '^go: \(downloading\|added\|warning\|to switch\|	go get\)' || true
+        if ! go get -tool "$JAEGER_MODULE/cmd/jaeger@$JAEGER_VERSION" >go-get.log 2>&1; then
+            tail -20 go-get.log >&2
+            echo "build-otel-tools: cannot fetch Jaeger's module $JAEGER_VERSION (is the Go module proxy reachable?)" >&2
+            exit 1
+        fi
         go build -trimpath -o "$OLDPWD/$out/jaeger" "$JAEGER_MODULE/cmd/jaeger"
     )
     echo "$JAEGER_VERSION" >"$out/jaeger.version"
 fi
-log "jaeger: $("$out/jaeger" version 2>/dev/null | tr -d '\n' | cut -c1-120)"
+# Built from the module, it carries no version of its own: say which.
+"$out/jaeger" version >/dev/null 2>&1 || {
+    echo "build-otel-tools: $out/jaeger does not run" >&2
+    exit 1
+}
+log "jaeger: Jaeger $JAEGER_RELEASE (module $JAEGER_VERSION) runs"
 
 # The Collector, through its builder.
 if [ ! -x "$out/builder" ] || [ "$(cat "$out/builder.version" 2>/dev/null)" != "$BUILDER_VERSION" ]; then
