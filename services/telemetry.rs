@@ -104,6 +104,11 @@ pub fn init(format: LogFormat, service: &str) -> Guard {
             .with_tracer(tracer)
             .with_threads(false)
             .with_location(false)
+            // Not conventions, and not what a reader of a trace looks for:
+            // every span here has the same target, and busy/idle times cost
+            // two clock reads per poll.
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(filter_fn(|meta| {
                 // Our spans, and warnings and errors as span events.
                 meta.target() == TARGET
