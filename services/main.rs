@@ -6,7 +6,7 @@ use clap::Parser;
 use dockercoins::{
     bench,
     clients::{HasherClient, RngClient},
-    config::{BenchArgs, Cli, ClientArgs, Command, EdgeArgs, HealthcheckArgs, UpArgs},
+    config::{BenchArgs, Cli, ClientArgs, Command, EdgeArgs, HealthcheckArgs, TracesArgs, UpArgs},
     edge, hasher, healthcheck, pool, rng, shutdown,
     store::Store,
     telemetry, traces,
@@ -19,9 +19,13 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Healthcheck(args) = &cli.command {
-        // No telemetry: a probe every few seconds must not start an exporter.
-        return healthcheck(args).await;
+    // No telemetry for these two: a probe every few seconds must not start
+    // an exporter, and a reader of Jaeger has no spans of its own to send
+    // (nor a log line to print where its table goes).
+    match &cli.command {
+        Command::Healthcheck(args) => return healthcheck(args).await,
+        Command::Traces(args) => return traces(args).await,
+        _ => {}
     }
     let _telemetry = telemetry::init(cli.log_format, cli.command.name());
     match run(cli.command).await {
@@ -45,6 +49,19 @@ async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
         }
         Err(unhealthy) => {
             eprintln!("unhealthy: {unhealthy}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn traces(args: &TracesArgs) -> ExitCode {
+    match traces::run(&args.config()).await {
+        Ok(report) => {
+            print!("{}", report.table());
+            ExitCode::SUCCESS
+        }
+        Err(broken) => {
+            eprintln!("dockercoins traces: {broken}");
             ExitCode::FAILURE
         }
     }
@@ -79,9 +96,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => run_up(args, shutdown).await?,
         Command::Edge(args) => run_edge(args, shutdown).await?,
-        Command::Healthcheck(_) => unreachable!("handled above"),
+        Command::Healthcheck(_) | Command::Traces(_) => unreachable!("handled above"),
         Command::Bench(args) => run_bench(args).await?,
-        Command::Traces(args) => print!("{}", traces::run(&args.config()).await?.table()),
     }
     Ok(())
 }
