@@ -1,39 +1,46 @@
 #!/usr/bin/env bash
 # docker-compose.yaml, for real, on this machine: its own Docker engine, the
-# dockercoins image, Redis, healthchecks, the lab's numbers, a quick `down`.
+# dockercoins image, Redis, the Collector and Jaeger, healthchecks, traces
+# read back from Jaeger, the lab's numbers, a quick `down`.
 #
 #   sudo bash tests/compose-e2e.sh
 #
 # Needs root (it starts its own dockerd) and Debian's packages; no registry of
 # images: the base images are made here with debootstrap and tagged under the
 # names the compose file and deploy/Dockerfile use. Steps:
-#   1. installs docker.io, docker-compose (v1) and debootstrap when missing;
+#   1. installs docker.io, debootstrap and Compose v2 when missing (the
+#      `docker compose` plugin, taken from Debian trixie's docker-compose
+#      package: bookworm has only v1);
 #   2. starts a private dockerd in a temporary directory (its own socket, never
 #      the default one, so any other engine is left alone);
-#   3. builds a Debian bookworm minbase rootfs with redis-server (cached in
-#      /var/cache/dockercoins-e2e), imports it, tags it as the redis image and
-#      as the dockercoins runtime stand-in;
+#   3. builds a Debian bookworm minbase rootfs with redis-server and wget
+#      (cached in /var/cache/dockercoins-e2e), imports it, tags it as the redis
+#      image and as the dockercoins runtime stand-in;
 #   4. builds target/release/dockercoins (cargo: a no-op when up to date), then
-#      the image through deploy/Dockerfile's `prebuilt` target;
-#   5. `up -d` redis rng hasher worker webui edge (the collector and Jaeger images
-#      cannot exist here: the mesh must run with its OTLP endpoint pointing at
-#      a collector that is not there), waits until each is healthy;
-#   6. checks the hash rate with 1 worker (about 3.3/s) and with 10 (capped
+#      the image through deploy/Dockerfile's `prebuilt` target; builds the
+#      Collector and Jaeger images from tests/build-otel-tools.sh's binaries
+#      (tests/otel-images.Dockerfile) under the names the compose file pins;
+#   5. `up -d` all eight services, waits until each is running and, where it
+#      has a healthcheck, healthy; the Collector answers its health check;
+#   6. reads Jaeger's API on the published port 16686 until worker, rng and
+#      hasher have traces, runs `dockercoins traces` in the webui container;
+#   7. checks the hash rate with 1 worker (about 3.3/s) and with 10 (capped
 #      near 10/s by rng's single lane), rng slower than hasher through edge's
-#      ports; then the lab's fix, `--scale rng=3`: no gain with pinned workers
+#      ports, and `dockercoins traces` showing the wait in rng's lane; then
+#      the lab's fix, `--scale rng=3`: no gain with pinned workers
 #      started before the new replicas, about 3x with balanced ones, and edge
 #      spreading connections over the 3 replicas; then times `down`;
-#   7. the TLS override: certificates from deploy/tls/make-certs.sh (made and
+#   8. the TLS override: certificates from deploy/tls/make-certs.sh (made and
 #      removed here unless the checkout has its own), every service healthy
 #      over grpcs://, 1 worker at about 3.3/s, rng through edge answers only
 #      a client with a certificate;
-#   8. the same file as a Swarm stack on a single-node swarm: stack deploy,
-#      every service healthy, 1 then 10 workers (`docker service scale`),
+#   9. the same file as a Swarm stack on a single-node swarm: stack deploy,
+#      every service healthy, traces in Jaeger, 1 then 10 workers (`docker service scale`),
 #      rng global (docker-compose.rng-global.yaml), stack rm, swarm leave;
-#   9. cleans up on exit: containers, networks, the daemon (by pid), its
+#  10. cleans up on exit: containers, networks, the daemon (by pid), its
 #      directories, and the docker0 bridge if it was not there before.
-# Environment: E2E_COMPOSE (default `docker-compose --compatibility`; `docker compose` also works
-# where the v2 plugin is installed), E2E_CACHE (default /var/cache/dockercoins-e2e,
+# Environment: E2E_COMPOSE (default `docker compose`, Compose v2; `docker-compose
+# --compatibility`, v1, also works), E2E_CACHE (default /var/cache/dockercoins-e2e,
 # empty = no cache), E2E_KEEP=1 keeps the temporary directory for a post-mortem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +59,9 @@ fail() {
 export DEBIAN_FRONTEND=noninteractive
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
-[ -n "${E2E_COMPOSE:-}" ] || command -v docker-compose >/dev/null || missing+=(docker-compose)
+case "${E2E_COMPOSE:-}" in
+    docker-compose*) command -v docker-compose >/dev/null || missing+=(docker-compose) ;;
+esac
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v curl >/dev/null || missing+=(curl)
 command -v ip >/dev/null || missing+=(iproute2)
@@ -64,9 +73,51 @@ fi
 # Debian's client matches Debian's dockerd; another `docker` earlier on PATH may not.
 DOCKER=docker
 [ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker
+
+# The machine's Debian mirror (for trixie's Compose and for debootstrap).
+MIRROR=$(
+    {
+        sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n'
+        sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) bookworm .*/\2/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
+    } | grep -E '^https?://' | grep -v -- '-security' | grep -i debian | sed -n 1p || true
+)
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+
+# Compose v2, what the README's commands are. Bookworm packages only v1; the
+# plugin binary of trixie's docker-compose package needs nothing but libc
+# >= 2.34, so only that file is taken (apt with its own lists in a temporary
+# directory: the system's sources stay as they are).
+install_compose_v2() {
+    local apt_dir plugin_dir=/usr/local/lib/docker/cli-plugins
+    apt_dir=$(mktemp -d /tmp/dockercoins-compose.XXXXXX)
+    chmod 755 "$apt_dir"  # apt's sandbox user writes the downloads there
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$apt_dir/parts"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR trixie main" >"$apt_dir/trixie.list"
+    local opts=(-q -o "Dir::Etc::SourceList=$apt_dir/trixie.list" -o "Dir::Etc::SourceParts=$apt_dir/parts"
+        -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o "Dir::Cache::archives=$apt_dir/archives")
+    log "installing Compose v2: the plugin of Debian trixie's docker-compose package, from $MIRROR"
+    if ! timeout 300 apt-get "${opts[@]}" update >"$apt_dir/apt.log" 2>&1 ||
+        ! (cd "$apt_dir" && timeout 300 apt-get "${opts[@]}" download docker-compose >>"$apt_dir/apt.log" 2>&1) ||
+        ! dpkg-deb -x "$apt_dir"/docker-compose_*.deb "$apt_dir/root"; then
+        tail -20 "$apt_dir/apt.log" >&2
+        rm -rf "$apt_dir"
+        fail "could not fetch docker-compose from trixie at $MIRROR (set E2E_COMPOSE=\"docker-compose --compatibility\" to use v1)"
+    fi
+    install -D -m 755 "$apt_dir/root/usr/libexec/docker/cli-plugins/docker-compose" "$plugin_dir/docker-compose"
+    rm -rf "$apt_dir"
+}
+if [ -z "${E2E_COMPOSE:-}" ] && ! "$DOCKER" compose version >/dev/null 2>&1; then
+    install_compose_v2
+    "$DOCKER" compose version >/dev/null 2>&1 || fail "$DOCKER compose does not run after installing the plugin"
+fi
 # v1 applies the `deploy:` memory limits only with --compatibility.
-read -r -a COMPOSE_CMD <<<"${E2E_COMPOSE:-docker-compose --compatibility}"
+read -r -a COMPOSE_CMD <<<"${E2E_COMPOSE:-$DOCKER compose}"
 log "$("$DOCKER" --version); $("${COMPOSE_CMD[@]}" version --short 2>/dev/null || "${COMPOSE_CMD[@]}" version | sed -n 1p)"
+# The files as this Compose reads them (.ci/run checks them with v1 too).
+for override in "" docker-compose.turbo.yaml docker-compose.tls.yaml docker-compose.rng-global.yaml; do
+    "${COMPOSE_CMD[@]}" -f docker-compose.yaml ${override:+-f "$override"} config -q ||
+        fail "${COMPOSE_CMD[*]} config -q rejects docker-compose.yaml${override:+ with $override}"
+done
 
 # The compose file publishes these on the host: they must be free (say who
 # holds one; wait a minute in case it is on its way out).
@@ -209,27 +260,23 @@ REDIS_IMAGE=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' docker-compose.yaml |
 TAG=$(sed -n 's/^DOCKERCOINS_TAG=//p' .env 2>/dev/null | sed -n 1p)
 DOCKERCOINS_IMAGE="dockercoins:${DOCKERCOINS_TAG:-${TAG:-dev}}"
 STANDIN=dockercoins-e2e/bookworm-minbase:local
+OTELCOL_IMAGE=$(sed -n 's/^ *image: *\(otel\/opentelemetry-collector[^ ]*\).*/\1/p' docker-compose.yaml | sed -n 1p)
+JAEGER_IMAGE=$(sed -n 's/^ *image: *\(jaegertracing\/jaeger:[^ ]*\).*/\1/p' docker-compose.yaml | sed -n 1p)
 [ -n "$REDIS_IMAGE" ] || fail "no redis image in docker-compose.yaml"
+[ -n "$OTELCOL_IMAGE" ] && [ -n "$JAEGER_IMAGE" ] || fail "no collector or Jaeger image in docker-compose.yaml"
 
 # ------------------------------------------------------ base image, local --
-MIRROR=$(
-    {
-        sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n'
-        sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) bookworm .*/\2/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
-    } | grep -E '^https?://' | grep -v -- '-security' | grep -i debian | sed -n 1p || true
-)
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
 CACHE=${E2E_CACHE-/var/cache/dockercoins-e2e}
 ROOTFS_TAR="$WORK/rootfs.tar"
-# Bump the name when the package set changes.
-CACHED_TAR="${CACHE:+$CACHE/bookworm-minbase-redis-v1.tar}"
+# Bump the name when the package set changes. wget: Jaeger's healthcheck.
+CACHED_TAR="${CACHE:+$CACHE/bookworm-minbase-redis-wget-v2.tar}"
 if [ -n "$CACHED_TAR" ] && [ -s "$CACHED_TAR" ]; then
     log "base rootfs from cache $CACHED_TAR"
     ROOTFS_TAR=$CACHED_TAR
 else
-    log "debootstrap bookworm minbase + redis-server from $MIRROR (about 30-60 s)"
+    log "debootstrap bookworm minbase + redis-server, wget from $MIRROR (about 30-60 s)"
     mkdir -p "$WORK/rootfs"
-    if ! timeout 300 debootstrap --variant=minbase --include=redis-server bookworm "$WORK/rootfs" "$MIRROR" \
+    if ! timeout 300 debootstrap --variant=minbase --include=redis-server,wget bookworm "$WORK/rootfs" "$MIRROR" \
         >"$WORK/debootstrap.log" 2>&1; then
         tail -20 "$WORK/debootstrap.log" >&2
         fail "debootstrap failed"
@@ -258,10 +305,27 @@ timeout 300 "$DOCKER" build -q -f deploy/Dockerfile --target prebuilt \
 version=$("$DOCKER" run --rm --network none "$DOCKERCOINS_IMAGE" --version) || fail "the image does not run"
 log "image ok: $version, user $("$DOCKER" image inspect -f '{{.Config.User}}' "$DOCKERCOINS_IMAGE")"
 
+# ------------------------------------------------ the Collector and Jaeger --
+# Built from their Go modules (seconds when cached, as after .ci/run's own
+# call), at the versions the compose file pins, then wrapped in images that
+# behave like the released ones (tests/otel-images.Dockerfile).
+bash tests/build-otel-tools.sh || fail "tests/build-otel-tools.sh failed (it needs go and the Go module proxy)"
+mkdir -p "$WORK/otel-context"
+cp target/otel-tools/otelcol target/otel-tools/jaeger "$WORK/otel-context/"
+for target in otelcol jaeger; do
+    image=$OTELCOL_IMAGE
+    [ "$target" = jaeger ] && image=$JAEGER_IMAGE
+    log "docker build tests/otel-images.Dockerfile --target $target -> $image"
+    timeout 300 "$DOCKER" build -q -f tests/otel-images.Dockerfile --target "$target" \
+        --build-arg BASE="$STANDIN" -t "$image" "$WORK/otel-context" >"$WORK/build-$target.log" 2>&1 ||
+        { cat "$WORK/build-$target.log" >&2; fail "docker build of the $target image failed"; }
+done
+rm -rf "$WORK/otel-context"
+
 # ----------------------------------------------------------------- up -d --
 export DOCKERCOINS_TAG=${DOCKERCOINS_IMAGE#dockercoins:}
-SERVICES=(redis rng hasher worker webui edge)
-log "up -d ${SERVICES[*]} (no otel-collector, no jaeger: their images cannot exist here)"
+SERVICES=(redis rng hasher worker webui edge otel-collector jaeger)
+log "up -d (${SERVICES[*]})"
 COMPOSE_UP=1
 t0=$SECONDS
 timeout 180 "${COMPOSE_CMD[@]}" -f docker-compose.yaml up -d --no-build "${SERVICES[@]}" >"$WORK/up.log" 2>&1 ||
@@ -301,14 +365,64 @@ log "rng container: read_only=$ro memory=$mem user=$user restart=$restart"
 [ "$ro" = true ] && [ "$mem" -gt 0 ] && [ "$user" = 65532:65532 ] && [ "$restart" = unless-stopped ] ||
     fail "rng container settings are not the compose file's"
 
-# A healthcheck is a process started in the container: it must be quick even
-# though OTEL_EXPORTER_OTLP_ENDPOINT points at a collector that is not there.
+# A healthcheck is a process started in the container every 3 s: it must be
+# quick (it sets up no span exporter).
 hc_start=$(date +%s%N)
 "$DOCKER" exec "$(dc ps -q rng)" /usr/local/bin/dockercoins healthcheck grpc://127.0.0.1:8001 --service dockercoins.v1.Rng >/dev/null 2>&1 ||
     fail "rng healthcheck run by hand failed"
 HC_MS=$((($(date +%s%N) - hc_start) / 1000000))
-log "one healthcheck run by hand (docker exec, collector absent): ${HC_MS} ms"
+log "one healthcheck run by hand (docker exec): ${HC_MS} ms"
 [ "$HC_MS" -lt 2500 ] || fail "a healthcheck took ${HC_MS} ms"
+
+# ---------------------------------------------------------------- traces --
+# The Collector's released image is FROM scratch: no probe can run inside it,
+# so its health check extension is asked from the webui container, by name.
+dc exec -T webui dockercoins healthcheck http://otel-collector:13133/ --timeout-ms 2000 >/dev/null ||
+    fail "the Collector's health check (http://otel-collector:13133/, asked from webui) did not answer 200"
+log "otel-collector: its health check answers 200 (asked from the webui container)"
+
+# The services Jaeger holds traces of, as its API v3 on the published port
+# lists them, space separated.
+jaeger_services() {
+    curl -s --max-time 3 http://127.0.0.1:16686/api/v3/services | tr -d ' \n' |
+        sed -n 's/.*"services":\[\([^]]*\)\].*/\1/p' | tr -d '"' | tr ',' ' '
+}
+# wait_traces LIMIT SERVICE...: until Jaeger lists every SERVICE. Spans reach
+# it through the Collector's batch (1 s) and the SDKs' own (up to 5 s).
+wait_traces() {
+    local deadline=$((SECONDS + $1)) svc missing
+    shift
+    while :; do
+        JAEGER_HAS=$(jaeger_services)
+        missing=""
+        for svc in "$@"; do
+            [[ " $JAEGER_HAS " == *" $svc "* ]] || missing+="$svc "
+        done
+        [ -z "$missing" ] && return 0
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 1
+    done
+}
+t0=$SECONDS
+wait_traces 60 worker rng hasher ||
+    fail "Jaeger (http://127.0.0.1:16686/api/v3/services) lists [${JAEGER_HAS}] after 60 s, not worker, rng and hasher: the path services -> otel-collector -> jaeger is broken (logs below)"
+log "Jaeger has traces of: $JAEGER_HAS ($((SECONDS - t0)) s after every service was healthy)"
+
+# `dockercoins traces` as the README runs it, in the webui container, against
+# Jaeger by its service name. TRACES_OUT holds its output.
+traces() {
+    TRACES_OUT=$(dc exec -T webui dockercoins traces --jaeger http://jaeger:16686 --since "$1" 2>&1) ||
+        { printf '%s\n' "$TRACES_OUT" >&2; fail "dockercoins traces --since $1 failed (its output above)"; }
+    printf '%s\n' "$TRACES_OUT" | sed 's/^/    /'
+}
+# The median of rng's lane wait in TRACES_OUT, in milliseconds.
+lane_wait_p50_ms() {
+    awk '/^ *rng lane wait / {
+        v = $5; u = $6
+        if (u == "s") v *= 1000; else if (u == "µs") v /= 1000
+        printf "%.3f", v; found = 1
+    } END { if (!found) exit 1 }' <<<"$TRACES_OUT"
+}
 
 # ------------------------------------------------------------ the numbers --
 hashes() {
@@ -334,6 +448,10 @@ sleep 3
 RATE1=$(rate 10)
 log "1 worker: $RATE1 hashes/s over 10 s (classroom: about 3.3)"
 in_range "$RATE1" 2.5 4.0 || fail "1 worker should do about 3.3 hashes/s, measured $RATE1"
+log "docker compose exec webui dockercoins traces --jaeger http://jaeger:16686 --since 10s (1 worker):"
+traces 10s
+WAIT1=$(lane_wait_p50_ms) || fail "dockercoins traces printed no rng lane wait"
+in_range "$WAIT1" 0 20 || fail "with 1 worker nobody waits in rng's lane: p50 should be under 20 ms, is $WAIT1 ms"
 
 # up_scaled LOGNAME ARGS...: `up -d` with the given scale flags, then healthy.
 up_scaled() {
@@ -359,6 +477,12 @@ RNG_LAT=$(lat http://127.0.0.1:8001/)
 HASHER_LAT=$(lat http://127.0.0.1:8002/)
 log "latency with 10 workers: rng GET / ${RNG_LAT}s, hasher GET / ${HASHER_LAT}s"
 awk -v r="$RNG_LAT" -v h="$HASHER_LAT" 'BEGIN { exit !(r > h) }' || fail "rng should be the slow one"
+# Where the time goes, as the lab asks it: waiting in rng's lane (each of the
+# 10 workers' cycle is about 1 s, 7 of its 10 calls ahead of it at 100 ms).
+log "dockercoins traces --since 20s (10 workers):"
+traces 20s
+WAIT10=$(lane_wait_p50_ms) || fail "dockercoins traces printed no rng lane wait"
+in_range "$WAIT10" 500 900 || fail "with 10 workers rng's lane wait should have a median of 500-900 ms, is $WAIT10 ms"
 
 # ------------------------------------------------- scale rng: the lab's fix --
 # Naive gRPC clients first: the workers (recreated, the policy changed) each
@@ -394,8 +518,8 @@ done | sort | uniq -c | awk '{ printf "%s%s=%s", sep, $2, $1; sep=" " }')
 log "6 connections to 127.0.0.1:8001 served by: $SERVED"
 [ "$(wc -w <<<"$SERVED")" = 3 ] || fail "edge should spread connections over the 3 rng replicas"
 
-# What the services say with the collector absent (export errors should be
-# rare and short, never a flood).
+# What the services say (export errors, if any, should be rare and short,
+# never a flood: the Collector may start after them).
 for svc in rng worker; do
     id=$(dc ps -q "$svc" | sed -n 1p)
     log "$svc: $("$DOCKER" logs "$id" 2>&1 | wc -l) log lines so far; the last 3:"
@@ -517,14 +641,14 @@ stack_deploy() {
         { cat "$WORK/stack.log" >&2; fail "stack deploy failed"; }
 }
 stack_deploy
-# Every service of the mesh with its replicas running, and healthy where it
-# has a healthcheck (the collector and Jaeger images cannot exist here).
+# Every service of the stack with its replicas running, and healthy where it
+# has a healthcheck.
 wait_stack() {
     local deadline=$((SECONDS + $1)) last="" state svc line ok
     while :; do
         ok=1
         state=""
-        for svc in redis rng hasher worker webui edge; do
+        for svc in "${SERVICES[@]}"; do
             line=$("$DOCKER" service ls --filter "name=dockercoins_$svc" --format '{{.Name}} {{.Replicas}}' | grep "^dockercoins_$svc " || true)
             state+="${line#dockercoins_} "
             read -r _ replicas <<<"$line"
@@ -541,6 +665,9 @@ wait_stack() {
 t0=$SECONDS
 wait_stack 120 || { "$DOCKER" service ps --no-trunc dockercoins_rng dockercoins_worker >&2; fail "the stack did not converge within 120 s"; }
 log "swarm: every service running and healthy $((SECONDS - t0)) s after deploy"
+wait_traces 60 worker rng hasher ||
+    fail "swarm: Jaeger (127.0.0.1:16686) lists [${JAEGER_HAS}] after 60 s, not worker, rng and hasher"
+log "swarm: Jaeger has traces of: $JAEGER_HAS"
 sleep 3
 RATE_SWARM1=$(rate 10)
 log "swarm, 1 worker: $RATE_SWARM1 hashes/s"
@@ -578,4 +705,4 @@ STACK_RM_S=$(awk -v ms="$((($(date +%s%N) - t0) / 1000000))" 'BEGIN { printf "%.
 SWARM_UP=0
 log "swarm: every container gone $STACK_RM_S s after stack rm"
 
-log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s, 10 workers ${RATE10}/s, rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers), TLS 1 worker ${RATE_TLS}/s, swarm 1 worker ${RATE_SWARM1}/s, 10 workers ${RATE_SWARM10}/s, global rng ${RATE_GLOBAL}/s"
+log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s (lane wait p50 ${WAIT1} ms), 10 workers ${RATE10}/s (lane wait p50 ${WAIT10} ms), rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers), TLS 1 worker ${RATE_TLS}/s, swarm 1 worker ${RATE_SWARM1}/s, 10 workers ${RATE_SWARM10}/s, global rng ${RATE_GLOBAL}/s"
