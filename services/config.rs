@@ -428,6 +428,7 @@ impl ConnectionArgs {
             resolve_interval: Duration::from_millis(self.resolve_ms)
                 .max(pool::MIN_RESOLVE_INTERVAL),
             tls: None,
+            metrics: Default::default(),
         }
     }
 

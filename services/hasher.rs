@@ -6,6 +6,7 @@
 
 use crate::{
     limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
+    metrics::Registry,
     pb::{
         DigestBatch, HashBatch, HashRequest, HashResponse,
         hasher_server::{Hasher as HasherApi, HasherServer},
@@ -80,6 +81,7 @@ pub async fn serve(
         "hasher",
         service.legacy_routes(hostname()),
         config.tls.clone(),
+        Registry::default(),
     )
     .add_service(service.into_server())
     .serve(listener, config.to_string(), shutdown)

@@ -40,6 +40,10 @@
 //!   [`private_redis`]: a redis-server child for `up` and `bench`.
 //! - [`telemetry`]: logs and traces, the spans of every hop, and the log
 //!   fields other programs read.
+//! - [`metrics`]: what each service measures, served as OpenMetrics text on
+//!   `/metrics`; [`call_meter`]: the layer that measures every gRPC call a
+//!   server serves; [`latency`]: the buckets, those durations read back for
+//!   `Replica/Info`, and made into rates and quantiles.
 //! - [`tls`]: optional TLS for the gRPC hops: certificates and keys read
 //!   and checked at start-up, mutual TLS when a CA is given.
 //! - [`limits`]: every size limit on outside input, in one place.
@@ -53,6 +57,7 @@
 
 pub mod backoff;
 pub mod bench;
+pub mod call_meter;
 pub mod clients;
 pub mod config;
 pub mod edge;
@@ -60,7 +65,9 @@ pub mod error_chain;
 pub mod hasher;
 pub mod healthcheck;
 pub mod http_get;
+pub mod latency;
 pub mod limits;
+pub mod metrics;
 pub mod pool;
 pub mod private_redis;
 pub mod protocol;

@@ -7,7 +7,9 @@ use dockercoins::{
     bench,
     clients::{HasherClient, RngClient},
     config::{BenchArgs, Cli, ClientArgs, Command, EdgeArgs, HealthcheckArgs, TracesArgs, UpArgs},
-    edge, hasher, healthcheck, pool, rng, shutdown,
+    edge, hasher, healthcheck,
+    metrics::{ClientCalls, Registry},
+    pool, rng, shutdown,
     store::Store,
     telemetry, traces,
     up::{self, Listeners},
@@ -81,17 +83,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             hasher::serve(listener, config, shutdown).await?;
         }
         Command::Worker(args) => {
-            let backends = backends(&args.client)?;
-            let liveness = match args.health_listen {
-                Some(addr) => Some(bind(addr, "--health-listen / WORKER_HEALTH_LISTEN").await?),
+            let mut metrics = Registry::default();
+            let backends = backends(&args.client, &mut metrics)?;
+            let status = match args.health_listen {
+                Some(addr) => Some(worker::StatusPort {
+                    listener: bind(addr, "--health-listen / WORKER_HEALTH_LISTEN").await?,
+                    metrics,
+                }),
                 None => None,
             };
-            worker::run(args.config(), backends, liveness, shutdown).await;
+            worker::run(args.config(), backends, status, shutdown).await;
         }
         Command::Webui(args) => {
-            let backends = backends(&args.client)?;
+            let mut metrics = Registry::default();
+            let backends = backends(&args.client, &mut metrics)?;
             let listener = bind(args.listen, "--listen / WEBUI_LISTEN").await?;
-            let webui = webui::Webui::new(backends.store, backends.rng, backends.hasher);
+            let webui = webui::Webui::new(backends.store, backends.rng, backends.hasher)
+                .with_metrics(metrics);
             webui::serve(listener, webui, shutdown).await?;
         }
         Command::Up(args) => run_up(args, shutdown).await?,
@@ -102,9 +110,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// rng, hasher and Redis, as the worker's or webui's settings say.
-fn backends(args: &ClientArgs) -> anyhow::Result<worker::Backends> {
-    let pool = args.pool()?;
+/// rng, hasher and Redis, as the worker's or webui's settings say, their
+/// calls measured in `metrics`.
+fn backends(args: &ClientArgs, metrics: &mut Registry) -> anyhow::Result<worker::Backends> {
+    let mut pool = args.pool()?;
+    pool.metrics = ClientCalls::register(metrics);
     Ok(worker::Backends {
         rng: RngClient::new(&args.rng_url, &pool)?,
         hasher: HasherClient::new(&args.hasher_url, &pool)?,

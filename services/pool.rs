@@ -16,7 +16,11 @@
 //! although those dial an IP address each: the server's certificate is
 //! checked against the URL's host (`rng`), not the address dialled.
 
-use crate::error_chain::status_reason;
+use crate::{
+    error_chain::status_reason,
+    metrics::{ClientCallLabels, ClientCalls, TraceExemplar},
+    telemetry::code_name,
+};
 use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
@@ -59,6 +63,9 @@ pub struct PoolSettings {
     pub resolve_interval: Duration,
     /// The CA (and client identity) for `https://` URLs; required for them.
     pub tls: Option<crate::tls::ClientTls>,
+    /// Where each call, retry and ejection is measured (by default, for
+    /// nobody: the caller registers it to serve it on `/metrics`).
+    pub metrics: ClientCalls,
 }
 
 /// HTTP/2 connections per replica unless told otherwise.
@@ -86,6 +93,7 @@ impl Default for PoolSettings {
             policy: Policy::default(),
             resolve_interval: Duration::from_millis(DEFAULT_RESOLVE_MS),
             tls: None,
+            metrics: ClientCalls::default(),
         }
     }
 }
@@ -615,6 +623,10 @@ impl Backend {
                 && attempt < self.current().len().clamp(1, 4)
             {
                 tracing::debug!(backend = self.name(), replica = %replica.label, "unavailable; trying another replica");
+                self.balancer
+                    .settings
+                    .metrics
+                    .retried(self.balancer.service.grpc);
                 continue;
             }
             return self.note(result);
@@ -645,6 +657,7 @@ impl Backend {
     ) -> Result<tonic::Response<T>, tonic::Status> {
         let service = self.balancer.service.grpc;
         let span = crate::telemetry::grpc_client_span(service, method, &replica.host, replica.port);
+        let started = Instant::now();
         let result = async {
             let mut request = tonic::Request::new(message);
             crate::telemetry::inject(&mut request);
@@ -653,6 +666,19 @@ impl Backend {
         .instrument(span.clone())
         .await;
         crate::telemetry::record_grpc_result(&span, &result);
+        let metrics = &self.balancer.settings.metrics;
+        metrics.observe(
+            ClientCallLabels {
+                rpc_method: format!("{service}/{method}"),
+                server_address: replica.label.clone(),
+                rpc_response_status_code: code_name(match &result {
+                    Ok(_) => tonic::Code::Ok,
+                    Err(status) => status.code(),
+                }),
+            },
+            started.elapsed(),
+            TraceExemplar::of(&span),
+        );
         match &result {
             Ok(response) => {
                 let served_by = response
@@ -662,7 +688,10 @@ impl Backend {
                 self.count_served(served_by, replica);
             }
             // The connection failed: no more calls to this replica for a while.
-            Err(status) if status.code() == tonic::Code::Unavailable => replica.eject(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                replica.eject();
+                metrics.ejected(service, &replica.label);
+            }
             Err(_) => {}
         }
         result

@@ -4,10 +4,13 @@
 //! The lab's bottleneck lives here: every request waits for a [`Lane`], then
 //! pays the configured delay while holding it. With one lane (the classroom
 //! default) rng serves strictly one request at a time, whichever protocol it
-//! came by, so ten workers queue behind each other.
+//! came by, so ten workers queue behind each other. Its queue depth and each
+//! request's wait are on `/metrics` (`rng_lane_queue_depth`,
+//! `rng_lane_wait_seconds`).
 
 use crate::{
     limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
+    metrics::{LaneMetrics, Registry, TraceExemplar},
     pb::{
         GenerateRequest, GenerateResponse, GenerateStreamRequest, GenerateStreamResponse,
         rng_server::{Rng as RngApi, RngServer},
@@ -24,6 +27,7 @@ use axum::{
     routing::get,
 };
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::gauge::Gauge;
 use rand::RngCore;
 use std::{
     future::Future,
@@ -100,8 +104,13 @@ pub async fn serve(
     config: RngConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let service = RngService::new(&config);
-    GrpcServer::new("rng", service.legacy_routes(hostname()), config.tls.clone())
+    let mut registry = Registry::default();
+    let lane = LaneMetrics::register(&mut registry);
+    let queue = lane.queue.clone();
+    let service = RngService::measured(&config, lane);
+    let legacy = service.legacy_routes(hostname());
+    GrpcServer::new("rng", legacy, config.tls.clone(), registry)
+        .with_queue(queue)
         .add_service(service.into_server())
         .serve(listener, config.to_string(), shutdown)
         .await
@@ -196,7 +205,6 @@ pub fn random_bytes(len: usize) -> Bytes {
 
 /// Where rng's requests queue: at most `lanes` of them are served at once, in
 /// the order they arrived (tokio's semaphore is fair), each paying `delay`.
-#[derive(Debug)]
 pub struct Lane {
     /// `None` when lanes are unlimited: nothing to wait for.
     permits: Option<Semaphore>,
@@ -204,14 +212,23 @@ pub struct Lane {
     lanes: usize,
     /// Cost of one request once it holds a lane.
     delay: Duration,
+    /// How many wait, and how long each waited.
+    metrics: LaneMetrics,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lane({} lanes, {:?})", self.lanes, self.delay)
+    }
 }
 
 impl Lane {
-    pub fn new(config: &RngConfig) -> Self {
+    pub fn new(config: &RngConfig, metrics: LaneMetrics) -> Self {
         Self {
             permits: config.lanes.map(Semaphore::new),
             lanes: config.lanes.unwrap_or(0),
             delay: config.delay,
+            metrics,
         }
     }
 
@@ -227,8 +244,17 @@ impl Lane {
             "rng.lane.wait",
             rng.lanes = self.lanes,
         );
+        let queued = Queued::join(&self.metrics.queue);
+        let arrived = std::time::Instant::now();
         // The semaphore is never closed, so acquire cannot fail.
-        permits.acquire().instrument(span).await.ok()
+        let permit = permits.acquire().instrument(span.clone()).await.ok();
+        drop(queued);
+        self.metrics.wait.observe(
+            arrived.elapsed().as_secs_f64(),
+            TraceExemplar::of(&span),
+            None,
+        );
+        permit
     }
 
     /// Waits for a lane, pays the delay in it, and runs `work` before letting
@@ -242,6 +268,23 @@ impl Lane {
     }
 }
 
+/// A place in the lane's queue, counted in its depth until it is left (a
+/// turn taken, or a caller gone).
+struct Queued<'a>(&'a Gauge);
+
+impl<'a> Queued<'a> {
+    fn join(depth: &'a Gauge) -> Self {
+        depth.inc();
+        Self(depth)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The `dockercoins.v1.Rng` gRPC service.
 #[derive(Clone, Debug)]
 pub struct RngService {
@@ -250,9 +293,15 @@ pub struct RngService {
 }
 
 impl RngService {
+    /// The service, its lane measured for nobody (tests, benches).
     pub fn new(config: &RngConfig) -> Self {
+        Self::measured(config, LaneMetrics::unregistered())
+    }
+
+    /// The service, its lane's queue and waits in `metrics`.
+    pub fn measured(config: &RngConfig, metrics: LaneMetrics) -> Self {
         Self {
-            lane: Arc::new(Lane::new(config)),
+            lane: Arc::new(Lane::new(config, metrics)),
         }
     }
 

@@ -1,12 +1,15 @@
 //! What every gRPC server of dockercoins shares: the plain-HTTP routes of the
 //! original lab on the same port as gRPC, gRPC health and server reflection
-//! (v1 and v1alpha), explicit limits, and one graceful shutdown with a bound.
+//! (v1 and v1alpha), `GET /metrics` with every call measured, explicit
+//! limits, and one graceful shutdown with a bound.
 //!
 //! The services themselves (`rng`, `hasher`) only bring their gRPC service and
 //! their legacy HTTP routes.
 
 use crate::{
+    call_meter::CallMeterLayer,
     limits,
+    metrics::{Exposition, Registry, ServerCalls},
     pb::{
         InfoRequest, InfoResponse,
         hasher_server::SERVICE_NAME as HASHER_SERVICE,
@@ -23,6 +26,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
@@ -72,6 +76,10 @@ pub struct GrpcServer {
     services: Vec<&'static str>,
     /// TLS (and mutual TLS) when set; plaintext otherwise.
     tls: Option<ServerTls>,
+    /// Where the calls to `services` are measured.
+    calls: ServerCalls,
+    /// A queue in front of the service (rng's lane), said in `Replica/Info`.
+    queue: Option<Gauge>,
 }
 
 /// The services whose calls a replica counts for `Replica/Info`: the
@@ -84,8 +92,17 @@ impl GrpcServer {
     /// [`limits::MAX_BLOCK_BYTES`]), over TLS when `tls` is set. Over TLS the
     /// port negotiates HTTP/2 only (tonic's acceptor offers ALPN `h2` alone),
     /// so the legacy routes answer HTTP/2 clients there, not HTTP/1.1 ones.
-    pub fn new(name: &'static str, legacy: axum::Router, tls: Option<ServerTls>) -> Self {
+    /// `GET /metrics` serves `registry`, the server's calls added to what
+    /// the service registered there.
+    pub fn new(
+        name: &'static str,
+        legacy: axum::Router,
+        tls: Option<ServerTls>,
+        mut registry: Registry,
+    ) -> Self {
+        let calls = ServerCalls::register(&mut registry);
         let legacy = legacy
+            .route("/metrics", Exposition::new(registry).route())
             .fallback(not_found)
             .layer(RequestBodyLimitLayer::new(limits::MAX_BLOCK_BYTES));
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -101,6 +118,8 @@ impl GrpcServer {
             health,
             services: Vec::new(),
             tls,
+            calls,
+            queue: None,
         }
         .add_service(health_service)
     }
@@ -121,6 +140,13 @@ impl GrpcServer {
     {
         self.routes = self.routes.add_service(service);
         self.services.push(S::NAME);
+        self
+    }
+
+    /// Says `depth` (how many requests wait for the service) in
+    /// `Replica/Info`.
+    pub fn with_queue(mut self, depth: Gauge) -> Self {
+        self.queue = Some(depth);
         self
     }
 
@@ -167,10 +193,12 @@ impl GrpcServer {
     ) -> Result<(), ServeError> {
         let local = listener.local_addr()?;
         let instance = format!("{}:{}", hostname(), local.port());
-        let calls = Arc::new(AtomicU64::new(0));
+        let calls_served = Arc::new(AtomicU64::new(0));
         let replica = ReplicaService {
             instance: instance.clone(),
-            calls: calls.clone(),
+            calls: calls_served.clone(),
+            measured: self.calls.clone(),
+            queue: self.queue.clone(),
         };
         let this = self
             .add_service(
@@ -184,6 +212,8 @@ impl GrpcServer {
             health,
             services,
             tls,
+            calls,
+            queue: _,
         } = this;
         report(&health, &services, ServingStatus::Serving).await;
         tracing::info!(
@@ -193,7 +223,12 @@ impl GrpcServer {
             if tls.is_some() { "gRPC and HTTP/2 over TLS" } else { "gRPC and HTTP/1.1" }
         );
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
-        let server = transport(routes, tls.as_ref(), &instance, calls, listener, drain_rx)?;
+        let layers = Layers {
+            instance: &instance,
+            replica_calls: calls_served,
+            meter: CallMeterLayer::new(calls, &services),
+        };
+        let server = transport(routes, tls.as_ref(), layers, listener, drain_rx)?;
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => return Ok(result?),
@@ -216,19 +251,27 @@ impl GrpcServer {
     }
 }
 
+/// What the layers of a server's transport need.
+struct Layers<'a> {
+    /// `host:port`, said in `x-served-by`.
+    instance: &'a str,
+    /// The calls counted for `Replica/Info`.
+    replica_calls: Arc<AtomicU64>,
+    meter: CallMeterLayer,
+}
+
 /// The transport under a server: the routes, behind the layers every
-/// server here has (call counting, tracing, `x-served-by`) and its limits,
-/// served on `listener` until `drain` fires (or for ever if its sender is
-/// dropped without firing).
+/// server here has (call counting, tracing, metrics, `x-served-by`) and its
+/// limits, served on `listener` until `drain` fires (or for ever if its
+/// sender is dropped without firing).
 fn transport(
     routes: Routes,
     tls: Option<&ServerTls>,
-    instance: &str,
-    calls: Arc<AtomicU64>,
+    layers: Layers<'_>,
     listener: TcpListener,
     drain: oneshot::Receiver<()>,
 ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, ServeError> {
-    let served_by = axum::http::HeaderValue::from_str(instance)
+    let served_by = axum::http::HeaderValue::from_str(layers.instance)
         .unwrap_or_else(|_| axum::http::HeaderValue::from_static("unknown"));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = Server::builder();
@@ -236,7 +279,7 @@ fn transport(
         builder = builder.tls_config(tls.config())?;
     }
     Ok(builder
-        .layer(count_calls(calls))
+        .layer(count_calls(layers.replica_calls))
         .layer(
             TraceLayer::new_for_grpc()
                 .make_span_with(server_span)
@@ -245,6 +288,8 @@ fn transport(
                 .on_eos(record_trailers)
                 .on_failure(()),
         )
+        // Inside the server span: a sampled call's trace is its exemplar.
+        .layer(layers.meter)
         // Says which replica answered: clients count calls per replica.
         .layer(SetResponseHeaderLayer::overriding(
             axum::http::HeaderName::from_static(SERVED_BY),
@@ -293,10 +338,14 @@ fn count_calls(
     })
 }
 
-/// `dockercoins.v1.Replica`: who this replica is, and how many calls it served.
+/// `dockercoins.v1.Replica`: who this replica is, how many calls it served,
+/// and how long they took.
 struct ReplicaService {
     instance: String,
     calls: Arc<AtomicU64>,
+    measured: ServerCalls,
+    /// rng's lane: how many wait now.
+    queue: Option<Gauge>,
 }
 
 #[tonic::async_trait]
@@ -308,6 +357,8 @@ impl Replica for ReplicaService {
         Ok(tonic::Response::new(InfoResponse {
             instance: self.instance.clone(),
             calls: self.calls.load(Ordering::Relaxed),
+            methods: self.measured.latencies().report(&COUNTED_SERVICES),
+            lane_queue: self.queue.as_ref().map_or(0, |q| q.get().max(0) as u64),
         }))
     }
 }

@@ -9,6 +9,7 @@
 use crate::{
     clients::{HasherClient, RngClient},
     hasher::HasherConfig,
+    metrics::{ClientCalls, Registry},
     pool::{InvalidUrl, PoolSettings, Resolver},
     private_redis::{PrivateRedis, RedisStartError},
     protocol::{HASHER_PORT, RNG_PORT, WEBUI_PORT},
@@ -194,24 +195,31 @@ async fn run_services(
     };
     services.spawn_backends(&config, listeners.rng, listeners.hasher);
     // Balanced clients see every replica (pinned ones keep the first).
-    let clients = || -> Result<(RngClient, HasherClient), UpError> {
+    let clients = |pool: &PoolSettings| -> Result<(RngClient, HasherClient), UpError> {
         Ok((
             RngClient::with_resolver(
                 &local_url(addrs.rng[0]),
-                &config.pool,
+                pool,
                 fixed_resolver(addrs.rng.clone()),
             )?,
             HasherClient::with_resolver(
                 &local_url(addrs.hasher[0]),
-                &config.pool,
+                pool,
                 fixed_resolver(addrs.hasher.clone()),
             )?,
         ))
     };
-    let (rng, hasher) = clients()?;
-    services.spawn_webui(listeners.webui, Webui::new(store.clone(), rng, hasher));
+    // webui's gateway calls on its /metrics, as in Compose.
+    let mut webui_metrics = Registry::default();
+    let webui_pool = PoolSettings {
+        metrics: ClientCalls::register(&mut webui_metrics),
+        ..config.pool.clone()
+    };
+    let (rng, hasher) = clients(&webui_pool)?;
+    let webui = Webui::new(store.clone(), rng, hasher).with_metrics(webui_metrics);
+    services.spawn_webui(listeners.webui, webui);
     for n in 1..=config.workers.max(1) {
-        let (rng, hasher) = clients()?;
+        let (rng, hasher) = clients(&config.pool)?;
         let backends = Backends {
             rng,
             hasher,

@@ -8,6 +8,7 @@
 use crate::{
     clients::{HasherClient, RngClient},
     limits::{HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES},
+    metrics::{Exposition, Registry},
     pb::{InfoRequest, replica_client::ReplicaClient},
     pool::Backend,
     protocol::WEBUI_PORT,
@@ -97,6 +98,8 @@ pub struct Webui {
     pub hasher: HasherClient,
     /// Whether the last `/json` failed on Redis: log a streak once.
     redis_failing: Arc<AtomicBool>,
+    /// What `/metrics` serves: the gateway's calls, when registered.
+    metrics: Exposition,
 }
 
 impl Webui {
@@ -106,6 +109,15 @@ impl Webui {
             rng,
             hasher,
             redis_failing: Arc::default(),
+            metrics: Exposition::new(Registry::default()),
+        }
+    }
+
+    /// Serves `metrics` on `/metrics` (the clients' calls registered there).
+    pub fn with_metrics(self, metrics: Registry) -> Self {
+        Self {
+            metrics: Exposition::new(metrics),
+            ..self
         }
     }
 }
@@ -118,6 +130,7 @@ pub fn router(webui: Webui) -> Router {
         .route("/static/style.css", get(style_css))
         .route("/json", get(score_json))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", webui.metrics.clone().route())
         // Browsers ask for it on their own; no icon, and no 404 in the console.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/status", get(status))

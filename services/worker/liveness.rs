@@ -1,8 +1,8 @@
 //! The worker's liveness, for a Kubernetes liveness probe: when a mining
 //! loop last turned. A worker whose loops are stuck, not one whose backends
-//! are down, is one to restart.
+//! are down, is one to restart. Its port also serves the worker's metrics.
 
-use crate::telemetry::fields;
+use crate::{metrics::Exposition, telemetry::fields};
 use axum::{http::StatusCode, routing::get};
 use std::{
     sync::{
@@ -53,34 +53,40 @@ impl Liveness {
     }
 }
 
-/// Serves `GET /healthz` on `listener`, in a task of its own, until the
-/// task is aborted: 200 while the mining loops turn, 503 once they have not
-/// for [`LIVENESS_STALE`]. Says where it listens now, before the worker's
-/// first line, so that a script waiting for an address finds it.
-pub(super) fn start(listener: TcpListener, liveness: Arc<Liveness>) -> JoinHandle<()> {
+/// Serves `GET /healthz` and `GET /metrics` on `listener`, in a task of its
+/// own, until the task is aborted: 200 while the mining loops turn, 503 once
+/// they have not for [`LIVENESS_STALE`]. Says where it listens now, before
+/// the worker's first line, so that a script waiting for an address finds it.
+pub(super) fn start(
+    listener: TcpListener,
+    liveness: Arc<Liveness>,
+    metrics: Exposition,
+) -> JoinHandle<()> {
     match listener.local_addr() {
         Ok(addr) => {
-            tracing::info!({ fields::LISTEN } = %addr, "serving the worker's liveness on /healthz")
+            tracing::info!({ fields::LISTEN } = %addr, "serving the worker's liveness on /healthz, its metrics on /metrics")
         }
         Err(error) => tracing::warn!(%error, "the liveness listener has no address"),
     }
-    let router = axum::Router::new().route(
-        "/healthz",
-        get(move || async move {
-            let since = liveness.since_last_turn().as_millis();
-            if liveness.is_alive() {
-                (
-                    StatusCode::OK,
-                    format!("alive: a mining loop turned {since} ms ago\n"),
-                )
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("stuck: no mining loop turned for {since} ms\n"),
-                )
-            }
-        }),
-    );
+    let router = axum::Router::new()
+        .route("/metrics", metrics.route())
+        .route(
+            "/healthz",
+            get(move || async move {
+                let since = liveness.since_last_turn().as_millis();
+                if liveness.is_alive() {
+                    (
+                        StatusCode::OK,
+                        format!("alive: a mining loop turned {since} ms ago\n"),
+                    )
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("stuck: no mining loop turned for {since} ms\n"),
+                    )
+                }
+            }),
+        );
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::warn!(%error, "the liveness probe stopped serving");

@@ -12,8 +12,8 @@
 //!
 //! Layout: [`mining`] is a mining loop and the checks on every reply,
 //! [`tally`] the books and their updates to Redis, [`liveness`] the optional
-//! probe; this file holds the config, the report and [`run`], which ties
-//! them together.
+//! status port (liveness and metrics); this file holds the config, the report
+//! and [`run`], which ties them together.
 
 mod liveness;
 mod mining;
@@ -27,6 +27,7 @@ pub use tally::{
 
 use crate::{
     clients::{HasherClient, RngClient},
+    metrics::{Exposition, Registry, TallyMetrics},
     store::Store,
     telemetry::fields,
 };
@@ -108,19 +109,38 @@ pub struct Backends {
     pub store: Store,
 }
 
+/// The worker's optional port: `/healthz` (liveness) and `/metrics`.
+pub struct StatusPort {
+    pub listener: TcpListener,
+    /// What the caller registered (its clients' calls); the worker adds its
+    /// tally.
+    pub metrics: Registry,
+}
+
 /// Mines with `config` until `shutdown` resolves, then stops its loops,
 /// flushes what it counted (for at most [`FINAL_FLUSH_TIMEOUT`]) and
-/// returns what it did. Logs that report as its last line. With a
-/// `liveness` listener, serves the liveness probe there until it returns.
+/// returns what it did. Logs that report as its last line. With a `status`
+/// port, serves liveness and metrics there until it returns.
 pub async fn run(
     config: WorkerConfig,
     backends: Backends,
-    liveness: Option<TcpListener>,
+    status: Option<StatusPort>,
     shutdown: impl Future<Output = ()>,
 ) -> Report {
     let Backends { rng, hasher, store } = backends;
     let turns = Arc::new(Liveness::default());
-    let probe = liveness.map(|listener| liveness::start(listener, turns.clone()));
+    let (tally, probe) = match status {
+        Some(StatusPort {
+            listener,
+            mut metrics,
+        }) => {
+            let tally = Tally::new(TallyMetrics::register(&mut metrics));
+            let exposition = Exposition::new(metrics);
+            let probe = liveness::start(listener, turns.clone(), exposition);
+            (tally, Some(probe))
+        }
+        None => (Tally::new(TallyMetrics::unregistered()), None),
+    };
     tracing::info!(
         rng = %rng.backend().url(),
         hasher = %hasher.backend().url(),
@@ -130,7 +150,7 @@ pub async fn run(
         batch = config.batch,
         "{}", fields::WORKER_MINING
     );
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(tally);
     let miner = Arc::new(Miner {
         config: config.clone(),
         rng,

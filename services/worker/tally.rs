@@ -5,6 +5,7 @@
 //! pauses before the coins kept outgrow their bound.
 
 use crate::{
+    metrics::TallyMetrics,
     store::{Coin, Counter, Store, StoreError},
     telemetry::hostname,
 };
@@ -39,7 +40,6 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Work counted and not yet acknowledged by Redis.
-#[derive(Default)]
 pub(super) struct Tally {
     /// Hashes done since start, each with a valid digest.
     pub(super) done: AtomicU64,
@@ -53,11 +53,26 @@ pub(super) struct Tally {
     pub(super) coins_held: AtomicUsize,
     /// Wakes the flusher when [`COIN_FLUSH_AT`] coins wait.
     coins_waiting: tokio::sync::Notify,
+    /// The same counts for `/metrics`, and each Redis update's duration.
+    metrics: TallyMetrics,
 }
 
 impl Tally {
+    pub(super) fn new(metrics: TallyMetrics) -> Self {
+        Self {
+            done: AtomicU64::default(),
+            coins_found: AtomicU64::default(),
+            pending_coins: Mutex::default(),
+            coins_held: AtomicUsize::default(),
+            coins_waiting: tokio::sync::Notify::new(),
+            metrics,
+        }
+    }
+
     pub(super) fn add(&self, hashes: u64, coins: Vec<Coin>) {
+        self.metrics.hashes.inc_by(hashes);
         if !coins.is_empty() {
+            self.metrics.coins.inc_by(coins.len() as u64);
             self.coins_found
                 .fetch_add(coins.len() as u64, Ordering::Relaxed);
             self.coins_held.fetch_add(coins.len(), Ordering::Relaxed);
@@ -121,6 +136,14 @@ pub(super) struct Flusher {
 const FAILING_REMINDER: Duration = Duration::from_secs(30);
 
 impl Flusher {
+    /// One update of Redis, its duration measured.
+    async fn record(&self, counter: &Counter<'_>, coins: &[Coin]) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = self.store.record(counter, coins).await;
+        (self.tally.metrics.redis_update).observe(started.elapsed().as_secs_f64(), None, None);
+        result
+    }
+
     /// Sends the coins waiting, and nothing of the counter (that is once a
     /// second, as in the original).
     async fn flush_coins(&mut self) -> Result<(), StoreError> {
@@ -133,7 +156,7 @@ impl Flusher {
             acknowledged: self.flushed,
             total: self.flushed,
         };
-        let result = self.store.record(&counter, &coins).await;
+        let result = self.record(&counter, &coins).await;
         match &result {
             Ok(()) => self.tally.acknowledged(coins.len()),
             // Kept for the next update, as every other failure.
@@ -159,7 +182,7 @@ impl Flusher {
             acknowledged: self.flushed,
             total: done,
         };
-        match self.store.record(&counter, &coins).await {
+        match self.record(&counter, &coins).await {
             Ok(()) => {
                 self.flushed = done;
                 self.tally.acknowledged(coins.len());
@@ -286,7 +309,7 @@ mod tests {
     /// the waiting coins were counted).
     #[test]
     fn coins_in_a_failing_update_still_pause_mining() {
-        let tally = Tally::default();
+        let tally = Tally::new(TallyMetrics::unregistered());
         let coin = Coin {
             digest: [0; 32],
             bytes: [0; 32],

@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod jaeger;
 mod k8s;
+mod metrics;
 mod rng;
 mod server;
 mod tls;

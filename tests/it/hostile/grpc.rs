@@ -95,3 +95,33 @@ fn any_bytes_to_any_grpc_method_get_a_grpc_status() {
         hasher.stop().await.unwrap();
     });
 }
+
+/// A client that makes up method names does not make up metrics: every call
+/// to a method rng does not have is counted as `_OTHER`, so the series kept
+/// stay those of the server's own methods, whatever paths arrive.
+#[tokio::test]
+async fn made_up_methods_are_counted_as_other_not_by_name() {
+    let rng = spawn_rng(RngConfig::turbo()).await;
+    let channel = rng.channel().await;
+    for i in 0..200 {
+        for path in [
+            format!("/dockercoins.v1.Rng/MadeUp{i}"),
+            format!("/made.up.Service{i}/Call"),
+        ] {
+            let outcome = raw_grpc(&channel, &path, bytes::Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(outcome.code, tonic::Code::Unimplemented, "{path}");
+        }
+    }
+    let (status, _, body) = crate::helpers::http1(rng.addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        !text.contains("MadeUp") && !text.contains("made.up"),
+        "{text}"
+    );
+    // Only the calls to rng's own service are counted, under one name.
+    let other = r#"rpc_server_call_duration_seconds_count{rpc_method="_OTHER",rpc_response_status_code="UNIMPLEMENTED"} 200"#;
+    assert!(text.contains(other), "{text}");
+}

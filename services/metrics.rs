@@ -1,0 +1,421 @@
+//! Metrics, in the OpenMetrics text format (`GET /metrics`), for Prometheus
+//! and for webui's per-hop view.
+//!
+//! Each server or client owns a [`Registry`] and registers what it measures
+//! in it: calls by method and status ([`ServerCalls`], [`ClientCalls`]),
+//! rng's lane, the worker's tally. Durations go into histograms whose
+//! buckets resolve turbo's microseconds and classroom's seconds alike, each
+//! observation carrying the trace id of its call when that call is sampled
+//! (an OpenMetrics exemplar): a slow bucket leads to a trace in Jaeger.
+//!
+//! Names follow OpenTelemetry's stable RPC conventions as Prometheus spells
+//! them: `rpc.server.call.duration` in seconds is
+//! `rpc_server_call_duration_seconds`, `rpc.method` is `rpc_method`.
+
+use crate::latency::{Latencies, duration_buckets};
+use opentelemetry::trace::TraceContextExt;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge},
+    registry::Unit,
+};
+use std::{sync::Arc, time::Duration};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// What `GET /metrics` answers with: OpenMetrics 1.0, the only text format
+/// that carries exemplars (Prometheus asks for it first).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Where a process's metrics are registered, then read by `GET /metrics`.
+pub type Registry = prometheus_client::registry::Registry;
+
+/// A registry once everything is registered: shared by the `/metrics` route.
+#[derive(Clone)]
+pub struct Exposition(Arc<Registry>);
+
+impl Exposition {
+    pub fn new(registry: Registry) -> Self {
+        Self(Arc::new(registry))
+    }
+
+    /// The registry's metrics, in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.0);
+        text
+    }
+
+    /// `GET /metrics` for an axum router.
+    pub fn route<S: Clone + Send + Sync + 'static>(self) -> axum::routing::MethodRouter<S> {
+        axum::routing::get(move || {
+            let exposition = self.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                    exposition.encode(),
+                )
+            }
+        })
+    }
+}
+
+/// The trace of a sampled call, as an exemplar's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
+impl TraceExemplar {
+    /// The trace of `span`, when it is sampled (an unsampled trace is nowhere
+    /// to be found in Jaeger).
+    pub fn of(span: &tracing::Span) -> Option<Self> {
+        let context = span.context();
+        let span_ref = context.span();
+        let span_context = span_ref.span_context();
+        span_context.is_sampled().then(|| Self {
+            trace_id: span_context.trace_id().to_string(),
+        })
+    }
+}
+
+/// A duration histogram with exemplars.
+pub type DurationHistogram = HistogramWithExemplars<TraceExemplar>;
+
+fn duration_histogram() -> DurationHistogram {
+    HistogramWithExemplars::new(duration_buckets())
+}
+
+type DurationFamily<L> = Family<L, DurationHistogram, fn() -> DurationHistogram>;
+
+fn duration_family<L: Clone + std::hash::Hash + Eq>() -> DurationFamily<L> {
+    Family::new_with_constructor(duration_histogram)
+}
+
+/// A server call's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerCallLabels {
+    /// The full method, `dockercoins.v1.Rng/Generate`.
+    pub rpc_method: String,
+    /// The gRPC status name, `OK`, `DEADLINE_EXCEEDED`...
+    pub rpc_response_status_code: &'static str,
+}
+
+/// A gRPC service, for the in-flight gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub rpc_service: &'static str,
+}
+
+/// What a gRPC server measures of its calls, from the request's arrival to
+/// the end of its response (a stream's last message): rng's includes the
+/// wait in its lane.
+#[derive(Clone)]
+pub struct ServerCalls {
+    durations: DurationFamily<ServerCallLabels>,
+    in_flight: Family<ServiceLabels, Gauge>,
+    /// The same durations, readable in process (for `Replica/Info`).
+    latencies: Arc<Latencies>,
+}
+
+impl ServerCalls {
+    pub fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            durations: duration_family(),
+            in_flight: Family::default(),
+            latencies: Arc::default(),
+        };
+        registry.register_with_unit(
+            "rpc_server_call_duration",
+            "Duration of gRPC calls served, from arrival to the end of the response",
+            Unit::Seconds,
+            this.durations.clone(),
+        );
+        registry.register(
+            "rpc_server_calls_in_flight",
+            "gRPC calls being served",
+            this.in_flight.clone(),
+        );
+        this
+    }
+
+    /// A call of `method` (of `service`, one of the server's own) has
+    /// arrived; it is observed when the returned guard is dropped, with the
+    /// status it was told (none: the client went away, CANCELLED).
+    pub fn start(
+        &self,
+        service: &'static str,
+        method: &str,
+        trace: Option<TraceExemplar>,
+    ) -> ServerCall {
+        let gauge = self
+            .in_flight
+            .get_or_create(&ServiceLabels {
+                rpc_service: service,
+            })
+            .clone();
+        gauge.inc();
+        ServerCall {
+            calls: self.clone(),
+            method: method.to_owned(),
+            trace,
+            started: std::time::Instant::now(),
+            in_flight: gauge,
+            status: None,
+        }
+    }
+
+    /// The durations of the calls served so far, by method.
+    pub fn latencies(&self) -> &Latencies {
+        &self.latencies
+    }
+
+    fn observe(&self, labels: ServerCallLabels, elapsed: Duration, trace: Option<TraceExemplar>) {
+        if labels.rpc_method != OTHER_METHOD {
+            let trace_id = trace.as_ref().map(|t| t.trace_id.as_str());
+            self.latencies
+                .observe(&labels.rpc_method, elapsed, trace_id);
+        }
+        self.durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64(), trace, None);
+    }
+}
+
+/// What a method unknown to the service is counted as (the conventions'
+/// name for a value outside the known set).
+pub const OTHER_METHOD: &str = "_OTHER";
+
+/// One call being served; observed once, when dropped.
+pub struct ServerCall {
+    calls: ServerCalls,
+    method: String,
+    trace: Option<TraceExemplar>,
+    started: std::time::Instant,
+    in_flight: Gauge,
+    status: Option<&'static str>,
+}
+
+impl ServerCall {
+    /// The call's status, once known (a header, or the trailers).
+    pub fn set_status(&mut self, status: &'static str) {
+        self.status = Some(status);
+    }
+
+    pub fn set_status_if_unknown(&mut self, status: &'static str) {
+        self.status.get_or_insert(status);
+    }
+}
+
+impl Drop for ServerCall {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+        let status = self.status.unwrap_or("CANCELLED");
+        // A method the service does not have: the client chose its name.
+        let rpc_method = if status == "UNIMPLEMENTED" {
+            OTHER_METHOD.to_owned()
+        } else {
+            std::mem::take(&mut self.method)
+        };
+        let labels = ServerCallLabels {
+            rpc_method,
+            rpc_response_status_code: status,
+        };
+        self.calls
+            .observe(labels, self.started.elapsed(), self.trace.take());
+    }
+}
+
+/// A client call's labels: the hop (its method) and the replica called.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientCallLabels {
+    pub rpc_method: String,
+    /// The replica's address (or the URL, for a pinned client).
+    pub server_address: String,
+    pub rpc_response_status_code: &'static str,
+}
+
+/// A replica of a backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub rpc_service: &'static str,
+    pub server_address: String,
+}
+
+/// What a balanced client measures of its calls: per hop and per replica,
+/// the duration to the response headers (a stream's start), the calls tried
+/// again on another replica, and the replicas ejected.
+///
+/// The default is registered nowhere: a client made without a registry
+/// measures for nobody, at the cost of a few atomic adds.
+#[derive(Clone)]
+pub struct ClientCalls {
+    durations: DurationFamily<ClientCallLabels>,
+    retries: Family<ServiceLabels, Counter>,
+    ejections: Family<ReplicaLabels, Counter>,
+}
+
+impl Default for ClientCalls {
+    fn default() -> Self {
+        Self {
+            durations: duration_family(),
+            retries: Family::default(),
+            ejections: Family::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientCalls")
+    }
+}
+
+impl ClientCalls {
+    pub fn register(registry: &mut Registry) -> Self {
+        let this = Self::default();
+        registry.register_with_unit(
+            "rpc_client_call_duration",
+            "Duration of gRPC calls made, per replica, to the response headers",
+            Unit::Seconds,
+            this.durations.clone(),
+        );
+        registry.register(
+            "rpc_client_retries",
+            "Calls tried again on another replica after UNAVAILABLE",
+            this.retries.clone(),
+        );
+        registry.register(
+            "rpc_client_ejections",
+            "Replicas set aside after their connection failed",
+            this.ejections.clone(),
+        );
+        this
+    }
+
+    pub fn observe(
+        &self,
+        labels: ClientCallLabels,
+        elapsed: Duration,
+        trace: Option<TraceExemplar>,
+    ) {
+        self.durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64(), trace, None);
+    }
+
+    pub fn retried(&self, rpc_service: &'static str) {
+        self.retries
+            .get_or_create(&ServiceLabels { rpc_service })
+            .inc();
+    }
+
+    pub fn ejected(&self, rpc_service: &'static str, server_address: &str) {
+        self.ejections
+            .get_or_create(&ReplicaLabels {
+                rpc_service,
+                server_address: server_address.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// rng's lane: how many requests wait for it, and how long each waited.
+#[derive(Clone)]
+pub struct LaneMetrics {
+    pub queue: Gauge,
+    pub wait: DurationHistogram,
+}
+
+impl LaneMetrics {
+    /// Measures nothing anyone reads (tests, a lane built alone).
+    pub fn unregistered() -> Self {
+        Self {
+            queue: Gauge::default(),
+            wait: duration_histogram(),
+        }
+    }
+
+    pub fn register(registry: &mut Registry) -> Self {
+        let this = Self::unregistered();
+        registry.register(
+            "rng_lane_queue_depth",
+            "Requests waiting for a lane of rng (the lab's bottleneck)",
+            this.queue.clone(),
+        );
+        registry.register_with_unit(
+            "rng_lane_wait",
+            "Time a request waited for a lane of rng",
+            Unit::Seconds,
+            this.wait.clone(),
+        );
+        this
+    }
+}
+
+/// The worker's tally: what it mined, and how long its Redis updates took.
+#[derive(Clone)]
+pub struct TallyMetrics {
+    pub hashes: Counter,
+    pub coins: Counter,
+    pub redis_update: DurationHistogram,
+}
+
+impl TallyMetrics {
+    pub fn unregistered() -> Self {
+        Self {
+            hashes: Counter::default(),
+            coins: Counter::default(),
+            redis_update: duration_histogram(),
+        }
+    }
+
+    pub fn register(registry: &mut Registry) -> Self {
+        let this = Self::unregistered();
+        registry.register(
+            "worker_hashes",
+            "Hashes computed by this worker",
+            this.hashes.clone(),
+        );
+        registry.register(
+            "worker_coins",
+            "Coins found by this worker (digests starting with 0)",
+            this.coins.clone(),
+        );
+        registry.register_with_unit(
+            "redis_update_duration",
+            "Duration of the worker's Redis updates (its counts and coins, in one transaction)",
+            Unit::Seconds,
+            this.redis_update.clone(),
+        );
+        this
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_call_is_counted_cancelled_and_leaves_the_gauge() {
+        let mut registry = Registry::default();
+        let calls = ServerCalls::register(&mut registry);
+        let rng = "dockercoins.v1.Rng";
+        let mut ok = calls.start(rng, "dockercoins.v1.Rng/Generate", None);
+        ok.set_status("OK");
+        let gone = calls.start(rng, "dockercoins.v1.Rng/Generate", None);
+        let mut unknown = calls.start(rng, "dockercoins.v1.Rng/Whatever", None);
+        unknown.set_status("UNIMPLEMENTED");
+        drop((ok, gone, unknown));
+        let text = Exposition::new(registry).encode();
+        for line in [
+            r#"rpc_server_call_duration_seconds_count{rpc_method="dockercoins.v1.Rng/Generate",rpc_response_status_code="OK"} 1"#,
+            r#"rpc_server_call_duration_seconds_count{rpc_method="dockercoins.v1.Rng/Generate",rpc_response_status_code="CANCELLED"} 1"#,
+            r#"rpc_server_call_duration_seconds_count{rpc_method="_OTHER",rpc_response_status_code="UNIMPLEMENTED"} 1"#,
+            r#"rpc_server_calls_in_flight{rpc_service="dockercoins.v1.Rng"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("Whatever"), "{text}");
+    }
+}

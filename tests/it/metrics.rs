@@ -1,0 +1,319 @@
+//! `/metrics` on every service: OpenMetrics text that a real Prometheus
+//! scrapes (the independent parser), with rng's lane, every hop's calls,
+//! the worker's tally, and exemplars that name a trace.
+
+use crate::helpers::{
+    RedisServer, RunningWorker, have, http1, restartable_port, spawn_hasher, spawn_rng,
+    start_binary,
+};
+use dockercoins::{hasher::HasherConfig, rng::RngConfig, store::Store, worker::WorkerConfig};
+use std::{net::SocketAddr, path::Path, time::Duration};
+use tokio::process::{Child, Command};
+
+/// `GET /metrics` on `addr`: the content type and the text.
+async fn scrape(addr: SocketAddr) -> (String, String) {
+    let (status, headers, body) = http1(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200, "GET /metrics on {addr}");
+    let content_type = headers[axum::http::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (content_type, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The value of the sample `series` (name and labels exactly as written).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+const LANE_SUM: &str = "rng_lane_wait_seconds_sum";
+const LANE_COUNT: &str = "rng_lane_wait_seconds_count";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_classroom_workers_wait_over_half_a_second_in_the_lane_on_metrics() {
+    let rng = spawn_rng(RngConfig::classroom()).await;
+    let hasher = spawn_hasher(HasherConfig::classroom()).await;
+    let store = Store::memory();
+    let workers: Vec<_> = (0..10)
+        .map(|_| {
+            RunningWorker::start(
+                WorkerConfig::classroom(),
+                &rng.url(),
+                &hasher.url(),
+                store.clone(),
+            )
+        })
+        .collect();
+    // The queue fills within a worker's first cycle (about a second):
+    // polled, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let (content_type, text) = scrape(rng.addr).await;
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        if sample(&text, "rng_lane_queue_depth").unwrap_or(0.0) >= 5.0 {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rng's queue never reached 5 with 10 workers within 15 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (sum0, count0) = (
+        sample(&text, LANE_SUM).unwrap(),
+        sample(&text, LANE_COUNT).unwrap(),
+    );
+    // Then the mean wait over the next 20 turns (about 2 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, text) = scrape(rng.addr).await;
+        if sample(&text, LANE_COUNT).unwrap() - count0 >= 20.0 {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than 20 turns of rng's lane in 15 s:\n{text}"
+        );
+    };
+    let turns = sample(&text, LANE_COUNT).unwrap() - count0;
+    let mean = (sample(&text, LANE_SUM).unwrap() - sum0) / turns;
+    // Each worker's cycle is about 1 s (100 ms sleep, the wait, 100 ms in
+    // rng, 100 ms in hasher): about 7 of the 10 are ahead in the queue.
+    assert!(
+        (0.5..1.0).contains(&mean),
+        "mean lane wait {mean:.3} s over {turns} turns, expected 0.5-1.0 s"
+    );
+    // rng's own call duration includes that wait.
+    let generate = r#"rpc_server_call_duration_seconds_count{rpc_method="dockercoins.v1.Rng/Generate",rpc_response_status_code="OK"}"#;
+    assert!(sample(&text, generate).unwrap() >= turns, "{text}");
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
+/// A Prometheus of this test's, on a free port, scraping `targets` (job name
+/// and address) every second, with exemplar storage on.
+struct Prometheus {
+    _child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Prometheus {
+    async fn start(targets: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "dockercoins-prometheus-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let jobs: String = targets
+            .iter()
+            .map(|(job, addr)| {
+                format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n")
+            })
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], restartable_port()));
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--enable-feature=exemplar-storage")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cannot start prometheus");
+        let this = Self {
+            _child: child,
+            addr,
+            _dir: TempDir(dir),
+        };
+        this.wait_for("/-/ready", |_| true, "Prometheus ready")
+            .await;
+        this
+    }
+
+    /// GETs `path` until `done` holds for the JSON answer (bounded: 30 s).
+    async fn wait_for(
+        &self,
+        path: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+        what: &str,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        loop {
+            if let Ok(stream) = tokio::net::TcpStream::connect(self.addr).await {
+                drop(stream);
+                let (status, _, body) = http1(self.addr, "GET", path, "").await;
+                last = String::from_utf8_lossy(&body).into_owned();
+                if status == 200 {
+                    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    if done(&json) {
+                        return json;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within 30 s; Prometheus's last answer to {path}: {last}\n(its log: {})",
+                Path::new(&self._dir.0).join("prometheus.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The value of the instant query `promql`, once it has one.
+    async fn value(&self, promql: &str) -> f64 {
+        let path = format!("/api/v1/query?query={}", urlencode(promql));
+        let json = self
+            .wait_for(
+                &path,
+                |json| {
+                    json["data"]["result"]
+                        .as_array()
+                        .is_some_and(|r| !r.is_empty())
+                },
+                promql,
+            )
+            .await;
+        json["data"]["result"][0]["value"][1]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_service_and_keeps_the_traces_of_slow_calls() {
+    if !have("prometheus", "--version") {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let local = [("RUST_LOG", "warn,dockercoins=info")];
+    let (_rng, rng) = start_binary(&["rng", "--listen", "127.0.0.1:0"], &local).await;
+    let (_hasher, hasher) = start_binary(&["hasher", "--listen", "127.0.0.1:0"], &local).await;
+    let clients = [
+        ("RNG_URL", format!("http://{rng}")),
+        ("HASHER_URL", format!("http://{hasher}")),
+        ("REDIS_URL", redis.url()),
+    ];
+    let envs: Vec<(&str, &str)> = clients.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_worker, worker) =
+        start_binary(&["worker", "--health-listen", "127.0.0.1:0"], &envs).await;
+    let (_webui, webui) = start_binary(&["webui", "--listen", "127.0.0.1:0"], &envs).await;
+    // webui's gateway makes a call of its own.
+    let webui_addr: SocketAddr = webui.parse().unwrap();
+    let (status, _, _) = http1(webui_addr, "GET", "/api/rng/8", "").await;
+    assert_eq!(status, 200);
+
+    let prometheus = Prometheus::start(&[
+        ("rng", &rng),
+        ("hasher", &hasher),
+        ("worker", &worker),
+        ("webui", &webui),
+    ])
+    .await;
+    // Every target scraped and parsed: Prometheus's own OpenMetrics parser
+    // found nothing to refuse.
+    let targets = prometheus
+        .wait_for(
+            "/api/v1/targets",
+            |json| {
+                json["data"]["activeTargets"]
+                    .as_array()
+                    .is_some_and(|targets| {
+                        targets.len() == 4 && targets.iter().all(|t| t["health"] == "up")
+                    })
+            },
+            "every target up",
+        )
+        .await;
+    for target in targets["data"]["activeTargets"].as_array().unwrap() {
+        assert_eq!(target["lastError"], "", "{target}");
+    }
+    for (promql, what) in [
+        (r#"rng_lane_wait_seconds_count{job="rng"}"#, "rng's lane"),
+        (
+            r#"sum(rpc_server_call_duration_seconds_count{job="hasher",rpc_method="dockercoins.v1.Hasher/Hash"})"#,
+            "hasher's calls",
+        ),
+        (
+            r#"worker_hashes_total{job="worker"}"#,
+            "the worker's hashes",
+        ),
+        (
+            r#"sum(rpc_client_call_duration_seconds_count{job="worker",rpc_method="dockercoins.v1.Rng/Generate"})"#,
+            "the worker's calls to rng",
+        ),
+        (
+            r#"redis_update_duration_seconds_count{job="worker"}"#,
+            "Redis updates",
+        ),
+        (
+            r#"sum(rpc_client_call_duration_seconds_count{job="webui"})"#,
+            "webui's gateway call",
+        ),
+    ] {
+        let value = prometheus.value(&format!("{promql} > 0")).await;
+        assert!(value > 0.0, "{what}: {promql} = {value}");
+    }
+    // A slow bucket leads to a trace: rng's calls carry their trace ids.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let path = format!(
+        "/api/v1/query_exemplars?query={}&start={}&end={}",
+        urlencode(r#"rpc_server_call_duration_seconds_bucket{job="rng"}"#),
+        now - 600,
+        now + 600
+    );
+    let exemplars = prometheus
+        .wait_for(
+            &path,
+            |json| json["data"].as_array().is_some_and(|d| !d.is_empty()),
+            "exemplars of rng's calls",
+        )
+        .await;
+    let trace_id = exemplars["data"][0]["exemplars"][0]["labels"]["trace_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        trace_id.len() == 32 && trace_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{exemplars}"
+    );
+}
