@@ -475,6 +475,11 @@ pub struct WebuiArgs {
     /// Address to serve HTTP on.
     #[arg(long, env = env::WEBUI_LISTEN, default_value_t = webui::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Jaeger's UI as the page's readers reach it (`http://localhost:16686`):
+    /// the slowest recent call of each replica links to its trace there.
+    /// Unset: no links.
+    #[arg(long = "jaeger", env = env::JAEGER_URL)]
+    pub jaeger_url: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

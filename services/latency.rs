@@ -81,9 +81,19 @@ pub struct MethodLatency {
     slowest: Mutex<Slowest>,
 }
 
+/// Bucket bounds of the durations kept for `Replica/Info`, in seconds: 40
+/// per decade (each 5.9% above the last) from 10 µs to 10 s, so that a
+/// quantile read from them is within one such step of the true one: a
+/// projector shows rng's 810 ms as about 818 ms, where
+/// [`duration_buckets`]' 25% steps would show the middle of 800-1000. Prometheus gets the coarser ones: a
+/// series per bucket costs it more than a counter here does.
+pub fn fine_buckets() -> impl Iterator<Item = f64> {
+    (0..=240).map(|i| 1e-5 * 10f64.powf(f64::from(i) / 40.0))
+}
+
 impl Default for MethodLatency {
     fn default() -> Self {
-        let bounds: Vec<f64> = duration_buckets().collect();
+        let bounds: Vec<f64> = fine_buckets().collect();
         Self {
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             bounds,
@@ -281,11 +291,11 @@ mod tests {
         assert_eq!(report.len(), 1, "only the service asked for");
         let window = Window::between(None, &report[0], 10.0);
         assert_eq!(window.calls_per_second, 10.0);
-        // 700 ms is in (630 ms, 800 ms]: within 15% of the truth.
+        // Within one bucket (5.9%) of the truth.
         let p50 = window.p50.unwrap().as_secs_f64();
-        assert!((0.63..=0.8).contains(&p50), "{p50}");
+        assert!((0.66..=0.742).contains(&p50), "{p50}");
         let p99 = window.p99.unwrap().as_secs_f64();
-        assert!((1.6..=2.0).contains(&p99), "{p99}");
+        assert!((1.88..=2.12).contains(&p99), "{p99}");
         assert_eq!(report[0].slowest_trace_id, "slow");
         assert_eq!(report[0].slowest_seconds, 2.0);
     }

@@ -99,7 +99,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let backends = backends(&args.client, &mut metrics)?;
             let listener = bind(args.listen, "--listen / WEBUI_LISTEN").await?;
             let webui = webui::Webui::new(backends.store, backends.rng, backends.hasher)
-                .with_metrics(metrics);
+                .with_metrics(metrics)
+                .with_jaeger_url(args.jaeger_url);
             webui::serve(listener, webui, shutdown).await?;
         }
         Command::Up(args) => run_up(args, shutdown).await?,

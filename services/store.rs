@@ -204,6 +204,15 @@ impl Store {
         }
     }
 
+    /// What Redis itself measured of the workers' updates (each one
+    /// transaction, `EXEC`); `None` for the in-process store.
+    pub async fn update_stats(&self) -> Result<Option<UpdateStats>, StoreError> {
+        match self {
+            Self::Redis(redis) => redis.update_stats().await.map(Some),
+            Self::Memory(_) => Ok(None),
+        }
+    }
+
     /// One round trip, timed.
     pub async fn ping(&self) -> Result<Duration, StoreError> {
         let start = Instant::now();
@@ -212,6 +221,41 @@ impl Store {
             Self::Memory(_) => {}
         }
         Ok(start.elapsed())
+    }
+}
+
+/// The workers' updates as Redis counts them (`INFO commandstats` and
+/// `INFO latencystats`, for `EXEC`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct UpdateStats {
+    /// Updates since Redis started (or its stats were reset).
+    pub calls: u64,
+    /// Redis 7's latency tracking over the same span; `None` before Redis 7
+    /// or with `latency-tracking no`.
+    pub p50: Option<Duration>,
+    pub p99: Option<Duration>,
+}
+
+impl UpdateStats {
+    /// From the `INFO commandstats latencystats` reply.
+    fn parse(info: &redis::InfoDict) -> Self {
+        // `calls=12,usec=40,...` and `p50=3.007,p99=12.031,p99.9=20.095`.
+        let field = |key: &str, name: &str| -> Option<f64> {
+            let value: String = info.get(key)?;
+            value.split(',').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == name).then(|| v.parse().ok()).flatten()
+            })
+        };
+        let micros = |name| {
+            field("latency_percentiles_usec_exec", name)
+                .map(|us: f64| Duration::from_secs_f64(us / 1e6))
+        };
+        Self {
+            calls: field("cmdstat_exec", "calls").map_or(0, |calls| calls as u64),
+            p50: micros("p50"),
+            p99: micros("p99"),
+        }
     }
 }
 
@@ -297,6 +341,22 @@ impl RedisStore {
             Some(text) => text.parse().map_err(|_| StoreError::NotACounter(text))?,
         };
         Ok(Score { hashes, coins })
+    }
+
+    /// Not traced: webui asks every second, and a span a second of its own
+    /// would only bury the workers' traces.
+    async fn update_stats(&self) -> Result<UpdateStats, StoreError> {
+        let mut connection = self.pool.get().await?;
+        let info: redis::InfoDict = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("INFO")
+                .arg("commandstats")
+                .arg("latencystats")
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(self.timeout))??;
+        Ok(UpdateStats::parse(&info))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -4,6 +4,10 @@
 //!
 //! The page's assets are compiled into the binary (classrooms are often
 //! offline) and served by fixed routes only: no path reaches the filesystem.
+//! [`hops`] is the per-hop view (`/api/hops`): each hop's latency as its
+//! servers measure it.
+
+mod hops;
 
 use crate::{
     clients::{HasherClient, RngClient},
@@ -25,6 +29,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use hops::Hops;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -100,6 +105,8 @@ pub struct Webui {
     redis_failing: Arc<AtomicBool>,
     /// What `/metrics` serves: the gateway's calls, when registered.
     metrics: Exposition,
+    /// Each hop's calls and latency as its servers measure them.
+    hops: Hops,
 }
 
 impl Webui {
@@ -110,6 +117,16 @@ impl Webui {
             hasher,
             redis_failing: Arc::default(),
             metrics: Exposition::new(Registry::default()),
+            hops: Hops::new(None),
+        }
+    }
+
+    /// Links the slowest recent calls to their traces in the Jaeger UI at
+    /// `url` (as the page's reader reaches it).
+    pub fn with_jaeger_url(self, url: Option<String>) -> Self {
+        Self {
+            hops: Hops::new(url),
+            ..self
         }
     }
 
@@ -134,6 +151,10 @@ pub fn router(webui: Webui) -> Router {
         // Browsers ask for it on their own; no icon, and no 404 in the console.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/status", get(status))
+        .route(
+            "/api/hops",
+            get(|State(webui): State<Webui>| async move { Json(webui.hops.view()) }),
+        )
         .route("/api/rng/{size}", get(gateway_rng))
         .route("/api/hash", post(gateway_hash))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
@@ -177,6 +198,13 @@ pub async fn serve(
         hasher = %webui.hasher.backend().url(),
         "webui serving HTTP"
     );
+    // The per-hop view's sampler lives as long as the server.
+    let sampler = tokio::spawn(webui.hops.clone().sample_forever(
+        webui.rng.backend().clone(),
+        webui.hasher.backend().clone(),
+        webui.store.clone(),
+    ));
+    let _sampler = AbortOnDrop(sampler);
     let app = router(webui);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -221,6 +249,15 @@ pub async fn serve(
     drop(connections);
     tracing::info!("webui stopped");
     Ok(())
+}
+
+/// Aborts a task when dropped, however the function that owns it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

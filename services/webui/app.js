@@ -1,5 +1,6 @@
 // Polls /json every second and draws hashes/second over the last two minutes,
-// as the original webui did; polls /api/status for the backends' state.
+// as the original webui did; polls /api/status for the backends' state and
+// /api/hops for each hop's rate and latency.
 "use strict";
 
 const WINDOW = 120; // samples kept (seconds)
@@ -91,46 +92,118 @@ function draw() {
   ctx.stroke();
 }
 
-const previousCalls = new Map(); // instance -> {calls, t}
-
-function replicaRows(name, backend) {
-  const replicas = backend.replicas && backend.replicas.length ? backend.replicas : [backend];
-  const now = Date.now() / 1000;
-  return replicas.map((r) => {
-    let rate = "–";
-    if (r.instance && r.calls != null) {
-      const before = previousCalls.get(r.instance);
-      if (before && now > before.t) rate = ((r.calls - before.calls) / (now - before.t)).toFixed(1);
-      previousCalls.set(r.instance, { calls: r.calls, t: now });
-    }
-    const label = r.instance ? `${r.address} (${r.instance})` : r.address || backend.url;
-    return [name, label, r.status, r.latency_ms, rate, r.error];
-  });
-}
+// Health per replica address, from /api/status (every 3 s); latency per
+// replica, from /api/hops (every second): the servers' own measurements.
+const health = new Map(); // address -> {status, error}
+let redisHealth = null;
 
 async function pollStatus() {
   try {
     const response = await fetch("/api/status", { cache: "no-store" });
     const body = await response.json();
-    const rows = [
-      ...replicaRows("rng", body.rng),
-      ...replicaRows("hasher", body.hasher),
-      ["redis", body.redis.url, body.redis.state.status, body.redis.state.latency_ms, "–", body.redis.state.error],
-    ];
-    const tbody = $("backends");
-    tbody.replaceChildren(
-      ...rows.map(([name, where, state, latency, rate, error]) => {
+    for (const backend of [body.rng, body.hasher]) {
+      const replicas = backend.replicas && backend.replicas.length ? backend.replicas : [backend];
+      for (const r of replicas) health.set(r.address || backend.url, { status: r.status, error: r.error });
+    }
+    redisHealth = { url: body.redis.url, status: body.redis.state.status, error: body.redis.state.error };
+  } catch (error) {
+    // /json already shows that webui is unreachable.
+  }
+}
+
+const ms = (v) => (v == null ? "–" : v >= 100 ? `${Math.round(v)} ms` : v >= 1 ? `${v.toFixed(1)} ms` : `${(v * 1000).toFixed(0)} µs`);
+
+function hopRows(name, replicas) {
+  return replicas.map((r) => {
+    const state = health.get(r.address) || { status: r.error ? "UNREACHABLE" : "…", error: r.error };
+    return {
+      name,
+      where: r.instance ? `${r.address} (${r.instance})` : r.address,
+      state: state.status,
+      error: r.error || state.error,
+      rate: r.calls_per_second,
+      p50: r.p50_ms,
+      p99: r.p99_ms,
+      queue: r.queue,
+      slowest: r.slowest,
+    };
+  });
+}
+
+// One line for the back of the room: the hop with the highest p50.
+function verdict(rows) {
+  const measured = rows.filter((r) => r.p50 != null && r.rate > 0);
+  if (!measured.length) return "";
+  const worst = measured.reduce((a, b) => (b.p50 > a.p50 ? b : a));
+  const waiting = worst.queue ? `, ${worst.queue} requests waiting` : "";
+  return [worst.name, ` is the slow hop: half its calls take over ${ms(worst.p50)}${waiting}.`];
+}
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+async function pollHops() {
+  try {
+    const response = await fetch("/api/hops", { cache: "no-store" });
+    const body = await response.json();
+    const redis = body.redis.map((r) => ({
+      name: "redis",
+      where: redisHealth ? redisHealth.url : "",
+      state: redisHealth ? redisHealth.status : "…",
+      error: r.error || (redisHealth && redisHealth.error),
+      rate: r.calls_per_second,
+      p50: r.p50_ms,
+      p99: r.p99_ms,
+      queue: undefined,
+      slowest: null,
+      since: r.latency_since,
+    }));
+    const rows = [...hopRows("rng", body.rng), ...hopRows("hasher", body.hasher), ...redis];
+    const worst = verdict(rows);
+    const line = $("verdict");
+    if (worst) {
+      const strong = document.createElement("strong");
+      strong.textContent = worst[0];
+      line.replaceChildren(strong, worst[1]);
+    } else {
+      line.replaceChildren();
+    }
+    const slowest = Math.max(0, ...rows.map((r) => r.p50 || 0));
+    $("backends").replaceChildren(
+      ...rows.map((r) => {
         const tr = document.createElement("tr");
-        const cells = [name, where, state, latency == null ? "–" : `${latency.toFixed(1)} ms`, rate];
-        cells.forEach((text, i) => {
-          const td = document.createElement("td");
-          td.textContent = text;
-          if (i === 2) {
-            td.className = `state-${state}`;
-            if (error) td.title = error;
-          }
-          tr.appendChild(td);
-        });
+        const state = cell(r.state, `state-${r.state}`);
+        if (r.error) state.title = r.error;
+        const slow = r.p50 != null && r.p50 === slowest && rows.length > 1 ? "num slow" : "num";
+        const p50 = cell(ms(r.p50), slow);
+        if (r.since) p50.title = "Redis's own numbers, since it started";
+        const last = document.createElement("td");
+        if (r.slowest && r.slowest.url) {
+          const link = document.createElement("a");
+          link.href = r.slowest.url;
+          link.target = "_blank";
+          link.rel = "noopener";
+          link.textContent = `${ms(r.slowest.ms)} trace`;
+          last.appendChild(link);
+        } else if (r.slowest) {
+          last.textContent = ms(r.slowest.ms);
+        } else {
+          last.textContent = "–";
+        }
+        tr.append(
+          cell(r.name),
+          cell(r.where),
+          state,
+          cell(r.rate == null ? "–" : r.rate.toFixed(1), "num"),
+          p50,
+          cell(ms(r.p99), "num"),
+          cell(r.queue == null ? "" : String(r.queue), "num"),
+          last,
+        );
         return tr;
       }),
     );
@@ -141,6 +214,7 @@ async function pollStatus() {
 
 draw();
 pollScore();
-pollStatus();
+pollStatus().then(pollHops);
 setInterval(pollScore, 1000);
 setInterval(pollStatus, 3000);
+setInterval(pollHops, 1000);

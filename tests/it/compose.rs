@@ -358,6 +358,19 @@ fn no_ip_address_only_service_names() {
     let mut urls = 0;
     for (name, svc) in services(&file) {
         for (key, value) in environment(svc) {
+            if key == "JAEGER_URL" {
+                // Not for a service: the page's readers follow it, from the
+                // host, to the port the file publishes for Jaeger.
+                let default = value
+                    .strip_prefix("${JAEGER_URL:-")
+                    .and_then(|v| v.strip_suffix('}'))
+                    .unwrap_or_else(|| panic!("{name:?}: JAEGER_URL={value}: overridable"));
+                let (host, port) = host_port(default).unwrap();
+                assert_eq!(host, "localhost", "{name:?}: JAEGER_URL={value}");
+                let jaeger = service(&file, "jaeger");
+                assert!(published(jaeger).iter().any(|(h, _)| *h == port), "{value}");
+                continue;
+            }
             if key == "OTEL_EXPORTER_OTLP_ENDPOINT" || key.ends_with("_URL") {
                 let (host, port) = host_port(&value)
                     .unwrap_or_else(|| panic!("{name:?}: {key}={value} is not a URL"));

@@ -4,7 +4,7 @@
 
 use crate::helpers::{
     RedisServer, RunningWorker, have, http1, restartable_port, spawn_hasher, spawn_rng,
-    start_binary,
+    spawn_webui, start_binary,
 };
 use dockercoins::{hasher::HasherConfig, rng::RngConfig, store::Store, worker::WorkerConfig};
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -33,10 +33,11 @@ const LANE_SUM: &str = "rng_lane_wait_seconds_sum";
 const LANE_COUNT: &str = "rng_lane_wait_seconds_count";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_classroom_workers_wait_over_half_a_second_in_the_lane_on_metrics() {
+async fn ten_classroom_workers_wait_over_half_a_second_in_the_lane_on_metrics_and_the_page() {
     let rng = spawn_rng(RngConfig::classroom()).await;
     let hasher = spawn_hasher(HasherConfig::classroom()).await;
     let store = Store::memory();
+    let webui = spawn_webui(store.clone(), &rng.url(), &hasher.url()).await;
     let workers: Vec<_> = (0..10)
         .map(|_| {
             RunningWorker::start(
@@ -93,6 +94,51 @@ async fn ten_classroom_workers_wait_over_half_a_second_in_the_lane_on_metrics() 
     // rng's own call duration includes that wait.
     let generate = r#"rpc_server_call_duration_seconds_count{rpc_method="dockercoins.v1.Rng/Generate",rpc_response_status_code="OK"}"#;
     assert!(sample(&text, generate).unwrap() >= turns, "{text}");
+
+    // The page's per-hop view says the same, from rng's own measurements:
+    // its calls (wait included) near 800 ms, hasher's near 100 ms.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let hops = loop {
+        let (status, _, body) = http1(webui.addr, "GET", "/api/hops", "").await;
+        assert_eq!(status, 200);
+        let hops: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let ready = hops["rng"][0]["p50_ms"].as_f64().is_some()
+            && hops["hasher"][0]["p50_ms"].as_f64().is_some();
+        if ready {
+            break hops;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/api/hops had no latency for rng and hasher within 20 s: {hops}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (rng_hop, hasher_hop) = (&hops["rng"][0], &hops["hasher"][0]);
+    let rng_p50 = rng_hop["p50_ms"].as_f64().unwrap();
+    assert!(
+        (600.0..1100.0).contains(&rng_p50),
+        "rng p50 {rng_p50} ms: {hops}"
+    );
+    let hasher_p50 = hasher_hop["p50_ms"].as_f64().unwrap();
+    assert!(
+        (90.0..200.0).contains(&hasher_p50),
+        "hasher p50 {hasher_p50} ms: {hops}"
+    );
+    for hop in [rng_hop, hasher_hop] {
+        let rate = hop["calls_per_second"].as_f64().unwrap();
+        assert!((6.0..12.0).contains(&rate), "calls/s {rate}: {hops}");
+    }
+    assert!(rng_hop["queue"].as_u64().is_some(), "{hops}");
+    assert!(hasher_hop.get("queue").is_none(), "{hops}");
+    // The slowest recent call of rng names its trace (the test's spans are
+    // not sampled: no trace id, so no link either).
+    assert!(
+        rng_hop["slowest"]
+            .get("url")
+            .is_none_or(|url| url.is_null()),
+        "{hops}"
+    );
+
     for worker in workers {
         worker.stop().await;
     }
@@ -230,9 +276,10 @@ async fn prometheus_scrapes_every_service_and_keeps_the_traces_of_slow_calls() {
         ("HASHER_URL", format!("http://{hasher}")),
         ("REDIS_URL", redis.url()),
     ];
-    let envs: Vec<(&str, &str)> = clients.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut envs: Vec<(&str, &str)> = clients.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (_worker, worker) =
         start_binary(&["worker", "--health-listen", "127.0.0.1:0"], &envs).await;
+    envs.push(("JAEGER_URL", "http://jaeger.example:16686/"));
     let (_webui, webui) = start_binary(&["webui", "--listen", "127.0.0.1:0"], &envs).await;
     // webui's gateway makes a call of its own.
     let webui_addr: SocketAddr = webui.parse().unwrap();
@@ -312,8 +359,28 @@ async fn prometheus_scrapes_every_service_and_keeps_the_traces_of_slow_calls() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    assert!(
-        trace_id.len() == 32 && trace_id.chars().all(|c| c.is_ascii_hexdigit()),
-        "{exemplars}"
-    );
+    assert!(is_trace_id(&trace_id), "{exemplars}");
+
+    // The page links rng's slowest recent call to its trace in Jaeger.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let url = loop {
+        let (_, _, body) = http1(webui_addr, "GET", "/api/hops", "").await;
+        let hops: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if let Some(url) = hops["rng"][0]["slowest"]["url"].as_str() {
+            break url.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no link to rng's slowest trace within 20 s: {hops}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let id = url
+        .strip_prefix("http://jaeger.example:16686/trace/")
+        .unwrap_or_else(|| panic!("{url}"));
+    assert!(is_trace_id(id), "{url}");
+}
+
+fn is_trace_id(id: &str) -> bool {
+    id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())
 }
