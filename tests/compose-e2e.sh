@@ -19,16 +19,20 @@
 #   4. builds target/release/dockercoins (cargo: a no-op when up to date), then
 #      the image through deploy/Dockerfile's `prebuilt` target; builds the
 #      Collector and Jaeger images from tests/build-otel-tools.sh's binaries
-#      (tests/otel-images.Dockerfile) under the names the compose file pins;
-#   5. `up -d` all eight services, waits until each is running and, where it
+#      and Prometheus from Debian's package (tests/stand-ins.Dockerfile)
+#      under the names the compose file pins;
+#   5. `up -d` all nine services, waits until each is running and, where it
 #      has a healthcheck, healthy; the Collector answers its health check;
 #   6. reads Jaeger's API on the published port 16686 until worker, rng and
 #      hasher have traces, runs `dockercoins traces` in the webui container;
+#      waits until Prometheus (port 9090) has every target up;
 #   7. checks the hash rate with 1 worker (about 3.3/s) and with 10 (capped
 #      near 10/s by rng's single lane), rng slower than hasher through edge's
-#      ports, and `dockercoins traces` showing the wait in rng's lane; then
-#      the lab's fix, `--scale rng=3`: no gain with pinned workers
-#      started before the new replicas, about 3x with balanced ones, and edge
+#      ports, and the wait in rng's lane in `dockercoins traces`, in
+#      Prometheus (over 0.5 s) and in Jaeger's Monitor tab; then the lab's
+#      fix, `--scale rng=3`: no gain with pinned workers started before the
+#      new replicas, about 3x with balanced ones (Prometheus: the lane wait
+#      under 0.15 s on each of the 3 replicas it scrapes), and edge
 #      spreading connections over the 3 replicas; then times `down`;
 #   8. the TLS override: certificates from deploy/tls/make-certs.sh (made and
 #      removed here unless the checkout has its own), every service healthy
@@ -124,7 +128,7 @@ done
 port_taken() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 command -v ss >/dev/null || missing_ss=1
 if [ -z "${missing_ss:-}" ]; then
-    for port in 8000 8001 8002; do
+    for port in 8000 8001 8002 9090 16686; do
         for _ in $(seq 1 60); do port_taken "$port" || break; sleep 1; done
         if port_taken "$port"; then
             ss -Hltnp "sport = :$port" >&2
@@ -262,8 +266,10 @@ DOCKERCOINS_IMAGE="dockercoins:${DOCKERCOINS_TAG:-${TAG:-dev}}"
 STANDIN=dockercoins-e2e/bookworm-minbase:local
 OTELCOL_IMAGE=$(sed -n 's/^ *image: *\(otel\/opentelemetry-collector[^ ]*\).*/\1/p' docker-compose.yaml | sed -n 1p)
 JAEGER_IMAGE=$(sed -n 's/^ *image: *\(jaegertracing\/jaeger:[^ ]*\).*/\1/p' docker-compose.yaml | sed -n 1p)
+PROMETHEUS_IMAGE=$(sed -n 's/^ *image: *\(prom\/prometheus:[^ ]*\).*/\1/p' docker-compose.yaml | sed -n 1p)
 [ -n "$REDIS_IMAGE" ] || fail "no redis image in docker-compose.yaml"
-[ -n "$OTELCOL_IMAGE" ] && [ -n "$JAEGER_IMAGE" ] || fail "no collector or Jaeger image in docker-compose.yaml"
+[ -n "$OTELCOL_IMAGE" ] && [ -n "$JAEGER_IMAGE" ] && [ -n "$PROMETHEUS_IMAGE" ] ||
+    fail "no collector, Jaeger or Prometheus image in docker-compose.yaml"
 
 # ------------------------------------------------------ base image, local --
 CACHE=${E2E_CACHE-/var/cache/dockercoins-e2e}
@@ -305,26 +311,39 @@ timeout 300 "$DOCKER" build -q -f deploy/Dockerfile --target prebuilt \
 version=$("$DOCKER" run --rm --network none "$DOCKERCOINS_IMAGE" --version) || fail "the image does not run"
 log "image ok: $version, user $("$DOCKER" image inspect -f '{{.Config.User}}' "$DOCKERCOINS_IMAGE")"
 
-# ------------------------------------------------ the Collector and Jaeger --
-# Built from their Go modules (seconds when cached, as after .ci/run's own
-# call), at the versions the compose file pins, then wrapped in images that
-# behave like the released ones (tests/otel-images.Dockerfile).
+# ----------------------------------- the Collector, Jaeger and Prometheus --
+# The Collector and Jaeger built from their Go modules (seconds when cached,
+# as after .ci/run's own call), at the versions the compose file pins;
+# Prometheus from Debian's package (the binary alone: the package would
+# start a service). Each wrapped in an image that behaves like the released
+# one (tests/stand-ins.Dockerfile).
 bash tests/build-otel-tools.sh || fail "tests/build-otel-tools.sh failed (it needs go and the Go module proxy)"
-mkdir -p "$WORK/otel-context"
-cp target/otel-tools/otelcol target/otel-tools/jaeger "$WORK/otel-context/"
-for target in otelcol jaeger; do
-    image=$OTELCOL_IMAGE
-    [ "$target" = jaeger ] && image=$JAEGER_IMAGE
-    log "docker build tests/otel-images.Dockerfile --target $target -> $image"
-    timeout 300 "$DOCKER" build -q -f tests/otel-images.Dockerfile --target "$target" \
-        --build-arg BASE="$STANDIN" -t "$image" "$WORK/otel-context" >"$WORK/build-$target.log" 2>&1 ||
+mkdir -p "$WORK/stand-ins"
+cp target/otel-tools/otelcol target/otel-tools/jaeger "$WORK/stand-ins/"
+if command -v prometheus >/dev/null; then
+    cp "$(command -v prometheus)" "$WORK/stand-ins/prometheus"
+else
+    (cd "$WORK" && chmod 755 . && timeout 300 apt-get download -q prometheus >"$WORK/apt-prometheus.log" 2>&1) ||
+        { cat "$WORK/apt-prometheus.log" >&2; fail "apt-get download prometheus failed"; }
+    dpkg-deb -x "$WORK"/prometheus_*.deb "$WORK/prometheus-deb"
+    cp "$WORK/prometheus-deb/usr/bin/prometheus" "$WORK/stand-ins/prometheus"
+fi
+for target in otelcol jaeger prometheus; do
+    case $target in
+        otelcol) image=$OTELCOL_IMAGE ;;
+        jaeger) image=$JAEGER_IMAGE ;;
+        prometheus) image=$PROMETHEUS_IMAGE ;;
+    esac
+    log "docker build tests/stand-ins.Dockerfile --target $target -> $image"
+    timeout 300 "$DOCKER" build -q -f tests/stand-ins.Dockerfile --target "$target" \
+        --build-arg BASE="$STANDIN" -t "$image" "$WORK/stand-ins" >"$WORK/build-$target.log" 2>&1 ||
         { cat "$WORK/build-$target.log" >&2; fail "docker build of the $target image failed"; }
 done
-rm -rf "$WORK/otel-context"
+rm -rf "$WORK/stand-ins" "$WORK/prometheus-deb"
 
 # ----------------------------------------------------------------- up -d --
 export DOCKERCOINS_TAG=${DOCKERCOINS_IMAGE#dockercoins:}
-SERVICES=(redis rng hasher worker webui edge otel-collector jaeger)
+SERVICES=(redis rng hasher worker webui edge otel-collector jaeger prometheus)
 log "up -d (${SERVICES[*]})"
 COMPOSE_UP=1
 t0=$SECONDS
@@ -424,6 +443,38 @@ lane_wait_p50_ms() {
     } END { if (!found) exit 1 }' <<<"$TRACES_OUT"
 }
 
+# ------------------------------------------------------------- Prometheus --
+# promql QUERY: the value of its first result, empty when it has none.
+promql() {
+    curl -s --max-time 3 -G http://127.0.0.1:9090/api/v1/query --data-urlencode "query=$1" |
+        sed -n 's/.*"value":\[[0-9.]*,"\([^"]*\)"\].*/\1/p'
+}
+# wait_promql LIMIT QUERY: until QUERY has a value (Prometheus scrapes every
+# 5 s and finds new replicas by DNS every 5 s); prints it.
+wait_promql() {
+    local deadline=$((SECONDS + $1)) value
+    while :; do
+        value=$(promql "$2")
+        [ -n "$value" ] && { echo "$value"; return 0; }
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 1
+    done
+}
+# Every target found and scraped: rng, hasher, the worker, webui, the
+# Collector's span metrics.
+TARGETS_UP=$(wait_promql 40 '(count(up == 1) >= 5) unless on() count(up == 0)') ||
+    fail "Prometheus (127.0.0.1:9090) has not every target up within 40 s: $(curl -s --max-time 3 http://127.0.0.1:9090/api/v1/targets | head -c 2000)"
+log "Prometheus: $TARGETS_UP targets up (rng, hasher, worker, webui, the Collector's span metrics), none down"
+# rng's mean lane wait over the last 15 s, the slowest replica's.
+LANE_WAIT_Q='max(rate(rng_lane_wait_seconds_sum[15s]) / rate(rng_lane_wait_seconds_count[15s]))'
+# Jaeger's Monitor tab: rng's server p95 over the last minute, in ms.
+jaeger_rng_p95() {
+    local end
+    end=$(($(date +%s) * 1000))
+    curl -s --max-time 5 "http://127.0.0.1:16686/api/metrics/latencies?service=rng&quantile=0.95&spanKind=server&endTs=$end&lookback=60000&step=5000&ratePer=60000" |
+        grep -o '"doubleValue":[0-9.]*' | tail -1 | cut -d: -f2
+}
+
 # ------------------------------------------------------------ the numbers --
 hashes() {
     local j
@@ -483,6 +534,18 @@ log "dockercoins traces --since 20s (10 workers):"
 traces 20s
 WAIT10=$(lane_wait_p50_ms) || fail "dockercoins traces printed no rng lane wait"
 in_range "$WAIT10" 500 900 || fail "with 10 workers rng's lane wait should have a median of 500-900 ms, is $WAIT10 ms"
+# The same lesson in Prometheus, from rng's own /metrics...
+PROM_WAIT10=$(promql "$LANE_WAIT_Q")
+log "Prometheus, 10 workers: $LANE_WAIT_Q = ${PROM_WAIT10:-nothing} s"
+in_range "${PROM_WAIT10:-0}" 0.5 1.0 || fail "with 10 workers Prometheus should read rng's lane wait above 0.5 s, read ${PROM_WAIT10:-nothing}"
+# ...and in Jaeger's Monitor tab, from the span metrics (flushed every 5 s,
+# scraped every 5 s: bounded wait).
+deadline=$((SECONDS + 30))
+until P95=$(jaeger_rng_p95) && [ -n "$P95" ] && in_range "$P95" 400 100000; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "Jaeger's Monitor tab (/api/metrics/latencies) shows no rng p95 over 400 ms within 30 s (last: ${P95:-none})"
+    sleep 2
+done
+log "Jaeger's Monitor tab, 10 workers: rng's server p95 $P95 ms"
 
 # ------------------------------------------------- scale rng: the lab's fix --
 # Naive gRPC clients first: the workers (recreated, the policy changed) each
@@ -509,6 +572,11 @@ RATE_BALANCED=$(rate 20)
 RATIO=$(awk -v b="$RATE_BALANCED" -v o="$RATE10" 'BEGIN { printf "%.2f", b / o }')
 log "10 balanced workers, 3 rng replicas: $RATE_BALANCED hashes/s, ${RATIO}x the single replica's $RATE10"
 awk -v r="$RATIO" 'BEGIN { exit !(r >= 2.4) }' || fail "3 rng replicas should about triple the rate, measured ${RATIO}x"
+PROM_WAIT3=$(promql "$LANE_WAIT_Q")
+NRNG_SCRAPED=$(promql 'count(up{job="rng"} == 1)')
+log "Prometheus, 3 balanced rng replicas ($NRNG_SCRAPED scraped): $LANE_WAIT_Q = ${PROM_WAIT3:-nothing} s"
+[ "$NRNG_SCRAPED" = 3 ] || fail "Prometheus should scrape the 3 rng replicas it finds by DNS, scrapes ${NRNG_SCRAPED:-none}"
+in_range "${PROM_WAIT3:-1}" 0 0.15 || fail "with 3 balanced rng replicas the lane wait should be under 0.15 s, read ${PROM_WAIT3:-nothing}"
 
 # edge spreads the lab's port over the replicas: each connection to 8001
 # goes to the next one (x-served-by names it).
@@ -705,4 +773,4 @@ STACK_RM_S=$(awk -v ms="$((($(date +%s%N) - t0) / 1000000))" 'BEGIN { printf "%.
 SWARM_UP=0
 log "swarm: every container gone $STACK_RM_S s after stack rm"
 
-log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s (lane wait p50 ${WAIT1} ms), 10 workers ${RATE10}/s (lane wait p50 ${WAIT10} ms), rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers), TLS 1 worker ${RATE_TLS}/s, swarm 1 worker ${RATE_SWARM1}/s, 10 workers ${RATE_SWARM10}/s, global rng ${RATE_GLOBAL}/s"
+log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s (lane wait p50 ${WAIT1} ms), 10 workers ${RATE10}/s (lane wait p50 ${WAIT10} ms; Prometheus mean ${PROM_WAIT10} s, Jaeger Monitor p95 ${P95} ms; 3 balanced rng: ${PROM_WAIT3} s), rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers), TLS 1 worker ${RATE_TLS}/s, swarm 1 worker ${RATE_SWARM1}/s, 10 workers ${RATE_SWARM10}/s, global rng ${RATE_GLOBAL}/s"

@@ -18,7 +18,7 @@ mapfile -t files < <(find deploy/k8s -name '*.yaml' ! -name kustomization.yaml |
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if command -v kubectl >/dev/null; then
-    for dir in deploy/k8s deploy/k8s/lab-rng-daemonset; do
+    for dir in deploy/k8s deploy/k8s/lab-rng-daemonset deploy/k8s/autoscale-rng; do
         out="$work/$(echo "$dir" | tr / _).yaml"
         kubectl kustomize "$dir" >"$out"
         files+=("$out")

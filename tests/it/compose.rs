@@ -216,6 +216,7 @@ fn the_files_parse_and_define_the_whole_mesh() {
         "redis",
         "otel-collector",
         "jaeger",
+        "prometheus",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -414,9 +415,10 @@ fn no_ip_address_only_service_names() {
     for word in dotted_quad {
         let parts: Vec<&str> = word.split('.').collect();
         let ip = parts.len() == 4 && parts.iter().all(|p| p.parse::<u8>().is_ok());
-        // 127.0.0.1 inside a healthcheck is the container's own loopback.
+        // 127.0.0.1 inside a healthcheck is the container's own loopback;
+        // 0.0.0.0 in a listen address is every interface of the container.
         assert!(
-            !ip || word == "127.0.0.1",
+            !ip || word == "127.0.0.1" || word == "0.0.0.0",
             "an IP address in the file: {word}"
         );
     }
@@ -535,9 +537,11 @@ fn one_image_for_the_dockercoins_services_a_pinned_tag_for_the_others() {
             assert_eq!(command, [name], "{name} runs `dockercoins {name}`");
         } else {
             assert!(svc.get("build").is_none(), "{name}");
-            // Pinned to a release: a number in the tag, not a moving name.
+            // Pinned to a release: a number in the tag (`v3.6.0` as
+            // Prometheus writes it), not a moving name.
+            let version = tag.strip_prefix('v').unwrap_or(tag);
             assert!(
-                tag.chars().next().unwrap().is_ascii_digit() && tag.contains('.'),
+                version.chars().next().unwrap().is_ascii_digit() && version.contains('.'),
                 "{name}: pin a version, not {image}"
             );
         }
@@ -731,13 +735,32 @@ fn the_collector_receives_otlp_and_exports_to_a_service_of_the_file() {
         ("exporters", "exporters"),
     ] {
         for id in list(kind) {
+            // A connector is an exporter of one pipeline and a receiver of
+            // another.
             assert!(
-                collector[section].get(id.as_str()).is_some(),
+                collector[section].get(id.as_str()).is_some()
+                    || collector["connectors"].get(id.as_str()).is_some(),
                 "pipeline names {kind} {id}, not configured"
             );
         }
     }
-    let exporters = list("exporters");
+    // The span metrics: a connector out of the traces, into a metrics
+    // pipeline whose Prometheus exporter the compose file exposes.
+    let span_metrics = &collector["service"]["pipelines"]["metrics/spanmetrics"];
+    assert_eq!(span_metrics["receivers"][0].as_str(), Some("spanmetrics"));
+    assert_eq!(span_metrics["exporters"][0].as_str(), Some("prometheus"));
+    let endpoint = collector["exporters"]["prometheus"]["endpoint"]
+        .as_str()
+        .unwrap();
+    let port: u16 = endpoint.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert!(
+        offered.contains(&port),
+        "otel-collector does not expose {port}"
+    );
+    let exporters: Vec<String> = list("exporters")
+        .into_iter()
+        .filter(|id| collector["connectors"].get(id.as_str()).is_none())
+        .collect();
     assert!(!exporters.is_empty());
     for id in exporters {
         // The OTLP/gRPC exporter: `otlp_grpc` since collector 0.144 (`otlp`

@@ -6,7 +6,9 @@
 //! v3, what its UI shows. `tests/build-otel-tools.sh` builds both; without
 //! them the test skips with a message, under CI it fails.
 
-use crate::helpers::{RedisServer, http1, restartable_port, sigterm, start_binary};
+use crate::helpers::{
+    Prometheus, RedisServer, have, http1, restartable_port, sigterm, start_binary, urlencode,
+};
 use serde_json::Value;
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,6 +21,7 @@ use tokio::process::{Child, Command};
 
 const TOOLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/otel-tools");
 const COLLECTOR_CONFIG: &str = include_str!("../../deploy/otel/collector.yaml");
+const JAEGER_CONFIG: &str = include_str!("../../deploy/otel/jaeger.yaml");
 
 /// Jaeger and the Collector, built by `tests/build-otel-tools.sh`; `None`
 /// (and a message) when they are not, a failure under CI.
@@ -40,10 +43,13 @@ fn tools() -> Option<(PathBuf, PathBuf)> {
     None
 }
 
-/// Jaeger and the Collector, running on free ports, killed when dropped.
+/// Jaeger and the Collector, running on free ports, killed when dropped;
+/// with Prometheus scraping the Collector's span metrics when it is on PATH
+/// (required under CI), for Jaeger's Monitor tab.
 struct Backend {
     _jaeger: Child,
     _collector: Child,
+    prometheus: Option<Prometheus>,
     dir: PathBuf,
     /// Jaeger's query API (the UI's port, 16686 in compose).
     query: SocketAddr,
@@ -55,54 +61,6 @@ impl Drop for Backend {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A Jaeger v2 config: OTLP/gRPC in, memory storage, the query API and the
-/// health check, every port given; no metrics endpoint (its fixed port
-/// would clash between runs).
-fn jaeger_config(otlp: u16, http: u16, grpc: u16, health: u16) -> String {
-    format!(
-        "service:
-  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  jaeger_query:
-    storage:
-      traces: memstore
-    http:
-      endpoint: 127.0.0.1:{http}
-    grpc:
-      endpoint: 127.0.0.1:{grpc}
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 100000
-  healthcheckv2:
-    use_v2: true
-    http:
-      endpoint: 127.0.0.1:{health}
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:{otlp}
-processors:
-  batch:
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-"
-    )
 }
 
 /// Waits until `GET http://addr/path` answers 200: bounded, and the failure
@@ -131,22 +89,55 @@ async fn wait_healthy(what: &str, addr: SocketAddr, path: &str) {
 async fn start_backend(jaeger: &Path, otelcol: &Path) -> Backend {
     let dir = std::env::temp_dir().join(format!("dockercoins-jaeger-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let [otlp, http, grpc, health, in_grpc, in_http, in_health] =
-        std::array::from_fn(|_| restartable_port());
-    std::fs::write(
-        dir.join("jaeger.yaml"),
-        jaeger_config(otlp, http, grpc, health),
-    )
-    .unwrap();
-    // The project's own collector config, its addresses moved to this test's.
+    let [
+        otlp,
+        otlp_http,
+        http,
+        grpc,
+        health,
+        in_grpc,
+        in_http,
+        in_health,
+        span_metrics,
+    ] = std::array::from_fn(|_| restartable_port());
+    let prometheus = if have("prometheus", "--version") {
+        let target = format!("127.0.0.1:{span_metrics}");
+        Some(Prometheus::start(&[("spanmetrics", &target)]).await)
+    } else {
+        None
+    };
+    // The project's own configs, their addresses moved to this test's.
+    let listen = "${env:JAEGER_LISTEN_HOST:-localhost}";
+    let mut jaeger_config = JAEGER_CONFIG.to_owned();
+    for (port, moved) in [
+        (4317, otlp),
+        (4318, otlp_http),
+        (16686, http),
+        (16685, grpc),
+        (13133, health),
+    ] {
+        let from = format!("{listen}:{port}");
+        assert!(jaeger_config.contains(&from), "jaeger.yaml has no {from}");
+        jaeger_config = jaeger_config.replace(&from, &format!("127.0.0.1:{moved}"));
+    }
+    let prometheus_url = prometheus
+        .as_ref()
+        .map_or("http://127.0.0.1:9".to_owned(), |p| {
+            format!("http://{}", p.addr)
+        });
+    jaeger_config = jaeger_config.replace("http://prometheus:9090", &prometheus_url);
+    std::fs::write(dir.join("jaeger.yaml"), jaeger_config).unwrap();
     let collector = COLLECTOR_CONFIG
         .replace("jaeger:4317", &format!("127.0.0.1:{otlp}"))
         .replace("0.0.0.0:4317", &format!("127.0.0.1:{in_grpc}"))
         .replace("0.0.0.0:4318", &format!("127.0.0.1:{in_http}"))
-        .replace("0.0.0.0:13133", &format!("127.0.0.1:{in_health}"));
-    assert_ne!(
-        collector, COLLECTOR_CONFIG,
-        "collector.yaml's addresses moved"
+        .replace("0.0.0.0:13133", &format!("127.0.0.1:{in_health}"))
+        .replace("0.0.0.0:8889", &format!("127.0.0.1:{span_metrics}"));
+    assert!(
+        !collector
+            .lines()
+            .any(|line| !line.trim_start().starts_with('#') && line.contains("0.0.0.0")),
+        "collector.yaml has an address the test did not move:\n{collector}"
     );
     std::fs::write(dir.join("collector.yaml"), collector).unwrap();
     let spawn = |program: &Path, config: &str, log: &str| {
@@ -162,6 +153,7 @@ async fn start_backend(jaeger: &Path, otelcol: &Path) -> Backend {
     let backend = Backend {
         _jaeger: spawn(jaeger, "jaeger.yaml", "jaeger.log"),
         _collector: spawn(otelcol, "collector.yaml", "collector.log"),
+        prometheus,
         query: SocketAddr::from(([127, 0, 0, 1], http)),
         otlp: format!("http://127.0.0.1:{in_grpc}"),
         dir,
@@ -434,6 +426,8 @@ async fn jaeger_shows_every_hop_and_where_ten_workers_wait() {
                     .collect()
             })
             .unwrap_or_default();
+        // Jaeger's own traces, if any, are not the mesh's.
+        names.retain(|name| name != "jaeger");
         names.sort();
         if names.len() >= 4 || tokio::time::Instant::now() > deadline {
             break names;
@@ -507,6 +501,62 @@ async fn jaeger_shows_every_hop_and_where_ten_workers_wait() {
     assert!(
         (Duration::from_millis(95)..=Duration::from_millis(200)).contains(&hasher),
         "10 workers: hasher's server span median {hasher:?}"
+    );
+    if let Some(prometheus) = &backend.prometheus {
+        monitor_tab_shows_rng_slower_than_hasher(backend.query, prometheus.addr).await;
+    }
+}
+
+/// Jaeger's Monitor tab (its metrics API), fed by the Collector's span
+/// metrics through Prometheus: rng's server calls, queue included, well
+/// over hasher's.
+async fn monitor_tab_shows_rng_slower_than_hasher(query: SocketAddr, prometheus: SocketAddr) {
+    let p95 = |service: &str| {
+        let end = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        format!(
+            "/api/metrics/latencies?service={}&quantile=0.95&spanKind=server&endTs={end}&lookback=60000&step=5000&ratePer=60000",
+            urlencode(service)
+        )
+    };
+    let latest = |body: &Value| -> Option<f64> {
+        body["metrics"][0]["metricPoints"]
+            .as_array()?
+            .iter()
+            .rev()
+            .filter_map(|point| point["gaugeValue"]["doubleValue"].as_f64())
+            .find(|v| v.is_finite())
+    };
+    let mut values = BTreeMap::new();
+    for service in ["rng", "hasher"] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let value = loop {
+            let (status, _, body) = http1(query, "GET", &p95(service), "").await;
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if status == 200
+                && let Some(value) = latest(&body)
+            {
+                break value;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let names = "/api/v1/label/__name__/values";
+                let (_, _, held) = http1(prometheus, "GET", names, "").await;
+                panic!(
+                    "Jaeger's Monitor tab has no p95 for {service} within 30 s: HTTP {status} {body}\n\
+                     Prometheus holds: {}",
+                    String::from_utf8_lossy(&held)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        values.insert(service, value);
+    }
+    println!("Jaeger's Monitor tab, server p95: {values:?} (ms)");
+    assert!(
+        values["rng"] > 400.0 && values["hasher"] < 400.0,
+        "{values:?}"
     );
 }
 

@@ -154,14 +154,54 @@ fn service_ports(service: &Value) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Everything every build must hold: names, probes, security, images.
-fn check_common(objects: &[Value], what: &str) {
+/// Prometheus's token: its own ServiceAccount, bound to one Role that only
+/// reads pods, in this namespace (a Role, not a ClusterRole).
+fn prometheus_reads_pods_only(objects: &[Value], pod: &Value, what: &str) {
+    let account = str_of(&pod["spec"], "serviceAccountName");
+    assert_eq!(account, "prometheus", "{what}");
+    let bindings = of_kind(objects, "RoleBinding");
+    let binding = bindings[account];
+    assert_eq!(str_of(&binding["roleRef"], "kind"), "Role", "{what}");
+    assert_eq!(str_of(&binding["subjects"][0], "name"), account, "{what}");
+    let role = of_kind(objects, "Role")[str_of(&binding["roleRef"], "name")];
+    let rules = role["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 1, "{what}: {rules:?}");
+    let strings = |key: &str| -> Vec<&str> {
+        rules[0][key]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(strings("resources"), ["pods"], "{what}");
+    assert_eq!(strings("verbs"), ["get", "list", "watch"], "{what}");
+    for (binding, object) in of_kind(objects, "ClusterRoleBinding") {
+        assert!(
+            !object["subjects"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|s| str_of(s, "name") == account),
+            "{what}: {binding} gives Prometheus rights across the cluster"
+        );
+    }
+}
+
+/// Everything every build must hold: names, probes, security, images. The
+/// workloads are the compose file's services, and `extra` (an overlay's own).
+fn check_common(objects: &[Value], what: &str, extra: &[&str]) {
     let services = of_kind(objects, "Service");
     let workloads = workloads(objects);
     let compose = compose_services();
     // The compose names, so no setting changes (`edge` is Compose's door to
     // the host; in Kubernetes, Services and port-forward do that).
-    let expected: BTreeSet<String> = compose.iter().filter(|n| *n != "edge").cloned().collect();
+    let expected: BTreeSet<String> = compose
+        .iter()
+        .filter(|n| *n != "edge")
+        .cloned()
+        .chain(extra.iter().map(|n| (*n).to_owned()))
+        .collect();
     assert_eq!(
         workloads.keys().cloned().collect::<BTreeSet<_>>(),
         expected,
@@ -169,7 +209,7 @@ fn check_common(objects: &[Value], what: &str) {
     );
     for name in services.keys() {
         assert!(
-            compose.contains(name),
+            compose.contains(name) || extra.contains(&name.as_str()),
             "{what}: Service {name} is no compose service"
         );
     }
@@ -201,7 +241,9 @@ fn check_common(objects: &[Value], what: &str) {
                 .get("metadata")
                 .and_then(|m| m.get("namespace"))
                 .is_some()
-                || ["Namespace"].contains(&str_of(object, "kind")),
+                // Cluster-wide kinds have none.
+                || ["Namespace", "ClusterRole", "ClusterRoleBinding", "APIService"]
+                    .contains(&str_of(object, "kind")),
             "{what}: {} {} has no namespace",
             str_of(object, "kind"),
             name(object)
@@ -229,11 +271,19 @@ fn check_common(objects: &[Value], what: &str) {
             security["runAsUser"].as_u64().is_some_and(|uid| uid != 0),
             "{what}: {name}: a numeric non-root user"
         );
-        assert_eq!(
-            pod["spec"]["automountServiceAccountToken"].as_bool(),
-            Some(false),
-            "{what}: {name} needs no API token"
-        );
+        if name == "prometheus" {
+            // It lists pods through the API, and may do nothing else.
+            prometheus_reads_pods_only(objects, pod, what);
+        } else if name == "prometheus-adapter" {
+            // An API server: its own account (checked with its overlay).
+            assert_eq!(str_of(&pod["spec"], "serviceAccountName"), name, "{what}");
+        } else {
+            assert_eq!(
+                pod["spec"]["automountServiceAccountToken"].as_bool(),
+                Some(false),
+                "{what}: {name} needs no API token"
+            );
+        }
         for container in containers(workload) {
             let image = str_of(container, "image");
             let tag = image
@@ -377,7 +427,7 @@ fn check_common(objects: &[Value], what: &str) {
 #[test]
 fn the_kustomization_builds_the_compose_mesh() {
     let objects = build(&root());
-    check_common(&objects, "deploy/k8s");
+    check_common(&objects, "deploy/k8s", &[]);
     let workloads = workloads(&objects);
     assert_eq!(str_of(workloads["rng"], "kind"), "Deployment");
     assert_eq!(
@@ -389,7 +439,7 @@ fn the_kustomization_builds_the_compose_mesh() {
 #[test]
 fn the_lab_overlay_runs_one_rng_per_node() {
     let objects = build(&root().join("lab-rng-daemonset"));
-    check_common(&objects, "lab-rng-daemonset");
+    check_common(&objects, "lab-rng-daemonset", &[]);
     let workloads = workloads(&objects);
     assert_eq!(str_of(workloads["rng"], "kind"), "DaemonSet");
     assert!(!of_kind(&objects, "Deployment").contains_key("rng"));
@@ -400,6 +450,90 @@ fn the_lab_overlay_runs_one_rng_per_node() {
         workloads["rng"]["spec"]["template"],
         deployment["spec"]["template"]
     );
+}
+
+/// The autoscaling overlay: rng scaled on its lane wait, a custom metric
+/// that prometheus-adapter makes from the series rng serves and Prometheus
+/// labels with their pod; not on CPU.
+#[test]
+fn the_autoscale_overlay_scales_rng_on_its_lane_wait() {
+    let objects = build(&root().join("autoscale-rng"));
+    check_common(&objects, "autoscale-rng", &["prometheus-adapter"]);
+    let hpa = of_kind(&objects, "HorizontalPodAutoscaler")["rng"];
+    let target = &hpa["spec"]["scaleTargetRef"];
+    assert_eq!(
+        (str_of(target, "kind"), str_of(target, "name")),
+        ("Deployment", "rng")
+    );
+    let metrics = hpa["spec"]["metrics"].as_sequence().unwrap();
+    assert_eq!(metrics.len(), 1, "one signal, the lane wait: {metrics:?}");
+    let pods = &metrics[0]["pods"];
+    assert_eq!(str_of(&pods["metric"], "name"), "rng_lane_wait_seconds");
+    // 0.1 s, as container.training's lab.
+    assert_eq!(str_of(&pods["target"], "averageValue"), "100m");
+    // The adapter's rule makes that metric from rng's own histogram, per
+    // pod and namespace...
+    let config_maps = of_kind(&objects, "ConfigMap");
+    let rules: Value = serde_yaml_ng::from_str(
+        config_maps["prometheus-adapter-config"]["data"]["config.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let rule = &rules["rules"][0];
+    assert!(str_of(rule, "seriesQuery").starts_with("rng_lane_wait_seconds_count{"));
+    assert_eq!(str_of(&rule["name"], "as"), "rng_lane_wait_seconds");
+    for label in ["namespace", "pod"] {
+        assert_eq!(
+            str_of(&rule["resources"]["overrides"][label], "resource"),
+            label
+        );
+    }
+    let query = str_of(rule, "metricsQuery");
+    assert!(
+        query.contains("rng_lane_wait_seconds_sum")
+            && query.contains("rng_lane_wait_seconds_count")
+    );
+    // ...which rng serves...
+    let metrics_rs = include_str!("../../services/metrics.rs");
+    assert!(
+        metrics_rs.contains("\"rng_lane_wait\""),
+        "rng no longer serves rng_lane_wait_seconds"
+    );
+    // ...and Prometheus scrapes with those labels.
+    let prometheus: Value = serde_yaml_ng::from_str(
+        config_maps["prometheus-config"]["data"]["prometheus.yml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let relabels = prometheus["scrape_configs"][0]["relabel_configs"]
+        .as_sequence()
+        .unwrap();
+    for label in ["namespace", "pod"] {
+        assert!(
+            relabels.iter().any(|r| str_of(r, "target_label") == label),
+            "Prometheus does not label series with {label}"
+        );
+    }
+    // The adapter asks the Prometheus Service of the build, and the API
+    // registration sends the custom metrics API to the adapter's Service.
+    let adapter = containers(workloads(&objects)["prometheus-adapter"])[0];
+    let url = adapter["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str()?.strip_prefix("--prometheus-url="))
+        .next()
+        .unwrap();
+    assert_eq!(url, "http://prometheus.dockercoins.svc:9090/");
+    assert!(service_ports(of_kind(&objects, "Service")["prometheus"]).contains(&9090));
+    let api = of_kind(&objects, "APIService")["v1beta1.custom.metrics.k8s.io"];
+    assert_eq!(
+        str_of(&api["spec"]["service"], "name"),
+        "prometheus-adapter"
+    );
+    assert_eq!(str_of(&api["spec"]["service"], "namespace"), "dockercoins");
 }
 
 #[test]
@@ -423,7 +557,11 @@ fn the_worker_autoscaler_example_targets_the_worker() {
 /// emulation above (same kinds and names), so the emulation can be trusted.
 #[test]
 fn kubectl_kustomize_agrees_where_installed() {
-    for dir in [root(), root().join("lab-rng-daemonset")] {
+    for dir in [
+        root(),
+        root().join("lab-rng-daemonset"),
+        root().join("autoscale-rng"),
+    ] {
         let output = match std::process::Command::new("kubectl")
             .arg("kustomize")
             .arg(&dir)
