@@ -9,12 +9,13 @@
 //! choose how many series the server keeps.
 
 use crate::{
-    metrics::{ServerCall, ServerCalls, TraceExemplar},
+    metrics::{self, ServerCall, ServerCalls, TraceExemplar},
     telemetry::{code_name, is_grpc},
 };
 use axum::http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use prometheus_client::metrics::gauge::Gauge;
 use std::{
     future::Future,
     pin::Pin,
@@ -26,15 +27,17 @@ use std::{
 #[derive(Clone)]
 pub struct CallMeterLayer {
     calls: ServerCalls,
-    services: Arc<[&'static str]>,
+    /// Each service with its in-flight gauge, resolved once.
+    services: Arc<[(&'static str, Gauge)]>,
 }
 
 impl CallMeterLayer {
     pub fn new(calls: ServerCalls, services: &[&'static str]) -> Self {
-        Self {
-            calls,
-            services: services.into(),
-        }
+        let services = services
+            .iter()
+            .map(|&service| (service, calls.in_flight(service)))
+            .collect();
+        Self { calls, services }
     }
 }
 
@@ -78,19 +81,19 @@ where
 
 impl<S> CallMeter<S> {
     fn start<B>(&self, request: &Request<B>) -> Option<ServerCall> {
-        if !is_grpc(request.headers()) {
+        if !metrics::enabled() || !is_grpc(request.headers()) {
             return None;
         }
         let method = request.uri().path().trim_start_matches('/');
         let service = method.split('/').next().unwrap_or_default();
-        let service = self
+        let (_, in_flight) = self
             .layer
             .services
             .iter()
-            .find(|known| **known == service)?;
+            .find(|(known, _)| *known == service)?;
         // Inside the server's span: its trace, when sampled, is the exemplar.
         let trace = TraceExemplar::of(&tracing::Span::current());
-        Some(self.layer.calls.start(service, method, trace))
+        Some(self.layer.calls.start(in_flight, method, trace))
     }
 }
 

@@ -58,6 +58,7 @@ pub mod env {
     pub const BENCH_PROBES: &str = "BENCH_PROBES";
     pub const BENCH_JSON: &str = "BENCH_JSON";
     pub const JAEGER_URL: &str = "JAEGER_URL";
+    pub const METRICS_DISABLED: &str = "METRICS_DISABLED";
     pub const TRACES_SINCE: &str = "TRACES_SINCE";
     pub const TLS_CERT: &str = "TLS_CERT";
     pub const TLS_KEY: &str = "TLS_KEY";
@@ -195,6 +196,10 @@ pub struct Cli {
     /// Log line format (the level is set by RUST_LOG, default `info`).
     #[arg(long, global = true, env = env::LOG_FORMAT, value_enum, default_value_t)]
     pub log_format: crate::telemetry::LogFormat,
+    /// Measure nothing: `/metrics` stays empty and webui's per-hop view has
+    /// no latencies. For measuring what metrics cost (`dockercoins bench`).
+    #[arg(long, global = true, env = env::METRICS_DISABLED)]
+    pub metrics_disabled: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -44,17 +44,21 @@ pub struct Latencies {
 impl Latencies {
     /// One call of `method` that took `elapsed`, traced as `trace_id` if so.
     pub fn observe(&self, method: &str, elapsed: Duration, trace_id: Option<&str>) {
+        self.method(method).observe(elapsed, trace_id);
+    }
+
+    /// Where `method`'s calls are counted, made on its first call.
+    pub fn method(&self, method: &str) -> Arc<MethodLatency> {
         let known = self
             .methods
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(method)
             .cloned();
-        let latency = known.unwrap_or_else(|| {
+        known.unwrap_or_else(|| {
             let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
             methods.entry(method.to_owned()).or_default().clone()
-        });
-        latency.observe(elapsed, trace_id);
+        })
     }
 
     /// What `Replica/Info` says of the methods whose name starts with one of
@@ -104,7 +108,7 @@ impl Default for MethodLatency {
 }
 
 impl MethodLatency {
-    fn observe(&self, elapsed: Duration, trace_id: Option<&str>) {
+    pub fn observe(&self, elapsed: Duration, trace_id: Option<&str>) {
         let seconds = elapsed.as_secs_f64();
         let bucket = self.bounds.partition_point(|&le| le < seconds);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);

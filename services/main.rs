@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
         Command::Traces(args) => return traces(args).await,
         _ => {}
     }
+    dockercoins::metrics::set_enabled(!cli.metrics_disabled);
     let _telemetry = telemetry::init(cli.log_format, cli.command.name());
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,19 +12,39 @@
 //! them: `rpc.server.call.duration` in seconds is
 //! `rpc_server_call_duration_seconds`, `rpc.method` is `rpc_method`.
 
-use crate::latency::{Latencies, duration_buckets};
+use crate::latency::{Latencies, MethodLatency, duration_buckets};
 use opentelemetry::trace::TraceContextExt;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge},
     registry::Unit,
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// What `GET /metrics` answers with: OpenMetrics 1.0, the only text format
 /// that carries exemplars (Prometheus asks for it first).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whether anything is measured: on unless `METRICS_DISABLED` turns it off
+/// for the whole process (to measure what measuring costs). One switch for
+/// every hot path, as `OTEL_SDK_DISABLED` is for tracing.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// Where a process's metrics are registered, then read by `GET /metrics`.
 pub type Registry = prometheus_client::registry::Registry;
@@ -116,6 +136,18 @@ pub struct ServerCalls {
     in_flight: Family<ServiceLabels, Gauge>,
     /// The same durations, readable in process (for `Replica/Info`).
     latencies: Arc<Latencies>,
+    /// Each method served so far (never a made-up one: a method is added
+    /// once a call of it ended other than UNIMPLEMENTED), with the handles
+    /// its calls are observed through: found again by name, without
+    /// building and hashing labels on every call.
+    methods: Arc<RwLock<HashMap<String, Arc<MethodSeries>>>>,
+}
+
+/// A method's OK series and its readable durations.
+struct MethodSeries {
+    name: String,
+    ok: DurationHistogram,
+    latency: Arc<MethodLatency>,
 }
 
 impl ServerCalls {
@@ -124,6 +156,7 @@ impl ServerCalls {
             durations: duration_family(),
             in_flight: Family::default(),
             latencies: Arc::default(),
+            methods: Arc::default(),
         };
         registry.register_with_unit(
             "rpc_server_call_duration",
@@ -139,30 +172,57 @@ impl ServerCalls {
         this
     }
 
-    /// A call of `method` (of `service`, one of the server's own) has
-    /// arrived; it is observed when the returned guard is dropped, with the
-    /// status it was told (none: the client went away, CANCELLED).
+    /// The gauge of `service`'s calls in flight (resolved once, by the
+    /// layer that measures them).
+    pub fn in_flight(&self, service: &'static str) -> Gauge {
+        self.in_flight.get_or_create_owned(&ServiceLabels {
+            rpc_service: service,
+        })
+    }
+
+    /// A call of `method` has arrived (of a service of the server's own,
+    /// whose `in_flight` gauge is given); it is observed when the returned
+    /// guard is dropped, with the status it was told (none: the client went
+    /// away, CANCELLED).
     pub fn start(
         &self,
-        service: &'static str,
+        in_flight: &Gauge,
         method: &str,
         trace: Option<TraceExemplar>,
     ) -> ServerCall {
-        let gauge = self
-            .in_flight
-            .get_or_create(&ServiceLabels {
-                rpc_service: service,
-            })
-            .clone();
-        gauge.inc();
+        in_flight.inc();
+        let known = self
+            .methods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(method)
+            .cloned();
         ServerCall {
             calls: self.clone(),
-            method: method.to_owned(),
+            method: known.map_or_else(|| Method::New(method.to_owned()), Method::Known),
             trace,
             started: std::time::Instant::now(),
-            in_flight: gauge,
+            in_flight: in_flight.clone(),
             status: None,
         }
+    }
+
+    /// `name`'s series, made on its first call.
+    fn method(&self, name: String) -> Arc<MethodSeries> {
+        let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
+        methods
+            .entry(name)
+            .or_insert_with_key(|name| {
+                Arc::new(MethodSeries {
+                    name: name.clone(),
+                    ok: self.durations.get_or_create_owned(&ServerCallLabels {
+                        rpc_method: name.clone(),
+                        rpc_response_status_code: "OK",
+                    }),
+                    latency: self.latencies.method(name),
+                })
+            })
+            .clone()
     }
 
     /// The durations of the calls served so far, by method.
@@ -170,16 +230,58 @@ impl ServerCalls {
         &self.latencies
     }
 
-    fn observe(&self, labels: ServerCallLabels, elapsed: Duration, trace: Option<TraceExemplar>) {
-        if labels.rpc_method != OTHER_METHOD {
-            let trace_id = trace.as_ref().map(|t| t.trace_id.as_str());
-            self.latencies
-                .observe(&labels.rpc_method, elapsed, trace_id);
+    /// One call ended: with the server's `status`, or `None` when the client
+    /// went away before the server said one (CANCELLED).
+    fn observe(
+        &self,
+        method: Method,
+        status: Option<&'static str>,
+        elapsed: Duration,
+        trace: Option<TraceExemplar>,
+    ) {
+        let seconds = elapsed.as_secs_f64();
+        // A name the server never answered as its own (UNIMPLEMENTED, or a
+        // first call cut off before any answer) is the client's choice: it
+        // must not become a series.
+        let unknown = matches!(
+            (&method, status),
+            (_, Some("UNIMPLEMENTED")) | (Method::New(_), None)
+        );
+        let status = status.unwrap_or("CANCELLED");
+        if unknown {
+            let labels = ServerCallLabels {
+                rpc_method: OTHER_METHOD.to_owned(),
+                rpc_response_status_code: status,
+            };
+            self.durations
+                .get_or_create(&labels)
+                .observe(seconds, trace, None);
+            return;
         }
-        self.durations
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64(), trace, None);
+        let series = match method {
+            Method::Known(series) => series,
+            Method::New(name) => self.method(name),
+        };
+        let trace_id = trace.as_ref().map(|t| t.trace_id.as_str());
+        series.latency.observe(elapsed, trace_id);
+        if status == "OK" {
+            series.ok.observe(seconds, trace, None);
+        } else {
+            let labels = ServerCallLabels {
+                rpc_method: series.name.clone(),
+                rpc_response_status_code: status,
+            };
+            self.durations
+                .get_or_create(&labels)
+                .observe(seconds, trace, None);
+        }
     }
+}
+
+/// A call's method: one served before, or a name not yet known.
+enum Method {
+    Known(Arc<MethodSeries>),
+    New(String),
 }
 
 /// What a method unknown to the service is counted as (the conventions'
@@ -189,7 +291,7 @@ pub const OTHER_METHOD: &str = "_OTHER";
 /// One call being served; observed once, when dropped.
 pub struct ServerCall {
     calls: ServerCalls,
-    method: String,
+    method: Method,
     trace: Option<TraceExemplar>,
     started: std::time::Instant,
     in_flight: Gauge,
@@ -210,19 +312,13 @@ impl ServerCall {
 impl Drop for ServerCall {
     fn drop(&mut self) {
         self.in_flight.dec();
-        let status = self.status.unwrap_or("CANCELLED");
-        // A method the service does not have: the client chose its name.
-        let rpc_method = if status == "UNIMPLEMENTED" {
-            OTHER_METHOD.to_owned()
-        } else {
-            std::mem::take(&mut self.method)
-        };
-        let labels = ServerCallLabels {
-            rpc_method,
-            rpc_response_status_code: status,
-        };
-        self.calls
-            .observe(labels, self.started.elapsed(), self.trace.take());
+        let method = std::mem::replace(&mut self.method, Method::New(String::new()));
+        self.calls.observe(
+            method,
+            self.status,
+            self.started.elapsed(),
+            self.trace.take(),
+        );
     }
 }
 
@@ -253,7 +349,13 @@ pub struct ClientCalls {
     durations: DurationFamily<ClientCallLabels>,
     retries: Family<ServiceLabels, Counter>,
     ejections: Family<ReplicaLabels, Counter>,
+    /// The OK series of each method and replica seen, found again without
+    /// building and hashing its labels: the path of almost every call.
+    ok: Arc<RwLock<OkSeries>>,
 }
+
+/// (service, method) -> replica -> the histogram of its OK calls.
+type OkSeries = HashMap<(&'static str, &'static str), HashMap<String, DurationHistogram>>;
 
 impl Default for ClientCalls {
     fn default() -> Self {
@@ -261,6 +363,7 @@ impl Default for ClientCalls {
             durations: duration_family(),
             retries: Family::default(),
             ejections: Family::default(),
+            ok: Arc::default(),
         }
     }
 }
@@ -293,24 +396,53 @@ impl ClientCalls {
         this
     }
 
+    /// One call of `service`'s `method` to `replica`, ended with `status`
+    /// after `elapsed`.
     pub fn observe(
         &self,
-        labels: ClientCallLabels,
+        (service, method): (&'static str, &'static str),
+        replica: &str,
+        status: tonic::Code,
         elapsed: Duration,
         trace: Option<TraceExemplar>,
     ) {
-        self.durations
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64(), trace, None);
+        let seconds = elapsed.as_secs_f64();
+        if status == tonic::Code::Ok {
+            let known = self.ok.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(histogram) = known.get(&(service, method)).and_then(|by| by.get(replica)) {
+                histogram.observe(seconds, trace, None);
+                return;
+            }
+        }
+        let labels = ClientCallLabels {
+            rpc_method: format!("{service}/{method}"),
+            server_address: replica.to_owned(),
+            rpc_response_status_code: crate::telemetry::code_name(status),
+        };
+        let histogram = self.durations.get_or_create_owned(&labels);
+        histogram.observe(seconds, trace, None);
+        if status == tonic::Code::Ok {
+            let mut known = self.ok.write().unwrap_or_else(|p| p.into_inner());
+            known
+                .entry((service, method))
+                .or_default()
+                .insert(replica.to_owned(), histogram);
+        }
     }
 
     pub fn retried(&self, rpc_service: &'static str) {
+        if !enabled() {
+            return;
+        }
         self.retries
             .get_or_create(&ServiceLabels { rpc_service })
             .inc();
     }
 
     pub fn ejected(&self, rpc_service: &'static str, server_address: &str) {
+        if !enabled() {
+            return;
+        }
         self.ejections
             .get_or_create(&ReplicaLabels {
                 rpc_service,
@@ -400,22 +532,30 @@ mod tests {
     fn a_dropped_call_is_counted_cancelled_and_leaves_the_gauge() {
         let mut registry = Registry::default();
         let calls = ServerCalls::register(&mut registry);
-        let rng = "dockercoins.v1.Rng";
-        let mut ok = calls.start(rng, "dockercoins.v1.Rng/Generate", None);
+        let rng = calls.in_flight("dockercoins.v1.Rng");
+        let mut ok = calls.start(&rng, "dockercoins.v1.Rng/Generate", None);
         ok.set_status("OK");
-        let gone = calls.start(rng, "dockercoins.v1.Rng/Generate", None);
-        let mut unknown = calls.start(rng, "dockercoins.v1.Rng/Whatever", None);
+        drop(ok);
+        // A method the server has answered as its own, cut off: CANCELLED.
+        let gone = calls.start(&rng, "dockercoins.v1.Rng/Generate", None);
+        let mut unknown = calls.start(&rng, "dockercoins.v1.Rng/Whatever", None);
         unknown.set_status("UNIMPLEMENTED");
-        drop((ok, gone, unknown));
+        // A name never answered, cut off before any answer: not a series.
+        let made_up = calls.start(&rng, "dockercoins.v1.Rng/MadeUp", None);
+        drop((gone, unknown, made_up));
         let text = Exposition::new(registry).encode();
         for line in [
             r#"rpc_server_call_duration_seconds_count{rpc_method="dockercoins.v1.Rng/Generate",rpc_response_status_code="OK"} 1"#,
             r#"rpc_server_call_duration_seconds_count{rpc_method="dockercoins.v1.Rng/Generate",rpc_response_status_code="CANCELLED"} 1"#,
             r#"rpc_server_call_duration_seconds_count{rpc_method="_OTHER",rpc_response_status_code="UNIMPLEMENTED"} 1"#,
+            r#"rpc_server_call_duration_seconds_count{rpc_method="_OTHER",rpc_response_status_code="CANCELLED"} 1"#,
             r#"rpc_server_calls_in_flight{rpc_service="dockercoins.v1.Rng"} 0"#,
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
-        assert!(!text.contains("Whatever"), "{text}");
+        assert!(
+            !text.contains("Whatever") && !text.contains("MadeUp"),
+            "{text}"
+        );
     }
 }

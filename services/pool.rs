@@ -18,8 +18,7 @@
 
 use crate::{
     error_chain::status_reason,
-    metrics::{ClientCallLabels, ClientCalls, TraceExemplar},
-    telemetry::code_name,
+    metrics::{ClientCalls, TraceExemplar},
 };
 use std::{
     collections::{BTreeMap, HashMap},
@@ -667,18 +666,19 @@ impl Backend {
         .await;
         crate::telemetry::record_grpc_result(&span, &result);
         let metrics = &self.balancer.settings.metrics;
-        metrics.observe(
-            ClientCallLabels {
-                rpc_method: format!("{service}/{method}"),
-                server_address: replica.label.clone(),
-                rpc_response_status_code: code_name(match &result {
-                    Ok(_) => tonic::Code::Ok,
-                    Err(status) => status.code(),
-                }),
-            },
-            started.elapsed(),
-            TraceExemplar::of(&span),
-        );
+        if crate::metrics::enabled() {
+            let status = result
+                .as_ref()
+                .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
+            let trace = TraceExemplar::of(&span);
+            metrics.observe(
+                (service, method),
+                &replica.label,
+                status,
+                started.elapsed(),
+                trace,
+            );
+        }
         match &result {
             Ok(response) => {
                 let served_by = response

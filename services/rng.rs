@@ -244,9 +244,12 @@ impl Lane {
             "rng.lane.wait",
             rng.lanes = self.lanes,
         );
+        if !crate::metrics::enabled() {
+            // The semaphore is never closed, so acquire cannot fail.
+            return permits.acquire().instrument(span).await.ok();
+        }
         let queued = Queued::join(&self.metrics.queue);
         let arrived = std::time::Instant::now();
-        // The semaphore is never closed, so acquire cannot fail.
         let permit = permits.acquire().instrument(span.clone()).await.ok();
         drop(queued);
         self.metrics.wait.observe(

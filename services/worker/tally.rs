@@ -70,9 +70,14 @@ impl Tally {
     }
 
     pub(super) fn add(&self, hashes: u64, coins: Vec<Coin>) {
-        self.metrics.hashes.inc_by(hashes);
+        let measured = crate::metrics::enabled();
+        if measured {
+            self.metrics.hashes.inc_by(hashes);
+        }
         if !coins.is_empty() {
-            self.metrics.coins.inc_by(coins.len() as u64);
+            if measured {
+                self.metrics.coins.inc_by(coins.len() as u64);
+            }
             self.coins_found
                 .fetch_add(coins.len() as u64, Ordering::Relaxed);
             self.coins_held.fetch_add(coins.len(), Ordering::Relaxed);
@@ -140,7 +145,9 @@ impl Flusher {
     async fn record(&self, counter: &Counter<'_>, coins: &[Coin]) -> Result<(), StoreError> {
         let started = Instant::now();
         let result = self.store.record(counter, coins).await;
-        (self.tally.metrics.redis_update).observe(started.elapsed().as_secs_f64(), None, None);
+        if crate::metrics::enabled() {
+            (self.tally.metrics.redis_update).observe(started.elapsed().as_secs_f64(), None, None);
+        }
         result
     }
 

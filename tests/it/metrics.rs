@@ -265,3 +265,31 @@ async fn prometheus_scrapes_every_service_and_keeps_the_traces_of_slow_calls() {
 fn is_trace_id(id: &str) -> bool {
     id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())
 }
+
+/// `METRICS_DISABLED=true`: the process measures nothing (what `bench`
+/// compares against), and says nothing false: `/metrics` still answers.
+#[tokio::test]
+async fn metrics_disabled_measures_nothing() {
+    let off = [("METRICS_DISABLED", "true")];
+    let (_rng, addr) = start_binary(&["rng", "--listen", "127.0.0.1:0"], &off).await;
+    let addr: SocketAddr = addr.parse().unwrap();
+    // Two calls through the lane, over HTTP/1.1 and gRPC alike.
+    let (status, _, _) = http1(addr, "GET", "/8", "").await;
+    assert_eq!(status, 200);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    dockercoins::pb::rng_client::RngClient::new(channel)
+        .generate(dockercoins::pb::GenerateRequest { size: 8 })
+        .await
+        .unwrap();
+    let (content_type, text) = scrape(addr).await;
+    assert!(content_type.starts_with("application/openmetrics-text"));
+    assert_eq!(sample(&text, LANE_COUNT), Some(0.0), "{text}");
+    assert!(
+        !text.contains("rpc_server_call_duration_seconds_count{"),
+        "{text}"
+    );
+}
