@@ -198,13 +198,14 @@ pub async fn serve(
         hasher = %webui.hasher.backend().url(),
         "webui serving HTTP"
     );
-    // The per-hop view's sampler lives as long as the server.
-    let sampler = tokio::spawn(webui.hops.clone().sample_forever(
+    // The per-hop view's sampler lives as long as the server: the set
+    // aborts it when dropped, however this function returns.
+    let mut sampler = JoinSet::new();
+    sampler.spawn(webui.hops.clone().sample_forever(
         webui.rng.backend().clone(),
         webui.hasher.backend().clone(),
         webui.store.clone(),
     ));
-    let _sampler = AbortOnDrop(sampler);
     let app = router(webui);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -249,15 +250,6 @@ pub async fn serve(
     drop(connections);
     tracing::info!("webui stopped");
     Ok(())
-}
-
-/// Aborts a task when dropped, however the function that owns it returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
