@@ -22,5 +22,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // instead of copying every block into a fresh Vec.
         .bytes(".dockercoins.v1")
         .compile_fds(fds)?;
+    // `bench`'s echo service: generated apart, so that no server's
+    // reflection lists it.
+    let echo = protox::compile(["dockercoins/bench/v1/echo.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .bytes(".dockercoins.bench.v1")
+        .compile_fds(echo)?;
     Ok(())
 }

@@ -227,6 +227,51 @@ pub enum Command {
     /// Where the time goes: each hop's count, p50 and p99, read from Jaeger
     /// (exit 1 when no trace arrives or a hop is missing).
     Traces(TracesArgs),
+    /// `bench`'s floor: a bare tonic echo server, or its load. `bench` runs
+    /// both with its own settings; hidden, as a part of `bench`.
+    #[command(subcommand, hide = true)]
+    Floor(FloorCommand),
+}
+
+/// `dockercoins floor serve|load`, run by `bench` (see `bench::floor`).
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum FloorCommand {
+    /// Serve the echo.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Call the echo flat out and print the calls answered in the window,
+    /// as JSON.
+    Load(FloorLoadArgs),
+}
+
+/// `dockercoins floor load`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FloorLoadArgs {
+    /// `host:port` of `floor serve`.
+    #[arg(long)]
+    pub target: String,
+    #[arg(long, default_value_t = BenchConfig::UNARY_CONCURRENCY)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = BenchConfig::DEFAULT.channels)]
+    pub channels: usize,
+    #[arg(long, default_value_t = BenchConfig::DEFAULT.warmup.as_millis() as u64)]
+    pub warmup_ms: u64,
+    #[arg(long, default_value_t = BenchConfig::DEFAULT.seconds)]
+    pub seconds: f64,
+}
+
+impl FloorLoadArgs {
+    pub fn config(&self) -> bench::floor::LoadConfig {
+        bench::floor::LoadConfig {
+            target: self.target.clone(),
+            concurrency: self.concurrency,
+            channels: self.channels,
+            warmup: Duration::from_millis(self.warmup_ms),
+            seconds: self.seconds.max(0.1),
+        }
+    }
 }
 
 /// `dockercoins traces`: the worker's traces of the last minute, per hop.
@@ -310,6 +355,7 @@ impl Command {
             Self::Healthcheck(_) => "healthcheck",
             Self::Bench(_) => "bench",
             Self::Traces(_) => "traces",
+            Self::Floor(_) => "floor",
         }
     }
 }

@@ -6,7 +6,10 @@ use clap::Parser;
 use dockercoins::{
     bench,
     clients::{HasherClient, RngClient},
-    config::{BenchArgs, Cli, ClientArgs, Command, EdgeArgs, HealthcheckArgs, TracesArgs, UpArgs},
+    config::{
+        BenchArgs, Cli, ClientArgs, Command, EdgeArgs, FloorCommand, HealthcheckArgs, TracesArgs,
+        UpArgs,
+    },
     edge, hasher, healthcheck,
     metrics::{ClientCalls, Registry},
     pool, rng, shutdown,
@@ -108,6 +111,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Edge(args) => run_edge(args, shutdown).await?,
         Command::Healthcheck(_) | Command::Traces(_) => unreachable!("handled above"),
         Command::Bench(args) => run_bench(args).await?,
+        Command::Floor(floor) => run_floor(floor, shutdown).await?,
     }
     Ok(())
 }
@@ -166,6 +170,23 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         report.counted_hashes,
         report.redis_hashes
     );
+    Ok(())
+}
+
+async fn run_floor(
+    floor: FloorCommand,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    match floor {
+        FloorCommand::Serve { listen } => {
+            let listener = bind(listen, "--listen").await?;
+            bench::floor::serve(listener, shutdown).await?;
+        }
+        FloorCommand::Load(args) => {
+            let load = bench::floor::load(&args.config()).await?;
+            println!("{}", serde_json::to_string(&load)?);
+        }
+    }
     Ok(())
 }
 

@@ -57,5 +57,39 @@ fn bench_reports_both_modes_and_redis_matches_the_workers_count() {
             );
         }
         assert!(report["cpu_seconds_per_million_hashes"].as_f64().unwrap() > 0.0);
+        references_and_ratios(&report);
     }
+}
+
+/// The floor and the limit are measured in the same run, and the ratios
+/// are what they say they are.
+fn references_and_ratios(report: &Value) {
+    let number = |field: &str| {
+        report[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {field} in {report}"))
+    };
+    let floor = number("floor_rpc_per_second");
+    let sha256 = number("sha256_per_second_one_core");
+    let cores = report["cores"].as_u64().expect("cores");
+    let hashes = number("hashes_per_second");
+    assert!(floor > 0.0 && sha256 > 0.0 && cores >= 1, "{report}");
+    assert!(number("floor_p50_us") > 0.0, "{report}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    assert!(close(number("floor_ratio"), hashes / floor), "{report}");
+    assert!(
+        close(number("sha256_ratio"), hashes / (sha256 * cores as f64)),
+        "{report}"
+    );
+    let slower_p50 = ["rng", "hasher"]
+        .map(|hop| report["hops"][hop]["p50_us"].as_f64().unwrap())
+        .into_iter()
+        .fold(0.0, f64::max);
+    assert!(
+        close(
+            number("light_p50_over_floor"),
+            slower_p50 / number("floor_p50_us")
+        ),
+        "{report}"
+    );
 }

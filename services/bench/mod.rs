@@ -6,6 +6,14 @@
 //! running) and at saturation (while the worker runs flat out), end-to-end
 //! hashes/s from Redis over a fixed window, each process's memory and CPU; and
 //! cross-checks Redis against what the worker says it did once stopped.
+//!
+//! Before the mesh, two reference lines from the same machine, so that a
+//! result reads as a share of what the machine allows rather than as an
+//! absolute that does not travel: [`floor`], a bare tonic unary call, and
+//! [`limit`], SHA-256 on one core.
+
+pub mod floor;
+pub mod limit;
 
 use crate::{
     pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
@@ -152,6 +160,24 @@ pub struct Report {
     /// hashes done in it.
     pub cpu_seconds_per_million_hashes: f64,
     pub machine: String,
+    /// The floor: a bare tonic unary echo, client and server processes, with
+    /// the unary worker's concurrency and connections; calls per second.
+    pub floor_rpc_per_second: f64,
+    /// The floor's p50 at light load (sequential calls), in microseconds.
+    pub floor_p50_us: f64,
+    /// Calls in flight in the floor's load.
+    pub floor_concurrency: usize,
+    /// The limit: SHA-256 digests of 32-byte blocks per second, one core.
+    pub sha256_per_second_one_core: f64,
+    pub cores: usize,
+    /// `hashes_per_second / floor_rpc_per_second`. A hash costs two calls,
+    /// so 0.5 is the ceiling; unary mode's measure.
+    pub floor_ratio: f64,
+    /// `hashes_per_second / (sha256_per_second_one_core * cores)`; batch
+    /// mode's measure.
+    pub sha256_ratio: f64,
+    /// The slower hop's light-load p50 over the floor's p50.
+    pub light_p50_over_floor: f64,
 }
 
 /// A child `dockercoins` process, its pid and the address it listens on.
@@ -280,8 +306,7 @@ fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
+    format!("{} cores, {cpu}", limit::cores())
 }
 
 /// rng and hasher as child processes in turbo, and the private Redis.
@@ -436,8 +461,45 @@ fn hop(light: Vec<Duration>, saturated: Vec<Duration>) -> Hop {
     }
 }
 
+/// How long the SHA-256 limit is measured.
+const LIMIT_SECONDS: Duration = Duration::from_secs(1);
+
+/// The reference lines, measured before the mesh starts.
+struct References {
+    floor: floor::Floor,
+    floor_concurrency: usize,
+    sha256_one_core: f64,
+    cores: usize,
+}
+
+impl References {
+    async fn measure(config: &BenchConfig) -> Result<Self, BenchError> {
+        let sha256_one_core =
+            tokio::task::spawn_blocking(|| limit::sha256_per_second_one_core(LIMIT_SECONDS))
+                .await
+                .map_err(failed)?;
+        // The unary worker's units in flight, whichever mode runs next.
+        let floor_concurrency = match config.mode {
+            Mode::Unary => config.concurrency,
+            Mode::Batch => BenchConfig::UNARY_CONCURRENCY,
+        };
+        Ok(Self {
+            floor: floor::measure(config, floor_concurrency).await?,
+            floor_concurrency,
+            sha256_one_core,
+            cores: limit::cores(),
+        })
+    }
+}
+
+/// `part / whole`, 0 when there is no whole.
+fn ratio(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 0.0 }
+}
+
 /// Runs the bench and returns its report.
 pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
+    let references = References::measure(config).await?;
     let mesh = Mesh::start().await?;
     let rng_pid = mesh.rng.child.id().unwrap_or(0);
     let hasher_pid = mesh.hasher.child.id().unwrap_or(0);
@@ -484,6 +546,18 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         })
         .collect();
     let cpu: f64 = window.cpu.iter().sum();
+    let hops = BTreeMap::from([
+        ("rng", hop(rng_light, window.rng_saturated)),
+        ("hasher", hop(hasher_light, window.hasher_saturated)),
+    ]);
+    let slower_p50 = hops.values().map(|hop| hop.p50_us).fold(0.0, f64::max);
+    let hashes_per_second = window.hashes as f64 / window.seconds;
+    let References {
+        floor,
+        floor_concurrency,
+        sha256_one_core,
+        cores,
+    } = references;
     Ok(Report {
         mode: config.mode,
         batch: if config.mode == Mode::Batch {
@@ -493,15 +567,12 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         },
         concurrency: config.concurrency,
         seconds: window.seconds,
-        hashes_per_second: window.hashes as f64 / window.seconds,
+        hashes_per_second,
         counted_hashes,
         flushed_hashes,
         redis_hashes,
         cross_check: counted_hashes == redis_hashes && counted_hashes == flushed_hashes,
-        hops: BTreeMap::from([
-            ("rng", hop(rng_light, window.rng_saturated)),
-            ("hasher", hop(hasher_light, window.hasher_saturated)),
-        ]),
+        hops,
         processes,
         cpu_seconds_per_million_hashes: if window.hashes > 0 {
             cpu / window.hashes as f64 * 1e6
@@ -509,6 +580,14 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
             0.0
         },
         machine: machine(),
+        floor_rpc_per_second: floor.calls_per_second,
+        floor_p50_us: floor.light.p50_us,
+        floor_concurrency,
+        sha256_per_second_one_core: sha256_one_core,
+        cores,
+        floor_ratio: ratio(hashes_per_second, floor.calls_per_second),
+        sha256_ratio: ratio(hashes_per_second, sha256_one_core * cores as f64),
+        light_p50_over_floor: ratio(slower_p50, floor.light.p50_us),
     })
 }
 
@@ -525,8 +604,33 @@ impl Report {
             self.seconds, self.machine
         );
         out += &format!(
+            "  floor           {:>14.0} calls/s   bare tonic echo, {} in flight; light p50 {:.0} us\n",
+            self.floor_rpc_per_second, self.floor_concurrency, self.floor_p50_us
+        );
+        out += &format!(
+            "  SHA-256 limit   {:>14.0} digests/s one core, x {} cores\n",
+            self.sha256_per_second_one_core, self.cores
+        );
+        out += &format!(
             "  end to end      {:>14.0} hashes/s\n",
             self.hashes_per_second
+        );
+        // Each mode against its own reference; `--json` has both.
+        let against = match self.mode {
+            Mode::Unary => format!(
+                "{:.3} of the floor (ceiling 0.5: two calls a hash; goal 0.35)",
+                self.floor_ratio
+            ),
+            Mode::Batch => format!(
+                "{:.1}% of the SHA-256 limit of {} cores (goal 50%)",
+                self.sha256_ratio * 100.0,
+                self.cores
+            ),
+        };
+        out += &format!("  against them    {against}\n");
+        out += &format!(
+            "                  light-load p50 {:.2}x the floor's (goal 1.5x)\n",
+            self.light_p50_over_floor
         );
         out += &format!(
             "  cross-check     worker counted {}, Redis holds {}: {}\n",
