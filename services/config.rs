@@ -42,6 +42,7 @@ pub mod env {
     pub const WORKER_DELAY_MS: &str = "WORKER_DELAY_MS";
     pub const WORKER_CONCURRENCY: &str = "WORKER_CONCURRENCY";
     pub const WORKER_BATCH: &str = "WORKER_BATCH";
+    pub const WALLET_CAP: &str = "WALLET_CAP";
     pub const WORKER_HEALTH_LISTEN: &str = "WORKER_HEALTH_LISTEN";
     pub const WEBUI_LISTEN: &str = "WEBUI_LISTEN";
     pub const EDGE_ROUTES: &str = "EDGE_ROUTES";
@@ -503,6 +504,11 @@ pub struct WorkerArgs {
     /// batches of N blocks (Rng/GenerateStream piped into Hasher/HashStream).
     #[arg(long, env = env::WORKER_BATCH, default_value_t = worker::DEFAULT_BATCH)]
     pub batch: usize,
+    /// The most coins the `wallet` hash keeps; 0 keeps every coin, as the
+    /// original. Capped, it is a sample (random coins evicted), and `coins`
+    /// still counts every one. Turbo finds hundreds of thousands a second.
+    #[arg(long, env = env::WALLET_CAP, default_value_t = worker::DEFAULT_WALLET_CAP)]
+    pub wallet_cap: usize,
     /// Serve the worker's liveness (`GET /healthz`: 200 while its mining
     /// loops turn) on this address, for a Kubernetes liveness probe. Unset:
     /// no listener, the worker serves nothing.
@@ -516,6 +522,7 @@ impl WorkerArgs {
             delay: Duration::from_millis(self.delay_ms),
             concurrency: self.concurrency,
             batch: self.batch,
+            wallet_cap: self.wallet_cap,
         }
     }
 }
@@ -583,6 +590,9 @@ pub struct UpArgs {
     /// Blocks per batch, 0 = unary calls [default: 0, turbo: 8192].
     #[arg(long, env = env::WORKER_BATCH)]
     pub batch: Option<usize>,
+    /// Most coins the wallet keeps, 0 = all [default: 0, turbo: 1000].
+    #[arg(long, env = env::WALLET_CAP)]
+    pub wallet_cap: Option<usize>,
     #[command(flatten)]
     pub connections: ConnectionArgs,
 }
@@ -621,6 +631,9 @@ impl UpArgs {
         }
         if let Some(batch) = self.batch {
             worker.batch = batch;
+        }
+        if let Some(cap) = self.wallet_cap {
+            worker.wallet_cap = cap;
         }
         UpConfig {
             workers: self.workers,

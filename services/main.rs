@@ -166,9 +166,11 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         report.cross_check,
-        "cross-check failed: the worker counted {} hashes, Redis holds {}",
+        "cross-check failed: the worker counted {} hashes and {} coins, Redis holds {} and {}",
         report.counted_hashes,
-        report.redis_hashes
+        report.counted_coins,
+        report.redis_hashes,
+        report.redis_coins
     );
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! Where the score is kept, with the original dockercoins data model so the
 //! original tools can read it: `hashes`, a string counter (`INCRBY`), and
-//! `wallet`, a hash of hex digest -> the 32 random bytes that gave it. One
-//! more key per running worker, `dockercoins:worker:<id>`, makes sending an
-//! update twice harmless (see [`Counter`]); it expires a day after the
-//! worker's last update.
+//! `wallet`, a hash of hex digest -> the 32 random bytes that gave it. Next
+//! to them, `coins` counts every coin found: with the original's unbounded
+//! wallet it equals `HLEN wallet`; with a capped wallet (turbo, see
+//! [`Store::record`]) it carries the total the wallet no longer can. Two more
+//! keys per running worker, `dockercoins:worker:<id>` and `...:coins`, make
+//! sending an update twice harmless (see [`Counter`]); they expire a day
+//! after the worker's last update.
 //!
 //! [`Store::Redis`] is a real Redis through deadpool-redis, with a timeout on
 //! every checkout and every command. [`Store::Memory`] is an in-process store
@@ -35,47 +38,101 @@ fn command_timeout(timeout: Duration) -> Duration {
 
 /// The counter of hashes done, as in the original.
 pub const HASHES_KEY: &str = "hashes";
-/// The coins found, as in the original.
+/// The coins found, as in the original; all of them, or a sample when capped.
 pub const WALLET_KEY: &str = "wallet";
+/// Every coin found, counted: what the score shows.
+pub const COINS_KEY: &str = "coins";
 
 /// Prefix of the key holding one worker's running total, as Redis applied it.
 pub const WORKER_KEY_PREFIX: &str = "dockercoins:worker:";
 /// A worker key outlives the worker's last update by this long.
 pub const WORKER_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// One worker's count, sent as running totals rather than as an increment,
+/// One worker's counts, sent as running totals rather than as increments,
 /// so that an update sent again (its first reply was lost: Redis died after
-/// applying it) adds nothing twice. Redis keeps the total it applied for each
-/// worker and adds only `total` minus that. When Redis has no such total (it
-/// restarted empty, or the key expired), it adds `total - acknowledged`: what
-/// the worker did since the last update Redis confirmed.
+/// applying it) adds nothing twice. Redis keeps the totals it applied for
+/// each worker and adds only what a new total has over them. When Redis has
+/// no such total (it restarted empty, or the key expired), it adds
+/// `total - acknowledged`: what the worker did since the last update Redis
+/// confirmed.
 #[derive(Clone, Copy, Debug)]
 pub struct Counter<'a> {
     /// Unique per worker process.
     pub worker: &'a str,
+    /// Hashes done, for `hashes`.
+    pub hashes: Totals,
+    /// Coins found, for `coins`.
+    pub coins: Totals,
+}
+
+/// A running total and the part of it Redis has acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
     /// The total of the last update Redis acknowledged to this worker.
     pub acknowledged: u64,
     /// Everything this worker has done; at least `acknowledged`.
     pub total: u64,
 }
 
-impl Counter<'_> {
-    fn key(&self) -> String {
-        format!("{WORKER_KEY_PREFIX}{}", self.worker)
+impl Totals {
+    /// Nothing new since the last acknowledged update.
+    pub fn settled(total: u64) -> Self {
+        Self {
+            acknowledged: total,
+            total,
+        }
+    }
+
+    fn advanced(&self) -> bool {
+        self.total > self.acknowledged
     }
 }
 
-/// Adds to `hashes` (KEYS[1]) what this worker's total (ARGV[1]) has over the
-/// total Redis last applied for it (KEYS[2], or ARGV[2] when absent), and
-/// keeps the new total for ARGV[3] seconds. Run inside MULTI with the HSET:
-/// both or neither. Lua's numbers are doubles, exact below 2^53: a worker
-/// reaches that total after 57 years at 5 million hashes a second.
+impl Counter<'_> {
+    fn hashes_key(&self) -> String {
+        format!("{WORKER_KEY_PREFIX}{}", self.worker)
+    }
+
+    fn coins_key(&self) -> String {
+        format!("{WORKER_KEY_PREFIX}{}:coins", self.worker)
+    }
+}
+
+/// Brings `hashes` (KEYS[1]) and `coins` (KEYS[2]) up to this worker's
+/// totals (ARGV[1], ARGV[3]): adds what each has over the total Redis last
+/// applied for the worker (KEYS[4], KEYS[5]; ARGV[2], ARGV[4] when absent),
+/// and keeps the new totals for ARGV[5] seconds. A Redis with a wallet but no
+/// `coins` (filled by the original worker, or by an older dockercoins) starts
+/// the counter from `HLEN wallet` (KEYS[3]): this runs before the update's
+/// HSET, so no coin is counted twice. Run inside MULTI with the HSET: all or
+/// nothing. Lua's numbers are doubles, exact below 2^53: a worker reaches
+/// that total after 57 years at 5 million hashes a second.
 const COUNTER_SCRIPT: &str = r#"
-local last = tonumber(redis.call('GET', KEYS[2]) or ARGV[2])
-local total = tonumber(ARGV[1])
-if total > last then
-  redis.call('INCRBY', KEYS[1], total - last)
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[2], redis.call('HLEN', KEYS[3]))
+end
+local function add(counter, applied, total, acknowledged)
+  local last = tonumber(redis.call('GET', applied) or acknowledged)
+  if tonumber(total) > last then
+    redis.call('INCRBY', counter, tonumber(total) - last)
+    redis.call('SET', applied, total, 'EX', ARGV[5])
+  end
+end
+add(KEYS[1], KEYS[4], ARGV[1], ARGV[2])
+add(KEYS[2], KEYS[5], ARGV[3], ARGV[4])
+return 0
+"#;
+
+/// Evicts random fields of the wallet (KEYS[1]) until it holds at most
+/// ARGV[1]: run after an update's HSET, it keeps the wallet a bounded sample
+/// of the coins, the newest most likely in it. In chunks: Lua's `unpack`
+/// takes a few thousand values at most.
+const WALLET_CAP_SCRIPT: &str = r#"
+local over = redis.call('HLEN', KEYS[1]) - tonumber(ARGV[1])
+while over > 0 do
+  local fields = redis.call('HRANDFIELD', KEYS[1], math.min(over, 1000))
+  redis.call('HDEL', KEYS[1], unpack(fields))
+  over = over - #fields
 end
 return 0
 "#;
@@ -116,8 +173,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("Redis key {HASHES_KEY} does not hold a number: {0:?}")]
-    NotACounter(String),
+    #[error("Redis key {0} does not hold a number: {1:?}")]
+    NotACounter(&'static str, String),
 }
 
 /// The score keeper: a real Redis or the in-process stand-in.
@@ -182,21 +239,29 @@ impl Store {
         }
     }
 
-    /// Brings the counter up to `counter`'s total and puts `coins` in the
-    /// wallet, both or neither (one MULTI/EXEC transaction). Sending the same
-    /// update again changes nothing: the wallet is keyed by digest and the
-    /// counter by running totals.
-    pub async fn record(&self, counter: &Counter<'_>, coins: &[Coin]) -> Result<(), StoreError> {
+    /// Brings the counters up to `counter`'s totals and puts `coins` in the
+    /// wallet, all or nothing (one MULTI/EXEC transaction). With a
+    /// `wallet_cap` (0: none, the original), the wallet then loses random
+    /// coins down to that many. Sending the same update again changes
+    /// nothing: the wallet is keyed by digest and the counters by running
+    /// totals.
+    pub async fn record(
+        &self,
+        counter: &Counter<'_>,
+        coins: &[Coin],
+        wallet_cap: usize,
+    ) -> Result<(), StoreError> {
         match self {
-            Self::Redis(redis) => redis.record(counter, coins).await,
+            Self::Redis(redis) => redis.record(counter, coins, wallet_cap).await,
             Self::Memory(memory) => {
-                memory.record(counter, coins);
+                memory.record(counter, coins, wallet_cap);
                 Ok(())
             }
         }
     }
 
-    /// `GET hashes` (0 when absent) and `HLEN wallet`.
+    /// `GET hashes` (0 when absent), and `GET coins` or, in a Redis the
+    /// original worker filled, `HLEN wallet`.
     pub async fn score(&self) -> Result<Score, StoreError> {
         match self {
             Self::Redis(redis) => redis.score().await,
@@ -297,22 +362,33 @@ impl RedisStore {
         result
     }
 
-    async fn record(&self, counter: &Counter<'_>, coins: &[Coin]) -> Result<(), StoreError> {
+    async fn record(
+        &self,
+        counter: &Counter<'_>,
+        coins: &[Coin],
+        wallet_cap: usize,
+    ) -> Result<(), StoreError> {
+        if !counter.hashes.advanced() && !counter.coins.advanced() && coins.is_empty() {
+            return Ok(());
+        }
         let mut pipeline = redis::pipe();
         pipeline.atomic();
-        let count = counter.total > counter.acknowledged;
-        if count {
-            pipeline
-                .cmd("EVAL")
-                .arg(COUNTER_SCRIPT)
-                .arg(2)
-                .arg(HASHES_KEY)
-                .arg(counter.key())
-                .arg(counter.total)
-                .arg(counter.acknowledged)
-                .arg(WORKER_KEY_TTL.as_secs())
-                .ignore();
-        }
+        // Always first, coins or not: it starts `coins` before any HSET.
+        pipeline
+            .cmd("EVAL")
+            .arg(COUNTER_SCRIPT)
+            .arg(5)
+            .arg(HASHES_KEY)
+            .arg(COINS_KEY)
+            .arg(WALLET_KEY)
+            .arg(counter.hashes_key())
+            .arg(counter.coins_key())
+            .arg(counter.hashes.total)
+            .arg(counter.hashes.acknowledged)
+            .arg(counter.coins.total)
+            .arg(counter.coins.acknowledged)
+            .arg(WORKER_KEY_TTL.as_secs())
+            .ignore();
         if !coins.is_empty() {
             // HSET wallet hex bytes hex bytes..., the hex made on the stack:
             // no allocation per coin (a million hashes a second is about
@@ -325,22 +401,35 @@ impl RedisStore {
                 hset.arg(&hex[..]).arg(&coin.bytes[..]);
             }
             pipeline.add_command(hset).ignore();
-        }
-        if !count && coins.is_empty() {
-            return Ok(());
+            if wallet_cap > 0 {
+                pipeline
+                    .cmd("EVAL")
+                    .arg(WALLET_CAP_SCRIPT)
+                    .arg(1)
+                    .arg(WALLET_KEY)
+                    .arg(wallet_cap)
+                    .ignore();
+            }
         }
         self.run::<()>("MULTI EVAL HSET EXEC", &pipeline).await
     }
 
     async fn score(&self) -> Result<Score, StoreError> {
         let mut pipeline = redis::pipe();
-        pipeline.get(HASHES_KEY).hlen(WALLET_KEY);
-        let (hashes, coins): (Option<String>, u64) = self.run("GET HLEN", &pipeline).await?;
-        let hashes = match hashes {
-            None => 0,
-            Some(text) => text.parse().map_err(|_| StoreError::NotACounter(text))?,
+        pipeline.get(HASHES_KEY).get(COINS_KEY).hlen(WALLET_KEY);
+        let (hashes, coins, wallet): (Option<String>, Option<String>, u64) =
+            self.run("GET GET HLEN", &pipeline).await?;
+        let number = |text: Option<String>, key| match text {
+            None => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| StoreError::NotACounter(key, text)),
         };
-        Ok(Score { hashes, coins })
+        Ok(Score {
+            hashes: number(hashes, HASHES_KEY)?.unwrap_or(0),
+            coins: number(coins, COINS_KEY)?.unwrap_or(wallet),
+        })
     }
 
     /// Not traced: webui asks every second, and a span a second of its own
@@ -375,30 +464,57 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct MemoryData {
     hashes: u64,
+    /// `None` until the first update, as the key in Redis.
+    coins: Option<u64>,
     wallet: HashMap<String, Bytes>,
-    /// Each worker's total as applied, as Redis keeps it.
-    workers: HashMap<String, u64>,
+    /// Each worker's totals as applied, as Redis keeps them.
+    workers: HashMap<String, Applied>,
+}
+
+/// A worker's totals as applied: `None` until its first update that added.
+#[derive(Default)]
+struct Applied {
+    hashes: Option<u64>,
+    coins: Option<u64>,
+}
+
+/// Adds to `counter` what `totals` has over `applied` (or over
+/// `acknowledged` when nothing was applied), as the counter script does.
+fn apply(counter: &mut u64, applied: &mut Option<u64>, totals: Totals) {
+    let last = applied.unwrap_or(totals.acknowledged);
+    if totals.total > last {
+        *counter += totals.total - last;
+        *applied = Some(totals.total);
+    }
 }
 
 impl MemoryStore {
-    fn record(&self, counter: &Counter<'_>, coins: &[Coin]) {
+    fn record(&self, counter: &Counter<'_>, coins: &[Coin], wallet_cap: usize) {
         let mut data = self
             .inner
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let last = data
-            .workers
-            .get(counter.worker)
-            .copied()
-            .unwrap_or(counter.acknowledged);
-        if counter.total > last {
-            data.hashes += counter.total - last;
-            data.workers
-                .insert(counter.worker.to_owned(), counter.total);
-        }
+        let data = &mut *data;
+        let mut total_coins = data.coins.unwrap_or(data.wallet.len() as u64);
+        let applied = data.workers.entry(counter.worker.to_owned()).or_default();
+        apply(&mut data.hashes, &mut applied.hashes, counter.hashes);
+        apply(&mut total_coins, &mut applied.coins, counter.coins);
+        data.coins = Some(total_coins);
         for coin in coins {
             data.wallet
                 .insert(coin.hex(), Bytes::copy_from_slice(&coin.bytes));
+        }
+        if wallet_cap > 0 && data.wallet.len() > wallet_cap {
+            // A HashMap's order is random enough for a sample.
+            let over: Vec<String> = data
+                .wallet
+                .keys()
+                .take(data.wallet.len() - wallet_cap)
+                .cloned()
+                .collect();
+            for key in over {
+                data.wallet.remove(&key);
+            }
         }
     }
 
@@ -409,7 +525,7 @@ impl MemoryStore {
             .unwrap_or_else(|poison| poison.into_inner());
         Score {
             hashes: data.hashes,
-            coins: data.wallet.len() as u64,
+            coins: data.coins.unwrap_or(data.wallet.len() as u64),
         }
     }
 }
@@ -456,21 +572,27 @@ mod tests {
             digest: [0; 32],
             bytes: [7; 32],
         };
-        let counter = |acknowledged, total| Counter {
+        let counter = |acknowledged, total, coins| Counter {
             worker: "w1",
-            acknowledged,
-            total,
+            hashes: Totals {
+                acknowledged,
+                total,
+            },
+            coins: Totals {
+                acknowledged: 0,
+                total: coins,
+            },
         };
         store
-            .record(&counter(0, 5), std::slice::from_ref(&coin))
+            .record(&counter(0, 5, 1), std::slice::from_ref(&coin), 0)
             .await
             .unwrap();
         // The same update again (its reply was lost): nothing twice.
         store
-            .record(&counter(0, 5), std::slice::from_ref(&coin))
+            .record(&counter(0, 5, 1), std::slice::from_ref(&coin), 0)
             .await
             .unwrap();
-        store.record(&counter(0, 7), &[coin]).await.unwrap();
+        store.record(&counter(0, 7, 1), &[coin], 0).await.unwrap();
         assert_eq!(
             store.score().await.unwrap(),
             Score {
@@ -478,5 +600,18 @@ mod tests {
                 coins: 1
             }
         );
+        // A capped wallet keeps a sample; the counter keeps the total.
+        let more: Vec<Coin> = (1..=10u8)
+            .map(|i| Coin {
+                digest: [i; 32],
+                bytes: [i; 32],
+            })
+            .collect();
+        store.record(&counter(0, 20, 11), &more, 4).await.unwrap();
+        assert_eq!(store.score().await.unwrap().coins, 11);
+        let Store::Memory(memory) = &store else {
+            unreachable!()
+        };
+        assert_eq!(memory.inner.lock().unwrap().wallet.len(), 4);
     }
 }

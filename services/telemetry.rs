@@ -44,6 +44,10 @@ pub mod fields {
     pub const HASHES_DONE: &str = "hashes_done";
     /// The worker's last line: of those, how many Redis acknowledged.
     pub const HASHES_FLUSHED: &str = "hashes_flushed";
+    /// The worker's last line: coins found.
+    pub const COINS_FOUND: &str = "coins_found";
+    /// The worker's last line: of those, how many Redis counted in `coins`.
+    pub const COINS_FLUSHED: &str = "coins_flushed";
     /// The message of the worker's first line, once its loops run.
     pub const WORKER_MINING: &str = "worker mining";
 }

@@ -152,7 +152,13 @@ pub struct Report {
     pub flushed_hashes: u64,
     /// Redis `hashes` after the worker stopped.
     pub redis_hashes: u64,
-    /// `counted_hashes == redis_hashes == flushed_hashes`.
+    /// The worker's own count of coins found, from its last log line.
+    pub counted_coins: u64,
+    /// Redis `coins` after the worker stopped (the wallet is capped at
+    /// `worker::TURBO_WALLET_CAP`: a sample).
+    pub redis_coins: u64,
+    /// `counted_hashes == redis_hashes == flushed_hashes` and
+    /// `counted_coins == redis_coins`.
     pub cross_check: bool,
     pub hops: BTreeMap<&'static str, Hop>,
     pub processes: BTreeMap<&'static str, Usage>,
@@ -371,6 +377,8 @@ impl Mesh {
             &batch,
             "--grpc-channels",
             &config.channels.to_string(),
+            "--wallet-cap",
+            &crate::worker::TURBO_WALLET_CAP.to_string(),
         ])
         .await?;
         Ok(worker)
@@ -418,9 +426,16 @@ async fn measure(
     })
 }
 
+/// What the worker's last line says it did.
+struct LastWords {
+    hashes_done: u64,
+    hashes_flushed: u64,
+    coins_found: u64,
+}
+
 /// Stops the worker as docker would, and reads its last words: the hashes
-/// it did and those Redis acknowledged.
-async fn stop_worker(mut worker: Service, pid: u32) -> Result<(u64, u64), BenchError> {
+/// it did, those Redis acknowledged, and the coins it found.
+async fn stop_worker(mut worker: Service, pid: u32) -> Result<LastWords, BenchError> {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -432,11 +447,16 @@ async fn stop_worker(mut worker: Service, pid: u32) -> Result<(u64, u64), BenchE
         while let Some(line) = worker.lines.recv().await {
             let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             let logged = &value["fields"];
-            if let (Some(done), Some(flushed)) = (
+            if let (Some(hashes_done), Some(hashes_flushed), Some(coins_found)) = (
                 logged[fields::HASHES_DONE].as_u64(),
                 logged[fields::HASHES_FLUSHED].as_u64(),
+                logged[fields::COINS_FOUND].as_u64(),
             ) {
-                counted = Some((done, flushed));
+                counted = Some(LastWords {
+                    hashes_done,
+                    hashes_flushed,
+                    coins_found,
+                });
             }
         }
     };
@@ -524,8 +544,9 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let window = measure(config, &store, channels, pids).await?;
     let peak_rss = pids.map(|pid| status_kb(pid, "VmHWM:"));
 
-    let (counted_hashes, flushed_hashes) = stop_worker(worker, worker_pid).await?;
-    let redis_hashes = store.score().await.map_err(failed)?.hashes;
+    let last_words = stop_worker(worker, worker_pid).await?;
+    let held = store.score().await.map_err(failed)?;
+    let (counted_hashes, flushed_hashes) = (last_words.hashes_done, last_words.hashes_flushed);
     let Mesh {
         redis, rng, hasher, ..
     } = mesh;
@@ -570,8 +591,12 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         hashes_per_second,
         counted_hashes,
         flushed_hashes,
-        redis_hashes,
-        cross_check: counted_hashes == redis_hashes && counted_hashes == flushed_hashes,
+        redis_hashes: held.hashes,
+        counted_coins: last_words.coins_found,
+        redis_coins: held.coins,
+        cross_check: counted_hashes == held.hashes
+            && counted_hashes == flushed_hashes
+            && last_words.coins_found == held.coins,
         hops,
         processes,
         cpu_seconds_per_million_hashes: if window.hashes > 0 {
@@ -633,9 +658,11 @@ impl Report {
             self.light_p50_over_floor
         );
         out += &format!(
-            "  cross-check     worker counted {}, Redis holds {}: {}\n",
+            "  cross-check     worker counted {} hashes and {} coins, Redis holds {} and {}: {}\n",
             self.counted_hashes,
+            self.counted_coins,
             self.redis_hashes,
+            self.redis_coins,
             if self.cross_check {
                 "equal"
             } else {

@@ -58,6 +58,14 @@ pub const TURBO_CONCURRENCY: usize = 4;
 /// per-call cost, small enough for the worker's memory to stay flat.
 pub const TURBO_BATCH: usize = 8192;
 
+/// 0: the wallet keeps every coin, as the original.
+pub const DEFAULT_WALLET_CAP: usize = 0;
+
+/// Turbo's wallet: a sample of this many coins, the newest most likely in
+/// it, while `coins` counts them all. Turbo finds hundreds of thousands of
+/// coins a second; kept, they fill a laptop's memory in minutes.
+pub const TURBO_WALLET_CAP: usize = 1000;
+
 /// How the worker mines.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -67,6 +75,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// 0: unary calls, one block per unit. N: streams of N blocks per unit.
     pub batch: usize,
+    /// The most coins the wallet keeps (0: all, as the original).
+    pub wallet_cap: usize,
 }
 
 impl WorkerConfig {
@@ -76,6 +86,7 @@ impl WorkerConfig {
             delay: Duration::from_millis(DEFAULT_DELAY_MS),
             concurrency: DEFAULT_CONCURRENCY,
             batch: DEFAULT_BATCH,
+            wallet_cap: DEFAULT_WALLET_CAP,
         }
     }
 
@@ -85,6 +96,7 @@ impl WorkerConfig {
             delay: Duration::ZERO,
             concurrency: TURBO_CONCURRENCY,
             batch: TURBO_BATCH,
+            wallet_cap: TURBO_WALLET_CAP,
         }
     }
 }
@@ -98,6 +110,8 @@ pub struct Report {
     pub hashes_flushed: u64,
     /// Coins found.
     pub coins_found: u64,
+    /// Of those, how many Redis counted in `coins`.
+    pub coins_flushed: u64,
     /// Coins found but not acknowledged by Redis.
     pub coins_unflushed: u64,
 }
@@ -134,12 +148,15 @@ pub async fn run(
             listener,
             mut metrics,
         }) => {
-            let tally = Tally::new(TallyMetrics::register(&mut metrics));
+            let tally = Tally::new(TallyMetrics::register(&mut metrics), config.wallet_cap);
             let exposition = Exposition::new(metrics);
             let probe = liveness::start(listener, turns.clone(), exposition);
             (tally, Some(probe))
         }
-        None => (Tally::new(TallyMetrics::unregistered()), None),
+        None => (
+            Tally::new(TallyMetrics::unregistered(), config.wallet_cap),
+            None,
+        ),
     };
     tracing::info!(
         rng = %rng.backend().url(),
@@ -148,6 +165,7 @@ pub async fn run(
         delay_ms = config.delay.as_millis() as u64,
         concurrency = config.concurrency,
         batch = config.batch,
+        wallet_cap = config.wallet_cap,
         "{}", fields::WORKER_MINING
     );
     let tally = Arc::new(tally);
@@ -182,6 +200,7 @@ pub async fn run(
         hashes_done: tally.done.load(Ordering::Relaxed),
         hashes_flushed: flusher.flushed,
         coins_found: tally.coins_found.load(Ordering::Relaxed),
+        coins_flushed: flusher.coins_flushed,
         coins_unflushed: tally.coins_held.load(Ordering::Relaxed) as u64,
     };
     report.log(&miner);
@@ -194,11 +213,15 @@ pub async fn run(
 impl Report {
     /// The worker's last line: what `bench` and the tests read back.
     fn log(&self, miner: &Miner) {
-        if self.hashes_done == self.hashes_flushed && self.coins_unflushed == 0 {
+        if self.hashes_done == self.hashes_flushed
+            && self.coins_found == self.coins_flushed
+            && self.coins_unflushed == 0
+        {
             tracing::info!(
                 { fields::HASHES_DONE } = self.hashes_done,
                 { fields::HASHES_FLUSHED } = self.hashes_flushed,
-                coins_found = self.coins_found,
+                { fields::COINS_FOUND } = self.coins_found,
+                { fields::COINS_FLUSHED } = self.coins_flushed,
                 rng_calls = ?miner.rng.backend().served(),
                 hasher_calls = ?miner.hasher.backend().served(),
                 "worker stopped; every hash counted in Redis"
@@ -207,7 +230,8 @@ impl Report {
             tracing::warn!(
                 { fields::HASHES_DONE } = self.hashes_done,
                 { fields::HASHES_FLUSHED } = self.hashes_flushed,
-                coins_found = self.coins_found,
+                { fields::COINS_FOUND } = self.coins_found,
+                { fields::COINS_FLUSHED } = self.coins_flushed,
                 coins_unflushed = self.coins_unflushed,
                 "worker stopped; Redis did not acknowledge everything"
             );

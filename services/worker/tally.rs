@@ -2,11 +2,13 @@
 //! [`Tally`], shared by the mining loops), and the [`Flusher`] that sends it
 //! about once a second. Updates are running totals, so one sent again counts
 //! once; what Redis did not take is kept for the next update, and mining
-//! pauses before the coins kept outgrow their bound.
+//! pauses before the coins kept outgrow their bound. With a capped wallet
+//! (turbo), only the newest coins are kept to be sent; every coin is still
+//! counted.
 
 use crate::{
     metrics::TallyMetrics,
-    store::{Coin, Counter, Store, StoreError},
+    store::{Coin, Counter, Store, StoreError, Totals},
     telemetry::hostname,
 };
 use std::{
@@ -55,11 +57,14 @@ pub(super) struct Tally {
     coins_waiting: tokio::sync::Notify,
     /// The same counts for `/metrics`, and each Redis update's duration.
     metrics: TallyMetrics,
+    /// The most coins the wallet keeps (0: all): no more wait to be sent.
+    wallet_cap: usize,
 }
 
 impl Tally {
-    pub(super) fn new(metrics: TallyMetrics) -> Self {
+    pub(super) fn new(metrics: TallyMetrics, wallet_cap: usize) -> Self {
         Self {
+            wallet_cap,
             done: AtomicU64::default(),
             coins_found: AtomicU64::default(),
             pending_coins: Mutex::default(),
@@ -83,6 +88,16 @@ impl Tally {
             self.coins_held.fetch_add(coins.len(), Ordering::Relaxed);
             let mut pending = self.coins();
             pending.extend(coins);
+            // A capped wallet would evict the older ones anyway: they are
+            // counted, and not sent.
+            let over = match self.wallet_cap {
+                0 => 0,
+                cap => pending.len().saturating_sub(cap),
+            };
+            if over > 0 {
+                pending.drain(..over);
+                self.coins_held.fetch_sub(over, Ordering::Relaxed);
+            }
             if pending.len() >= COIN_FLUSH_AT {
                 self.coins_waiting.notify_one();
             }
@@ -131,6 +146,8 @@ pub(super) struct Flusher {
     id: String,
     /// Hashes Redis acknowledged.
     pub(super) flushed: u64,
+    /// Coins found that Redis counted in `coins`.
+    pub(super) coins_flushed: u64,
     /// Whether the last flush failed: log a streak once...
     failing: bool,
     /// ...and remind every [`FAILING_REMINDER`] while it lasts.
@@ -144,7 +161,10 @@ impl Flusher {
     /// One update of Redis, its duration measured.
     async fn record(&self, counter: &Counter<'_>, coins: &[Coin]) -> Result<(), StoreError> {
         let started = Instant::now();
-        let result = self.store.record(counter, coins).await;
+        let result = self
+            .store
+            .record(counter, coins, self.tally.wallet_cap)
+            .await;
         if crate::metrics::enabled() {
             (self.tally.metrics.redis_update).observe(started.elapsed().as_secs_f64(), None, None);
         }
@@ -160,8 +180,8 @@ impl Flusher {
         }
         let counter = Counter {
             worker: &self.id,
-            acknowledged: self.flushed,
-            total: self.flushed,
+            hashes: Totals::settled(self.flushed),
+            coins: Totals::settled(self.coins_flushed),
         };
         let result = self.record(&counter, &coins).await;
         match &result {
@@ -174,9 +194,10 @@ impl Flusher {
 
     async fn flush(&mut self) -> Result<(), StoreError> {
         let done = self.tally.done.load(Ordering::Relaxed);
+        let found = self.tally.coins_found.load(Ordering::Relaxed);
         let coins = self.tally.take_coins();
         let hashes = done - self.flushed;
-        if hashes == 0 && coins.is_empty() {
+        if hashes == 0 && found == self.coins_flushed && coins.is_empty() {
             return Ok(());
         }
         if self.failing {
@@ -186,12 +207,19 @@ impl Flusher {
         }
         let counter = Counter {
             worker: &self.id,
-            acknowledged: self.flushed,
-            total: done,
+            hashes: Totals {
+                acknowledged: self.flushed,
+                total: done,
+            },
+            coins: Totals {
+                acknowledged: self.coins_flushed,
+                total: found,
+            },
         };
         match self.record(&counter, &coins).await {
             Ok(()) => {
                 self.flushed = done;
+                self.coins_flushed = found;
                 self.tally.acknowledged(coins.len());
                 if self.failing {
                     self.failing = false;
@@ -226,6 +254,7 @@ impl Flusher {
             store,
             id: format!("{}:{:016x}", hostname(), rand::random::<u64>()),
             flushed: 0,
+            coins_flushed: 0,
             failing: false,
             last_warning: None,
         }
@@ -316,7 +345,7 @@ mod tests {
     /// the waiting coins were counted).
     #[test]
     fn coins_in_a_failing_update_still_pause_mining() {
-        let tally = Tally::new(TallyMetrics::unregistered());
+        let tally = Tally::new(TallyMetrics::unregistered(), 0);
         let coin = Coin {
             digest: [0; 32],
             bytes: [0; 32],
@@ -333,6 +362,25 @@ mod tests {
             tally.acknowledged(sent.len());
         }
         assert!(!tally.backlog_full());
+        assert_eq!(tally.coins_held.load(Ordering::Relaxed), 0);
+    }
+
+    /// A capped wallet: the newest coins wait, no more than the cap, and
+    /// every coin is counted.
+    #[test]
+    fn a_capped_wallet_keeps_the_newest_coins_and_counts_all() {
+        let tally = Tally::new(TallyMetrics::unregistered(), 3);
+        let coin = |i: u8| Coin {
+            digest: [i; 32],
+            bytes: [i; 32],
+        };
+        tally.add(10, (0..5).map(coin).collect());
+        tally.add(10, vec![coin(5)]);
+        assert_eq!(*tally.coins(), [coin(3), coin(4), coin(5)]);
+        assert_eq!(tally.coins_found.load(Ordering::Relaxed), 6);
+        assert_eq!(tally.coins_held.load(Ordering::Relaxed), 3);
+        let sent = tally.take_coins();
+        tally.acknowledged(sent.len());
         assert_eq!(tally.coins_held.load(Ordering::Relaxed), 0);
     }
 }

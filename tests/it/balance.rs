@@ -82,6 +82,7 @@ fn unary() -> WorkerConfig {
         delay: Duration::ZERO,
         concurrency: 6,
         batch: 0,
+        wallet_cap: 0,
     }
 }
 

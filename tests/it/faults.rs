@@ -35,6 +35,7 @@ fn turbo(concurrency: usize, batch: usize) -> WorkerConfig {
         delay: Duration::ZERO,
         concurrency,
         batch,
+        wallet_cap: 0,
     }
 }
 

@@ -15,6 +15,7 @@ fn turbo_unary() -> WorkerConfig {
         delay: Duration::ZERO,
         concurrency: 4,
         batch: 0,
+        wallet_cap: 0,
     }
 }
 
@@ -52,14 +53,19 @@ async fn check_books(redis: &RedisServer, report: Report) {
             "wallet entry is not the hash of its bytes"
         );
     }
-    // The original keys, and this worker's running total, equal to them.
+    assert_eq!(redis.number("coins").await, report.coins_found);
+    // The original keys and the coin counter, and this worker's running
+    // totals, equal to them.
     let keys = redis.keys().await;
-    let (workers, original): (Vec<_>, Vec<_>) = keys
+    let (workers, shared): (Vec<_>, Vec<_>) = keys
         .iter()
         .partition(|key| key.starts_with(dockercoins::store::WORKER_KEY_PREFIX));
-    assert_eq!(original, ["hashes", "wallet"]);
-    assert_eq!(workers.len(), 1, "{keys:?}");
-    assert_eq!(redis.number(workers[0]).await, report.hashes_done);
+    assert_eq!(shared, ["coins", "hashes", "wallet"]);
+    assert_eq!(workers.len(), 2, "{keys:?}");
+    let (hashes, coins) = (workers[0], workers[1]);
+    assert!(coins.ends_with(":coins"), "{keys:?}");
+    assert_eq!(redis.number(hashes).await, report.hashes_done);
+    assert_eq!(redis.number(coins).await, report.coins_found);
 }
 
 #[tokio::test]
@@ -85,6 +91,59 @@ async fn batch_mining_counts_every_hash_and_keeps_real_coins() {
     let report = worker.stop().await;
     assert!(report.hashes_done >= 20_000);
     check_books(&redis, report).await;
+    rng.stop().await.unwrap();
+    hasher.stop().await.unwrap();
+}
+
+/// Turbo's capped wallet fills to its cap and stays there while the score
+/// goes on: `hashes` advances between every two looks (1.5 s apart: each
+/// spans a once-a-second update), Redis's memory stops growing, and `coins`
+/// counts every coin found. Uncapped, this worker adds megabytes a second.
+#[tokio::test]
+async fn a_capped_wallet_stays_at_its_cap_while_the_score_advances() {
+    const CAP: usize = 200;
+    let redis = RedisServer::start().await;
+    let rng = spawn_rng(RngConfig::turbo()).await;
+    let hasher = spawn_hasher(HasherConfig::turbo()).await;
+    let config = WorkerConfig {
+        wallet_cap: CAP,
+        ..turbo_batch()
+    };
+    let worker = RunningWorker::start(config, &rng.url(), &hasher.url(), store(&redis));
+    redis.wait_for_hashes(1, Duration::from_secs(30)).await;
+    let mut admin = redis.connection().await.unwrap();
+    let mut looks = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (wallet, info): (usize, String) = redis::pipe()
+            .hlen("wallet")
+            .cmd("INFO")
+            .arg("memory")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let used: u64 = info
+            .lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|bytes| bytes.trim().parse().ok())
+            .expect("INFO memory has used_memory");
+        looks.push((redis.hashes().await, wallet, used));
+    }
+    let report = worker.stop().await;
+    for pair in looks.windows(2) {
+        assert!(pair[1].0 > pair[0].0, "hashes stood still: {looks:?}");
+    }
+    assert!(looks.iter().all(|look| look.1 <= CAP), "{looks:?}");
+    let grown = looks[4].2 as i64 - looks[1].2 as i64;
+    assert!(grown < 1 << 20, "Redis grew by {grown} bytes: {looks:?}");
+    assert!(report.coins_found > 2 * CAP as u64, "{report:?}");
+    assert_eq!(redis.number("coins").await, report.coins_found);
+    assert_eq!(redis.hashes().await, report.hashes_done);
+    let wallet = redis.wallet().await;
+    assert_eq!(wallet.len(), CAP);
+    for (hex, bytes) in &wallet {
+        assert_eq!(&sha256_hex(bytes), hex, "a wallet entry is no coin");
+    }
     rng.stop().await.unwrap();
     hasher.stop().await.unwrap();
 }
@@ -194,15 +253,21 @@ async fn ten_workers_are_capped_by_rngs_lane() {
 /// through, the update waits.
 #[tokio::test]
 async fn a_slow_redis_answer_is_not_a_failure_and_counts_once() {
-    use dockercoins::store::{Coin, Counter};
+    use dockercoins::store::{Coin, Counter, Totals};
     let redis = RedisServer::start().await;
     let store = store(&redis);
-    let counter = |acknowledged, total| Counter {
+    let counter = |acknowledged, total, coins| Counter {
         worker: "slow",
-        acknowledged,
-        total,
+        hashes: Totals {
+            acknowledged,
+            total,
+        },
+        coins,
     };
-    store.record(&counter(0, 1), &[]).await.unwrap();
+    store
+        .record(&counter(0, 1, Totals::default()), &[], 0)
+        .await
+        .unwrap();
     let mut admin = redis.connection().await.unwrap();
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -216,13 +281,21 @@ async fn a_slow_redis_answer_is_not_a_failure_and_counts_once() {
         bytes: [1; 32],
     };
     let started = std::time::Instant::now();
-    store.record(&counter(1, 42), &[coin]).await.unwrap();
+    let one_coin = Totals {
+        acknowledged: 0,
+        total: 1,
+    };
+    store
+        .record(&counter(1, 42, one_coin), &[coin], 0)
+        .await
+        .unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(1000),
         "Redis was not slow"
     );
     assert_eq!(redis.hashes().await, 42);
     assert_eq!(redis.wallet().await.len(), 1);
+    assert_eq!(redis.number("coins").await, 1);
 }
 
 /// The one case a timeout cannot cover: Redis applies an update and dies
@@ -231,34 +304,45 @@ async fn a_slow_redis_answer_is_not_a_failure_and_counts_once() {
 /// empty, only what the worker had not seen confirmed is counted.
 #[tokio::test]
 async fn an_update_sent_again_counts_once() {
-    use dockercoins::store::{Coin, Counter, WORKER_KEY_PREFIX};
+    use dockercoins::store::{Coin, Counter, Totals, WORKER_KEY_PREFIX};
     let mut redis = RedisServer::start_ephemeral().await;
     let store = store(&redis);
-    let counter = |acknowledged, total| Counter {
+    // One coin found with hashes 10 to 25, none before or after.
+    let counter = |acknowledged: u64, total: u64| Counter {
         worker: "w-1",
-        acknowledged,
-        total,
+        hashes: Totals {
+            acknowledged,
+            total,
+        },
+        coins: Totals {
+            acknowledged: u64::from(acknowledged >= 25),
+            total: u64::from(total >= 25),
+        },
     };
     let coin = Coin {
         digest: [0; 32],
         bytes: [1; 32],
     };
-    store.record(&counter(0, 10), &[]).await.unwrap();
+    store.record(&counter(0, 10), &[], 0).await.unwrap();
     // Applied, but the worker never saw the reply: it sends it again, and
     // then its next one, both from the last total it saw confirmed (10).
-    store.record(&counter(10, 25), &[coin]).await.unwrap();
-    store.record(&counter(10, 25), &[coin]).await.unwrap();
+    store.record(&counter(10, 25), &[coin], 0).await.unwrap();
+    store.record(&counter(10, 25), &[coin], 0).await.unwrap();
     assert_eq!(redis.hashes().await, 25);
-    store.record(&counter(10, 30), &[]).await.unwrap();
+    store.record(&counter(10, 30), &[], 0).await.unwrap();
     assert_eq!(redis.hashes().await, 30);
     assert_eq!(redis.wallet().await.len(), 1);
+    assert_eq!(redis.number("coins").await, 1, "the coin counted once");
     // Another worker's totals are its own.
     let other = Counter {
         worker: "w-2",
-        acknowledged: 0,
-        total: 3,
+        hashes: Totals {
+            acknowledged: 0,
+            total: 3,
+        },
+        coins: Totals::default(),
     };
-    store.record(&other, &[]).await.unwrap();
+    store.record(&other, &[], 0).await.unwrap();
     assert_eq!(redis.hashes().await, 33);
     // The per-worker key expires a day after its last update.
     let mut admin = redis.connection().await.unwrap();
@@ -274,7 +358,7 @@ async fn an_update_sent_again_counts_once() {
     redis.crash().await;
     redis.restart().await;
     let mut tries = 0;
-    while let Err(error) = store.record(&counter(30, 34), &[]).await {
+    while let Err(error) = store.record(&counter(30, 34), &[], 0).await {
         tries += 1;
         assert!(tries < 5, "Redis is back but the store fails: {error}");
     }

@@ -43,6 +43,7 @@ async fn the_worker_counts_nothing_from_lying_backends() {
         delay: Duration::ZERO,
         concurrency: 1,
         batch: 0,
+        wallet_cap: 0,
     };
     let batch = WorkerConfig {
         batch: 64,
