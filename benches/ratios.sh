@@ -40,12 +40,16 @@ for mode in ("unary", "batch"):
     print("|---|" + "---|" * rounds + "---|")
     n = lambda v: f"{v:,.0f}"
     peak = lambda p: lambda r: r["processes"][p]["peak_rss_kb"] / 1024
+    # Each mode against its own reference (the JSON has both ratios).
+    against = {
+        "unary": ("**hashes/s over floor calls/s** (ceiling 0.5; goal 0.35)", lambda r: r["floor_ratio"], lambda v: f"{v:.3f}"),
+        "batch": (f"**share of the SHA-256 limit of {runs[0]['cores']} cores** (goal 50%)", lambda r: r["sha256_ratio"] * 100, lambda v: f"{v:.1f}%"),
+    }[mode]
     lines = [
         ("floor, calls/s (bare tonic echo)", lambda r: r["floor_rpc_per_second"], n),
         ("SHA-256 limit, digests/s, one core", lambda r: r["sha256_per_second_one_core"], n),
         ("end to end, hashes/s", lambda r: r["hashes_per_second"], n),
-        ("**hashes/s over floor calls/s** (ceiling 0.5; goal 0.35)", lambda r: r["floor_ratio"], lambda v: f"{v:.3f}"),
-        (f"**share of the SHA-256 limit of {runs[0]['cores']} cores** (goal 50%)", lambda r: r["sha256_ratio"] * 100, lambda v: f"{v:.1f}%"),
+        against,
         ("floor p50, µs (light load)", lambda r: r["floor_p50_us"], n),
         ("rng / hasher p50, µs (light load)", lambda r: max(r["hops"]["rng"]["p50_us"], r["hops"]["hasher"]["p50_us"]), n),
         ("**slower hop's p50 over the floor's** (goal 1.5)", lambda r: r["light_p50_over_floor"], lambda v: f"{v:.2f}"),

@@ -22,7 +22,9 @@
 //! - [`config`]: the command line: every flag, its environment variable,
 //!   and the service default it shows.
 //! - [`up`]: the whole mesh in one process.
-//! - [`bench`]: the mesh's own numbers (throughput, latency, memory, CPU).
+//! - [`bench`]: the mesh's own numbers (throughput, latency, memory, CPU),
+//!   and the machine's floor (a bare tonic echo) and SHA-256 limit they are
+//!   read against.
 //! - [`healthcheck`]: the containers' healthcheck (gRPC health, over TLS
 //!   too, or HTTP).
 //! - [`traces`]: where the time goes, per hop, read from Jaeger.

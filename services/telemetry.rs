@@ -28,6 +28,7 @@ use tracing_subscriber::{
     EnvFilter, Layer,
     filter::{FilterExt, filter_fn},
     fmt,
+    layer::Identity,
     prelude::*,
 };
 
@@ -103,7 +104,13 @@ pub fn init(format: LogFormat, service: &str) -> Guard {
     // OTEL_SDK_DISABLED=true (the standard switch): no spans at all, so no
     // trace ids in the logs and no traceparent sent on; what tracing costs.
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-    let traces = (!disabled).then(|| {
+    // Off is a layer that enables nothing, not an absent (`None`) one: an
+    // absent layer declares an interest in every callsite, which had every
+    // library's debug span made, so "off" cost more than on (callgrind: 198k
+    // instructions per rng call against 103k).
+    let traces = if disabled {
+        Identity::new().with_filter(filter_fn(|_| false)).boxed()
+    } else {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_threads(false)
@@ -118,7 +125,8 @@ pub fn init(format: LogFormat, service: &str) -> Guard {
                 meta.target() == TARGET
                     || (meta.is_event() && *meta.level() <= tracing::Level::WARN)
             }))
-    });
+            .boxed()
+    };
     // Logs see the spans that frame a unit of work or an HTTP request (their
     // trace_id prefixes the lines inside), not the per-call ones that no
     // line is written in: the formatter writes a span's fields when it opens

@@ -122,10 +122,13 @@ pub async fn load(config: &LoadConfig) -> Result<Load, BenchError> {
                 // Round robin per call, as the pool's replica picks a channel.
                 let i = next.fetch_add(1, Ordering::Relaxed) % channels.len();
                 let mut client = EchoClient::new(channels[i].clone());
-                match client.echo(Payload { data: data.clone() }).await {
-                    Ok(_) => calls.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failures.fetch_add(1, Ordering::Relaxed),
-                };
+                if client.echo(Payload { data: data.clone() }).await.is_err() {
+                    // A floor with a failed call is no floor: the unit stops
+                    // (a call that fails at once would spin, never yielding).
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
             }
         });
     }
@@ -134,6 +137,7 @@ pub async fn load(config: &LoadConfig) -> Result<Load, BenchError> {
     tokio::time::sleep(Duration::from_secs_f64(config.seconds)).await;
     let (after, seconds) = (calls.load(Ordering::Relaxed), start.elapsed().as_secs_f64());
     units.abort_all();
+    tracing::info!(calls = after - before, "floor load: window closed");
     Ok(Load {
         calls: after - before,
         seconds,
@@ -184,6 +188,10 @@ async fn run_load(
     addr: &str,
 ) -> Result<Load, BenchError> {
     let exe = std::env::current_exe().map_err(failed)?;
+    // Its log goes to a file, read back when it fails or hangs.
+    let log_path =
+        std::env::temp_dir().join(format!("dockercoins-floor-load-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).map_err(failed)?;
     let mut load = tokio::process::Command::new(exe);
     load.args(["floor", "load", "--target", addr])
         .args(["--concurrency", &concurrency.to_string()])
@@ -192,21 +200,24 @@ async fn run_load(
         .args(["--seconds", &config.seconds.to_string()])
         .env("LOG_FORMAT", "json")
         .stdin(std::process::Stdio::null())
+        .stderr(log)
         .kill_on_drop(true);
-    // The window and warm-up, and as long again to connect and exit.
+    // The warm-up and the window, and 20 s to connect and to exit.
     let bound = Duration::from_secs_f64(config.seconds) + config.warmup + Duration::from_secs(20);
-    let output = tokio::time::timeout(bound, load.output())
-        .await
+    let finished = tokio::time::timeout(bound, load.output()).await;
+    let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    let last_words = logged.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+    let output = finished
         .map_err(|_| {
             failed(format!(
-                "`dockercoins floor load` did not finish within {bound:?}"
+                "`dockercoins floor load` did not finish within {bound:?}; its last lines: {last_words}"
             ))
         })?
         .map_err(failed)?;
     if !output.status.success() {
         return Err(failed(format!(
-            "`dockercoins floor load` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
+            "`dockercoins floor load` failed: {last_words}"
         )));
     }
     serde_json::from_slice(&output.stdout).map_err(|error| {

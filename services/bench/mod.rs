@@ -166,6 +166,15 @@ pub struct Report {
     /// hashes done in it.
     pub cpu_seconds_per_million_hashes: f64,
     pub machine: String,
+    /// The machine's floor and limit, and the mesh against them (top-level
+    /// fields in the JSON).
+    #[serde(flatten)]
+    pub against: Against,
+}
+
+/// The reference lines of one run, and the mesh's ratios to them.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Against {
     /// The floor: a bare tonic unary echo, client and server processes, with
     /// the unary worker's concurrency and connections; calls per second.
     pub floor_rpc_per_second: f64,
@@ -512,6 +521,23 @@ impl References {
     }
 }
 
+impl References {
+    /// The mesh's `hashes_per_second` and slower light-load p50 against them.
+    fn against(&self, hashes_per_second: f64, slower_p50_us: f64) -> Against {
+        let (floor, limit) = (self.floor, self.sha256_one_core);
+        Against {
+            floor_rpc_per_second: floor.calls_per_second,
+            floor_p50_us: floor.light.p50_us,
+            floor_concurrency: self.floor_concurrency,
+            sha256_per_second_one_core: limit,
+            cores: self.cores,
+            floor_ratio: ratio(hashes_per_second, floor.calls_per_second),
+            sha256_ratio: ratio(hashes_per_second, limit * self.cores as f64),
+            light_p50_over_floor: ratio(slower_p50_us, floor.light.p50_us),
+        }
+    }
+}
+
 /// `part / whole`, 0 when there is no whole.
 fn ratio(part: f64, whole: f64) -> f64 {
     if whole > 0.0 { part / whole } else { 0.0 }
@@ -553,19 +579,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     drop((rng, hasher));
     redis.stop().await;
 
-    let names = ["rng", "hasher", "worker", "redis"];
-    let processes = names
-        .iter()
-        .enumerate()
-        .map(|(i, &name)| {
-            let usage = Usage {
-                idle_rss_kb: idle_rss[i],
-                peak_rss_kb: peak_rss[i],
-                cpu_seconds: window.cpu[i],
-            };
-            (name, usage)
-        })
-        .collect();
+    let processes = usages(idle_rss, peak_rss, &window.cpu);
     let cpu: f64 = window.cpu.iter().sum();
     let hops = BTreeMap::from([
         ("rng", hop(rng_light, window.rng_saturated)),
@@ -573,12 +587,6 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     ]);
     let slower_p50 = hops.values().map(|hop| hop.p50_us).fold(0.0, f64::max);
     let hashes_per_second = window.hashes as f64 / window.seconds;
-    let References {
-        floor,
-        floor_concurrency,
-        sha256_one_core,
-        cores,
-    } = references;
     Ok(Report {
         mode: config.mode,
         batch: if config.mode == Mode::Batch {
@@ -605,15 +613,23 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
             0.0
         },
         machine: machine(),
-        floor_rpc_per_second: floor.calls_per_second,
-        floor_p50_us: floor.light.p50_us,
-        floor_concurrency,
-        sha256_per_second_one_core: sha256_one_core,
-        cores,
-        floor_ratio: ratio(hashes_per_second, floor.calls_per_second),
-        sha256_ratio: ratio(hashes_per_second, sha256_one_core * cores as f64),
-        light_p50_over_floor: ratio(slower_p50, floor.light.p50_us),
+        against: references.against(hashes_per_second, slower_p50),
     })
+}
+
+/// Each process's memory and CPU, by name.
+fn usages(idle_rss: [u64; 4], peak_rss: [u64; 4], cpu: &[f64]) -> BTreeMap<&'static str, Usage> {
+    let names = ["rng", "hasher", "worker", "redis"];
+    (0..names.len())
+        .map(|i| {
+            let usage = Usage {
+                idle_rss_kb: idle_rss[i],
+                peak_rss_kb: peak_rss[i],
+                cpu_seconds: cpu[i],
+            };
+            (names[i], usage)
+        })
+        .collect()
 }
 
 impl Report {
@@ -630,11 +646,13 @@ impl Report {
         );
         out += &format!(
             "  floor           {:>14.0} calls/s   bare tonic echo, {} in flight; light p50 {:.0} us\n",
-            self.floor_rpc_per_second, self.floor_concurrency, self.floor_p50_us
+            self.against.floor_rpc_per_second,
+            self.against.floor_concurrency,
+            self.against.floor_p50_us
         );
         out += &format!(
             "  SHA-256 limit   {:>14.0} digests/s one core, x {} cores\n",
-            self.sha256_per_second_one_core, self.cores
+            self.against.sha256_per_second_one_core, self.against.cores
         );
         out += &format!(
             "  end to end      {:>14.0} hashes/s\n",
@@ -644,18 +662,18 @@ impl Report {
         let against = match self.mode {
             Mode::Unary => format!(
                 "{:.3} of the floor (ceiling 0.5: two calls a hash; goal 0.35)",
-                self.floor_ratio
+                self.against.floor_ratio
             ),
             Mode::Batch => format!(
                 "{:.1}% of the SHA-256 limit of {} cores (goal 50%)",
-                self.sha256_ratio * 100.0,
-                self.cores
+                self.against.sha256_ratio * 100.0,
+                self.against.cores
             ),
         };
         out += &format!("  against them    {against}\n");
         out += &format!(
             "                  light-load p50 {:.2}x the floor's (goal 1.5x)\n",
-            self.light_p50_over_floor
+            self.against.light_p50_over_floor
         );
         out += &format!(
             "  cross-check     worker counted {} hashes and {} coins, Redis holds {} and {}: {}\n",
