@@ -471,6 +471,7 @@ impl Backend {
                 url = %balancer.url,
                 code = ?status.code(),
                 error = %status_reason(status),
+                trace_id = crate::telemetry::current_trace_id(),
                 "{} call failed; said again when it answers",
                 balancer.service.name
             );
@@ -488,7 +489,7 @@ impl Backend {
     fn note_success(&self) {
         let balancer = &self.balancer;
         if balancer.down.load(Ordering::Relaxed) && balancer.down.swap(false, Ordering::Relaxed) {
-            tracing::info!(backend = balancer.service.name, url = %balancer.url, "{} is answering again", balancer.service.name);
+            tracing::info!(backend = balancer.service.name, url = %balancer.url, trace_id = crate::telemetry::current_trace_id(), "{} is answering again", balancer.service.name);
         }
     }
 }

@@ -127,14 +127,16 @@ pub fn init(format: LogFormat, service: &str) -> Guard {
             }))
             .boxed()
     };
-    // Logs see the spans that frame a unit of work or an HTTP request (their
-    // trace_id prefixes the lines inside), not the per-call ones that no
+    // Logs see the spans that frame an HTTP request (their trace_id prefixes
+    // the lines inside), not the per-call ones that no
     // line is written in: the formatter writes a span's fields when it opens
     // and again at every `record`, and for rng's and hasher's gRPC server
     // spans that was a quarter of their instructions per call (callgrind).
-    let framing = filter_fn(|meta| {
-        meta.target() != TARGET || matches!(meta.name(), "worker.unit" | "http.server")
-    });
+    // The worker's unit spans are left out too: recording a unit's trace id
+    // on its span had the formatter write the span again, per hash in unary
+    // mode (6% of the worker's instructions, callgrind); the few lines a
+    // unit logs say it themselves ([`current_trace_id`]).
+    let framing = filter_fn(|meta| meta.target() != TARGET || meta.name() == "http.server");
     tracing_subscriber::registry()
         .with(fmt.with_filter(logs.and(framing)))
         .with(traces)
@@ -229,10 +231,25 @@ pub fn continue_trace(span: &Span, headers: &axum::http::HeaderMap) {
 }
 
 /// Makes `span` the root of a new trace, whatever span encloses it, and
-/// records its trace id for the logs.
+/// records its trace id for the logs when it has a `trace_id` field.
 pub fn new_trace(span: &Span) {
     let _ = span.set_parent(opentelemetry::Context::new());
-    record_trace_id(span);
+    if span
+        .metadata()
+        .is_some_and(|meta| meta.fields().field("trace_id").is_some())
+    {
+        record_trace_id(span);
+    }
+}
+
+/// The current span's trace id, for a log line to carry when the logs do
+/// not format its span (a worker's unit of work); `None` without tracing.
+pub fn current_trace_id() -> Option<String> {
+    let context = Span::current().context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
 }
 
 fn record_trace_id(span: &Span) {

@@ -149,7 +149,6 @@ impl Miner {
                 otel.name = if self.config.batch == 0 { "mine one block" } else { "mine a batch" },
                 worker.batch = self.config.batch,
                 otel.status_code = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
             );
             crate::telemetry::new_trace(&span);
             let unit = async {
@@ -158,13 +157,15 @@ impl Miner {
                 } else {
                     self.batch_unit(self.config.batch).await
                 };
-                // Logged inside the unit's span: the line carries its trace id.
+                // The logs do not format the unit's span (see
+                // `telemetry::init`): its lines say its trace id themselves.
                 if let Err(error) = &result {
                     tracing::Span::current().record("otel.status_code", "ERROR");
                     // A failed call is noted (and logged once a streak) by
                     // its client; a reply that lies is this loop's to say.
                     if let UnitError::BadReply { .. } = error {
-                        tracing::warn!(%error, "unit of work refused, not counted");
+                        let trace_id = crate::telemetry::current_trace_id();
+                        tracing::warn!(%error, trace_id, "unit of work refused, not counted");
                     }
                 }
                 result
@@ -191,7 +192,8 @@ impl Miner {
             .map_err(UnitError::Hasher)?;
         check_hex(&hex)?;
         let coins = if hex.starts_with('0') {
-            tracing::info!("Coin found: {}...", &hex[..8]);
+            let trace_id = crate::telemetry::current_trace_id();
+            tracing::info!(trace_id, "Coin found: {}...", &hex[..8]);
             let mut coin = Coin {
                 digest: [0; 32],
                 bytes: data[..].try_into().expect("checked: 32 bytes"),
@@ -238,7 +240,8 @@ impl Miner {
                 .ok_or_else(|| UnitError::bad_reply("hasher", "stream ended before its digests"))?;
             let coins = coins_in_batch(&message.blocks, &digests)?;
             for coin in &coins {
-                tracing::debug!("Coin found: {}...", &coin.hex()[..8]);
+                let trace_id = crate::telemetry::current_trace_id;
+                tracing::debug!(trace_id = trace_id(), "Coin found: {}...", &coin.hex()[..8]);
             }
             self.tally.add(n as u64, coins);
         }
