@@ -123,8 +123,11 @@ impl Tally {
     }
 
     /// Coins Redis did not take go back to wait.
+    /// They are older than any found meanwhile: in front, so that a capped
+    /// wallet's trim still drops the oldest.
     fn put_back(&self, coins: Vec<Coin>) {
-        self.coins().extend(coins);
+        let mut pending = self.coins();
+        pending.splice(0..0, coins);
     }
 
     /// Coins Redis acknowledged are released.
@@ -378,6 +381,14 @@ mod tests {
         tally.add(10, vec![coin(5)]);
         assert_eq!(*tally.coins(), [coin(3), coin(4), coin(5)]);
         assert_eq!(tally.coins_found.load(Ordering::Relaxed), 6);
+        assert_eq!(tally.coins_held.load(Ordering::Relaxed), 3);
+        // An update fails while a coin is found: the older ones go back in
+        // front, and the next trim drops the oldest.
+        let failed = tally.take_coins();
+        tally.add(1, vec![coin(6)]);
+        tally.put_back(failed);
+        tally.add(1, vec![coin(7)]);
+        assert_eq!(*tally.coins(), [coin(5), coin(6), coin(7)]);
         assert_eq!(tally.coins_held.load(Ordering::Relaxed), 3);
         let sent = tally.take_coins();
         tally.acknowledged(sent.len());
