@@ -494,7 +494,9 @@ impl Backend {
     }
 }
 
-fn configure(endpoint: Endpoint, settings: &PoolSettings) -> Endpoint {
+/// Each connection's settings: timeouts, TCP_NODELAY, keepalive (`bench`'s
+/// floor uses them too).
+pub(crate) fn configure(endpoint: Endpoint, settings: &PoolSettings) -> Endpoint {
     endpoint
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.call_timeout)

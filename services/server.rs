@@ -278,7 +278,7 @@ fn transport(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.config())?;
     }
-    Ok(builder
+    let server = builder
         .layer(count_calls(layers.replica_calls))
         .layer(
             TraceLayer::new_for_grpc()
@@ -299,11 +299,8 @@ fn transport(
         // A backstop for clients that do not balance: they reconnect (and
         // resolve the name again) at least this often.
         .max_connection_age(MAX_CONNECTION_AGE)
-        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
-        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
-        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE);
+    Ok(http2_settings(server)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
             // A dropped sender (no shutdown ever) must not stop the server.
@@ -311,6 +308,17 @@ fn transport(
                 std::future::pending::<()>().await;
             }
         }))
+}
+
+/// The HTTP/2 settings every gRPC server here has, and `bench`'s floor,
+/// which must differ from them only in doing nothing: stream and header
+/// limits, keepalive.
+pub fn http2_settings<L>(server: Server<L>) -> Server<L> {
+    server
+        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
 }
 
 /// Reports every service of the server (and, when it stops, the server as a

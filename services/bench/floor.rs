@@ -11,7 +11,7 @@
 //! unary hashes/s can reach at most half the floor's calls/s.
 
 use super::{BenchConfig, BenchError, Latency, failed, spawn};
-use crate::{limits, pool, protocol::BLOCK_BYTES, telemetry::fields};
+use crate::{pool, protocol::BLOCK_BYTES, server::http2_settings, telemetry::fields};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::{
@@ -57,12 +57,8 @@ pub async fn serve(
         "floor: echo serving"
     );
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    // The transport settings of `server::transport`, none of its layers.
-    Server::builder()
-        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
-        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    // The mesh's HTTP/2 settings, none of its layers.
+    http2_settings(Server::builder())
         .add_service(EchoServer::new(Echo))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -93,13 +89,8 @@ pub struct Load {
 
 /// An endpoint set up as the worker's pool sets up each connection.
 fn endpoint(target: &str) -> Result<Endpoint, BenchError> {
-    Ok(Channel::from_shared(format!("http://{target}"))
-        .map_err(failed)?
-        .connect_timeout(Duration::from_millis(pool::DEFAULT_CONNECT_TIMEOUT_MS))
-        .timeout(Duration::from_millis(pool::DEFAULT_CALL_TIMEOUT_MS))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10)))
+    let endpoint = Channel::from_shared(format!("http://{target}")).map_err(failed)?;
+    Ok(pool::configure(endpoint, &pool::PoolSettings::default()))
 }
 
 /// Calls the echo flat out, `config.concurrency` in flight, and counts the
