@@ -221,42 +221,42 @@ pub fn continue_trace(span: &Span, headers: &axum::http::HeaderMap) {
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
-    // Only a span that the logs see has a use for its trace id as a field.
-    if span
-        .metadata()
-        .is_some_and(|meta| meta.fields().field("trace_id").is_some())
-    {
-        record_trace_id(span);
-    }
+    record_trace_id(span);
 }
 
 /// Makes `span` the root of a new trace, whatever span encloses it, and
 /// records its trace id for the logs when it has a `trace_id` field.
 pub fn new_trace(span: &Span) {
     let _ = span.set_parent(opentelemetry::Context::new());
-    if span
-        .metadata()
-        .is_some_and(|meta| meta.fields().field("trace_id").is_some())
-    {
-        record_trace_id(span);
-    }
+    record_trace_id(span);
 }
 
 /// The current span's trace id, for a log line to carry when the logs do
 /// not format its span (a worker's unit of work); `None` without tracing.
 pub fn current_trace_id() -> Option<String> {
-    let context = Span::current().context();
+    trace_id_of(&Span::current())
+}
+
+/// `span`'s trace id in hex; `None` when it has none (tracing off).
+fn trace_id_of(span: &Span) -> Option<String> {
+    let context = span.context();
     let span_context = context.span().span_context().clone();
     span_context
         .is_valid()
         .then(|| span_context.trace_id().to_string())
 }
 
+/// Records `span`'s trace id in its `trace_id` field, for the logs; a span
+/// without that field (one the logs do not format) costs no lookup.
 fn record_trace_id(span: &Span) {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        span.record("trace_id", span_context.trace_id().to_string());
+    let for_logs = span
+        .metadata()
+        .is_some_and(|meta| meta.fields().field("trace_id").is_some());
+    if !for_logs {
+        return;
+    }
+    if let Some(id) = trace_id_of(span) {
+        span.record("trace_id", id);
     }
 }
 
