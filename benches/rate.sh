@@ -12,17 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 workers=$1 seconds=$2
 shift 2
-bin=target/release/dockercoins
-[ -x "$bin" ] || cargo build --release --locked
+. benches/up.sh
 log=$(mktemp)
-"$bin" up --workers "$workers" "$@" >"$log" 2>&1 &
-pid=$!
-trap 'kill -INT $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 100); do
-    curl -sf localhost:8000/json >/dev/null && break
-    kill -0 $pid 2>/dev/null || { cat "$log"; exit 1; }
-    sleep 0.1
-done
+start_up "$log" --workers "$workers" "$@"
 sleep 3 # warm-up: every worker past its first update
 a=$(curl -sf localhost:8000/json)
 sleep "$seconds"

@@ -17,18 +17,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=$1
 shift
-bin=target/release/dockercoins
-[ -x "$bin" ] || cargo build --release --locked
 bound=$((256 * 1024 * 1024))
+. benches/up.sh
 log=$(mktemp)
-LOG_FORMAT=json "$bin" up --turbo "$@" >"$log" 2>&1 &
-pid=$!
-trap 'kill -INT $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 100); do
-    curl -sf localhost:8000/json >/dev/null && break
-    kill -0 $pid 2>/dev/null || { cat "$log"; exit 1; }
-    sleep 0.1
-done
+LOG_FORMAT=json start_up "$log" --turbo "$@"
 redis=$(python3 -c '
 import json, sys
 for line in open(sys.argv[1]):
