@@ -114,7 +114,7 @@ impl Client<Rng> {
     pub async fn generate_stream(&self, size: u32, count: u32) -> Result<Blocks, Status> {
         let reply = self
             .backend
-            .call(
+            .call_stream(
                 "GenerateStream",
                 async |channel, request| {
                     rng_client::RngClient::new(channel)

@@ -39,6 +39,13 @@ pub mod env {
     pub const GRPC_TIMEOUT_MS: &str = "GRPC_TIMEOUT_MS";
     pub const GRPC_POLICY: &str = "GRPC_POLICY";
     pub const GRPC_RESOLVE_MS: &str = "GRPC_RESOLVE_MS";
+    pub const GRPC_HEDGE_MS: &str = "GRPC_HEDGE_MS";
+    pub const GRPC_RETRY_BUDGET_PERCENT: &str = "GRPC_RETRY_BUDGET_PERCENT";
+    pub const GRPC_EJECT_INTERVAL_MS: &str = "GRPC_EJECT_INTERVAL_MS";
+    pub const GRPC_EJECT_FAILURE_PERCENT: &str = "GRPC_EJECT_FAILURE_PERCENT";
+    pub const GRPC_EJECT_MIN_CALLS: &str = "GRPC_EJECT_MIN_CALLS";
+    pub const GRPC_EJECT_MS: &str = "GRPC_EJECT_MS";
+    pub const GRPC_EJECT_MAX_PERCENT: &str = "GRPC_EJECT_MAX_PERCENT";
     pub const WORKER_DELAY_MS: &str = "WORKER_DELAY_MS";
     pub const WORKER_CONCURRENCY: &str = "WORKER_CONCURRENCY";
     pub const WORKER_BATCH: &str = "WORKER_BATCH";
@@ -455,19 +462,52 @@ pub struct ConnectionArgs {
     /// Bound on connecting to a gRPC backend, in milliseconds.
     #[arg(long, env = env::GRPC_CONNECT_TIMEOUT_MS, default_value_t = pool::DEFAULT_CONNECT_TIMEOUT_MS)]
     pub connect_timeout_ms: u64,
-    /// Bound on each gRPC call (queueing in rng's lane included), and on
+    /// Deadline of each gRPC call (queueing in rng's lane included), sent
+    /// with it (`grpc-timeout`) so the server gives up too; also the bound on
     /// each message of a streamed reply, in milliseconds.
     #[arg(long, env = env::GRPC_TIMEOUT_MS, default_value_t = pool::DEFAULT_CALL_TIMEOUT_MS)]
     pub call_timeout_ms: u64,
-    /// `balanced`: every replica the name resolves to, re-resolved
-    /// periodically. `pinned`: one connection, as a naive gRPC client (it
-    /// stays on the replica it first reached: the lab's trap).
+    /// How calls are spread over the replicas the name resolves to (re-resolved
+    /// periodically): `round_robin` (alias `balanced`), `least_request` (of
+    /// two replicas drawn at random, the one with fewer calls in flight), or
+    /// `pinned` (one connection, as a naive gRPC client: it stays on the
+    /// replica it first reached, the lab's trap).
     #[arg(long, env = env::GRPC_POLICY, value_enum, default_value_t)]
     pub grpc_policy: pool::Policy,
     /// How often a balanced client resolves rng's and hasher's names again,
     /// in milliseconds.
     #[arg(long, env = env::GRPC_RESOLVE_MS, default_value_t = pool::DEFAULT_RESOLVE_MS)]
     pub resolve_ms: u64,
+    /// Send a second attempt of a unary call that has not answered after
+    /// this many milliseconds to another replica; the first answer wins.
+    /// 0: no hedging.
+    #[arg(long, env = env::GRPC_HEDGE_MS, default_value_t = 0)]
+    pub hedge_ms: u64,
+    /// Retries and hedges together, at most this percentage of calls (over
+    /// 10 s, plus one a second): a backend in trouble gets no retry storm.
+    #[arg(long, env = env::GRPC_RETRY_BUDGET_PERCENT, default_value_t = pool::DEFAULT_BUDGET_PERCENT)]
+    pub retry_budget_percent: u32,
+    /// Outlier ejection: how often the rule is applied, in milliseconds.
+    #[arg(long, env = env::GRPC_EJECT_INTERVAL_MS, default_value_t = pool::DEFAULT_EJECT_INTERVAL_MS)]
+    pub eject_interval_ms: u64,
+    /// Outlier ejection: a replica failing this percentage of its calls in
+    /// an interval or more is set aside; 0 turns the rule off.
+    #[arg(long, env = env::GRPC_EJECT_FAILURE_PERCENT, default_value_t = pool::DEFAULT_FAILURE_PERCENT,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub eject_failure_percent: u32,
+    /// Outlier ejection: calls a replica must have taken in the interval to
+    /// be judged.
+    #[arg(long, env = env::GRPC_EJECT_MIN_CALLS, default_value_t = pool::DEFAULT_MIN_CALLS)]
+    pub eject_min_calls: u64,
+    /// Outlier ejection: how long a first ejection lasts, in milliseconds;
+    /// a repeat offender's lasts that many times more (at most 10).
+    #[arg(long, env = env::GRPC_EJECT_MS, default_value_t = pool::DEFAULT_EJECTION_MS)]
+    pub eject_ms: u64,
+    /// Outlier ejection: the most replicas set aside at once, as a
+    /// percentage of them.
+    #[arg(long, env = env::GRPC_EJECT_MAX_PERCENT, default_value_t = pool::DEFAULT_MAX_EJECTED_PERCENT,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub eject_max_percent: u32,
 }
 
 impl ConnectionArgs {
@@ -479,6 +519,19 @@ impl ConnectionArgs {
             policy: self.grpc_policy,
             resolve_interval: Duration::from_millis(self.resolve_ms)
                 .max(pool::MIN_RESOLVE_INTERVAL),
+            outlier: pool::OutlierSettings {
+                interval: Duration::from_millis(self.eject_interval_ms)
+                    .max(pool::MIN_RESOLVE_INTERVAL),
+                failure_percent: self.eject_failure_percent,
+                min_calls: self.eject_min_calls,
+                ejection: Duration::from_millis(self.eject_ms),
+                max_ejected_percent: self.eject_max_percent,
+            },
+            retry: pool::RetrySettings {
+                budget_percent: self.retry_budget_percent,
+                hedge_after: (self.hedge_ms > 0).then(|| Duration::from_millis(self.hedge_ms)),
+                ..pool::RetrySettings::default()
+            },
             tls: None,
             metrics: Default::default(),
         }

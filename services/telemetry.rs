@@ -284,6 +284,8 @@ pub fn grpc_client_span(
         error.type = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         error.message = tracing::field::Empty,
+        // `retry` or `hedge`: why this attempt of a call was made.
+        dockercoins.attempt = tracing::field::Empty,
     )
 }
 

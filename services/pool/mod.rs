@@ -1,49 +1,66 @@
 //! The balancer under the typed clients of [`crate::clients`]: one
 //! [`Backend`] per service, spreading calls over every replica that the
-//! service's name resolves to, with connect and call timeouts, each call
-//! traced and its success or failure noted. Callers back off themselves
-//! (the worker with [`crate::backoff::Backoff`]).
+//! service's name resolves to, each call traced, bounded by a deadline that
+//! travels with it (`grpc-timeout`), and its success or failure noted.
+//! Callers back off themselves (the worker with [`crate::backoff::Backoff`]).
 //!
 //! Why not one channel to the name: HTTP/2 keeps a connection for as long as
 //! it can, so a client that resolved `rng` once stays pinned to the replica it
 //! found, and replicas added later sit idle (the best-known trap of gRPC
-//! behind DNS). [`Policy::Balanced`] re-resolves the name every few seconds,
-//! keeps a connection per address, sends calls round robin, and ejects a
-//! replica whose connection fails, retrying the call on another one.
-//! [`Policy::Pinned`] is the naive client, kept so the lab can show the trap.
+//! behind DNS). A balanced client re-resolves the name every few seconds
+//! ([`resolve`]) and keeps connections per address; [`Policy`] says how it
+//! picks a replica for each call ([`policy`]: round robin, or the least
+//! loaded of two), and [`Policy::Pinned`] is the naive client, kept so the
+//! lab can show the trap.
 //!
-//! TLS: an `https://` URL encrypts every connection, balanced ones included,
-//! although those dial an IP address each: the server's certificate is
-//! checked against the URL's host (`rng`), not the address dialled.
+//! A balanced client also keeps away from replicas that should not get
+//! calls: one whose health watch says NOT_SERVING ([`health`]: a replica
+//! that is stopping drains without a failed call), one whose connection
+//! failed (for [`outlier::CONNECTION_EJECTION`]), and one that fails too
+//! many of its calls ([`outlier`]: gRFC A50's failure-percentage rule).
+//! A call that finds a replica UNAVAILABLE is tried again on another, and a
+//! slow unary call may be hedged on another; both are paid from a retry
+//! budget ([`retry`]).
+//!
+//! TLS ([`target`]): an `https://` URL encrypts every connection, balanced
+//! ones included, although those dial an IP address each: the server's
+//! certificate is checked against the URL's host (`rng`), not the address
+//! dialled.
+
+mod health;
+mod outlier;
+mod policy;
+mod replica;
+mod resolve;
+mod retry;
+mod target;
+
+pub use outlier::{
+    DEFAULT_EJECTION_MS, DEFAULT_FAILURE_PERCENT, DEFAULT_INTERVAL_MS as DEFAULT_EJECT_INTERVAL_MS,
+    DEFAULT_MAX_EJECTED_PERCENT, DEFAULT_MIN_CALLS, OutlierSettings,
+};
+pub use policy::Policy;
+pub use resolve::{Resolver, system_resolver};
+pub use retry::{DEFAULT_BUDGET_PERCENT, RetrySettings};
+pub use target::InvalidUrl;
 
 use crate::{
     error_chain::status_reason,
     metrics::{ClientCalls, TraceExemplar},
 };
+use replica::Replica;
 use std::{
-    collections::{BTreeMap, HashMap},
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
+    collections::BTreeMap,
     sync::{
-        Arc, Mutex, RwLock, Weak,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
+use target::Target;
 use tokio::sync::Notify;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-
-/// How a client spreads its calls over a backend's replicas.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Policy {
-    /// Every address the name resolves to, re-resolved periodically.
-    #[default]
-    Balanced,
-    /// One connection to the name, as a naive gRPC client: it stays on the
-    /// replica it first reached.
-    Pinned,
-}
+use tracing::Span;
 
 /// How a client reaches its backends.
 #[derive(Clone, Debug)]
@@ -53,12 +70,17 @@ pub struct PoolSettings {
     pub channels: usize,
     /// Bound on establishing a connection.
     pub connect_timeout: Duration,
-    /// Bound on each call, queueing in the backend included.
+    /// Deadline of each call, queueing in the backend included: sent with
+    /// it as `grpc-timeout`, so the backend gives up when the caller does.
     pub call_timeout: Duration,
-    /// Balanced or pinned.
+    /// How calls are spread over the replicas.
     pub policy: Policy,
     /// How often a balanced backend resolves its name again.
     pub resolve_interval: Duration,
+    /// When a replica failing its calls is set aside.
+    pub outlier: OutlierSettings,
+    /// Retries, hedges, and the budget they share.
+    pub retry: RetrySettings,
     /// The CA (and client identity) for `https://` URLs; required for them.
     pub tls: Option<crate::tls::ClientTls>,
     /// Where each call, retry and ejection is measured (by default, for
@@ -72,7 +94,7 @@ pub const DEFAULT_CHANNELS: usize = 2;
 /// Bound on connecting to a replica unless told otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 
-/// Bound on each call unless told otherwise: long enough for a classroom
+/// Deadline of each call unless told otherwise: long enough for a classroom
 /// rng's queue of ten workers (about 1 s), short enough to notice a hang.
 pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 5000;
 
@@ -82,6 +104,10 @@ pub const DEFAULT_RESOLVE_MS: u64 = 5000;
 /// Resolving more often than this is refused: a DNS server is not a spin lock.
 pub const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Tries of one call at most (the first and its retries), each on another
+/// replica while there are others.
+const MAX_ATTEMPTS: usize = 4;
+
 impl Default for PoolSettings {
     fn default() -> Self {
         Self {
@@ -90,14 +116,13 @@ impl Default for PoolSettings {
             call_timeout: Duration::from_millis(DEFAULT_CALL_TIMEOUT_MS),
             policy: Policy::default(),
             resolve_interval: Duration::from_millis(DEFAULT_RESOLVE_MS),
+            outlier: OutlierSettings::default(),
+            retry: RetrySettings::default(),
             tls: None,
             metrics: ClientCalls::default(),
         }
     }
 }
-
-/// How long a replica whose connection failed gets no calls.
-const EJECTION: Duration = Duration::from_secs(2);
 
 /// Which service a backend is, for its logs and its errors.
 #[derive(Clone, Copy, Debug)]
@@ -111,145 +136,25 @@ pub struct Service {
     pub port: u16,
 }
 
-/// A backend URL that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid {name} URL {url:?}: {reason}")]
-pub struct InvalidUrl {
-    name: &'static str,
-    url: String,
-    reason: String,
+/// A replica as the balancer sees it now, for the page and for tests.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaState {
+    pub address: String,
+    /// What its health watch said last.
+    pub serving: bool,
+    /// Set aside (its connection failed, or it failed too many calls).
+    pub ejected: bool,
+    pub in_flight: usize,
 }
 
-/// A backend's URL taken apart: what every replica's endpoint is made from.
-struct Target {
-    endpoint: Endpoint,
-    scheme: String,
-    /// The URL's host, brackets off an IPv6 address: what is resolved, and
-    /// what a TLS certificate is checked against.
-    host: String,
-    port: u16,
-}
-
-impl Target {
-    fn parse(service: Service, url: &str) -> Result<Self, InvalidUrl> {
-        let shape = |reason: &str| InvalidUrl {
-            name: service.name,
-            url: url.to_owned(),
-            reason: format!(
-                "{reason} (expected like http://{}:{})",
-                service.name, service.port
-            ),
-        };
-        let endpoint =
-            Endpoint::from_shared(url.to_owned()).map_err(|error| shape(&error.to_string()))?;
-        let uri = endpoint.uri().clone();
-        let host = uri.host().ok_or_else(|| shape("no host"))?;
-        Ok(Self {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            scheme: uri.scheme_str().unwrap_or("http").to_owned(),
-            port: uri.port_u16().ok_or_else(|| shape("no port"))?,
-            endpoint,
-        })
-    }
-
-    /// TLS for an `https://` URL, the certificate checked against the URL's
-    /// host; an `https://` URL without a CA is refused, TLS settings with a
-    /// plaintext URL are said loudly.
-    fn tls(
-        &self,
-        service: Service,
-        url: &str,
-        settings: &PoolSettings,
-    ) -> Result<Option<ClientTlsConfig>, InvalidUrl> {
-        let name = service.name;
-        match (self.scheme.as_str(), &settings.tls) {
-            ("https", Some(tls)) => {
-                tracing::info!(
-                    backend = name,
-                    url,
-                    ca = %tls.ca_path().display(),
-                    client_cert = %tls.cert_path().map_or_else(|| "none".into(), |p| p.display().to_string()),
-                    "{name}: TLS on, certificates checked against the name {}",
-                    self.host
-                );
-                Ok(Some(
-                    tls.config(&self.host).timeout(settings.connect_timeout),
-                ))
-            }
-            ("https", None) => Err(InvalidUrl {
-                name,
-                url: url.to_owned(),
-                reason: format!(
-                    "https:// needs the CA that signed {name}'s certificate: set {}",
-                    crate::tls::setting::TLS_CA
-                ),
-            }),
-            (_, Some(_)) => {
-                tracing::warn!(
-                    backend = name,
-                    url,
-                    "TLS settings are given but the URL is not https://: calls to {name} are not encrypted"
-                );
-                Ok(None)
-            }
-            (_, None) => Ok(None),
-        }
-    }
-}
-
-/// Turns a host and port into addresses: the system resolver by default, a
-/// closure in tests.
-pub type Resolver = Arc<
-    dyn Fn(String, u16) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
-        + Send
-        + Sync,
->;
-
-/// The system's resolver (Docker's embedded DNS, a Kubernetes headless
-/// Service: one address per replica).
-pub fn system_resolver() -> Resolver {
-    Arc::new(|host, port| {
-        Box::pin(async move {
-            Ok(tokio::net::lookup_host((host.as_str(), port))
-                .await?
-                .collect())
-        })
-    })
-}
-
-/// One replica: an address (or, pinned, the name) and its connections.
-struct Replica {
-    /// The address, or the URL when pinned; for logs, spans and counts.
-    label: String,
-    /// The host part, for `server.address` on spans.
-    host: String,
-    port: u16,
-    channels: Vec<Channel>,
-    next: AtomicUsize,
-    /// No calls before this instant: its connection failed.
-    ejected_until: Mutex<Option<Instant>>,
-}
-
-impl Replica {
-    fn channel(&self) -> Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
-    }
-
-    fn is_ejected(&self, now: Instant) -> bool {
-        self.ejected_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| until > now)
-    }
-
-    fn eject(&self) {
-        *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + EJECTION);
-    }
+/// Why an attempt of a call is made: on a span, `dockercoins.attempt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attempt {
+    First,
+    /// Again on another replica, after UNAVAILABLE.
+    Retry,
+    /// A second attempt of a slow call, racing the first.
+    Hedge,
 }
 
 /// A backend's balancer: its replicas and how calls are spread over
@@ -268,9 +173,14 @@ struct Balancer {
     resolver: Resolver,
     /// The current replicas, swapped whole when the name resolves anew.
     replicas: RwLock<Arc<[Arc<Replica>]>>,
+    /// The round-robin counter.
     next: AtomicUsize,
     /// Wakes the resolver early (no replica left to call).
     resolve_now: Notify,
+    /// When the outlier rule last ran.
+    sweeper: outlier::Sweeper,
+    /// What retries and hedges may spend.
+    budget: retry::RetryBudget,
     /// Calls answered, by the replica that says it served them.
     served: Mutex<BTreeMap<String, u64>>,
     /// Whether the last call failed: the logs say "down" once and "back" once.
@@ -321,17 +231,21 @@ impl Backend {
         let replicas: Arc<[Arc<Replica>]> = if pinned {
             // The naive client: one connection to the name, resolved by the
             // connection itself when it (re)connects.
-            Arc::new([Arc::new(Replica {
-                label: url.to_owned(),
-                host: target.host.clone(),
-                port: target.port,
-                channels: vec![endpoint.connect_lazy()],
-                next: AtomicUsize::new(0),
-                ejected_until: Mutex::new(None),
-            })])
+            let channel = endpoint.connect_lazy();
+            let replica = Replica::new(
+                url.to_owned(),
+                target.host.clone(),
+                target.port,
+                vec![channel],
+            );
+            Arc::new([Arc::new(replica)])
         } else {
             Arc::new([])
         };
+        log_policy(service, url, settings);
+        settings
+            .metrics
+            .policy(service.grpc, settings.policy.name());
         let balancer = Arc::new(Balancer {
             service,
             url: url.to_owned(),
@@ -345,12 +259,14 @@ impl Backend {
             replicas: RwLock::new(replicas),
             next: AtomicUsize::new(0),
             resolve_now: Notify::new(),
+            sweeper: outlier::Sweeper::default(),
+            budget: retry::RetryBudget::new(&settings.retry),
             served: Mutex::default(),
             down: AtomicBool::new(false),
             failures: Default::default(),
         });
         if !pinned {
-            tokio::spawn(resolve_forever(Arc::downgrade(&balancer)));
+            tokio::spawn(resolve::resolve_forever(Arc::downgrade(&balancer)));
         }
         Ok(Self { balancer })
     }
@@ -360,9 +276,15 @@ impl Backend {
         self.balancer.service
     }
 
-    /// The bound on each call (and on each message of a streamed reply).
+    /// The deadline of each call (and the bound on each message of a
+    /// streamed reply).
     pub fn call_timeout(&self) -> Duration {
         self.balancer.settings.call_timeout
+    }
+
+    /// How calls are spread.
+    pub fn policy(&self) -> Policy {
+        self.balancer.settings.policy
     }
 
     /// Notes `result`'s success or failure on this backend, and passes it on.
@@ -387,10 +309,24 @@ impl Backend {
         self.current().iter().map(|r| r.label.clone()).collect()
     }
 
+    /// Each replica's health, ejection and calls in flight, in order.
+    pub fn replica_states(&self) -> Vec<ReplicaState> {
+        let now = Instant::now();
+        self.current()
+            .iter()
+            .map(|replica| ReplicaState {
+                address: replica.label.clone(),
+                serving: replica.is_serving(),
+                ejected: replica.record.is_ejected(now),
+                in_flight: replica.in_flight(),
+            })
+            .collect()
+    }
+
     /// A channel to each current replica, with its label.
     pub async fn replica_channels(&self) -> Vec<(String, Channel)> {
         if self.current().is_empty() {
-            resolve_once(&self.balancer).await;
+            resolve::resolve_once(&self.balancer).await;
         }
         self.current()
             .iter()
@@ -415,34 +351,29 @@ impl Backend {
             .clone()
     }
 
-    /// The replica for the next call: round robin over those not ejected;
-    /// if all are, the next one anyway (better a probe than no call).
-    async fn pick(&self) -> Result<Arc<Replica>, tonic::Status> {
+    /// The replica for the next call, by the policy, avoiding `avoid` when
+    /// another will do.
+    async fn pick(&self, avoid: Option<&Replica>) -> Result<Arc<Replica>, tonic::Status> {
         let mut replicas = self.current();
         if replicas.is_empty() {
             // The first call, or the name resolves to nothing: resolve now.
-            resolve_once(&self.balancer).await;
+            resolve::resolve_once(&self.balancer).await;
             replicas = self.current();
         }
-        if replicas.is_empty() {
-            self.balancer.resolve_now.notify_one();
+        let balancer = &self.balancer;
+        let picked = policy::pick(balancer.settings.policy, &replicas, &balancer.next, avoid);
+        let Some(replica) = picked else {
+            balancer.resolve_now.notify_one();
             return Err(tonic::Status::unavailable(format!(
                 "{}: {}:{} resolves to no address",
-                self.balancer.service.name, self.balancer.host, self.balancer.port
+                balancer.service.name, balancer.host, balancer.port
             )));
+        };
+        if replica.record.is_ejected(Instant::now()) {
+            // Every replica is set aside: perhaps the name lists new ones.
+            balancer.resolve_now.notify_one();
         }
-        let start = self.balancer.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let healthy = (0..replicas.len())
-            .map(|i| &replicas[(start + i) % replicas.len()])
-            .find(|replica| !replica.is_ejected(now));
-        match healthy {
-            Some(replica) => Ok(replica.clone()),
-            None => {
-                self.balancer.resolve_now.notify_one();
-                Ok(replicas[start % replicas.len()].clone())
-            }
-        }
+        Ok(replica)
     }
 
     fn count_served(&self, served_by: Option<&str>, replica: &Replica) {
@@ -494,8 +425,35 @@ impl Backend {
     }
 }
 
+/// Says once per process which policy a service's clients use (ten
+/// workers in `up` are one line, not ten).
+fn log_policy(service: Service, url: &str, settings: &PoolSettings) {
+    static SAID: Mutex<Vec<(&str, Policy)>> = Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if said.contains(&(service.name, settings.policy)) {
+        return;
+    }
+    said.push((service.name, settings.policy));
+    let hedge_ms = settings
+        .retry
+        .hedge_after
+        .map_or(0, |d| d.as_millis() as u64);
+    tracing::info!(
+        backend = service.name,
+        url,
+        policy = settings.policy.name(),
+        deadline_ms = settings.call_timeout.as_millis() as u64,
+        retry_budget_percent = settings.retry.budget_percent,
+        hedge_ms,
+        "{} calls: {}",
+        service.name,
+        settings.policy.name()
+    );
+}
+
 /// Each connection's settings: timeouts, TCP_NODELAY, keepalive (`bench`'s
-/// floor uses them too).
+/// floor uses them too). The endpoint's timeout is a backstop: each call
+/// carries its own deadline.
 pub(crate) fn configure(endpoint: Endpoint, settings: &PoolSettings) -> Endpoint {
     endpoint
         .connect_timeout(settings.connect_timeout)
@@ -505,136 +463,165 @@ pub(crate) fn configure(endpoint: Endpoint, settings: &PoolSettings) -> Endpoint
         .keep_alive_timeout(Duration::from_secs(10))
 }
 
-/// Resolves the name every `resolve_interval` (sooner when asked) for as long
-/// as the backend exists.
-async fn resolve_forever(balancer: Weak<Balancer>) {
-    loop {
-        let Some(strong) = balancer.upgrade() else {
-            return;
-        };
-        let interval = strong.settings.resolve_interval;
-        resolve_once(&strong).await;
-        let woken = async {
-            // Held only while waiting, so the backend can go away meanwhile.
-            strong.resolve_now.notified().await;
-        };
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = woken => {
-                // Asked early: still at most one resolution a quarter period.
-                tokio::time::sleep(interval / 4).await;
-            }
-        }
-        drop(strong);
-    }
-}
-
-/// Resolves the name once and swaps in the new set of replicas, keeping the
-/// connections of addresses that stay.
-async fn resolve_once(balancer: &Balancer) {
-    let addrs = match (balancer.resolver)(balancer.host.clone(), balancer.port).await {
-        Ok(addrs) => addrs,
-        Err(error) => {
-            tracing::debug!(backend = balancer.service.name, host = %balancer.host, %error, "cannot resolve");
-            Vec::new()
-        }
-    };
-    let mut addrs: Vec<SocketAddr> = addrs;
-    addrs.sort();
-    addrs.dedup();
-    if addrs.is_empty() {
-        // Keep what we had: a resolver hiccup must not drop live replicas.
-        return;
-    }
-    let old = balancer
-        .replicas
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let by_label: HashMap<&str, &Arc<Replica>> =
-        old.iter().map(|r| (r.label.as_str(), r)).collect();
-    let mut changed = old.len() != addrs.len();
-    let replicas: Vec<Arc<Replica>> = addrs
-        .iter()
-        .map(|addr| {
-            let label = addr.to_string();
-            if let Some(existing) = by_label.get(label.as_str()) {
-                return Arc::clone(existing);
-            }
-            changed = true;
-            let uri = format!("{}://{label}", balancer.scheme);
-            let endpoint = Endpoint::from_shared(uri)
-                .map(|e| configure(e, &balancer.settings))
-                .and_then(|e| match &balancer.tls {
-                    // The address is dialled, the URL's host is checked.
-                    Some(tls) => e.tls_config(tls.clone()),
-                    None => Ok(e),
-                })
-                .unwrap_or_else(|error| {
-                    tracing::warn!(backend = balancer.service.name, address = %label, %error, "cannot make an endpoint for this address; using the URL's");
-                    balancer.endpoint.clone()
-                });
-            Arc::new(Replica {
-                label,
-                host: addr.ip().to_string(),
-                port: addr.port(),
-                channels: (0..balancer.settings.channels.max(1))
-                    .map(|_| endpoint.connect_lazy())
-                    .collect(),
-                next: AtomicUsize::new(0),
-                ejected_until: Mutex::new(None),
-            })
-        })
-        .collect();
-    if changed {
-        let labels: Vec<&str> = replicas.iter().map(|r| r.label.as_str()).collect();
-        tracing::info!(backend = balancer.service.name, host = %balancer.host, endpoints = ?labels, "{} endpoints changed", balancer.service.name);
-        *balancer.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
-    }
-}
-
 impl Backend {
-    /// Makes one gRPC call of `method` inside a client span, with the trace
-    /// context in its metadata and its status recorded on the span. A replica
-    /// whose connection fails (UNAVAILABLE) is ejected and the call is tried
-    /// on the next one, so a dead replica still in DNS costs no failed call.
-    /// For a streaming call the span covers the call's start, up to the
-    /// response headers. Its success or failure is noted on the backend
-    /// (a streak of failures is logged once). Only the typed clients call
-    /// this.
+    /// Makes one unary gRPC call of `method`: see [`Self::call_with`]; a
+    /// call still unanswered after the hedging delay is sent again to
+    /// another replica, and the first answer wins.
     pub(crate) async fn call<M: Clone, T>(
         &self,
         method: &'static str,
         call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
         message: M,
     ) -> Result<tonic::Response<T>, tonic::Status> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let replica = match self.pick().await {
-                Ok(replica) => replica,
-                Err(status) => return self.note(Err(status)),
-            };
+        self.call_with(method, &call, message, true).await
+    }
+
+    /// Starts a server-streaming call of `method`: see [`Self::call_with`];
+    /// never hedged (two streams of the same blocks would be paid twice).
+    pub(crate) async fn call_stream<M: Clone, T>(
+        &self,
+        method: &'static str,
+        call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+        message: M,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        self.call_with(method, &call, message, false).await
+    }
+
+    /// One call, under one deadline for all its attempts: each attempt is a
+    /// client span with the trace context and the time left (`grpc-timeout`)
+    /// in its metadata. A replica that answers UNAVAILABLE is avoided and the
+    /// call tried on another, so a dead replica still in DNS costs no failed
+    /// call; retries and hedges are paid from the backend's budget. For a
+    /// streaming call the span covers the call's start, up to the response
+    /// headers. Its success or failure is noted on the backend (a streak of
+    /// failures is logged once). Only the typed clients call this.
+    async fn call_with<M: Clone, T>(
+        &self,
+        method: &'static str,
+        call: &impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+        message: M,
+        may_hedge: bool,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let started = Instant::now();
+        let deadline = started + self.balancer.settings.call_timeout;
+        self.balancer.budget.deposit();
+        let result = match self.pick(None).await {
+            Err(status) => Err(status),
+            Ok(replica) => match self.balancer.settings.retry.hedge_after {
+                Some(after) if may_hedge => {
+                    self.hedged(method, call, message, deadline, replica, after)
+                        .await
+                }
+                _ => {
+                    self.with_retries(method, call, message, deadline, replica, Attempt::First)
+                        .await
+                }
+            },
+        };
+        if crate::metrics::enabled() {
+            let code = result
+                .as_ref()
+                .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
+            let service = self.balancer.service.grpc;
+            self.balancer
+                .settings
+                .metrics
+                .observe_call((service, method), code, started.elapsed());
+        }
+        self.note(result)
+    }
+
+    /// An attempt on `replica`, then, while it answers UNAVAILABLE, up to
+    /// one more on each other replica (at most [`MAX_ATTEMPTS`] in all) as
+    /// long as the budget allows.
+    async fn with_retries<M: Clone, T>(
+        &self,
+        method: &'static str,
+        call: &impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+        message: M,
+        deadline: Instant,
+        mut replica: Arc<Replica>,
+        mut attempt: Attempt,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let metrics = &self.balancer.settings.metrics;
+        let service = self.balancer.service.grpc;
+        for tries in 1.. {
             let result = self
-                .call_replica(&replica, method, &call, message.clone())
+                .call_replica(&replica, method, call, message.clone(), deadline, attempt)
                 .await;
-            // Up to one try per replica (at most 4), counted only on a failure:
-            // a call that succeeds takes the replica list once, in `pick`.
-            if matches!(&result, Err(status) if status.code() == tonic::Code::Unavailable)
-                && attempt < self.current().len().clamp(1, 4)
-            {
-                tracing::debug!(backend = self.name(), replica = %replica.label, "unavailable; trying another replica");
-                self.balancer
-                    .settings
-                    .metrics
-                    .retried(self.balancer.service.grpc);
-                continue;
+            // Counted only on a failure: a call that succeeds takes the
+            // replica list once, in `pick`.
+            let unavailable =
+                matches!(&result, Err(status) if status.code() == tonic::Code::Unavailable);
+            if !unavailable || tries >= self.current().len().clamp(1, MAX_ATTEMPTS) {
+                return result;
             }
-            return self.note(result);
+            if !self.balancer.budget.withdraw() {
+                metrics.throttled(service);
+                return result;
+            }
+            tracing::debug!(backend = self.name(), replica = %replica.label, "unavailable; trying another replica");
+            metrics.retried(service);
+            replica = self.pick(Some(&replica)).await?;
+            attempt = Attempt::Retry;
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// `with_retries` on `replica`, and, when it has not answered after
+    /// `after`, a twin on another replica if the budget allows: the first
+    /// success wins and the other attempt is abandoned (its span says
+    /// CANCELLED); a failure waits for the other attempt.
+    async fn hedged<M: Clone, T>(
+        &self,
+        method: &'static str,
+        call: &impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
+        message: M,
+        deadline: Instant,
+        replica: Arc<Replica>,
+        after: Duration,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let first = self.with_retries(
+            method,
+            call,
+            message.clone(),
+            deadline,
+            replica.clone(),
+            Attempt::First,
+        );
+        tokio::pin!(first);
+        tokio::select! {
+            result = &mut first => return result,
+            () = tokio::time::sleep(after) => {}
+        }
+        let service = self.balancer.service.grpc;
+        if self.current().len() < 2 {
+            return first.await;
+        }
+        if !self.balancer.budget.withdraw() {
+            self.balancer.settings.metrics.throttled(service);
+            return first.await;
+        }
+        let twin = match self.pick(Some(&replica)).await {
+            Ok(twin) => twin,
+            Err(_) => return first.await,
+        };
+        self.balancer.settings.metrics.hedged(service);
+        let second = self.with_retries(method, call, message, deadline, twin, Attempt::Hedge);
+        tokio::pin!(second);
+        tokio::select! {
+            result = &mut first => match result {
+                Ok(_) => result,
+                Err(_) => second.await,
+            },
+            result = &mut second => match result {
+                Ok(_) => result,
+                Err(_) => first.await,
+            },
         }
     }
 
-    /// [`Self::call`] for a call whose request cannot be sent twice (a
+    /// [`Self::call_with`] for a call whose request cannot be sent twice (a
     /// client stream): one replica, one attempt; the caller's backoff retries.
     pub(crate) async fn call_once<M, T>(
         &self,
@@ -642,40 +629,63 @@ impl Backend {
         call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
         message: M,
     ) -> Result<tonic::Response<T>, tonic::Status> {
-        let result = match self.pick().await {
-            Ok(replica) => self.call_replica(&replica, method, &call, message).await,
+        let deadline = Instant::now() + self.balancer.settings.call_timeout;
+        let result = match self.pick(None).await {
+            Ok(replica) => {
+                self.call_replica(&replica, method, &call, message, deadline, Attempt::First)
+                    .await
+            }
             Err(status) => Err(status),
         };
         self.note(result)
     }
 
+    /// One attempt on one replica, in its own client span; its outcome is
+    /// measured, counted against the replica, and may trip the outlier rule.
     async fn call_replica<M, T>(
         &self,
         replica: &Replica,
         method: &'static str,
         call: &impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
         message: M,
+        deadline: Instant,
+        attempt: Attempt,
     ) -> Result<tonic::Response<T>, tonic::Status> {
         let service = self.balancer.service.grpc;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(tonic::Status::deadline_exceeded(format!(
+                "{}: the call's deadline passed before this attempt",
+                self.name()
+            )));
+        }
         let span = crate::telemetry::grpc_client_span(service, method, &replica.host, replica.port);
+        if attempt != Attempt::First {
+            self.say_attempt(&span, attempt);
+        }
         let started = Instant::now();
+        let _in_flight = replica.start_call();
         // The span is not entered around the call: nothing inside logs,
         // and entering it at every poll cost the worker about 4% of its
         // instructions per unit (callgrind). It times the call all the same.
         let mut request = tonic::Request::new(message);
+        request.set_timeout(left);
         crate::telemetry::inject(&span, &mut request);
+        let abandoned = Abandoned(Some(&span));
         let result = call(replica.channel(), request).await;
+        abandoned.answered();
         crate::telemetry::record_grpc_result(&span, &result);
+        let code = result
+            .as_ref()
+            .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
+        replica.record.note(code);
         let metrics = &self.balancer.settings.metrics;
         if crate::metrics::enabled() {
-            let status = result
-                .as_ref()
-                .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
             let trace = TraceExemplar::of(&span);
             metrics.observe(
                 (service, method),
                 &replica.label,
-                status,
+                code,
                 started.elapsed(),
                 trace,
             );
@@ -688,17 +698,113 @@ impl Backend {
                     .and_then(|value| value.to_str().ok());
                 self.count_served(served_by, replica);
             }
-            // The connection failed: no more calls to this replica for a while.
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                replica.eject();
-                metrics.ejected(service, &replica.label);
+            // The connection failed (a status made by the client, from a
+            // transport error, not one the replica sent): no calls to it
+            // for a while.
+            Err(status) if status.code() == tonic::Code::Unavailable && is_local(status) => {
+                replica
+                    .record
+                    .eject_for(Instant::now(), outlier::CONNECTION_EJECTION);
+                metrics.ejected(service, &replica.label, "connection");
             }
             Err(_) => {}
         }
+        self.sweep(&span);
         result
+    }
+
+    /// Says on a retry's or hedge's span why it was made.
+    fn say_attempt(&self, span: &Span, attempt: Attempt) {
+        let (name, why) = match attempt {
+            Attempt::Retry => (
+                "retry",
+                "retried: the previous attempt found its replica UNAVAILABLE",
+            ),
+            Attempt::Hedge => (
+                "hedge",
+                "hedged: the first attempt had not answered in time",
+            ),
+            Attempt::First => return,
+        };
+        span.record("dockercoins.attempt", name);
+        span.in_scope(|| tracing::info!(target: crate::telemetry::TARGET, "{why}"));
+    }
+
+    /// Applies the outlier rule when an interval has passed; its ejections
+    /// are logged, counted, and events on `span` (the call that ran it).
+    fn sweep(&self, span: &Span) {
+        let balancer = &self.balancer;
+        let settings = &balancer.settings.outlier;
+        let now = Instant::now();
+        if !balancer.sweeper.is_due(settings, now) {
+            return;
+        }
+        let replicas = self.current();
+        let records: Vec<&outlier::Record> = replicas.iter().map(|r| &r.record).collect();
+        for ejected in outlier::sweep(settings, &records, now) {
+            let replica = &replicas[ejected.replica];
+            let name = balancer.service.name;
+            let (failures, calls, seconds) =
+                (ejected.failures, ejected.calls, ejected.time.as_secs_f64());
+            tracing::warn!(
+                backend = name,
+                replica = %replica.label,
+                failures,
+                calls,
+                ejected_s = seconds,
+                "{name} replica {} ejected for {seconds:.0} s: {failures} of its last {calls} calls failed",
+                replica.label
+            );
+            span.in_scope(|| {
+                tracing::info!(
+                    target: crate::telemetry::TARGET,
+                    replica = %replica.label,
+                    failures,
+                    calls,
+                    ejected_s = seconds,
+                    "outlier ejected: {} failed {failures} of {calls} calls",
+                    replica.label
+                );
+            });
+            balancer.settings.metrics.ejected(
+                balancer.service.grpc,
+                &replica.label,
+                "failure_rate",
+            );
+        }
     }
 }
 
+/// Whether a status was made by the client (a transport error under it),
+/// not sent by a replica.
+fn is_local(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// An attempt's span until it is answered: an attempt abandoned by its
+/// caller (the hedged twin answered first, or the caller gave up) ends
+/// CANCELLED instead of without a status.
+struct Abandoned<'a>(Option<&'a Span>);
+
+impl Abandoned<'_> {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(span) = self.0 {
+            span.record("rpc.response.status_code", "CANCELLED");
+            span.in_scope(|| {
+                tracing::info!(
+                    target: crate::telemetry::TARGET,
+                    "abandoned: the caller stopped waiting (a hedged twin answered first)"
+                );
+            });
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

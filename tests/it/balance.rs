@@ -94,7 +94,7 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
     // The name in the URL is never looked up: the resolver answers.
     let rng = RngClient::with_resolver(
         "http://rng:8001",
-        &settings(Policy::Balanced),
+        &settings(Policy::RoundRobin),
         resolver(&addrs),
     )
     .unwrap();
@@ -198,7 +198,7 @@ async fn pinned_stays_on_one_replica() {
 async fn the_system_resolver_finds_replicas_by_name() {
     let rng_server = spawn_rng(RngConfig::turbo()).await;
     let url = format!("http://localhost:{}", rng_server.addr.port());
-    let rng = RngClient::new(&url, &settings(Policy::Balanced)).unwrap();
+    let rng = RngClient::new(&url, &settings(Policy::RoundRobin)).unwrap();
     generate(&rng, 20).await;
     assert!(
         rng.backend()

@@ -179,7 +179,7 @@ fn settings(policy: Policy, tls: Option<ClientTls>) -> PoolSettings {
 /// A balanced rng client whose URL is `url` and whose every name resolves
 /// to `addr`.
 fn backend(url: &str, addr: SocketAddr, tls: Option<ClientTls>) -> RngClient {
-    RngClient::with_resolver(url, &settings(Policy::Balanced, tls), resolver(addr)).unwrap()
+    RngClient::with_resolver(url, &settings(Policy::RoundRobin, tls), resolver(addr)).unwrap()
 }
 
 /// A healthcheck of `target` over TLS with `tls`, the certificate checked
@@ -674,7 +674,7 @@ async fn make_certs_sh_makes_what_the_services_accept() {
     assert_eq!(generate_through(&rng_backend).await.unwrap(), 32);
     let hasher_backend = HasherClient::with_resolver(
         &format!("https://hasher:{}", hasher.addr.port()),
-        &settings(Policy::Balanced, Some(client.clone())),
+        &settings(Policy::RoundRobin, Some(client.clone())),
         resolver(hasher.addr),
     )
     .unwrap();
