@@ -14,6 +14,7 @@ mod hostile;
 mod jaeger;
 mod k8s;
 mod metrics;
+mod resilience;
 mod rng;
 mod server;
 mod tls;
