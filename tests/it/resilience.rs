@@ -3,12 +3,19 @@
 //! replica, hedging, the retry budget, draining by health watch, outlier
 //! ejection, deadlines that travel, and a rolling restart that loses nothing.
 
-use crate::helpers::{Spawned, restartable_port, spawn_rng};
+use crate::helpers::{
+    RedisServer, RunningWorker, Spawned, restartable_port, spawn_hasher, spawn_rng, spawn_rng_on,
+};
 use dockercoins::{
-    clients::RngClient,
+    clients::{HasherClient, RngClient},
+    hasher::HasherConfig,
+    store::Store,
+    worker::WorkerConfig,
+    faults::Faults,
     metrics::{ClientCalls, Exposition, Registry},
-    pool::{Policy, PoolSettings, Resolver, RetrySettings},
+    pool::{OutlierSettings, Policy, PoolSettings, Resolver, RetrySettings},
     rng::RngConfig,
+    server::DRAIN_NOTICE,
 };
 use std::{
     collections::BTreeMap,
@@ -190,4 +197,219 @@ async fn the_retry_budget_caps_retries() {
     assert!(retries <= 50, "{retries} retries for {calls} calls");
     assert!(retries >= 10, "the budget allowed only {retries} retries");
     assert_eq!(retries + throttled, calls, "every call asked for one retry");
+}
+
+/// Waits (20 ms steps, at most `within`) until `done`; says what did not
+/// happen otherwise.
+async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// Calls rng one after the other until told to stop; the failures seen.
+fn keep_calling(rng: &RngClient) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<u64>) {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let rng = rng.clone();
+    let task = tokio::spawn(async move {
+        let mut failed = 0;
+        while !*stopped.borrow_and_update() {
+            if rng.generate(32).await.is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    });
+    (stop, task)
+}
+
+/// A replica that starts stopping says NOT_SERVING first: the health watch
+/// sees it before its listener closes (within the lame-duck notice), no new
+/// call goes there afterwards, and no call fails.
+#[tokio::test]
+async fn a_replica_turned_not_serving_gets_no_new_call() {
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(spawn_rng(RngConfig::turbo()).await);
+    }
+    let servers: Vec<&Spawned> = replicas.iter().collect();
+    let (rng, _) = client(&servers, PoolSettings::default(), &mut Registry::default());
+    let (stop, calls) = keep_calling(&rng);
+    wait_until("calls on every replica", Duration::from_secs(10), || {
+        rng.backend().served().len() == 3
+    })
+    .await;
+
+    let mut draining = replicas.remove(1);
+    let port = draining.addr.port();
+    let address = draining.addr.to_string();
+    draining.begin_stop();
+    let seen = wait_until("the watch to say NOT_SERVING", DRAIN_NOTICE, || {
+        rng.backend()
+            .replica_states()
+            .iter()
+            .any(|state| state.address == address && !state.serving)
+    })
+    .await;
+    eprintln!("NOT_SERVING seen {seen:?} after the stop began");
+    // At most the one call in flight when the watch answered.
+    let before = served_on(&rng.backend().served(), port);
+    draining.join(Duration::from_secs(5)).await.unwrap();
+    let after = served_on(&rng.backend().served(), port);
+    assert!(after <= before + 1, "{} calls after NOT_SERVING", after - before);
+
+    stop.send(true).unwrap();
+    assert_eq!(calls.await.unwrap(), 0, "a call failed while a replica drained");
+    assert_eq!(rng.backend().failures(), 0);
+    for replica in replicas {
+        replica.stop().await.unwrap();
+    }
+}
+
+/// A replica failing every call is ejected by the failure-percentage rule
+/// within an interval or two, gets no calls while out, and comes back when
+/// its ejection time is up (to be ejected again, for longer). Its calls
+/// were retried on the others, so none failed.
+#[tokio::test]
+async fn a_replica_failing_every_call_is_ejected_and_comes_back_after_its_time() {
+    let good = spawn_rng(RngConfig::turbo()).await;
+    let also_good = spawn_rng(RngConfig::turbo()).await;
+    let failing = spawn_rng(RngConfig {
+        faults: Faults {
+            fail_rate: "1".parse().unwrap(),
+            ..Faults::default()
+        },
+        ..RngConfig::turbo()
+    })
+    .await;
+    let settings = PoolSettings {
+        outlier: OutlierSettings {
+            interval: Duration::from_millis(300),
+            failure_percent: 50,
+            min_calls: 3,
+            ejection: Duration::from_secs(1),
+            max_ejected_percent: 50,
+        },
+        retry: RetrySettings {
+            budget_percent: 100,
+            ..RetrySettings::default()
+        },
+        ..PoolSettings::default()
+    };
+    let mut registry = Registry::default();
+    let (rng, _) = client(&[&good, &also_good, &failing], settings, &mut registry);
+    let address = failing.addr.to_string();
+    let ejected = |rng: &RngClient| {
+        rng.backend()
+            .replica_states()
+            .iter()
+            .any(|state| state.address == address && state.ejected)
+    };
+    let (stop, calls) = keep_calling(&rng);
+    let out = wait_until("the failing replica ejected", Duration::from_secs(2), || ejected(&rng)).await;
+    let back = wait_until("its return", Duration::from_secs(3), || !ejected(&rng)).await;
+    eprintln!("ejected after {out:?}, back {back:?} later");
+    assert!(back >= Duration::from_millis(900), "back after {back:?}, not its 1 s");
+    // Back, it fails again: ejected again within the interval.
+    wait_until("a second ejection", Duration::from_secs(2), || ejected(&rng)).await;
+    stop.send(true).unwrap();
+    assert_eq!(calls.await.unwrap(), 0, "a call failed: its retry should have saved it");
+    let ejections = counter(registry, "rpc_client_ejections", r#"reason="failure_rate""#);
+    assert!(ejections >= 2, "{ejections} ejections counted");
+    for server in [good, also_good, failing] {
+        server.stop().await.unwrap();
+    }
+}
+
+/// The pool's deadline travels with each call: a classroom rng (one lane,
+/// 100 ms) with six calls queued and a 250 ms deadline serves the two that
+/// fit and drops the others unserved (DEADLINE_EXCEEDED), so its queue is
+/// empty again at once.
+#[tokio::test]
+async fn deadlines_travel_with_the_calls_and_rng_drops_what_cannot_fit() {
+    let rng_server = spawn_rng(RngConfig::classroom()).await;
+    let settings = PoolSettings {
+        call_timeout: Duration::from_millis(250),
+        ..PoolSettings::default()
+    };
+    let (rng, _) = client(&[&rng_server], settings, &mut Registry::default());
+    let results = load(&rng, 6, 1).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let late = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::DeadlineExceeded))
+        .count();
+    assert_eq!((ok, late), (2, 4), "{results:?}");
+    // What rng says it served is what the client received.
+    let (_, _, metrics) = crate::helpers::http1(rng_server.addr, "GET", "/metrics", "").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in\n{metrics}"))
+            .to_owned()
+    };
+    assert!(line("rng_lane_queue_depth").ends_with(" 0"), "{}", line("rng_lane_queue_depth"));
+    assert_eq!(served_on(&rng.backend().served(), rng_server.addr.port()), 2);
+    rng_server.stop().await.unwrap();
+}
+
+/// A rolling restart under load: each of three rng replicas in turn stops
+/// (NOT_SERVING, the lame-duck notice, its in-flight calls drained) and a
+/// new one starts on the same port. A worker mining all along loses no
+/// unit of work, and every replica serves again at the end.
+#[tokio::test]
+async fn a_rolling_restart_loses_no_unit_of_work() {
+    let redis = RedisServer::start().await;
+    let hasher = spawn_hasher(HasherConfig::turbo()).await;
+    let addrs: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], restartable_port())))
+        .collect();
+    let mut replicas = Vec::new();
+    for addr in &addrs {
+        replicas.push(spawn_rng_on(*addr, RngConfig::turbo()).await);
+    }
+    let servers: Vec<&Spawned> = replicas.iter().collect();
+    let (rng, _) = client(&servers, PoolSettings::default(), &mut Registry::default());
+    let hasher_client = HasherClient::new(&hasher.url(), &PoolSettings::default()).unwrap();
+    let store = Store::redis(&redis.url(), Duration::from_millis(500)).unwrap();
+    let config = WorkerConfig {
+        delay: Duration::ZERO,
+        concurrency: 6,
+        batch: 0,
+        wallet_cap: 0,
+    };
+    let worker = RunningWorker::with_backends(config, rng.clone(), hasher_client, store);
+    redis.wait_for_hashes(100, Duration::from_secs(10)).await;
+
+    for (n, addr) in addrs.iter().enumerate() {
+        replicas.remove(n).stop().await.unwrap();
+        replicas.insert(n, spawn_rng_on(*addr, RngConfig::turbo()).await);
+        let before = redis.hashes().await;
+        redis.wait_for_hashes(before + 100, Duration::from_secs(10)).await;
+    }
+    // Every new replica gets calls again.
+    let served = rng.backend().served();
+    let before: Vec<u64> = addrs.iter().map(|a| served_on(&served, a.port())).collect();
+    wait_until("calls on every restarted replica", Duration::from_secs(10), || {
+        let served = rng.backend().served();
+        addrs
+            .iter()
+            .zip(&before)
+            .all(|(a, was)| served_on(&served, a.port()) > *was)
+    })
+    .await;
+
+    let report = worker.stop().await;
+    assert_eq!(rng.backend().failures(), 0, "a unit of work failed during the restart");
+    assert_eq!(report.hashes_done, report.hashes_flushed);
+    assert_eq!(redis.hashes().await, report.hashes_done);
+    for replica in replicas {
+        replica.stop().await.unwrap();
+    }
+    hasher.stop().await.unwrap();
 }
