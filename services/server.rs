@@ -80,6 +80,9 @@ pub struct GrpcServer {
     calls: ServerCalls,
     /// A queue in front of the service (rng's lane), said in `Replica/Info`.
     queue: Option<Gauge>,
+    /// The faults the service injects, for people (empty: none), said in
+    /// `Replica/Info`.
+    faults: String,
 }
 
 /// The services whose calls a replica counts for `Replica/Info`: the
@@ -120,6 +123,7 @@ impl GrpcServer {
             tls,
             calls,
             queue: None,
+            faults: String::new(),
         }
         .add_service(health_service)
     }
@@ -147,6 +151,13 @@ impl GrpcServer {
     /// `Replica/Info`.
     pub fn with_queue(mut self, depth: Gauge) -> Self {
         self.queue = Some(depth);
+        self
+    }
+
+    /// Says `faults` (what the service was told to inject, for people;
+    /// empty for none) in `Replica/Info`.
+    pub fn with_faults(mut self, faults: String) -> Self {
+        self.faults = faults;
         self
     }
 
@@ -199,6 +210,7 @@ impl GrpcServer {
             calls: calls_served.clone(),
             measured: self.calls.clone(),
             queue: self.queue.clone(),
+            faults: self.faults.clone(),
         };
         let this = self
             .add_service(
@@ -214,6 +226,7 @@ impl GrpcServer {
             tls,
             calls,
             queue: _,
+            faults: _,
         } = this;
         report(&health, &services, ServingStatus::Serving).await;
         tracing::info!(
@@ -354,6 +367,8 @@ struct ReplicaService {
     measured: ServerCalls,
     /// rng's lane: how many wait now.
     queue: Option<Gauge>,
+    /// The faults injected, for people.
+    faults: String,
 }
 
 #[tonic::async_trait]
@@ -367,6 +382,7 @@ impl Replica for ReplicaService {
             calls: self.calls.load(Ordering::Relaxed),
             methods: self.measured.latencies().report(&COUNTED_SERVICES),
             lane_queue: self.queue.as_ref().map_or(0, |q| q.get().max(0) as u64),
+            faults: self.faults.clone(),
         }))
     }
 }

@@ -6,6 +6,7 @@ mod balance;
 mod bench;
 mod cli;
 mod compose;
+mod deadlines;
 mod edge;
 mod faults;
 mod hasher;

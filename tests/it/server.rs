@@ -154,7 +154,7 @@ async fn shutdown_reports_not_serving_and_drains_calls_in_flight() {
     let config = RngConfig {
         delay: Duration::from_millis(200),
         lanes: Some(1),
-        tls: None,
+        ..RngConfig::classroom()
     };
     let mut rng = spawn_rng(config).await;
     let channel = rng.channel().await;
@@ -203,7 +203,7 @@ async fn shutdown_is_bounded_when_calls_run_long() {
     let config = RngConfig {
         delay: Duration::from_millis(300),
         lanes: Some(1),
-        tls: None,
+        ..RngConfig::classroom()
     };
     let mut rng = spawn_rng(config).await;
     let mut stream = rng_client(&rng)
