@@ -12,6 +12,7 @@ mod faults;
 mod hasher;
 mod helpers;
 mod hostile;
+mod injection;
 mod jaeger;
 mod k8s;
 mod metrics;
