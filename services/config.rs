@@ -9,6 +9,7 @@
 use crate::{
     bench::{self, BenchConfig},
     clients::{HasherClient, RngClient},
+    faults::{self, ExtraDelay, FailCode, FailRate, Faults},
     hasher::{self, HasherConfig},
     healthcheck::Probe,
     pool::{self, PoolSettings},
@@ -28,8 +29,14 @@ pub mod env {
     pub const RNG_LISTEN: &str = "RNG_LISTEN";
     pub const RNG_DELAY_MS: &str = "RNG_DELAY_MS";
     pub const RNG_LANES: &str = "RNG_LANES";
+    pub const RNG_FAIL_RATE: &str = "RNG_FAIL_RATE";
+    pub const RNG_FAIL_CODE: &str = "RNG_FAIL_CODE";
+    pub const RNG_EXTRA_DELAY: &str = "RNG_EXTRA_DELAY";
     pub const HASHER_LISTEN: &str = "HASHER_LISTEN";
     pub const HASHER_DELAY_MS: &str = "HASHER_DELAY_MS";
+    pub const HASHER_FAIL_RATE: &str = "HASHER_FAIL_RATE";
+    pub const HASHER_FAIL_CODE: &str = "HASHER_FAIL_CODE";
+    pub const HASHER_EXTRA_DELAY: &str = "HASHER_EXTRA_DELAY";
     pub const RNG_URL: &str = "RNG_URL";
     pub const HASHER_URL: &str = "HASHER_URL";
     pub const REDIS_URL: &str = "REDIS_URL";
@@ -147,6 +154,18 @@ pub struct RngArgs {
     /// 1 is the classroom bottleneck; 0 means unlimited.
     #[arg(long, env = env::RNG_LANES, default_value_t = rng::DEFAULT_LANES)]
     pub lanes: usize,
+    /// Share of gRPC calls answered at once with --fail-code, without taking
+    /// a lane: `0.2` or `20%` (resilience lab; 0 = off).
+    #[arg(long, env = env::RNG_FAIL_RATE, default_value = faults::DEFAULT_FAIL_RATE)]
+    pub fail_rate: FailRate,
+    /// The code of an injected failure.
+    #[arg(long, env = env::RNG_FAIL_CODE, value_enum, default_value_t)]
+    pub fail_code: FailCode,
+    /// Extra delay for a share of requests (stream messages), paid in the
+    /// lane on top of --delay-ms: `SHARE=DELAY,...` like `10%=300ms,1%=2s`
+    /// (resilience lab; `none` = off).
+    #[arg(long, env = env::RNG_EXTRA_DELAY, default_value = faults::DEFAULT_EXTRA_DELAY)]
+    pub extra_delay: ExtraDelay,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
 }
@@ -161,6 +180,18 @@ pub struct HasherArgs {
     /// (classroom: 100; turbo: 0). Requests are served concurrently.
     #[arg(long, env = env::HASHER_DELAY_MS, default_value_t = hasher::DEFAULT_DELAY_MS)]
     pub delay_ms: u64,
+    /// Share of gRPC calls answered at once with --fail-code: `0.2` or
+    /// `20%` (resilience lab; 0 = off).
+    #[arg(long, env = env::HASHER_FAIL_RATE, default_value = faults::DEFAULT_FAIL_RATE)]
+    pub fail_rate: FailRate,
+    /// The code of an injected failure.
+    #[arg(long, env = env::HASHER_FAIL_CODE, value_enum, default_value_t)]
+    pub fail_code: FailCode,
+    /// Extra delay for a share of requests (stream messages), on top of
+    /// --delay-ms: `SHARE=DELAY,...` like `10%=300ms,1%=2s` (resilience lab;
+    /// `none` = off).
+    #[arg(long, env = env::HASHER_EXTRA_DELAY, default_value = faults::DEFAULT_EXTRA_DELAY)]
+    pub extra_delay: ExtraDelay,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
 }
@@ -172,6 +203,11 @@ impl RngArgs {
             delay: Duration::from_millis(self.delay_ms),
             lanes: (self.lanes > 0).then_some(self.lanes),
             tls: self.tls.load()?,
+            faults: Faults {
+                fail_rate: self.fail_rate,
+                fail_code: self.fail_code,
+                extra_delay: self.extra_delay.clone(),
+            },
         })
     }
 }
@@ -182,6 +218,11 @@ impl HasherArgs {
         Ok(HasherConfig {
             delay: Duration::from_millis(self.delay_ms),
             tls: self.tls.load()?,
+            faults: Faults {
+                fail_rate: self.fail_rate,
+                fail_code: self.fail_code,
+                extra_delay: self.extra_delay.clone(),
+            },
         })
     }
 }

@@ -3,10 +3,17 @@
 //!
 //! Each request (or stream message) pays the configured delay, but requests
 //! are served concurrently: hasher is never the lab's bottleneck.
+//!
+//! A gRPC request whose deadline (`grpc-timeout`) cannot be met is refused
+//! with DEADLINE_EXCEEDED before its delay is paid
+//! (`hasher_deadline_expired_total`). Injected faults (`--fail-rate`,
+//! `--extra-delay`) strike before the work too, see [`HasherService`].
 
 use crate::{
+    deadline::{self, Expired},
+    faults::{Faults, Injector},
     limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
-    metrics::Registry,
+    metrics::{DeadlineMetrics, FaultMetrics, Registry},
     pb::{
         DigestBatch, HashBatch, HashRequest, HashResponse,
         hasher_server::{Hasher as HasherApi, HasherServer},
@@ -24,7 +31,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{net::TcpListener, sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
@@ -43,6 +50,9 @@ pub struct HasherConfig {
     /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
     /// otherwise.
     pub tls: Option<ServerTls>,
+    /// Failures and extra delays to inject, for the resilience lab; none
+    /// by default.
+    pub faults: Faults,
 }
 
 impl HasherConfig {
@@ -51,6 +61,7 @@ impl HasherConfig {
         Self {
             delay: Duration::from_millis(DEFAULT_DELAY_MS),
             tls: None,
+            faults: Faults::default(),
         }
     }
 
@@ -59,13 +70,18 @@ impl HasherConfig {
         Self {
             delay: Duration::ZERO,
             tls: None,
+            faults: Faults::default(),
         }
     }
 }
 
 impl std::fmt::Display for HasherConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ms a request, concurrent", self.delay.as_millis())
+        write!(f, "{} ms a request, concurrent", self.delay.as_millis())?;
+        if !self.faults.is_none() {
+            write!(f, "; injected faults: {}", self.faults)?;
+        }
+        Ok(())
     }
 }
 
@@ -76,13 +92,17 @@ pub async fn serve(
     config: HasherConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let service = HasherService::new(&config);
+    let mut registry = Registry::default();
+    let expired = DeadlineMetrics::register(&mut registry, "hasher");
+    let faults = FaultMetrics::register(&mut registry);
+    let service = HasherService::measured(&config, expired, faults);
     GrpcServer::new(
         "hasher",
         service.legacy_routes(hostname()),
         config.tls.clone(),
-        Registry::default(),
+        registry,
     )
+    .with_faults(config.faults.to_string())
     .add_service(service.into_server())
     .serve(listener, config.to_string(), shutdown)
     .await
@@ -147,23 +167,79 @@ pub fn digest_batch(size: u32, blocks: &[u8]) -> Result<bytes::Bytes, HasherErro
 }
 
 /// The `dockercoins.v1.Hasher` gRPC service.
+///
+/// Faults strike before the work, as the deadline check does: an injected
+/// failure answers at once, before the delay (a stream's fate is drawn once,
+/// for the whole call: the rate is a share of calls, whatever their kind);
+/// an extra delay is paid with the delay, per request or stream message.
 #[derive(Clone, Debug)]
 pub struct HasherService {
     /// Cost of one request or stream message; requests overlap.
     delay: Duration,
+    /// Requests refused because their deadline would pass first.
+    expired: DeadlineMetrics,
+    /// The failures and extra delays to inject.
+    faults: Injector,
 }
 
+/// Why a request is refused before hasher's work.
+const BEFORE_THE_WORK: &str = "deadline cannot be met before the work";
+const DURING_THE_WORK: &str = "deadline passed during the work (an injected extra delay)";
+
 impl HasherService {
+    /// The service, measured for nobody (tests, benches).
     pub fn new(config: &HasherConfig) -> Self {
+        Self::measured(
+            config,
+            DeadlineMetrics::unregistered(),
+            FaultMetrics::unregistered(),
+        )
+    }
+
+    /// The service, its expired deadlines and its faults counted.
+    pub fn measured(config: &HasherConfig, expired: DeadlineMetrics, faults: FaultMetrics) -> Self {
         Self {
             delay: config.delay,
+            expired,
+            faults: Injector::new(&config.faults, faults),
         }
     }
 
-    async fn pay_delay(&self) {
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
+    /// Pays the delay (and any injected extra) of one request, if it can be
+    /// done before `deadline`: a request that cannot is refused before its
+    /// work. The extra delay is not foreseen (a slow replica does not know
+    /// it is slow); a request it makes overrun is answered
+    /// DEADLINE_EXCEEDED just before its deadline, not cut off by tonic.
+    async fn pay_delay(&self, deadline: Option<Instant>) -> Result<(), Expired> {
+        let started = Instant::now();
+        let expired = |reason, stage| {
+            self.expired.expired(stage);
+            Expired {
+                reason,
+                waited: started.elapsed(),
+            }
+        };
+        if let Some(deadline) = deadline
+            && deadline::latest_start(deadline, self.delay).is_none()
+        {
+            return Err(expired(BEFORE_THE_WORK, "waiting"));
         }
+        let cost = self.delay + self.faults.extra_delay();
+        if cost.is_zero() {
+            return Ok(());
+        }
+        match deadline {
+            None => tokio::time::sleep(cost).await,
+            Some(deadline) => {
+                let cut = deadline.checked_sub(deadline::MARGIN).unwrap_or(started);
+                tokio::select! {
+                    biased;
+                    () = tokio::time::sleep(cost) => {}
+                    () = tokio::time::sleep_until(cut) => return Err(expired(DURING_THE_WORK, "working")),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The service wrapped for tonic, with explicit message limits: a request
@@ -192,8 +268,10 @@ impl HasherApi for HasherService {
         &self,
         request: Request<HashRequest>,
     ) -> Result<tonic::Response<HashResponse>, Status> {
+        let deadline = deadline::of(&request);
+        self.faults.failure()?;
         check_data(&request.get_ref().data)?;
-        self.pay_delay().await;
+        self.pay_delay(deadline).await?;
         let hex = hex_digest(&request.get_ref().data);
         Ok(tonic::Response::new(HashResponse { hex }))
     }
@@ -204,6 +282,10 @@ impl HasherApi for HasherService {
         &self,
         request: Request<Streaming<HashBatch>>,
     ) -> Result<tonic::Response<Self::HashStreamStream>, Status> {
+        // The call's deadline bounds the whole stream: each message must be
+        // answered before it.
+        let deadline = deadline::of(&request);
+        self.faults.failure()?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(2);
         let service = self.clone();
@@ -214,12 +296,14 @@ impl HasherApi for HasherService {
                     () = tx.closed() => return,
                 };
                 let reply = match batch {
-                    Ok(Some(batch)) => {
-                        service.pay_delay().await;
-                        digest_batch(batch.size, &batch.blocks)
+                    Ok(Some(batch)) => match service.pay_delay(deadline).await {
+                        // A message that cannot be answered in time ends
+                        // the stream.
+                        Err(expired) => Err(expired.into()),
+                        Ok(()) => digest_batch(batch.size, &batch.blocks)
                             .map(|digests| DigestBatch { digests })
-                            .map_err(Status::from)
-                    }
+                            .map_err(Status::from),
+                    },
                     // The client closed its side: every batch has its reply.
                     Ok(None) => return,
                     // Bad framing, oversize message or reset: tell the client
@@ -251,7 +335,8 @@ async fn legacy_index(State(state): State<LegacyState>) -> String {
 
 /// `POST /` with any body: its hex SHA-256, as `text/plain`.
 async fn legacy_hash(State(state): State<LegacyState>, body: Bytes) -> impl IntoResponse {
-    state.service.pay_delay().await;
+    // HTTP states no deadline: nothing expires.
+    let _ = state.service.pay_delay(None).await;
     ([(header::CONTENT_TYPE, "text/plain")], hex_digest(&body))
 }
 

@@ -48,6 +48,10 @@
 //!   `Replica/Info`, and made into rates and quantiles.
 //! - [`tls`]: optional TLS for the gRPC hops: certificates and keys read
 //!   and checked at start-up, mutual TLS when a CA is given.
+//! - [`deadline`]: a call's deadline, read from `grpc-timeout`, and whether
+//!   work of a given cost still fits before it.
+//! - [`faults`]: the failures and extra delays a replica can be told to
+//!   inject (`--fail-rate`, `--extra-delay`), drawn call by call.
 //! - [`limits`]: every size limit on outside input, in one place.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as one future, and the drain bound.
 //! - [`backoff`]: capped exponential backoff with jitter.
@@ -62,8 +66,10 @@ pub mod bench;
 pub mod call_meter;
 pub mod clients;
 pub mod config;
+pub mod deadline;
 pub mod edge;
 pub mod error_chain;
+pub mod faults;
 pub mod hasher;
 pub mod healthcheck;
 pub mod http_get;

@@ -589,6 +589,119 @@ impl LaneMetrics {
     }
 }
 
+/// Where a request was given up on for its deadline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `waiting`: before its work began, never served (rng: in its lane's
+    /// queue or at its turn; hasher: before its work). `working`: cut off
+    /// during its work, which an injected extra delay made too long.
+    pub stage: &'static str,
+}
+
+/// Requests a service gave up on because their deadline would pass first
+/// (`<service>_deadline_expired_total`).
+#[derive(Clone)]
+pub struct DeadlineMetrics {
+    expired: Family<StageLabels, Counter>,
+}
+
+impl std::fmt::Debug for DeadlineMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeadlineMetrics")
+    }
+}
+
+impl DeadlineMetrics {
+    pub fn unregistered() -> Self {
+        Self {
+            expired: Family::default(),
+        }
+    }
+
+    /// `service` (`rng`, `hasher`) prefixes the name.
+    pub fn register(registry: &mut Registry, service: &str) -> Self {
+        let this = Self::unregistered();
+        registry.register(
+            format!("{service}_deadline_expired"),
+            "Requests given up on, with DEADLINE_EXCEEDED, because their deadline would pass first",
+            this.expired.clone(),
+        );
+        this
+    }
+
+    pub fn expired(&self, stage: &'static str) {
+        if enabled() {
+            self.expired.get_or_create(&StageLabels { stage }).inc();
+        }
+    }
+}
+
+/// A gRPC status, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub rpc_response_status_code: &'static str,
+}
+
+/// A bucket of injected extra delay, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExtraDelayLabels {
+    /// The bucket's delay in seconds, `0.3`.
+    pub extra_delay_seconds: String,
+}
+
+/// A gauge of a fraction (a rate, a share).
+pub type Fraction = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Injected faults (`crate::faults`): what was injected, and what the knobs
+/// are set to, so a scrape shows a replica that was made to misbehave.
+#[derive(Clone)]
+pub struct FaultMetrics {
+    /// Calls answered with an injected failure, by code.
+    pub failures: Family<CodeLabels, Counter>,
+    /// Calls (stream messages) that paid an injected extra delay, by bucket.
+    pub delayed: Family<ExtraDelayLabels, Counter>,
+    /// The configured failure rate.
+    pub fail_rate: Fraction,
+    /// The configured share of each extra-delay bucket.
+    pub extra_delay_share: Family<ExtraDelayLabels, Fraction>,
+}
+
+impl FaultMetrics {
+    pub fn unregistered() -> Self {
+        Self {
+            failures: Family::default(),
+            delayed: Family::default(),
+            fail_rate: Fraction::default(),
+            extra_delay_share: Family::default(),
+        }
+    }
+
+    pub fn register(registry: &mut Registry) -> Self {
+        let this = Self::unregistered();
+        registry.register(
+            "faults_failures",
+            "gRPC calls answered with an injected failure (--fail-rate), by code",
+            this.failures.clone(),
+        );
+        registry.register(
+            "faults_delayed",
+            "Requests (stream messages) that paid an injected extra delay (--extra-delay), by bucket",
+            this.delayed.clone(),
+        );
+        registry.register(
+            "faults_fail_rate",
+            "Share of gRPC calls set to fail (--fail-rate); 0 when off",
+            this.fail_rate.clone(),
+        );
+        registry.register(
+            "faults_extra_delay_share",
+            "Share of requests set to pay each extra delay (--extra-delay)",
+            this.extra_delay_share.clone(),
+        );
+        this
+    }
+}
+
 /// The worker's tally: what it mined, and how long its Redis updates took.
 #[derive(Clone)]
 pub struct TallyMetrics {

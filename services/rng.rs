@@ -7,10 +7,19 @@
 //! came by, so ten workers queue behind each other. Its queue depth and each
 //! request's wait are on `/metrics` (`rng_lane_queue_depth`,
 //! `rng_lane_wait_seconds`).
+//!
+//! A gRPC request that states a deadline (`grpc-timeout`) is served only if
+//! it can be in time: the lane gives up on it, with DEADLINE_EXCEEDED, as
+//! soon as its wait plus the delay would overrun, and it leaves the queue
+//! (`rng_deadline_expired_total`). Injected faults (`--fail-rate`,
+//! `--extra-delay`) strike here too, see [`Lane::serve`] and
+//! [`RngService`].
 
 use crate::{
+    deadline::{self, Expired},
+    faults::{Faults, Injector},
     limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
-    metrics::{LaneMetrics, Registry, TraceExemplar},
+    metrics::{DeadlineMetrics, FaultMetrics, LaneMetrics, Registry, TraceExemplar},
     pb::{
         GenerateRequest, GenerateResponse, GenerateStreamRequest, GenerateStreamResponse,
         rng_server::{Rng as RngApi, RngServer},
@@ -38,6 +47,7 @@ use std::{
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, SemaphorePermit, mpsc},
+    time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status};
@@ -64,6 +74,9 @@ pub struct RngConfig {
     /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
     /// otherwise.
     pub tls: Option<ServerTls>,
+    /// Failures and extra delays to inject, for the resilience lab; none
+    /// by default.
+    pub faults: Faults,
 }
 
 impl RngConfig {
@@ -73,6 +86,7 @@ impl RngConfig {
             delay: Duration::from_millis(DEFAULT_DELAY_MS),
             lanes: Some(DEFAULT_LANES),
             tls: None,
+            faults: Faults::default(),
         }
     }
 
@@ -82,6 +96,7 @@ impl RngConfig {
             delay: Duration::ZERO,
             lanes: None,
             tls: None,
+            faults: Faults::default(),
         }
     }
 }
@@ -90,10 +105,14 @@ impl std::fmt::Display for RngConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ms a request, ", self.delay.as_millis())?;
         match self.lanes {
-            Some(1) => write!(f, "1 lane"),
-            Some(lanes) => write!(f, "{lanes} lanes"),
-            None => write!(f, "unlimited lanes"),
+            Some(1) => write!(f, "1 lane")?,
+            Some(lanes) => write!(f, "{lanes} lanes")?,
+            None => write!(f, "unlimited lanes")?,
         }
+        if !self.faults.is_none() {
+            write!(f, "; injected faults: {}", self.faults)?;
+        }
+        Ok(())
     }
 }
 
@@ -105,12 +124,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut registry = Registry::default();
-    let lane = LaneMetrics::register(&mut registry);
-    let queue = lane.queue.clone();
-    let service = RngService::measured(&config, lane);
+    let metrics = RngMetrics {
+        lane: LaneMetrics::register(&mut registry),
+        expired: DeadlineMetrics::register(&mut registry, "rng"),
+        faults: FaultMetrics::register(&mut registry),
+    };
+    let queue = metrics.lane.queue.clone();
+    let service = RngService::measured(&config, metrics);
     let legacy = service.legacy_routes(hostname());
     GrpcServer::new("rng", legacy, config.tls.clone(), registry)
         .with_queue(queue)
+        .with_faults(config.faults.to_string())
         .add_service(service.into_server())
         .serve(listener, config.to_string(), shutdown)
         .await
@@ -127,17 +151,28 @@ pub enum RngError {
     StreamBytes(u64),
     #[error("size must be a whole number of bytes, got {0:?}")]
     NotANumber(String),
+    /// Never over HTTP, which states no deadline; here so that the lane's
+    /// answer has one type whatever the protocol.
+    #[error(transparent)]
+    Expired(#[from] Expired),
 }
 
 impl From<RngError> for Status {
     fn from(error: RngError) -> Self {
-        Status::invalid_argument(error.to_string())
+        match error {
+            RngError::Expired(expired) => expired.into(),
+            other => Status::invalid_argument(other.to_string()),
+        }
     }
 }
 
 impl IntoResponse for RngError {
     fn into_response(self) -> Response {
-        (StatusCode::BAD_REQUEST, format!("{self}\n")).into_response()
+        let status = match self {
+            Self::Expired(_) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, format!("{self}\n")).into_response()
     }
 }
 
@@ -203,6 +238,28 @@ pub fn random_bytes(len: usize) -> Bytes {
     buf.freeze()
 }
 
+/// What rng measures of its own, beside its calls.
+#[derive(Clone)]
+pub struct RngMetrics {
+    /// The lane's queue and each request's wait.
+    pub lane: LaneMetrics,
+    /// Requests given up on for their deadline.
+    pub expired: DeadlineMetrics,
+    /// Faults injected, and the knobs.
+    pub faults: FaultMetrics,
+}
+
+impl RngMetrics {
+    /// Measures nothing anyone reads (tests, benches).
+    pub fn unregistered() -> Self {
+        Self {
+            lane: LaneMetrics::unregistered(),
+            expired: DeadlineMetrics::unregistered(),
+            faults: FaultMetrics::unregistered(),
+        }
+    }
+}
+
 /// Where rng's requests queue: at most `lanes` of them are served at once, in
 /// the order they arrived (tokio's semaphore is fair), each paying `delay`.
 pub struct Lane {
@@ -214,6 +271,10 @@ pub struct Lane {
     delay: Duration,
     /// How many wait, and how long each waited.
     metrics: LaneMetrics,
+    /// Requests given up on because their deadline would pass.
+    expired: DeadlineMetrics,
+    /// The extra delays to pay in the lane.
+    faults: Injector,
 }
 
 impl std::fmt::Debug for Lane {
@@ -222,52 +283,141 @@ impl std::fmt::Debug for Lane {
     }
 }
 
+/// Where a request was given up on, for its error and its trace.
+const ON_ARRIVAL: &str = "deadline too near to be served";
+const IN_THE_QUEUE: &str = "deadline passed in the lane";
+const AT_ITS_TURN: &str = "deadline passed at its turn in the lane";
+const WHILE_SERVED: &str = "deadline passed while served (an injected extra delay)";
+
 impl Lane {
-    pub fn new(config: &RngConfig, metrics: LaneMetrics) -> Self {
+    pub fn new(config: &RngConfig, metrics: RngMetrics) -> Self {
         Self {
             permits: config.lanes.map(Semaphore::new),
             lanes: config.lanes.unwrap_or(0),
             delay: config.delay,
-            metrics,
+            metrics: metrics.lane,
+            expired: metrics.expired,
+            faults: Injector::new(&config.faults, metrics.faults),
         }
     }
 
     /// Waits until this caller holds a lane; the lane is free again when the
     /// returned permit is dropped.
     ///
+    /// With a `deadline`, waits only while the request can still be served
+    /// in time (its turn, then the delay, [`deadline::MARGIN`] before the
+    /// deadline), and checks again when its turn comes: a request that
+    /// cannot make it is given up on, leaves the queue, and is never served.
+    ///
     /// The wait is a span of its own, `rng.lane.wait`: in Jaeger it is where
-    /// ten workers' time goes.
-    pub async fn wait_turn(&self) -> Option<SemaphorePermit<'_>> {
-        let permits = self.permits.as_ref()?;
+    /// ten workers' time goes, and where a request's deadline passed.
+    pub async fn wait_turn(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<SemaphorePermit<'_>>, Expired> {
+        let arrived = Instant::now();
+        // The last moment the request may get its turn; none without a
+        // deadline.
+        let latest = match deadline {
+            Some(deadline) => match deadline::latest_start(deadline, self.delay) {
+                Some(latest) => Some(latest),
+                None => return Err(self.give_up(&tracing::Span::current(), arrived, ON_ARRIVAL)),
+            },
+            None => None,
+        };
+        let Some(permits) = self.permits.as_ref() else {
+            return Ok(None);
+        };
         let span = tracing::info_span!(
             target: crate::telemetry::TARGET,
             "rng.lane.wait",
             rng.lanes = self.lanes,
         );
-        if !crate::metrics::enabled() {
-            // The semaphore is never closed, so acquire cannot fail.
-            return permits.acquire().instrument(span).await.ok();
-        }
-        let queued = Queued::join(&self.metrics.queue);
-        let arrived = std::time::Instant::now();
-        let permit = permits.acquire().instrument(span.clone()).await.ok();
+        let measured = crate::metrics::enabled();
+        // Counted in the queue's depth until it leaves, whichever way.
+        let queued = measured.then(|| Queued::join(&self.metrics.queue));
+        // The semaphore is never closed, so acquire cannot fail.
+        let acquire = permits.acquire().instrument(span.clone());
+        let permit = match latest {
+            None => acquire.await.ok(),
+            Some(latest) => match tokio::time::timeout_at(latest, acquire).await {
+                Ok(permit) => permit.ok(),
+                Err(_) => {
+                    drop(queued);
+                    return Err(self.give_up(&span, arrived, IN_THE_QUEUE));
+                }
+            },
+        };
         drop(queued);
-        self.metrics.wait.observe(
-            arrived.elapsed().as_secs_f64(),
-            TraceExemplar::of(&span),
-            None,
+        if measured {
+            self.metrics.wait.observe(
+                arrived.elapsed().as_secs_f64(),
+                TraceExemplar::of(&span),
+                None,
+            );
+        }
+        // The turn may come just after the last moment: not served either.
+        if latest.is_some_and(|latest| Instant::now() > latest) {
+            drop(permit);
+            return Err(self.give_up(&span, arrived, AT_ITS_TURN));
+        }
+        Ok(permit)
+    }
+
+    /// Counts and traces a request given up on, and says why.
+    fn give_up(&self, span: &tracing::Span, since: Instant, reason: &'static str) -> Expired {
+        let stage = if reason == WHILE_SERVED {
+            "working"
+        } else {
+            "waiting"
+        };
+        self.expired.expired(stage);
+        let waited = since.elapsed();
+        tracing::info!(
+            target: crate::telemetry::TARGET,
+            parent: span,
+            waited_ms = waited.as_millis() as u64,
+            "{reason}"
         );
-        permit
+        Expired { reason, waited }
     }
 
     /// Waits for a lane, pays the delay in it, and runs `work` before letting
-    /// the next request in.
-    pub async fn serve<T>(&self, work: impl FnOnce() -> T) -> T {
-        let _turn = self.wait_turn().await;
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
+    /// the next request in; with a `deadline`, only if that can be done in
+    /// time.
+    ///
+    /// An injected extra delay is paid here, inside the lane, on top of the
+    /// delay: a slow replica holds its lane longer, so it is slow for every
+    /// request queued behind it too, as a real one is (a GC pause, a noisy
+    /// neighbour). It is not counted when deciding whether a request can be
+    /// served in time (a slow replica does not know it will be slow), so a
+    /// client sees its deadline eaten; the request is still answered
+    /// DEADLINE_EXCEEDED, [`deadline::MARGIN`] before its deadline, rather
+    /// than cut off by tonic.
+    pub async fn serve<T>(
+        &self,
+        deadline: Option<Instant>,
+        work: impl FnOnce() -> T,
+    ) -> Result<T, Expired> {
+        let _turn = self.wait_turn(deadline).await?;
+        let cost = self.delay + self.faults.extra_delay();
+        if !cost.is_zero() {
+            match deadline {
+                None => tokio::time::sleep(cost).await,
+                Some(deadline) => {
+                    let started = Instant::now();
+                    let cut = deadline.checked_sub(deadline::MARGIN).unwrap_or(started);
+                    tokio::select! {
+                        biased;
+                        () = tokio::time::sleep(cost) => {}
+                        () = tokio::time::sleep_until(cut) => {
+                            return Err(self.give_up(&tracing::Span::current(), started, WHILE_SERVED));
+                        }
+                    }
+                }
+            }
         }
-        work()
+        Ok(work())
     }
 }
 
@@ -289,22 +439,33 @@ impl Drop for Queued<'_> {
 }
 
 /// The `dockercoins.v1.Rng` gRPC service.
+///
+/// An injected failure answers at once, before the call takes a place in
+/// the lane: a failing replica fails fast, and costs the calls queued there
+/// nothing. A stream's fate is drawn once, for the whole call (the rate is
+/// a share of calls, whatever their kind); its extra delays, paid per
+/// message in the lane as its delay is.
 #[derive(Clone, Debug)]
 pub struct RngService {
     /// Shared with the legacy HTTP routes: one queue whatever the protocol.
     lane: Arc<Lane>,
+    /// The failures to inject (gRPC calls only: their codes are gRPC's).
+    faults: Injector,
 }
 
 impl RngService {
     /// The service, its lane measured for nobody (tests, benches).
     pub fn new(config: &RngConfig) -> Self {
-        Self::measured(config, LaneMetrics::unregistered())
+        Self::measured(config, RngMetrics::unregistered())
     }
 
-    /// The service, its lane's queue and waits in `metrics`.
-    pub fn measured(config: &RngConfig, metrics: LaneMetrics) -> Self {
+    /// The service, its lane, its deadlines and its faults measured in
+    /// `metrics`.
+    pub fn measured(config: &RngConfig, metrics: RngMetrics) -> Self {
+        let lane = Lane::new(config, metrics);
         Self {
-            lane: Arc::new(Lane::new(config, metrics)),
+            faults: lane.faults.clone(),
+            lane: Arc::new(lane),
         }
     }
 
@@ -335,8 +496,10 @@ impl RngApi for RngService {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<tonic::Response<GenerateResponse>, Status> {
+        let deadline = deadline::of(&request);
+        self.faults.failure()?;
         let size = check_size(request.get_ref().size.into())?;
-        let data = self.lane.serve(|| random_bytes(size)).await;
+        let data = self.lane.serve(deadline, || random_bytes(size)).await?;
         Ok(tonic::Response::new(GenerateResponse { data }))
     }
 
@@ -346,6 +509,10 @@ impl RngApi for RngService {
         &self,
         request: Request<GenerateStreamRequest>,
     ) -> Result<tonic::Response<Self::GenerateStreamStream>, Status> {
+        // The call's deadline bounds the whole stream (tonic's own timer
+        // stops at the response's headers, so the lane is the only bound).
+        let deadline = deadline::of(&request);
+        self.faults.failure()?;
         let request = request.get_ref();
         let plan = StreamPlan::new(request.size.into(), request.count.into())?;
         // Two messages of look-ahead: enough to keep the pipe full, and the
@@ -354,11 +521,19 @@ impl RngApi for RngService {
         let lane = self.lane.clone();
         tokio::spawn(async move {
             for blocks in plan.messages() {
-                let work = lane.serve(|| random_bytes(blocks * plan.size));
+                let work = lane.serve(deadline, || random_bytes(blocks * plan.size));
                 // A client that goes away gives its place in the lane back.
                 let blocks = tokio::select! {
                     blocks = work => blocks,
                     () = tx.closed() => return,
+                };
+                // A message that cannot be served in time ends the stream.
+                let blocks = match blocks {
+                    Ok(blocks) => blocks,
+                    Err(expired) => {
+                        let _ = tx.send(Err(expired.into())).await;
+                        return;
+                    }
                 };
                 let message = GenerateStreamResponse {
                     size: plan.size as u32,
@@ -384,7 +559,8 @@ struct LegacyState {
 /// `GET /`: cheap, but it still waits for its turn in the lane, so httping on
 /// rng's port shows the queue the workers are in.
 async fn legacy_index(State(state): State<LegacyState>) -> String {
-    let _turn = state.lane.wait_turn().await;
+    // HTTP states no deadline: the wait cannot expire.
+    let _turn = state.lane.wait_turn(None).await;
     state.banner.clone()
 }
 
@@ -394,7 +570,12 @@ async fn legacy_bytes(
     Path(size): Path<String>,
 ) -> Result<Response, RngError> {
     let size = parse_size(&size)?;
-    let data = state.lane.serve(|| random_bytes(size)).await;
+    // No deadline over HTTP: nothing expires.
+    let data = state
+        .lane
+        .serve(None, || random_bytes(size))
+        .await
+        .map_err(RngError::from)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 

@@ -51,6 +51,14 @@ pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 /// Calls in flight on a connection past its age get this long to finish.
 pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a stopping server keeps serving normally after it reports
+/// NOT_SERVING, before it stops accepting (GOAWAY): a lame duck. Clients
+/// that watch `grpc.health.v1.Health/Watch` (or probe it) hear it and stop
+/// sending new calls there, so no call of theirs meets a closed listener.
+/// Short, because it counts against [`DRAIN_TIMEOUT`]: a stop still takes at
+/// most that long (`docker stop` users expect about a second).
+pub const DRAIN_NOTICE: Duration = Duration::from_millis(250);
+
 /// Why a server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -80,6 +88,9 @@ pub struct GrpcServer {
     calls: ServerCalls,
     /// A queue in front of the service (rng's lane), said in `Replica/Info`.
     queue: Option<Gauge>,
+    /// The faults the service injects, for people (empty: none), said in
+    /// `Replica/Info`.
+    faults: String,
 }
 
 /// The services whose calls a replica counts for `Replica/Info`: the
@@ -120,6 +131,7 @@ impl GrpcServer {
             tls,
             calls,
             queue: None,
+            faults: String::new(),
         }
         .add_service(health_service)
     }
@@ -147,6 +159,13 @@ impl GrpcServer {
     /// `Replica/Info`.
     pub fn with_queue(mut self, depth: Gauge) -> Self {
         self.queue = Some(depth);
+        self
+    }
+
+    /// Says `faults` (what the service was told to inject, for people;
+    /// empty for none) in `Replica/Info`.
+    pub fn with_faults(mut self, faults: String) -> Self {
+        self.faults = faults;
         self
     }
 
@@ -182,8 +201,9 @@ impl GrpcServer {
     }
 
     /// Serves gRPC (HTTP/2) and the legacy routes (HTTP/1.1) on `listener`
-    /// until `shutdown` resolves; then reports NOT_SERVING, stops accepting,
-    /// lets in-flight calls finish for at most [`DRAIN_TIMEOUT`], and returns.
+    /// until `shutdown` resolves; then reports NOT_SERVING, keeps serving for
+    /// [`DRAIN_NOTICE`], stops accepting, lets in-flight calls finish, and
+    /// returns: [`DRAIN_TIMEOUT`] after `shutdown` at the latest.
     /// `settings` are logged with the line that says it serves.
     pub async fn serve(
         self,
@@ -199,6 +219,7 @@ impl GrpcServer {
             calls: calls_served.clone(),
             measured: self.calls.clone(),
             queue: self.queue.clone(),
+            faults: self.faults.clone(),
         };
         let this = self
             .add_service(
@@ -214,6 +235,7 @@ impl GrpcServer {
             tls,
             calls,
             queue: _,
+            faults: _,
         } = this;
         report(&health, &services, ServingStatus::Serving).await;
         tracing::info!(
@@ -237,9 +259,18 @@ impl GrpcServer {
         // Health first, so that a balancer or probe stops sending new work
         // before the listener closes.
         report(&health, &services, ServingStatus::NotServing).await;
-        tracing::info!("health NOT_SERVING; draining in-flight calls");
+        tracing::info!(
+            notice_ms = DRAIN_NOTICE.as_millis() as u64,
+            "health NOT_SERVING; serving on a little before draining"
+        );
+        let stopping = tokio::time::Instant::now();
+        tokio::select! {
+            result = &mut server => return Ok(result?),
+            () = tokio::time::sleep(DRAIN_NOTICE) => {}
+        }
+        tracing::info!("draining in-flight calls");
         let _ = drain_tx.send(());
-        match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        match tokio::time::timeout_at(stopping + DRAIN_TIMEOUT, server).await {
             Ok(result) => result?,
             Err(_) => tracing::warn!(
                 drain_ms = DRAIN_TIMEOUT.as_millis() as u64,
@@ -354,6 +385,8 @@ struct ReplicaService {
     measured: ServerCalls,
     /// rng's lane: how many wait now.
     queue: Option<Gauge>,
+    /// The faults injected, for people.
+    faults: String,
 }
 
 #[tonic::async_trait]
@@ -367,6 +400,7 @@ impl Replica for ReplicaService {
             calls: self.calls.load(Ordering::Relaxed),
             methods: self.measured.latencies().report(&COUNTED_SERVICES),
             lane_queue: self.queue.as_ref().map_or(0, |q| q.get().max(0) as u64),
+            faults: self.faults.clone(),
         }))
     }
 }

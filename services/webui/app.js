@@ -126,6 +126,7 @@ function hopRows(name, replicas) {
       p99: r.p99_ms,
       queue: r.queue,
       slowest: r.slowest,
+      faults: r.faults,
     };
   });
 }
@@ -194,9 +195,17 @@ async function pollHops() {
         } else {
           last.textContent = "–";
         }
+        // A replica told to misbehave says so next to its address.
+        const where = cell(r.where);
+        if (r.faults) {
+          const faults = document.createElement("span");
+          faults.className = "faults";
+          faults.textContent = `injected: ${r.faults}`;
+          where.append(" ", faults);
+        }
         tr.append(
           cell(r.name),
-          cell(r.where),
+          where,
           state,
           cell(r.rate == null ? "–" : r.rate.toFixed(1), "num"),
           p50,

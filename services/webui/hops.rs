@@ -6,7 +6,8 @@
 //! `GET /api/hops` turns the last few seconds of those answers into, per hop
 //! and per replica, the calls per second and the p50 and p99 latencies. rng's
 //! include the wait in its lane: with ten classroom workers, about 750 ms
-//! against hasher's 100 ms, which is the lab's answer.
+//! against hasher's 100 ms, which is the lab's answer. A replica told to
+//! inject faults (`--fail-rate`, `--extra-delay`) says so, as `faults`.
 
 use crate::{
     latency::Window,
@@ -139,6 +140,13 @@ impl Hops {
         let mut view = json!({"address": address});
         if let Some(error) = &history.error {
             view["error"] = json!(error);
+        }
+        // What the replica was told to inject, from its first answer on: a
+        // misbehaving replica is named on the page before it has a rate.
+        if let Some(latest) = history.samples.back()
+            && !latest.answer.faults.is_empty()
+        {
+            view["faults"] = json!(latest.answer.faults);
         }
         let Some((first, last, seconds)) = history.ends() else {
             return view;

@@ -418,7 +418,7 @@ async fn a_backend_slower_than_the_call_timeout_costs_bounded_calls() {
     let rng = spawn_rng(RngConfig {
         delay,
         lanes: Some(1),
-        tls: None,
+        ..RngConfig::classroom()
     })
     .await;
     let hasher = spawn_hasher(HasherConfig::turbo()).await;

@@ -167,7 +167,7 @@ async fn classroom_hasher_serves_requests_concurrently() {
 async fn hasher_calls_overlap_over_the_network() {
     let config = HasherConfig {
         delay: Duration::from_millis(200),
-        tls: None,
+        ..HasherConfig::classroom()
     };
     let server = spawn_hasher(config).await;
     let client = hasher_client(&server).await;

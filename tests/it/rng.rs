@@ -235,7 +235,7 @@ async fn the_lane_holds_over_the_network_whichever_protocol() {
     let config = RngConfig {
         delay: Duration::from_millis(50),
         lanes: Some(1),
-        tls: None,
+        ..RngConfig::classroom()
     };
     let server = spawn_rng(config).await;
     let client = rng_client(&server).await;

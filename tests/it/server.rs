@@ -6,6 +6,7 @@ use dockercoins::{
     hasher::HasherConfig,
     pb::{GenerateRequest, GenerateStreamRequest},
     rng::RngConfig,
+    server::DRAIN_NOTICE,
     shutdown::DRAIN_TIMEOUT,
 };
 use std::time::Duration;
@@ -154,7 +155,7 @@ async fn shutdown_reports_not_serving_and_drains_calls_in_flight() {
     let config = RngConfig {
         delay: Duration::from_millis(200),
         lanes: Some(1),
-        tls: None,
+        ..RngConfig::classroom()
     };
     let mut rng = spawn_rng(config).await;
     let channel = rng.channel().await;
@@ -203,7 +204,7 @@ async fn shutdown_is_bounded_when_calls_run_long() {
     let config = RngConfig {
         delay: Duration::from_millis(300),
         lanes: Some(1),
-        tls: None,
+        ..RngConfig::classroom()
     };
     let mut rng = spawn_rng(config).await;
     let mut stream = rng_client(&rng)
@@ -226,4 +227,51 @@ async fn shutdown_is_bounded_when_calls_run_long() {
     );
     assert!(took < Duration::from_secs(1), "took {took:?}");
     drop(stream);
+}
+
+/// Lame duck: once health says NOT_SERVING the server still serves, new
+/// calls and new connections alike, for [`DRAIN_NOTICE`]; then it stops,
+/// the whole stop within the drain bound.
+#[tokio::test]
+async fn a_stopping_server_serves_on_for_a_short_notice_after_not_serving() {
+    let mut rng = spawn_rng(RngConfig::turbo()).await;
+    let channel = rng.channel().await;
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: "dockercoins.v1.Rng".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    let begun = std::time::Instant::now();
+    rng.begin_stop();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::NotServing
+    );
+    // Within the notice: an existing connection and a new one are served.
+    let mut existing = dockercoins::pb::rng_client::RngClient::new(channel);
+    existing
+        .generate(GenerateRequest { size: 32 })
+        .await
+        .unwrap();
+    rng_client(&rng)
+        .await
+        .generate(GenerateRequest { size: 32 })
+        .await
+        .unwrap();
+    let served_within = begun.elapsed();
+    rng.join(Duration::from_secs(5)).await.unwrap();
+    let stopped = begun.elapsed();
+    println!("served {served_within:?} after the stop began; stopped after {stopped:?}");
+    assert!(served_within < DRAIN_NOTICE, "{served_within:?}");
+    assert!(stopped >= DRAIN_NOTICE, "stopped at once: {stopped:?}");
+    assert!(
+        stopped < DRAIN_TIMEOUT + Duration::from_millis(250),
+        "{stopped:?}"
+    );
 }

@@ -217,10 +217,14 @@ async fn ten_workers_are_capped_by_rngs_lane() {
     let rng = spawn_rng(RngConfig {
         delay,
         lanes: Some(1),
-        tls: None,
+        ..RngConfig::classroom()
     })
     .await;
-    let hasher = spawn_hasher(HasherConfig { delay, tls: None }).await;
+    let hasher = spawn_hasher(HasherConfig {
+        delay,
+        ..HasherConfig::classroom()
+    })
+    .await;
     let config = WorkerConfig {
         delay,
         ..WorkerConfig::classroom()
