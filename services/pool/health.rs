@@ -7,6 +7,11 @@
 //! backoff when it breaks (the replica restarted, or is gone). A server
 //! without the health service (UNIMPLEMENTED) is taken as serving, and not
 //! asked again.
+//!
+//! On NOT_SERVING the client ends its watch itself and asks again a little
+//! later: a server drains by waiting for its streams to end, and a watch
+//! never ends on its own, so a replica stopping would otherwise wait out its
+//! whole drain bound and cut the calls still in flight.
 
 use crate::backoff::Backoff;
 use std::{
@@ -35,7 +40,9 @@ pub(super) struct Watch {
 
 /// Watches until aborted (the replica left the backend).
 pub(super) async fn watch(watch: Watch) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // At most a second between tries: a replica restarted on its address
+    // gets calls again soon after it says SERVING.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let request = HealthCheckRequest {
             service: watch.service.to_owned(),
@@ -47,9 +54,14 @@ pub(super) async fn watch(watch: Watch) {
             Ok(updates) => {
                 let mut updates = updates.into_inner();
                 while let Ok(Some(update)) = updates.message().await {
-                    backoff.reset();
                     let serving = update.status() == ServingStatus::Serving;
                     watch.say(serving);
+                    if serving {
+                        backoff.reset();
+                    } else {
+                        // Let it drain: ask again later.
+                        break;
+                    }
                 }
             }
             Err(status) if status.code() == tonic::Code::Unimplemented => {

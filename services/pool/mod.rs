@@ -551,8 +551,8 @@ impl Backend {
                 .await;
             // Counted only on a failure: a call that succeeds takes the
             // replica list once, in `pick`.
-            let unavailable =
-                matches!(&result, Err(status) if status.code() == tonic::Code::Unavailable);
+            let unavailable = matches!(&result, Err(status)
+                if status.code() == tonic::Code::Unavailable || connection_failed(status));
             if !unavailable || tries >= self.current().len().clamp(1, MAX_ATTEMPTS) {
                 return result;
             }
@@ -698,10 +698,8 @@ impl Backend {
                     .and_then(|value| value.to_str().ok());
                 self.count_served(served_by, replica);
             }
-            // The connection failed (a status made by the client, from a
-            // transport error, not one the replica sent): no calls to it
-            // for a while.
-            Err(status) if status.code() == tonic::Code::Unavailable && is_local(status) => {
+            // No calls to it for a while.
+            Err(status) if connection_failed(status) => {
                 replica
                     .record
                     .eject_for(Instant::now(), outlier::CONNECTION_EJECTION);
@@ -775,10 +773,15 @@ impl Backend {
     }
 }
 
-/// Whether a status was made by the client (a transport error under it),
-/// not sent by a replica.
-fn is_local(status: &tonic::Status) -> bool {
-    std::error::Error::source(status).is_some()
+/// Whether the connection failed, not the call: a status made by the
+/// client from a transport error (UNAVAILABLE: it could not connect or the
+/// stream was refused; CANCELLED: the connection closed before the request
+/// was sent), never one a replica sent. Such a call may be sent again.
+fn connection_failed(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled
+    ) && std::error::Error::source(status).is_some()
 }
 
 /// An attempt's span until it is answered: an attempt abandoned by its

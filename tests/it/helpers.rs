@@ -43,7 +43,19 @@ impl<E: Send + 'static> Spawned<E> {
     where
         F: Future<Output = Result<(), E>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), serve).await
+    }
+
+    /// Binds `addr` (a server started again on its port) and runs `serve`
+    /// on it in a task.
+    pub async fn start_on<F>(
+        addr: SocketAddr,
+        serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
+    ) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(serve(listener, stopped));
@@ -98,7 +110,12 @@ impl<E: Send + 'static> Spawned<E> {
 }
 
 pub async fn spawn_rng(config: RngConfig) -> Spawned {
-    Spawned::start(|listener, stop| async move {
+    spawn_rng_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+}
+
+/// rng on `addr`: a replica started again on the port it had.
+pub async fn spawn_rng_on(addr: SocketAddr, config: RngConfig) -> Spawned {
+    Spawned::start_on(addr, |listener, stop| async move {
         dockercoins::rng::serve(listener, config, async {
             let _ = stop.await;
         })

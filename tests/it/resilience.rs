@@ -8,14 +8,14 @@ use crate::helpers::{
 };
 use dockercoins::{
     clients::{HasherClient, RngClient},
-    hasher::HasherConfig,
-    store::Store,
-    worker::WorkerConfig,
     faults::Faults,
+    hasher::HasherConfig,
     metrics::{ClientCalls, Exposition, Registry},
     pool::{OutlierSettings, Policy, PoolSettings, Resolver, RetrySettings},
     rng::RngConfig,
     server::DRAIN_NOTICE,
+    store::Store,
+    worker::WorkerConfig,
 };
 use std::{
     collections::BTreeMap,
@@ -211,7 +211,12 @@ async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool
 }
 
 /// Calls rng one after the other until told to stop; the failures seen.
-fn keep_calling(rng: &RngClient) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<u64>) {
+fn keep_calling(
+    rng: &RngClient,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<u64>,
+) {
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let rng = rng.clone();
     let task = tokio::spawn(async move {
@@ -259,10 +264,18 @@ async fn a_replica_turned_not_serving_gets_no_new_call() {
     let before = served_on(&rng.backend().served(), port);
     draining.join(Duration::from_secs(5)).await.unwrap();
     let after = served_on(&rng.backend().served(), port);
-    assert!(after <= before + 1, "{} calls after NOT_SERVING", after - before);
+    assert!(
+        after <= before + 1,
+        "{} calls after NOT_SERVING",
+        after - before
+    );
 
     stop.send(true).unwrap();
-    assert_eq!(calls.await.unwrap(), 0, "a call failed while a replica drained");
+    assert_eq!(
+        calls.await.unwrap(),
+        0,
+        "a call failed while a replica drained"
+    );
     assert_eq!(rng.backend().failures(), 0);
     for replica in replicas {
         replica.stop().await.unwrap();
@@ -309,14 +322,29 @@ async fn a_replica_failing_every_call_is_ejected_and_comes_back_after_its_time()
             .any(|state| state.address == address && state.ejected)
     };
     let (stop, calls) = keep_calling(&rng);
-    let out = wait_until("the failing replica ejected", Duration::from_secs(2), || ejected(&rng)).await;
+    let out = wait_until(
+        "the failing replica ejected",
+        Duration::from_secs(2),
+        || ejected(&rng),
+    )
+    .await;
     let back = wait_until("its return", Duration::from_secs(3), || !ejected(&rng)).await;
     eprintln!("ejected after {out:?}, back {back:?} later");
-    assert!(back >= Duration::from_millis(900), "back after {back:?}, not its 1 s");
+    assert!(
+        back >= Duration::from_millis(900),
+        "back after {back:?}, not its 1 s"
+    );
     // Back, it fails again: ejected again within the interval.
-    wait_until("a second ejection", Duration::from_secs(2), || ejected(&rng)).await;
+    wait_until("a second ejection", Duration::from_secs(2), || {
+        ejected(&rng)
+    })
+    .await;
     stop.send(true).unwrap();
-    assert_eq!(calls.await.unwrap(), 0, "a call failed: its retry should have saved it");
+    assert_eq!(
+        calls.await.unwrap(),
+        0,
+        "a call failed: its retry should have saved it"
+    );
     let ejections = counter(registry, "rpc_client_ejections", r#"reason="failure_rate""#);
     assert!(ejections >= 2, "{ejections} ejections counted");
     for server in [good, also_good, failing] {
@@ -353,8 +381,15 @@ async fn deadlines_travel_with_the_calls_and_rng_drops_what_cannot_fit() {
             .unwrap_or_else(|| panic!("{name} not in\n{metrics}"))
             .to_owned()
     };
-    assert!(line("rng_lane_queue_depth").ends_with(" 0"), "{}", line("rng_lane_queue_depth"));
-    assert_eq!(served_on(&rng.backend().served(), rng_server.addr.port()), 2);
+    assert!(
+        line("rng_lane_queue_depth").ends_with(" 0"),
+        "{}",
+        line("rng_lane_queue_depth")
+    );
+    assert_eq!(
+        served_on(&rng.backend().served(), rng_server.addr.port()),
+        2
+    );
     rng_server.stop().await.unwrap();
 }
 
@@ -390,22 +425,32 @@ async fn a_rolling_restart_loses_no_unit_of_work() {
         replicas.remove(n).stop().await.unwrap();
         replicas.insert(n, spawn_rng_on(*addr, RngConfig::turbo()).await);
         let before = redis.hashes().await;
-        redis.wait_for_hashes(before + 100, Duration::from_secs(10)).await;
+        redis
+            .wait_for_hashes(before + 100, Duration::from_secs(10))
+            .await;
     }
     // Every new replica gets calls again.
     let served = rng.backend().served();
     let before: Vec<u64> = addrs.iter().map(|a| served_on(&served, a.port())).collect();
-    wait_until("calls on every restarted replica", Duration::from_secs(10), || {
-        let served = rng.backend().served();
-        addrs
-            .iter()
-            .zip(&before)
-            .all(|(a, was)| served_on(&served, a.port()) > *was)
-    })
+    wait_until(
+        "calls on every restarted replica",
+        Duration::from_secs(10),
+        || {
+            let served = rng.backend().served();
+            addrs
+                .iter()
+                .zip(&before)
+                .all(|(a, was)| served_on(&served, a.port()) > *was)
+        },
+    )
     .await;
 
     let report = worker.stop().await;
-    assert_eq!(rng.backend().failures(), 0, "a unit of work failed during the restart");
+    assert_eq!(
+        rng.backend().failures(),
+        0,
+        "a unit of work failed during the restart"
+    );
     assert_eq!(report.hashes_done, report.hashes_flushed);
     assert_eq!(redis.hashes().await, report.hashes_done);
     for replica in replicas {
