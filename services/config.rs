@@ -17,7 +17,7 @@ use crate::{
     store,
     tls::{ClientTls, ServerTls, TlsError},
     traces::{self, TracesConfig},
-    up::{self, UpConfig},
+    up::{self, UpConfig, replica::ReplicaSettings},
     webui,
     worker::{self, WorkerConfig},
 };
@@ -63,6 +63,8 @@ pub mod env {
     pub const UP_WORKERS: &str = "UP_WORKERS";
     pub const UP_RNG_REPLICAS: &str = "UP_RNG_REPLICAS";
     pub const UP_HASHER_REPLICAS: &str = "UP_HASHER_REPLICAS";
+    pub const UP_RNG_LAST_REPLICA: &str = "UP_RNG_LAST_REPLICA";
+    pub const UP_HASHER_LAST_REPLICA: &str = "UP_HASHER_LAST_REPLICA";
     pub const TURBO: &str = "TURBO";
     pub const BENCH_MODE: &str = "BENCH_MODE";
     pub const BENCH_SECONDS: &str = "BENCH_SECONDS";
@@ -265,7 +267,8 @@ pub enum Command {
     /// Serve the web page, /json, and an HTTP gateway to rng and hasher.
     Webui(WebuiArgs),
     /// Run the whole mesh in this process: rng, hasher, webui and workers.
-    Up(UpArgs),
+    // Boxed: its settings outweigh every other command's.
+    Up(Box<UpArgs>),
     /// Publish rng and hasher on fixed ports in Compose: forward each TCP
     /// connection to one replica, round robin.
     Edge(EdgeArgs),
@@ -650,6 +653,16 @@ pub struct UpArgs {
     /// hasher servers to run, on --hasher-listen's port, then +10, +20...
     #[arg(long, env = env::UP_HASHER_REPLICAS, default_value_t = up::DEFAULT_REPLICAS)]
     pub hasher_replicas: usize,
+    /// How the last rng replica differs from the others, `KEY=VALUE,...`
+    /// with keys delay-ms, lanes, fail-rate, fail-code, extra-delay: e.g.
+    /// `delay-ms=300`, one slow replica among good ones. Unset: as the others.
+    #[arg(long, env = env::UP_RNG_LAST_REPLICA, value_parser = ReplicaSettings::parse_rng)]
+    pub rng_last_replica: Option<ReplicaSettings>,
+    /// How the last hasher replica differs from the others, `KEY=VALUE,...`
+    /// with keys delay-ms, fail-rate, fail-code, extra-delay. Unset: as the
+    /// others.
+    #[arg(long, env = env::UP_HASHER_LAST_REPLICA, value_parser = ReplicaSettings::parse_hasher)]
+    pub hasher_last_replica: Option<ReplicaSettings>,
     /// No delays, no lane, workers in batch mode: how fast the mesh really is.
     #[arg(long, env = env::TURBO)]
     pub turbo: bool,
@@ -733,6 +746,8 @@ impl UpArgs {
             workers: self.workers,
             rng,
             hasher,
+            rng_last_replica: self.rng_last_replica.clone().unwrap_or_default(),
+            hasher_last_replica: self.hasher_last_replica.clone().unwrap_or_default(),
             worker,
             pool: self.connections.pool(),
             redis_timeout: self.connections.redis_timeout(),

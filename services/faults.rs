@@ -371,12 +371,14 @@ impl Injector {
             return Ok(());
         }
         let code = self.faults.fail_code;
-        self.metrics
-            .failures
-            .get_or_create(&CodeLabels {
-                rpc_response_status_code: code.name(),
-            })
-            .inc();
+        if crate::metrics::enabled() {
+            self.metrics
+                .failures
+                .get_or_create(&CodeLabels {
+                    rpc_response_status_code: code.name(),
+                })
+                .inc();
+        }
         Err(Status::new(
             code.code(),
             format!("injected failure (--fail-rate {})", self.faults.fail_rate),
@@ -391,10 +393,12 @@ impl Injector {
         }
         match self.faults.extra_delay.pick(rand::random()) {
             Some(bucket) => {
-                self.metrics
-                    .delayed
-                    .get_or_create(&delay_labels(bucket.delay))
-                    .inc();
+                if crate::metrics::enabled() {
+                    self.metrics
+                        .delayed
+                        .get_or_create(&delay_labels(bucket.delay))
+                        .inc();
+                }
                 bucket.delay
             }
             None => Duration::ZERO,

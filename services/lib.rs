@@ -21,7 +21,8 @@
 //! Commands, which assemble services:
 //! - [`config`]: the command line: every flag, its environment variable,
 //!   and the service default it shows.
-//! - [`up`]: the whole mesh in one process.
+//! - [`up`]: the whole mesh in one process, its last replica's own
+//!   settings, and rolling restarts of its backends.
 //! - [`bench`]: the mesh's own numbers (throughput, latency, memory, CPU),
 //!   and the machine's floor (a bare tonic echo) and SHA-256 limit they are
 //!   read against.

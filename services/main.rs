@@ -15,7 +15,7 @@ use dockercoins::{
     pool, rng, shutdown,
     store::Store,
     telemetry, traces,
-    up::{self, Listeners},
+    up::{self, Listeners, restart::RestartTrigger},
     webui, worker,
 };
 use std::{future::Future, net::SocketAddr, process::ExitCode};
@@ -107,7 +107,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .with_jaeger_url(args.jaeger_url);
             webui::serve(listener, webui, shutdown).await?;
         }
-        Command::Up(args) => run_up(args, shutdown).await?,
+        Command::Up(args) => run_up(*args, shutdown).await?,
         Command::Edge(args) => run_edge(args, shutdown).await?,
         Command::Healthcheck(_) | Command::Traces(_) => unreachable!("handled above"),
         Command::Bench(args) => run_bench(args).await?,
@@ -141,7 +141,33 @@ async fn run_up(
     }
     let webui = bind(args.webui_listen, "--webui-listen / WEBUI_LISTEN").await?;
     let listeners = Listeners { rng, hasher, webui };
-    up::run(args.config(), listeners, shutdown).await?;
+    let (trigger, restarts) = up::restart::restart_channel();
+    restart_on_sighup(trigger).context("cannot install the SIGHUP handler")?;
+    up::run(args.config(), listeners, restarts, shutdown).await?;
+    Ok(())
+}
+
+/// SIGHUP asks `up` for a rolling restart of its backends (installed before
+/// `up` serves: an early SIGHUP would otherwise kill the process).
+#[cfg(unix)]
+fn restart_on_sighup(trigger: RestartTrigger) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if trigger.request() {
+                tracing::info!("SIGHUP received: rolling restart of rng and hasher");
+            } else {
+                tracing::info!("SIGHUP received: a rolling restart is already waiting");
+            }
+        }
+    });
+    Ok(())
+}
+
+/// No SIGHUP here: `up` is never restarted.
+#[cfg(not(unix))]
+fn restart_on_sighup(_trigger: RestartTrigger) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 const COMPOSE: &str = include_str!("../../docker-compose.yaml");
 const TURBO: &str = include_str!("../../docker-compose.turbo.yaml");
 const TLS: &str = include_str!("../../docker-compose.tls.yaml");
+const SLOW_RNG: &str = include_str!("../../docker-compose.slow-rng.yaml");
 const MAKE_CERTS: &str = include_str!("../../deploy/tls/make-certs.sh");
 const COLLECTOR: &str = include_str!("../../deploy/otel/collector.yaml");
 const README: &str = include_str!("../../README.md");
@@ -226,6 +227,7 @@ fn the_files_parse_and_define_the_whole_mesh() {
     // or with a 3.x one; v2 ignores it. Keep none.
     assert!(file.get("version").is_none(), "drop the version key");
     parse(TURBO);
+    parse(SLOW_RNG);
     parse(COLLECTOR);
 }
 
@@ -997,5 +999,61 @@ fn the_swarm_overrides_change_only_what_they_say() {
                 "{name}: {target}"
             );
         }
+    }
+}
+
+/// The slow-rng override adds exactly one service, an rng like the others
+/// (extended from the base file's, so the same image, command, healthcheck
+/// and tracing) but slower, known to DNS as `rng` on the default network,
+/// with no host port (it is a replica, not a door), and overrides nothing of
+/// the base file's services.
+#[test]
+fn the_slow_rng_override_adds_exactly_one_rng_replica_under_the_name_rng() {
+    let base = compose();
+    let slow = parse(SLOW_RNG);
+    let added = services(&slow);
+    assert_eq!(added.len(), 1, "one service, no override of the others");
+    let (name, svc) = added.iter().next().unwrap();
+    let name = name.as_str().unwrap();
+    assert!(
+        !service_names(&base).contains(name),
+        "{name} is a base service"
+    );
+    assert_eq!(svc["extends"]["file"].as_str(), Some("docker-compose.yaml"));
+    assert_eq!(svc["extends"]["service"].as_str(), Some("rng"));
+    // What `extends` makes of it: rng's settings, the override's on top.
+    let rng = service(&base, "rng");
+    let readme = readme_settings();
+    let mut env = environment(rng);
+    for (key, value) in environment(svc) {
+        assert!(is_known_setting(&key, &readme), "{name}: unknown {key}");
+        env.retain(|(k, _)| *k != key);
+        env.push((key, value));
+    }
+    let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    assert_eq!(get("RNG_DELAY_MS"), Some("300"));
+    assert_eq!(get("OTEL_SERVICE_NAME"), Some("rng"), "traced as rng");
+    for key in svc.as_mapping().unwrap().keys() {
+        let key = key.as_str().unwrap();
+        assert!(
+            ["extends", "environment", "networks"].contains(&key),
+            "{name}: {key} should come from rng"
+        );
+    }
+    assert!(published(rng).is_empty(), "rng has no host port to inherit");
+    let aliases: Vec<&str> = svc["networks"]["default"]["aliases"]
+        .as_sequence()
+        .expect("aliases on the default network")
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(aliases, ["rng"]);
+    // The balanced clients resolve `rng`: what the alias joins.
+    for client in ["worker", "webui"] {
+        let url = env_value(service(&base, client), "RNG_URL");
+        assert!(
+            url.as_deref().is_none_or(|u| u.contains("//rng:")),
+            "{client}: {url:?}"
+        );
     }
 }

@@ -5,6 +5,14 @@
 //!
 //! Shutdown is one signal fanned out to every service; the private Redis is
 //! stopped last, after the workers' final flush.
+//!
+//! Two things a laptop lab needs beyond that: the last replica of rng or
+//! hasher can run other settings than the rest ([`replica`]: one slow or
+//! failing replica among good ones), and the backends can be restarted one
+//! replica at a time while the workers mine ([`restart`]).
+
+pub mod replica;
+pub mod restart;
 
 use crate::{
     clients::{HasherClient, RngClient},
@@ -19,12 +27,18 @@ use crate::{
     webui::{Webui, WebuiError},
     worker::{Backends, WorkerConfig},
 };
+use replica::ReplicaSettings;
+use restart::{RestartRequests, Slot, SlotError};
 use std::{
     future::Future,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 use tracing::Instrument;
 
 /// Where `up`'s first rng listens unless told otherwise: loopback, the
@@ -75,6 +89,10 @@ pub struct UpConfig {
     pub workers: usize,
     pub rng: RngConfig,
     pub hasher: HasherConfig,
+    /// How the last rng replica differs from the others (default: not).
+    pub rng_last_replica: ReplicaSettings,
+    /// How the last hasher replica differs from the others (default: not).
+    pub hasher_last_replica: ReplicaSettings,
     pub worker: WorkerConfig,
     pub pool: PoolSettings,
     pub redis_timeout: Duration,
@@ -112,6 +130,8 @@ pub enum UpError {
     Url(#[from] InvalidUrl),
     #[error(transparent)]
     RedisStart(#[from] RedisStartError),
+    #[error(transparent)]
+    Replica(#[from] SlotError),
     #[error("{replicas} replicas from {first} go past the last port (65535)")]
     TooManyReplicas { first: SocketAddr, replicas: usize },
     #[error("{0}")]
@@ -120,9 +140,12 @@ pub enum UpError {
 
 /// Runs the mesh until `shutdown` resolves (or a service fails), then stops
 /// every service, the workers' last flush before the private Redis goes.
+/// Each request on `restarts` restarts the backends, one replica at a time
+/// ([`restart::restart_channel`]; [`RestartRequests::none`] for never).
 pub async fn run(
     config: UpConfig,
     listeners: Listeners,
+    restarts: RestartRequests,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), UpError> {
     let addrs = Addrs {
@@ -153,7 +176,7 @@ pub async fn run(
             let _ = redis_stopped.await;
         }))
     });
-    let result = run_services(config, listeners, addrs, store, shutdown).await;
+    let result = run_services(config, listeners, addrs, store, restarts, shutdown).await;
     let _ = stop_redis.send(());
     if let Some(supervisor) = supervisor {
         let _ = supervisor.await;
@@ -186,6 +209,7 @@ async fn run_services(
     listeners: Listeners,
     addrs: Addrs,
     store: Store,
+    restarts: RestartRequests,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), UpError> {
     let (stop, stopped) = watch::channel(false);
@@ -193,7 +217,9 @@ async fn run_services(
         tasks: JoinSet::new(),
         stopped,
     };
-    services.spawn_backends(&config, listeners.rng, listeners.hasher);
+    let slots = services.spawn_backends(&config, listeners.rng, listeners.hasher)?;
+    // Not one of the services: it ends when they do, and ending is no failure.
+    let restarter = tokio::spawn(restart::rolling_restarts(restarts, slots));
     // Balanced clients see every replica (pinned ones keep the first).
     let clients = |pool: &PoolSettings| -> Result<(RngClient, HasherClient), UpError> {
         Ok((
@@ -242,6 +268,7 @@ async fn run_services(
         // Services run until told to stop: one that ends early failed.
         Some(joined) = services.tasks.join_next() => result = flatten(joined),
     }
+    restarter.abort();
     let _ = stop.send(true);
     while let Some(joined) = services.tasks.join_next().await {
         if let (Ok(()), Err(error)) = (&result, flatten(joined)) {
@@ -267,24 +294,84 @@ impl Services {
         }
     }
 
+    /// Every replica of rng and hasher, each in a slot that a rolling
+    /// restart can restart; the slots, in the order a restart goes.
     fn spawn_backends(
         &mut self,
         config: &UpConfig,
         rng: Vec<TcpListener>,
         hasher: Vec<TcpListener>,
-    ) {
+    ) -> Result<Vec<Slot>, UpError> {
+        let mut slots = Vec::new();
+        let replicas = rng.len();
         for (n, listener) in rng.into_iter().enumerate() {
-            let rng = crate::rng::serve(listener, config.rng.clone(), self.signal());
-            let span = tracing::info_span!("rng", replica = n + 1);
-            self.tasks
-                .spawn(async move { Ok(rng.await?) }.instrument(span));
+            let mut settings = config.rng.clone();
+            if n + 1 == replicas && !config.rng_last_replica.is_empty() {
+                settings = config.rng_last_replica.rng(&config.rng);
+                tracing::info!(
+                    replica = n + 1,
+                    "rng replica {} of {replicas} differs: {} ({settings})",
+                    n + 1,
+                    config.rng_last_replica
+                );
+            }
+            let serve = move |listener, stop: tokio::sync::oneshot::Receiver<()>| {
+                crate::rng::serve(listener, settings.clone(), async {
+                    let _ = stop.await;
+                })
+            };
+            slots.push(self.spawn_slot("rng", n + 1, listener, serve)?);
         }
+        let replicas = hasher.len();
         for (n, listener) in hasher.into_iter().enumerate() {
-            let hasher = crate::hasher::serve(listener, config.hasher.clone(), self.signal());
-            let span = tracing::info_span!("hasher", replica = n + 1);
-            self.tasks
-                .spawn(async move { Ok(hasher.await?) }.instrument(span));
+            let mut settings = config.hasher.clone();
+            if n + 1 == replicas && !config.hasher_last_replica.is_empty() {
+                settings = config.hasher_last_replica.hasher(&config.hasher);
+                tracing::info!(
+                    replica = n + 1,
+                    "hasher replica {} of {replicas} differs: {} ({settings})",
+                    n + 1,
+                    config.hasher_last_replica
+                );
+            }
+            let serve = move |listener, stop: tokio::sync::oneshot::Receiver<()>| {
+                crate::hasher::serve(listener, settings.clone(), async {
+                    let _ = stop.await;
+                })
+            };
+            slots.push(self.spawn_slot("hasher", n + 1, listener, serve)?);
         }
+        Ok(slots)
+    }
+
+    /// Runs replica `replica` of `service` with `serve` on `listener`, as a
+    /// service of the mesh that a rolling restart can restart.
+    fn spawn_slot<F>(
+        &mut self,
+        service: &'static str,
+        replica: usize,
+        listener: TcpListener,
+        serve: impl Fn(TcpListener, tokio::sync::oneshot::Receiver<()>) -> F + Send + 'static,
+    ) -> Result<Slot, UpError>
+    where
+        F: Future<Output = Result<(), ServeError>> + Send + 'static,
+    {
+        let addr = listener.local_addr()?;
+        let (restart, restarts) = mpsc::channel(1);
+        let slot = restart::slot(listener, serve, restarts, self.stopped.clone());
+        // Log lines read `rng{replica=2}: ...`, as before slots.
+        let span = match service {
+            "rng" => tracing::info_span!("rng", replica),
+            _ => tracing::info_span!("hasher", replica),
+        };
+        self.tasks
+            .spawn(async move { Ok(slot.await?) }.instrument(span));
+        Ok(Slot {
+            service,
+            replica,
+            addr,
+            restart,
+        })
     }
 
     fn spawn_webui(&mut self, listener: TcpListener, webui: Webui) {
