@@ -235,17 +235,23 @@ async fn run_services(
             )?,
         ))
     };
-    // webui's gateway calls on its /metrics, as in Compose.
+    // webui's gateway calls on its /metrics, as in Compose; and, with a
+    // `worker_` prefix, every worker's calls together (in Compose each worker
+    // serves its own): what the lab and `benches/policies.sh` read.
     let mut webui_metrics = Registry::default();
     let webui_pool = PoolSettings {
         metrics: ClientCalls::register(&mut webui_metrics),
+        ..config.pool.clone()
+    };
+    let worker_pool = PoolSettings {
+        metrics: ClientCalls::register(webui_metrics.sub_registry_with_prefix("worker")),
         ..config.pool.clone()
     };
     let (rng, hasher) = clients(&webui_pool)?;
     let webui = Webui::new(store.clone(), rng, hasher).with_metrics(webui_metrics);
     services.spawn_webui(listeners.webui, webui);
     for n in 1..=config.workers.max(1) {
-        let (rng, hasher) = clients(&config.pool)?;
+        let (rng, hasher) = clients(&worker_pool)?;
         let backends = Backends {
             rng,
             hasher,
