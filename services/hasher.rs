@@ -224,20 +224,19 @@ impl HasherService {
         {
             return Err(expired(BEFORE_THE_WORK, "waiting"));
         }
-        let cost = self.delay + self.faults.extra_delay();
-        if cost.is_zero() {
-            return Ok(());
+        let extra = self.faults.extra_delay();
+        let done = started + self.delay + extra;
+        // The delay fits (checked above); only an extra delay can make the
+        // work overrun, and then it takes until it is too late.
+        if let Some(cut) = deadline.and_then(|d| d.checked_sub(deadline::MARGIN))
+            && !extra.is_zero()
+            && done > cut
+        {
+            tokio::time::sleep_until(cut).await;
+            return Err(expired(DURING_THE_WORK, "working"));
         }
-        match deadline {
-            None => tokio::time::sleep(cost).await,
-            Some(deadline) => {
-                let cut = deadline.checked_sub(deadline::MARGIN).unwrap_or(started);
-                tokio::select! {
-                    biased;
-                    () = tokio::time::sleep(cost) => {}
-                    () = tokio::time::sleep_until(cut) => return Err(expired(DURING_THE_WORK, "working")),
-                }
-            }
+        if done > started {
+            tokio::time::sleep_until(done).await;
         }
         Ok(())
     }

@@ -163,7 +163,11 @@ fn each_services_defaults_are_what_up_runs() {
     for name in [
         env::RNG_DELAY_MS,
         env::RNG_LANES,
+        env::RNG_FAIL_RATE,
+        env::RNG_EXTRA_DELAY,
         env::HASHER_DELAY_MS,
+        env::HASHER_FAIL_RATE,
+        env::HASHER_EXTRA_DELAY,
         env::WORKER_DELAY_MS,
         env::WORKER_CONCURRENCY,
         env::WORKER_BATCH,
@@ -197,10 +201,15 @@ fn each_services_defaults_are_what_up_runs() {
         (rng.delay, rng.lanes),
         (Duration::from_millis(100), Some(1))
     );
+    // No fault injected anywhere unless asked.
+    assert!(rng.faults.is_none() && up.rng.faults.is_none());
+    assert!(up.rng_last_replica.is_empty() && up.hasher_last_replica.is_empty());
     let Command::Hasher(hasher) = parse(&["hasher"]) else {
         unreachable!()
     };
-    assert_eq!(hasher.config().unwrap().delay, up.hasher.delay);
+    let hasher = hasher.config().unwrap();
+    assert_eq!(hasher.delay, up.hasher.delay);
+    assert!(hasher.faults.is_none() && up.hasher.faults.is_none());
     let Command::Worker(worker) = parse(&["worker"]) else {
         unreachable!()
     };

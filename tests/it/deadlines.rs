@@ -217,3 +217,37 @@ async fn legacy_http_has_no_deadline() {
     assert_eq!((status.as_u16(), body.len()), (200, 32));
     rng.stop().await.unwrap();
 }
+
+/// An injected extra delay is not foreseen: the call is served, holds the
+/// lane, and is answered DEADLINE_EXCEEDED just before its deadline (not cut
+/// off by tonic); the call queued behind it waited all that time.
+#[tokio::test(start_paused = true)]
+async fn an_extra_delay_eats_the_deadline_and_holds_the_lane_until_then() {
+    let config = RngConfig {
+        delay: Duration::ZERO,
+        lanes: Some(1),
+        faults: dockercoins::faults::Faults {
+            extra_delay: "100%=500ms".parse().unwrap(),
+            ..Default::default()
+        },
+        ..RngConfig::classroom()
+    };
+    let service = RngService::new(&config);
+    let start = Instant::now();
+    let first = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let request = with_timeout(GenerateRequest { size: 32 }, Duration::from_millis(200));
+            let result = service.generate(request).await;
+            (start.elapsed(), result.map(drop).map_err(|s| s.code()))
+        })
+    };
+    tokio::task::yield_now().await;
+    let behind = service
+        .generate(Request::new(GenerateRequest { size: 32 }))
+        .await;
+    assert!(behind.is_ok());
+    let ms = Duration::from_millis;
+    assert_eq!(start.elapsed(), ms(195 + 500), "it waited for the slow one");
+    assert_eq!(first.await.unwrap(), (ms(195), Err(Code::DeadlineExceeded)));
+}

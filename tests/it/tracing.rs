@@ -338,3 +338,61 @@ async fn an_unreachable_collector_blocks_nothing() {
     redis.wait_for_hashes(5, Duration::from_secs(30)).await;
     mesh.stop().await;
 }
+
+/// A call the lane gives up on for its deadline says so in its trace: an
+/// event on its `rng.lane.wait` span, with how long it waited.
+#[tokio::test]
+async fn a_call_given_up_for_its_deadline_says_so_on_its_lane_wait() {
+    let (receiver, addr, stop_receiver) = Receiver::start().await;
+    let endpoint = format!("http://{addr}");
+    let (mut rng, rng_addr) = start_binary(
+        &["rng", "--listen", "127.0.0.1:0"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "rng"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{rng_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // One lane of 100 ms, four calls allowed 250 ms: two cannot be served.
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = dockercoins::pb::rng_client::RngClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut request = Request::new(dockercoins::pb::GenerateRequest { size: 32 });
+                request.set_timeout(Duration::from_millis(250));
+                client.generate(request).await.map(drop)
+            })
+        })
+        .collect();
+    let mut expired = 0;
+    for call in calls {
+        if let Err(status) = call.await.unwrap() {
+            assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+            expired += 1;
+        }
+    }
+    assert!(expired > 0, "every call was served");
+    sigterm(&rng).await;
+    assert!(rng.wait().await.unwrap().success());
+    let spans = receiver.spans();
+    let given_up: Vec<_> = find(&spans, |r| r.span.name == "rng.lane.wait")
+        .into_iter()
+        .flat_map(|r| &r.span.events)
+        .filter(|e| e.name == "deadline passed in the lane")
+        .collect();
+    assert_eq!(given_up.len(), expired, "{given_up:?}");
+    for event in given_up {
+        let waited: u64 = attribute(&event.attributes, "waited_ms")
+            .expect("waited_ms on the event")
+            .parse()
+            .unwrap();
+        assert!((100..250).contains(&waited), "waited {waited} ms");
+    }
+    let _ = stop_receiver.send(());
+}
