@@ -9,9 +9,10 @@
 //! found, and replicas added later sit idle (the best-known trap of gRPC
 //! behind DNS). A balanced client re-resolves the name every few seconds
 //! ([`resolve`]) and keeps connections per address; [`Policy`] says how it
-//! picks a replica for each call ([`policy`]: round robin, or the least
-//! loaded of two), and [`Policy::Pinned`] is the naive client, kept so the
-//! lab can show the trap.
+//! picks a replica for each call ([`policy`]: round robin, the least loaded
+//! of two, or the faster of two by their latency, [`ewma`]), and
+//! [`Policy::Pinned`] is the naive client, kept so the lab can show the
+//! trap.
 //!
 //! A balanced client also keeps away from replicas that should not get
 //! calls: one whose health watch says NOT_SERVING ([`health`]: a replica
@@ -27,6 +28,7 @@
 //! certificate is checked against the URL's host (`rng`), not the address
 //! dialled.
 
+mod ewma;
 mod health;
 mod outlier;
 mod policy;
@@ -679,6 +681,12 @@ impl Backend {
             .as_ref()
             .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
         replica.record.note(code);
+        if self.balancer.settings.policy == Policy::Ewma {
+            let failed = outlier::is_replica_failure(code);
+            replica
+                .latency
+                .observe(started.elapsed(), failed, Instant::now());
+        }
         let metrics = &self.balancer.settings.metrics;
         if crate::metrics::enabled() {
             let trace = TraceExemplar::of(&span);

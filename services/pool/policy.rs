@@ -29,6 +29,11 @@ pub enum Policy {
     /// fewer new ones.
     #[value(name = "least_request")]
     LeastRequest,
+    /// Of two replicas drawn at random, the one with the lower latency
+    /// estimate times its calls in flight plus one ("peak EWMA"): it learns
+    /// a replica is slow from its own answers, even one call at a time.
+    #[value(name = "ewma")]
+    Ewma,
     /// One connection to the name, as a naive gRPC client: it stays on the
     /// replica it first reached.
     Pinned,
@@ -40,6 +45,7 @@ impl Policy {
         match self {
             Self::RoundRobin => "round_robin",
             Self::LeastRequest => "least_request",
+            Self::Ewma => "ewma",
             Self::Pinned => "pinned",
         }
     }
@@ -86,7 +92,8 @@ pub(super) fn pick(
     for tier in [Tier::Eligible, Tier::NotEjected, Tier::Any] {
         let ok = |replica: &Replica| tier.admits(replica, now) && !avoided(replica);
         let chosen = match policy {
-            Policy::LeastRequest => two_choices(replicas, ok),
+            Policy::LeastRequest => two_choices(replicas, ok, |r| r.in_flight() as f64),
+            Policy::Ewma => two_choices(replicas, ok, |r| r.latency.cost(r.in_flight(), now)),
             Policy::RoundRobin | Policy::Pinned => round_robin(replicas, next, ok),
         };
         if chosen.is_some() {
@@ -110,14 +117,18 @@ fn round_robin(
         .cloned()
 }
 
-/// Power of two choices on calls in flight, among the replicas `ok`
-/// admits. Two draws without allocating: when either is not admitted, the
-/// least loaded admitted replica of all (rare: only while some are out).
-fn two_choices(replicas: &[Arc<Replica>], ok: impl Fn(&Replica) -> bool) -> Option<Arc<Replica>> {
+/// Power of two choices on `cost`, among the replicas `ok` admits. Two
+/// draws without allocating: when either is not admitted, the cheapest
+/// admitted replica of all (rare: only while some are out).
+fn two_choices(
+    replicas: &[Arc<Replica>],
+    ok: impl Fn(&Replica) -> bool,
+    cost: impl Fn(&Replica) -> f64,
+) -> Option<Arc<Replica>> {
     let least = |candidates: &mut dyn Iterator<Item = &Arc<Replica>>| {
         candidates
             .filter(|replica| ok(replica))
-            .min_by_key(|replica| replica.in_flight())
+            .min_by(|a, b| cost(a).total_cmp(&cost(b)))
             .cloned()
     };
     if replicas.len() < 2 {
@@ -131,7 +142,7 @@ fn two_choices(replicas: &[Arc<Replica>], ok: impl Fn(&Replica) -> bool) -> Opti
     }
     let (a, b) = (&replicas[a], &replicas[b]);
     match (ok(a), ok(b)) {
-        (true, true) => Some(if b.in_flight() < a.in_flight() { b } else { a }.clone()),
+        (true, true) => Some(if cost(b) < cost(a) { b } else { a }.clone()),
         _ => least(&mut replicas.iter()),
     }
 }

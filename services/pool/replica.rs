@@ -1,8 +1,9 @@
 //! One replica of a backend as its balancer sees it: its connections, the
 //! calls it has in flight (what `least_request` compares), what its health
-//! watch last said, and its outlier record (calls, failures, ejection).
+//! watch last said, its outlier record (calls, failures, ejection), and
+//! its latency estimate (what `ewma` compares).
 
-use super::outlier::Record;
+use super::{ewma::Ewma, outlier::Record};
 use std::{
     sync::{
         Arc,
@@ -28,6 +29,8 @@ pub(super) struct Replica {
     pub serving: Arc<AtomicBool>,
     /// Its calls and failures since the last sweep, and its ejection.
     pub record: Record,
+    /// How fast it has been answering (kept for the `ewma` policy only).
+    pub latency: Ewma,
     /// The health watch, stopped with the replica (a replica that leaves
     /// DNS must not be watched for ever).
     watch: Option<tokio::task::AbortHandle>,
@@ -44,6 +47,7 @@ impl Replica {
             in_flight: AtomicUsize::new(0),
             serving: Arc::new(AtomicBool::new(true)),
             record: Record::default(),
+            latency: Ewma::default(),
             watch: None,
         }
     }

@@ -250,11 +250,14 @@ async fn run_services(
     let (rng, hasher) = clients(&webui_pool)?;
     let webui = Webui::new(store.clone(), rng, hasher).with_metrics(webui_metrics);
     services.spawn_webui(listeners.webui, webui);
+    // One pool for every worker, as one process shares its channels: its
+    // balancer sees all their calls in flight (what `least_request`
+    // compares), where in Compose each worker sees only its own one.
+    let (rng, hasher) = clients(&worker_pool)?;
     for n in 1..=config.workers.max(1) {
-        let (rng, hasher) = clients(&worker_pool)?;
         let backends = Backends {
-            rng,
-            hasher,
+            rng: rng.clone(),
+            hasher: hasher.clone(),
             store: store.clone(),
         };
         services.spawn_worker(n, config.worker.clone(), backends);

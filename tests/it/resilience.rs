@@ -458,3 +458,35 @@ async fn a_rolling_restart_loses_no_unit_of_work() {
     }
     hasher.stop().await.unwrap();
 }
+
+/// One call at a time, least_request has nothing to compare (no replica
+/// ever has a call in flight when the next is picked) and spreads evenly;
+/// ewma learns from the answers themselves and sends the fast replica at
+/// least twice the calls of one three times slower.
+#[tokio::test]
+async fn one_call_at_a_time_ewma_still_finds_the_fast_replica() {
+    let fast = spawn_rng(rng_taking(Duration::from_millis(20))).await;
+    let slow = spawn_rng(rng_taking(Duration::from_millis(60))).await;
+    for (policy, at_least, at_most) in [
+        (Policy::Ewma, 2.0, f64::MAX),
+        (Policy::LeastRequest, 0.33, 3.0),
+    ] {
+        let settings = PoolSettings {
+            policy,
+            ..PoolSettings::default()
+        };
+        let (rng, _) = client(&[&fast, &slow], settings, &mut Registry::default());
+        let results = load(&rng, 1, 60).await;
+        assert!(results.iter().all(Result::is_ok), "{policy}: a call failed");
+        let served = rng.backend().served();
+        let ratio = served_on(&served, fast.addr.port()) as f64
+            / served_on(&served, slow.addr.port()).max(1) as f64;
+        eprintln!("{policy}, one at a time: fast/slow = {ratio:.2} {served:?}");
+        assert!(
+            (at_least..=at_most).contains(&ratio),
+            "{policy}: fast/slow = {ratio:.2}, expected {at_least}..={at_most}: {served:?}"
+        );
+    }
+    fast.stop().await.unwrap();
+    slow.stop().await.unwrap();
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The load-balancing lab's measurements in one command, on `dockercoins up`
+# with classroom timings and 10 workers:
+#
+#   1. Policies: 3 rng replicas, the last slowed to 300 ms a call; hashes/s
+#      (webui's /json) and the workers' p99 of Rng/Generate (whole calls,
+#      retries included: webui's /metrics, `worker_` series) per policy:
+#      pinned, round_robin, least_request, ewma.
+#   2. Hedging: 3 rng replicas without a lane (no queue), the last paying
+#      +1 s on 10% of its calls; p99 and the extra load (hedges per call),
+#      hedging off and on (GRPC_HEDGE_MS=250).
+#   3. A rolling restart (SIGHUP to `up`: every rng replica, then every
+#      hasher replica, one at a time) under load: the units of work that
+#      failed (must be 0). Two hashers: a lone replica cannot restart
+#      without a gap.
+#
+#   benches/policies.sh [SECONDS] [--json]     # SECONDS per measure, default 20
+#
+# Uses target/release/dockercoins (built if missing), ports 8000-8022 and
+# python3. Takes about 6 x (SECONDS + 8) s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=20
+json=false
+for arg in "$@"; do
+    case $arg in
+    --json) json=true ;;
+    *[!0-9]* | '') echo "usage: $0 [SECONDS] [--json]" >&2; exit 2 ;;
+    *) seconds=$arg ;;
+    esac
+done
+bin=target/release/dockercoins
+[ -x "$bin" ] || cargo build --release --locked
+results=$(mktemp)
+log=$(mktemp)
+up_pid=
+stop_up() {
+    [ -n "$up_pid" ] || return 0
+    kill -INT "$up_pid" 2>/dev/null || true
+    wait "$up_pid" 2>/dev/null || true
+    up_pid=
+}
+trap 'stop_up; rm -f "$results" "$log"' EXIT
+
+# Starts `up` with 10 classroom workers and the given flags; waits for /json
+# (10 s at most, else the log is printed and the bench fails saying so).
+start() {
+    "$bin" up --workers 10 "$@" >"$log" 2>&1 &
+    up_pid=$!
+    for _ in $(seq 100); do
+        curl -sf localhost:8000/json >/dev/null && return 0
+        kill -0 "$up_pid" 2>/dev/null || { cat "$log" >&2; echo "$0: dockercoins up $* exited before /json answered" >&2; exit 1; }
+        sleep 0.1
+    done
+    cat "$log" >&2
+    echo "$0: webui's /json did not answer within 10 s of dockercoins up $*" >&2
+    exit 1
+}
+
+# One snapshot of the counters: /json and the workers' metrics.
+snapshot() {
+    printf '%s\n' "$(curl -sf localhost:8000/json)"
+    curl -sf localhost:8000/metrics | grep -E '^worker_(grpc_client_call_duration_seconds_(bucket|count)|rpc_client_(hedges|retries))' || true
+}
+
+# measure KIND NAME [up flags...]: a run, warmed up 5 s, measured SECONDS.
+measure() {
+    local kind=$1 name=$2
+    shift 2
+    start "$@"
+    sleep 5
+    local a b
+    a=$(snapshot)
+    sleep "$seconds"
+    b=$(snapshot)
+    stop_up
+    python3 benches/policies_read.py "$kind" "$name" "$a" "$b" >>"$results"
+}
+
+common=(--rng-replicas 3)
+for policy in pinned round_robin least_request ewma; do
+    measure policy "$policy" "${common[@]}" --rng-last-replica delay-ms=300 --grpc-policy "$policy"
+done
+bucket=(--rng-lanes 0 --rng-last-replica 'extra-delay=10%=1s')
+measure hedging off "${common[@]}" "${bucket[@]}"
+measure hedging 250ms "${common[@]}" "${bucket[@]}" --hedge-ms 250
+
+# The rolling restart: load, SIGHUP, and the failed units until it is done
+# (30 s at most: three replicas of about a second each, and the load).
+start "${common[@]}" --hasher-replicas 2 --grpc-policy least_request
+sleep 5
+a=$(snapshot)
+kill -HUP "$up_pid"
+for _ in $(seq 300); do
+    grep -q "rolling restart: done" "$log" && break
+    sleep 0.1
+done
+grep -q "rolling restart: done" "$log" || { cat "$log" >&2; echo "$0: the rolling restart did not finish within 30 s of SIGHUP" >&2; exit 1; }
+sleep 2
+b=$(snapshot)
+took=$(grep "rolling restart: done" "$log" | tail -1 | sed -E 's/.*took_ms=([0-9]+).*/\1/')
+stop_up
+python3 benches/policies_read.py restart "${took:-?} ms" "$a" "$b" >>"$results"
+
+python3 benches/policies_read.py --report "$json" "$seconds" <"$results"
