@@ -106,6 +106,10 @@ pub const DEFAULT_RESOLVE_MS: u64 = 5000;
 /// Resolving more often than this is refused: a DNS server is not a spin lock.
 pub const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A backend's failures are said at warn at most this often (the others at
+/// debug, counted in the next warn line).
+const SAY_FAILURES_EVERY: Duration = Duration::from_secs(5);
+
 /// Tries of one call at most (the first and its retries), each on another
 /// replica while there are others.
 const MAX_ATTEMPTS: usize = 4;
@@ -187,6 +191,12 @@ struct Balancer {
     served: Mutex<BTreeMap<String, u64>>,
     /// Whether the last call failed: the logs say "down" once and "back" once.
     down: AtomicBool,
+    /// When a failure was last said at warn, and the failures not said
+    /// since: a backend failing every other call (deadlines, injected
+    /// faults) must not fill a classroom's terminal.
+    said: Mutex<(Option<Instant>, u64)>,
+    /// Whether the current streak of failures was said (so its end is).
+    said_down: AtomicBool,
     /// Calls that failed after every retry: units of work lost to this backend.
     failures: std::sync::atomic::AtomicU64,
 }
@@ -265,6 +275,8 @@ impl Backend {
             budget: retry::RetryBudget::new(&settings.retry),
             served: Mutex::default(),
             down: AtomicBool::new(false),
+            said: Mutex::new((None, 0)),
+            said_down: AtomicBool::new(false),
             failures: Default::default(),
         });
         if !pinned {
@@ -398,14 +410,37 @@ impl Backend {
     fn note_failure(&self, status: &tonic::Status) {
         let balancer = &self.balancer;
         balancer.failures.fetch_add(1, Ordering::Relaxed);
-        if !balancer.down.swap(true, Ordering::Relaxed) {
+        let new_streak = !balancer.down.swap(true, Ordering::Relaxed);
+        let unsaid = {
+            let mut said = balancer.said.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if new_streak
+                && said
+                    .0
+                    .is_none_or(|at| now.duration_since(at) >= SAY_FAILURES_EVERY)
+            {
+                let unsaid = said.1;
+                *said = (Some(now), 0);
+                Some(unsaid)
+            } else {
+                said.1 += 1;
+                None
+            }
+        };
+        if let Some(unsaid) = unsaid {
+            balancer.said_down.store(true, Ordering::Relaxed);
+            let since = match unsaid {
+                0 => String::new(),
+                n => format!(" ({n} more failed since the last line like this)"),
+            };
             tracing::warn!(
                 backend = balancer.service.name,
                 url = %balancer.url,
                 code = ?status.code(),
                 error = %status_reason(status),
                 trace_id = crate::telemetry::current_trace_id(),
-                "{} call failed; said again when it answers",
+                failures_unsaid = unsaid,
+                "{} call failed; said again when it answers{since}",
                 balancer.service.name
             );
         } else {
@@ -421,7 +456,10 @@ impl Backend {
     /// Notes a call that succeeded; logs the end of a failure streak.
     fn note_success(&self) {
         let balancer = &self.balancer;
-        if balancer.down.load(Ordering::Relaxed) && balancer.down.swap(false, Ordering::Relaxed) {
+        if balancer.down.load(Ordering::Relaxed)
+            && balancer.down.swap(false, Ordering::Relaxed)
+            && balancer.said_down.swap(false, Ordering::Relaxed)
+        {
             tracing::info!(backend = balancer.service.name, url = %balancer.url, trace_id = crate::telemetry::current_trace_id(), "{} is answering again", balancer.service.name);
         }
     }
