@@ -25,4 +25,4 @@ a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 rate = (b["hashes"] - a["hashes"]) / (b["now"] - a["now"])
 print(f"workers={sys.argv[3]} flags=[{sys.argv[4]}] hashes/s={rate:.2f} over {b['now'] - a['now']:.1f} s")
 PY
-grep "calls per replica" "$log" | tail -1 | sed 's/.*calls per replica/calls per replica (one worker):/' || true
+grep "calls per replica" "$log" | tail -1 | sed 's/.*calls per replica/calls per replica (all workers of up, one pool):/' || true
