@@ -396,3 +396,92 @@ async fn a_call_given_up_for_its_deadline_says_so_on_its_lane_wait() {
     }
     let _ = stop_receiver.send(());
 }
+
+/// A hedged call, as Jaeger shows it: `up` with a fast and a slow rng and
+/// hedging after 50 ms. The twin is a sibling of the first attempt, says
+/// it is a hedge (attribute and event), and the attempt it beat ends
+/// CANCELLED rather than without a status.
+#[tokio::test]
+async fn a_hedged_call_shows_its_twin_and_the_abandoned_attempt() {
+    let (receiver, addr, stop_receiver) = Receiver::start().await;
+    let endpoint = format!("http://{addr}");
+    let args = [
+        "up",
+        "--workers",
+        "1",
+        "--rng-replicas",
+        "2",
+        "--rng-lanes",
+        "0",
+        "--rng-delay-ms",
+        "0",
+        "--hasher-delay-ms",
+        "0",
+        "--worker-delay-ms",
+        "20",
+        "--rng-last-replica",
+        "delay-ms=400",
+        "--hedge-ms",
+        "50",
+        "--rng-listen",
+        "127.0.0.1:0",
+        "--hasher-listen",
+        "127.0.0.1:0",
+        "--webui-listen",
+        "127.0.0.1:0",
+    ];
+    let envs = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+    ];
+    let (child, _) = start_binary(&args, &envs).await;
+    let is_hedge = |r: &Received| {
+        attribute(&r.span.attributes, "dockercoins.attempt").as_deref() == Some("hedge")
+    };
+    // Half the units start on the slow replica: a hedge comes within a
+    // second or so; 20 s is for a loaded machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (hedge, first) = loop {
+        let spans = receiver.spans();
+        let pair = spans.iter().filter(|r| is_hedge(r)).find_map(|hedge| {
+            let first = spans.iter().find(|r| {
+                r.span.parent_span_id == hedge.span.parent_span_id
+                    && r.span.span_id != hedge.span.span_id
+                    && r.span.name == hedge.span.name
+            })?;
+            Some((hedge.clone(), first.clone()))
+        });
+        if let Some(pair) = pair {
+            break pair;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hedged call with its first attempt exported within 20 s ({} spans)",
+            spans.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    sigterm(&child).await;
+    let _ = stop_receiver.send(());
+    assert_eq!(hedge.span.name, "dockercoins.v1.Rng/Generate");
+    assert_eq!(
+        attribute(&hedge.span.attributes, "rpc.response.status_code").as_deref(),
+        Some("OK")
+    );
+    assert!(
+        hedge
+            .span
+            .events
+            .iter()
+            .any(|e| e.name.starts_with("hedged")),
+        "no hedge event: {:?}",
+        hedge.span.events
+    );
+    assert_eq!(
+        attribute(&first.span.attributes, "rpc.response.status_code").as_deref(),
+        Some("CANCELLED"),
+        "the attempt the hedge beat: {:?}",
+        first.span.attributes
+    );
+}
