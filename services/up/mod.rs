@@ -220,6 +220,41 @@ async fn run_services(
     let slots = services.spawn_backends(&config, listeners.rng, listeners.hasher)?;
     // Not one of the services: it ends when they do, and ending is no failure.
     let restarter = tokio::spawn(restart::rolling_restarts(restarts, slots));
+    spawn_clients(&mut services, &config, listeners.webui, &addrs, &store)?;
+    tracing::info!(
+        webui = %local_url(addrs.webui),
+        rng = ?addrs.rng,
+        hasher = ?addrs.hasher,
+        store = %store.describe(),
+        workers = config.workers,
+        "dockercoins is up: open {} (Ctrl-C stops everything)",
+        local_url(addrs.webui)
+    );
+    let mut result = Ok(());
+    tokio::select! {
+        () = shutdown => {}
+        // Services run until told to stop: one that ends early failed.
+        Some(joined) = services.tasks.join_next() => result = flatten(joined),
+    }
+    restarter.abort();
+    let _ = stop.send(true);
+    while let Some(joined) = services.tasks.join_next().await {
+        if let (Ok(()), Err(error)) = (&result, flatten(joined)) {
+            result = Err(error);
+        }
+    }
+    result
+}
+
+/// Spawns the services that call rng and hasher: webui and the workers,
+/// their clients finding every local replica.
+fn spawn_clients(
+    services: &mut Services,
+    config: &UpConfig,
+    webui_listener: TcpListener,
+    addrs: &Addrs,
+    store: &Store,
+) -> Result<(), UpError> {
     // Balanced clients see every replica (pinned ones keep the first).
     let clients = |pool: &PoolSettings| -> Result<(RngClient, HasherClient), UpError> {
         Ok((
@@ -249,7 +284,7 @@ async fn run_services(
     };
     let (rng, hasher) = clients(&webui_pool)?;
     let webui = Webui::new(store.clone(), rng, hasher).with_metrics(webui_metrics);
-    services.spawn_webui(listeners.webui, webui);
+    services.spawn_webui(webui_listener, webui);
     // One pool for every worker, as one process shares its channels: its
     // balancer sees all their calls in flight (what `least_request`
     // compares), where in Compose each worker sees only its own one.
@@ -262,29 +297,7 @@ async fn run_services(
         };
         services.spawn_worker(n, config.worker.clone(), backends);
     }
-    tracing::info!(
-        webui = %local_url(addrs.webui),
-        rng = ?addrs.rng,
-        hasher = ?addrs.hasher,
-        store = %store.describe(),
-        workers = config.workers,
-        "dockercoins is up: open {} (Ctrl-C stops everything)",
-        local_url(addrs.webui)
-    );
-    let mut result = Ok(());
-    tokio::select! {
-        () = shutdown => {}
-        // Services run until told to stop: one that ends early failed.
-        Some(joined) = services.tasks.join_next() => result = flatten(joined),
-    }
-    restarter.abort();
-    let _ = stop.send(true);
-    while let Some(joined) = services.tasks.join_next().await {
-        if let (Ok(()), Err(error)) = (&result, flatten(joined)) {
-            result = Err(error);
-        }
-    }
-    result
+    Ok(())
 }
 
 /// The services of the mesh as tasks, each stopped by one signal.
