@@ -124,11 +124,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut registry = Registry::default();
-    let metrics = RngMetrics {
-        lane: LaneMetrics::register(&mut registry),
-        expired: DeadlineMetrics::register(&mut registry, "rng"),
-        faults: FaultMetrics::register(&mut registry),
-    };
+    let metrics = RngMetrics::register(&mut registry);
     let queue = metrics.lane.queue.clone();
     let service = RngService::measured(&config, metrics);
     let legacy = service.legacy_routes(hostname());
@@ -256,6 +252,15 @@ impl RngMetrics {
             lane: LaneMetrics::unregistered(),
             expired: DeadlineMetrics::unregistered(),
             faults: FaultMetrics::unregistered(),
+        }
+    }
+
+    /// rng's measures, registered in `registry` for its `/metrics`.
+    pub fn register(registry: &mut Registry) -> Self {
+        Self {
+            lane: LaneMetrics::register(registry),
+            expired: DeadlineMetrics::register(registry, "rng"),
+            faults: FaultMetrics::register(registry),
         }
     }
 }

@@ -5,7 +5,7 @@
 use crate::helpers::{hasher_client, http1, rng_client, spawn_hasher, spawn_rng};
 use dockercoins::{
     hasher::{HasherConfig, HasherService},
-    metrics::{DeadlineMetrics, Exposition, FaultMetrics, LaneMetrics, Registry},
+    metrics::{Exposition, Registry},
     pb::{
         GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest, hasher_server::Hasher,
         rng_server::Rng,
@@ -39,11 +39,7 @@ async fn metric(addr: SocketAddr, line: &str) -> Option<f64> {
 #[tokio::test(start_paused = true)]
 async fn the_lane_gives_up_on_calls_it_cannot_serve_in_time() {
     let mut registry = Registry::default();
-    let metrics = RngMetrics {
-        lane: LaneMetrics::register(&mut registry),
-        expired: DeadlineMetrics::register(&mut registry, "rng"),
-        faults: FaultMetrics::register(&mut registry),
-    };
+    let metrics = RngMetrics::register(&mut registry);
     let queue = metrics.lane.queue.clone();
     let service = RngService::measured(&RngConfig::classroom(), metrics);
     let start = Instant::now();

@@ -154,6 +154,28 @@ pub async fn spawn_webui(store: Store, rng: &str, hasher: &str) -> Spawned<Webui
     .await
 }
 
+/// A `grpc.health.v1` Watch of rng on `channel`, as a balancing client
+/// keeps one; its first answer, SERVING, already read.
+pub async fn watch_rng_health(
+    channel: Channel,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "dockercoins.v1.Rng".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    watch
+}
+
 /// The generated client on a fresh connection: what any gRPC client sends.
 pub async fn rng_client(server: &Spawned) -> rng_client::RngClient<Channel> {
     rng_client::RngClient::new(server.channel().await)

@@ -1,7 +1,7 @@
 //! What every server shares: health, reflection, garbage on the port, and
 //! graceful shutdown.
 
-use crate::helpers::{Spawned, rng_client, spawn_hasher, spawn_rng};
+use crate::helpers::{Spawned, rng_client, spawn_hasher, spawn_rng, watch_rng_health};
 use dockercoins::{
     hasher::HasherConfig,
     pb::{GenerateRequest, GenerateStreamRequest},
@@ -158,19 +158,7 @@ async fn shutdown_reports_not_serving_and_drains_calls_in_flight() {
         ..RngConfig::classroom()
     };
     let mut rng = spawn_rng(config).await;
-    let channel = rng.channel().await;
-    let mut health = HealthClient::new(channel.clone());
-    let mut watch = health
-        .watch(HealthCheckRequest {
-            service: "dockercoins.v1.Rng".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        watch.message().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    let mut watch = watch_rng_health(rng.channel().await).await;
     // A stream of two messages (one 64 KiB block each, 200 ms each): once the
     // first has arrived, the call is surely in flight.
     let mut stream = rng_client(&rng)
@@ -236,17 +224,7 @@ async fn shutdown_is_bounded_when_calls_run_long() {
 async fn a_stopping_server_serves_on_for_a_short_notice_after_not_serving() {
     let mut rng = spawn_rng(RngConfig::turbo()).await;
     let channel = rng.channel().await;
-    let mut watch = HealthClient::new(channel.clone())
-        .watch(HealthCheckRequest {
-            service: "dockercoins.v1.Rng".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        watch.message().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    let mut watch = watch_rng_health(channel.clone()).await;
     let begun = std::time::Instant::now();
     rng.begin_stop();
     assert_eq!(

@@ -241,17 +241,7 @@ async fn a_rolling_restart_brings_every_replica_back_on_its_port() {
     let up = RunningUp::start(3, |_| {}).await;
     let before = up.hashes_above(0).await;
     // A watcher of the second replica, as a health-checking client would.
-    let mut watch = HealthClient::new(channel(up.rng[1]).await)
-        .watch(HealthCheckRequest {
-            service: "dockercoins.v1.Rng".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        watch.message().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    let mut watch = crate::helpers::watch_rng_health(channel(up.rng[1]).await).await;
     let report = tokio::time::timeout(Duration::from_secs(30), up.restart.restart())
         .await
         .expect("the rolling restart did not end within 30 s")
