@@ -300,6 +300,27 @@ fn spawn_clients(
     Ok(())
 }
 
+/// The settings of replica `n` (from 0) of `replicas`: `base`, or for the
+/// last one `base` with `last`'s differences (said in the log).
+fn replica_settings<C: Clone + std::fmt::Display>(
+    service: &str,
+    (n, replicas): (usize, usize),
+    base: &C,
+    last: &ReplicaSettings,
+    apply: impl Fn(&C) -> C,
+) -> C {
+    if n + 1 < replicas || last.is_empty() {
+        return base.clone();
+    }
+    let settings = apply(base);
+    tracing::info!(
+        replica = n + 1,
+        "{service} replica {} of {replicas} differs: {last} ({settings})",
+        n + 1
+    );
+    settings
+}
+
 /// The services of the mesh as tasks, each stopped by one signal.
 struct Services {
     tasks: JoinSet<Result<(), UpError>>,
@@ -327,16 +348,10 @@ impl Services {
         let mut slots = Vec::new();
         let replicas = rng.len();
         for (n, listener) in rng.into_iter().enumerate() {
-            let mut settings = config.rng.clone();
-            if n + 1 == replicas && !config.rng_last_replica.is_empty() {
-                settings = config.rng_last_replica.rng(&config.rng);
-                tracing::info!(
-                    replica = n + 1,
-                    "rng replica {} of {replicas} differs: {} ({settings})",
-                    n + 1,
-                    config.rng_last_replica
-                );
-            }
+            let last = &config.rng_last_replica;
+            let settings = replica_settings("rng", (n, replicas), &config.rng, last, |base| {
+                last.rng(base)
+            });
             let serve = move |listener, stop: tokio::sync::oneshot::Receiver<()>| {
                 crate::rng::serve(listener, settings.clone(), async {
                     let _ = stop.await;
@@ -346,16 +361,11 @@ impl Services {
         }
         let replicas = hasher.len();
         for (n, listener) in hasher.into_iter().enumerate() {
-            let mut settings = config.hasher.clone();
-            if n + 1 == replicas && !config.hasher_last_replica.is_empty() {
-                settings = config.hasher_last_replica.hasher(&config.hasher);
-                tracing::info!(
-                    replica = n + 1,
-                    "hasher replica {} of {replicas} differs: {} ({settings})",
-                    n + 1,
-                    config.hasher_last_replica
-                );
-            }
+            let last = &config.hasher_last_replica;
+            let settings =
+                replica_settings("hasher", (n, replicas), &config.hasher, last, |base| {
+                    last.hasher(base)
+                });
             let serve = move |listener, stop: tokio::sync::oneshot::Receiver<()>| {
                 crate::hasher::serve(listener, settings.clone(), async {
                     let _ = stop.await;
