@@ -143,7 +143,7 @@ pub struct Service {
 }
 
 /// A replica as the balancer sees it now, for the page and for tests.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaState {
     pub address: String,
     /// What its health watch said last.
