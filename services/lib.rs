@@ -37,8 +37,8 @@
 //! - [`server`]: what every gRPC server here shares: limits, health,
 //!   reflection, HTTP/1 next to gRPC, graceful shutdown with a bound.
 //! - [`clients`]: typed clients of rng and hasher; [`pool`]: the balancer
-//!   under them (replicas, connections, timeouts, retries on another
-//!   replica).
+//!   under them (replicas and their health, connections, policies,
+//!   deadlines, outlier ejection, retries on another replica, hedging).
 //! - [`store`]: the score in Redis (or the in-process stand-in for `up`);
 //!   [`private_redis`]: a redis-server child for `up` and `bench`.
 //! - [`telemetry`]: logs and traces, the spans of every hop, and the log
