@@ -34,9 +34,19 @@ bin=target/release/dockercoins
 results=$(mktemp)
 log=$(mktemp)
 up_pid=
+# Ctrl-C to `up`; it stops within a second or two, else (10 s) it is killed
+# and the bench says so.
 stop_up() {
     [ -n "$up_pid" ] || return 0
     kill -INT "$up_pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$up_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$up_pid" 2>/dev/null; then
+        echo "$0: dockercoins up did not stop within 10 s of Ctrl-C; killed" >&2
+        kill -KILL "$up_pid" 2>/dev/null || true
+    fi
     wait "$up_pid" 2>/dev/null || true
     up_pid=
 }
@@ -48,7 +58,7 @@ start() {
     "$bin" up --workers 10 "$@" >"$log" 2>&1 &
     up_pid=$!
     for _ in $(seq 100); do
-        curl -sf localhost:8000/json >/dev/null && return 0
+        curl -sf --max-time 2 localhost:8000/json >/dev/null && return 0
         kill -0 "$up_pid" 2>/dev/null || { cat "$log" >&2; echo "$0: dockercoins up $* exited before /json answered" >&2; exit 1; }
         sleep 0.1
     done
@@ -57,10 +67,14 @@ start() {
     exit 1
 }
 
-# One snapshot of the counters: /json and the workers' metrics.
+# One snapshot of the counters: /json and the workers' metrics (5 s at most
+# each; a webui that does not answer fails the bench, saying so).
 snapshot() {
-    printf '%s\n' "$(curl -sf localhost:8000/json)"
-    curl -sf localhost:8000/metrics | grep -E '^worker_(grpc_client_call_duration_seconds_(bucket|count)|rpc_client_(hedges|retries))' || true
+    local page metrics
+    page=$(curl -sf --max-time 5 localhost:8000/json) || { echo "$0: webui's /json did not answer within 5 s" >&2; exit 1; }
+    metrics=$(curl -sf --max-time 5 localhost:8000/metrics) || { echo "$0: webui's /metrics did not answer within 5 s" >&2; exit 1; }
+    printf '%s\n' "$page"
+    grep -E '^worker_(grpc_client_call_duration_seconds_(bucket|count)|rpc_client_(hedges|retries))' <<<"$metrics" || true
 }
 
 # measure KIND NAME [up flags...]: a run, warmed up 5 s, measured SECONDS.

@@ -89,7 +89,7 @@ def report(as_json, seconds):
         print(json.dumps({'seconds': int(seconds), 'runs': rows}, indent=2))
         return
     print('### Policies: 10 workers, 3 rng replicas, the last slowed to 300 ms a call\n')
-    print('| policy | hashes/s | workers\' p99 of Rng/Generate | failed calls |')
+    print('| policy | hashes/s | workers\' p99 of Rng/Generate | failed calls (rng and hasher) |')
     print('|---|---:|---:|---:|')
     by = {r['name']: r for r in rows if r['kind'] == 'policy'}
     for r in by.values():
@@ -107,7 +107,7 @@ def report(as_json, seconds):
     for r in rows:
         if r['kind'] == 'restart':
             print('\n### Rolling restart under load: 3 rng and 2 hasher replicas, one at a time (SIGHUP to up)\n')
-            print(f"took {r['name']}; failed units of work: {r['failed_calls']}; "
+            print(f"took {r['name']}; failed calls (rng and hasher), each a unit of work lost: {r['failed_calls']}; "
                   f"retries: {r['retries']}; hashes/s meanwhile: {r['hashes_per_second']:.2f}")
     print(f'\n(each measure {seconds} s after 5 s of warm-up; benches/policies.sh)')
 

@@ -506,16 +506,18 @@ pub struct ConnectionArgs {
     /// Bound on connecting to a gRPC backend, in milliseconds.
     #[arg(long, env = env::GRPC_CONNECT_TIMEOUT_MS, default_value_t = pool::DEFAULT_CONNECT_TIMEOUT_MS)]
     pub connect_timeout_ms: u64,
-    /// Deadline of each gRPC call (queueing in rng's lane included), sent
-    /// with it (`grpc-timeout`) so the server gives up too; also the bound on
-    /// each message of a streamed reply, in milliseconds.
+    /// Deadline of each unary gRPC call (queueing in rng's lane included),
+    /// sent with it (`grpc-timeout`) so the server gives up too; a stream must
+    /// start within it, and each of its messages come within it, in
+    /// milliseconds.
     #[arg(long, env = env::GRPC_TIMEOUT_MS, default_value_t = pool::DEFAULT_CALL_TIMEOUT_MS)]
     pub call_timeout_ms: u64,
     /// How calls are spread over the replicas the name resolves to (re-resolved
     /// periodically): `round_robin` (alias `balanced`), `least_request` (of
-    /// two replicas drawn at random, the one with fewer calls in flight), or
-    /// `pinned` (one connection, as a naive gRPC client: it stays on the
-    /// replica it first reached, the lab's trap).
+    /// two replicas drawn at random, the one with fewer calls in flight),
+    /// `ewma` (of two, the one with the lower latency estimate times its
+    /// calls in flight), or `pinned` (one connection, as a naive gRPC client:
+    /// it stays on the replica it first reached, the lab's trap).
     #[arg(long, env = env::GRPC_POLICY, value_enum, default_value_t)]
     pub grpc_policy: pool::Policy,
     /// How often a balanced client resolves rng's and hasher's names again,
@@ -529,6 +531,8 @@ pub struct ConnectionArgs {
     pub hedge_ms: u64,
     /// Retries and hedges together, at most this percentage of calls (over
     /// 10 s, plus one a second): a backend in trouble gets no retry storm.
+    /// Taken as one retry per N calls, N = 100 / the percentage, rounded
+    /// down (20: 1 in 5; 30: 1 in 3).
     #[arg(long, env = env::GRPC_RETRY_BUDGET_PERCENT, default_value_t = pool::DEFAULT_BUDGET_PERCENT)]
     pub retry_budget_percent: u32,
     /// Outlier ejection: how often the rule is applied, in milliseconds.

@@ -61,8 +61,9 @@ impl Ewma {
             let since = estimate
                 .at
                 .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+            // `current` is the stored estimate already decayed by `keep`.
             let keep = (-since / DECAY.as_secs_f64()).exp();
-            current * keep + sample * (1.0 - keep)
+            current + sample * (1.0 - keep)
         };
         estimate.at = Some(now);
     }

@@ -54,12 +54,12 @@ pub(super) async fn watch(watch: Watch) {
             Ok(updates) => {
                 let mut updates = updates.into_inner();
                 while let Ok(Some(update)) = updates.message().await {
+                    // It answered: the next try comes soon, whatever it said.
+                    backoff.reset();
                     let serving = update.status() == ServingStatus::Serving;
                     watch.say(serving);
-                    if serving {
-                        backoff.reset();
-                    } else {
-                        // Let it drain: ask again later.
+                    if !serving {
+                        // Let it drain: ask again in a moment.
                         break;
                     }
                 }

@@ -72,8 +72,10 @@ pub struct PoolSettings {
     pub channels: usize,
     /// Bound on establishing a connection.
     pub connect_timeout: Duration,
-    /// Deadline of each call, queueing in the backend included: sent with
-    /// it as `grpc-timeout`, so the backend gives up when the caller does.
+    /// Deadline of each call, queueing in the backend included: a unary
+    /// call sends it as `grpc-timeout`, so the backend gives up when the
+    /// caller does; a stream must start within it, and each message of a
+    /// streamed reply come within it.
     pub call_timeout: Duration,
     /// How calls are spread over the replicas.
     pub policy: Policy,
@@ -110,8 +112,8 @@ pub const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
 /// debug, counted in the next warn line).
 const SAY_FAILURES_EVERY: Duration = Duration::from_secs(5);
 
-/// Tries of one call at most (the first and its retries), each on another
-/// replica while there are others.
+/// Tries of one chain of attempts at most (the first and its retries); a
+/// hedged call runs two chains.
 const MAX_ATTEMPTS: usize = 4;
 
 impl Default for PoolSettings {
@@ -161,6 +163,17 @@ enum Attempt {
     Retry,
     /// A second attempt of a slow call, racing the first.
     Hedge,
+}
+
+/// Which calls carry their deadline on the wire and may be hedged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Bounded as a whole by its deadline, sent as `grpc-timeout`.
+    Unary,
+    /// Started within the deadline, then each message bounded by the client
+    /// (a batch's length is the caller's choice: a whole-stream deadline of
+    /// 5 s would fail every long classroom batch).
+    Stream,
 }
 
 /// A backend's balancer: its replicas and how calls are spread over
@@ -483,7 +496,7 @@ fn log_policy(service: Service, url: &str, settings: &PoolSettings) {
         url,
         policy = settings.policy.name(),
         deadline_ms = settings.call_timeout.as_millis() as u64,
-        retry_budget_percent = settings.retry.budget_percent,
+        retry_budget_percent = retry::RetryBudget::effective_percent(settings.retry.budget_percent),
         hedge_ms,
         "{} calls: {}",
         service.name,
@@ -513,7 +526,7 @@ impl Backend {
         call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
         message: M,
     ) -> Result<tonic::Response<T>, tonic::Status> {
-        self.call_with(method, &call, message, true).await
+        self.call_with(method, &call, message, Kind::Unary).await
     }
 
     /// Starts a server-streaming call of `method`: see [`Self::call_with`];
@@ -524,7 +537,7 @@ impl Backend {
         call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
         message: M,
     ) -> Result<tonic::Response<T>, tonic::Status> {
-        self.call_with(method, &call, message, false).await
+        self.call_with(method, &call, message, Kind::Stream).await
     }
 
     /// One call, under one deadline for all its attempts: each attempt is a
@@ -540,7 +553,7 @@ impl Backend {
         method: &'static str,
         call: &impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
         message: M,
-        may_hedge: bool,
+        kind: Kind,
     ) -> Result<tonic::Response<T>, tonic::Status> {
         let started = Instant::now();
         let deadline = started + self.balancer.settings.call_timeout;
@@ -548,12 +561,13 @@ impl Backend {
         let result = match self.pick(None).await {
             Err(status) => Err(status),
             Ok(replica) => match self.balancer.settings.retry.hedge_after {
-                Some(after) if may_hedge => {
+                Some(after) if kind == Kind::Unary => {
                     self.hedged(method, call, message, deadline, replica, after)
                         .await
                 }
                 _ => {
-                    self.with_retries(method, call, message, deadline, replica, Attempt::First)
+                    let first = (Attempt::First, kind);
+                    self.with_retries(method, call, message, deadline, replica, first)
                         .await
                 }
             },
@@ -571,9 +585,10 @@ impl Backend {
         self.note(result)
     }
 
-    /// An attempt on `replica`, then, while it answers UNAVAILABLE, up to
-    /// one more on each other replica (at most [`MAX_ATTEMPTS`] in all) as
-    /// long as the budget allows.
+    /// An attempt on `replica`, then, while it answers UNAVAILABLE (or its
+    /// connection failed), more on other replicas, each avoiding the one
+    /// that just failed: at most [`MAX_ATTEMPTS`] and one per replica in
+    /// all, before the deadline, as long as the budget allows.
     async fn with_retries<M: Clone, T>(
         &self,
         method: &'static str,
@@ -581,19 +596,29 @@ impl Backend {
         message: M,
         deadline: Instant,
         mut replica: Arc<Replica>,
-        mut attempt: Attempt,
+        (mut attempt, kind): (Attempt, Kind),
     ) -> Result<tonic::Response<T>, tonic::Status> {
         let metrics = &self.balancer.settings.metrics;
         let service = self.balancer.service.grpc;
         for tries in 1.. {
             let result = self
-                .call_replica(&replica, method, call, message.clone(), deadline, attempt)
+                .call_replica(
+                    &replica,
+                    method,
+                    call,
+                    message.clone(),
+                    deadline,
+                    (attempt, kind),
+                )
                 .await;
             // Counted only on a failure: a call that succeeds takes the
             // replica list once, in `pick`.
             let unavailable = matches!(&result, Err(status)
                 if status.code() == tonic::Code::Unavailable || connection_failed(status));
-            if !unavailable || tries >= self.current().len().clamp(1, MAX_ATTEMPTS) {
+            if !unavailable
+                || tries >= self.current().len().clamp(1, MAX_ATTEMPTS)
+                || Instant::now() >= deadline
+            {
                 return result;
             }
             if !self.balancer.budget.withdraw() {
@@ -627,7 +652,7 @@ impl Backend {
             message.clone(),
             deadline,
             replica.clone(),
-            Attempt::First,
+            (Attempt::First, Kind::Unary),
         );
         tokio::pin!(first);
         tokio::select! {
@@ -647,7 +672,8 @@ impl Backend {
             Err(_) => return first.await,
         };
         self.balancer.settings.metrics.hedged(service);
-        let second = self.with_retries(method, call, message, deadline, twin, Attempt::Hedge);
+        let hedge = (Attempt::Hedge, Kind::Unary);
+        let second = self.with_retries(method, call, message, deadline, twin, hedge);
         tokio::pin!(second);
         tokio::select! {
             result = &mut first => match result {
@@ -672,7 +698,8 @@ impl Backend {
         let deadline = Instant::now() + self.balancer.settings.call_timeout;
         let result = match self.pick(None).await {
             Ok(replica) => {
-                self.call_replica(&replica, method, &call, message, deadline, Attempt::First)
+                let first = (Attempt::First, Kind::Stream);
+                self.call_replica(&replica, method, &call, message, deadline, first)
                     .await
             }
             Err(status) => Err(status),
@@ -689,7 +716,7 @@ impl Backend {
         call: &impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
         message: M,
         deadline: Instant,
-        attempt: Attempt,
+        (attempt, kind): (Attempt, Kind),
     ) -> Result<tonic::Response<T>, tonic::Status> {
         let service = self.balancer.service.grpc;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -709,17 +736,29 @@ impl Backend {
         // and entering it at every poll cost the worker about 4% of its
         // instructions per unit (callgrind). It times the call all the same.
         let mut request = tonic::Request::new(message);
-        request.set_timeout(left);
+        if kind == Kind::Unary {
+            request.set_timeout(left);
+        }
         crate::telemetry::inject(&span, &mut request);
-        let abandoned = Abandoned(Some(&span));
-        let result = call(replica.channel(), request).await;
+        let ewma = self.balancer.settings.policy == Policy::Ewma;
+        let abandoned = Abandoned::new(&span, ewma.then_some((replica, started)));
+        // The deadline bounds the wait for a connection too, which tonic's
+        // own timer, started once the request leaves its buffer, does not.
+        let result = tokio::time::timeout_at(deadline.into(), call(replica.channel(), request))
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "{}: no answer within the call's deadline",
+                    self.name()
+                )))
+            });
         abandoned.answered();
         crate::telemetry::record_grpc_result(&span, &result);
         let code = result
             .as_ref()
             .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
         replica.record.note(code);
-        if self.balancer.settings.policy == Policy::Ewma {
+        if ewma {
             let failed = outlier::is_replica_failure(code);
             replica
                 .latency
@@ -828,29 +867,62 @@ fn connection_failed(status: &tonic::Status) -> bool {
         status.code(),
         tonic::Code::Unavailable | tonic::Code::Cancelled
     ) && std::error::Error::source(status).is_some()
+        && !timed_out(status)
+}
+
+/// Whether the client's own timer ended the call (tonic answers CANCELLED
+/// with a `TimeoutExpired` under it): the replica was slow, not unreachable.
+fn timed_out(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// An attempt's span until it is answered: an attempt abandoned by its
 /// caller (the hedged twin answered first, or the caller gave up) ends
-/// CANCELLED instead of without a status.
-struct Abandoned<'a>(Option<&'a Span>);
+/// CANCELLED instead of without a status; under `ewma`, the time it was
+/// given counts as its latency at least (a replica always beaten by a
+/// hedge must not look fast for want of answers).
+struct Abandoned<'a> {
+    span: &'a Span,
+    latency: Option<(&'a Replica, Instant)>,
+    answered: bool,
+}
 
-impl Abandoned<'_> {
+impl<'a> Abandoned<'a> {
+    fn new(span: &'a Span, latency: Option<(&'a Replica, Instant)>) -> Self {
+        Self {
+            span,
+            latency,
+            answered: false,
+        }
+    }
+
     fn answered(mut self) {
-        self.0 = None;
+        self.answered = true;
     }
 }
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
-        if let Some(span) = self.0 {
-            span.record("rpc.response.status_code", "CANCELLED");
-            span.in_scope(|| {
-                tracing::info!(
-                    target: crate::telemetry::TARGET,
-                    "abandoned: the caller stopped waiting (a hedged twin answered first)"
-                );
-            });
+        if self.answered {
+            return;
+        }
+        self.span.record("rpc.response.status_code", "CANCELLED");
+        self.span.in_scope(|| {
+            tracing::info!(
+                target: crate::telemetry::TARGET,
+                "abandoned: the caller stopped waiting (a hedged twin answered first)"
+            );
+        });
+        if let Some((replica, started)) = self.latency {
+            let now = Instant::now();
+            replica.latency.observe(now - started, false, now);
         }
     }
 }

@@ -22,7 +22,8 @@ pub(super) struct Replica {
     pub port: u16,
     channels: Vec<Channel>,
     next: AtomicUsize,
-    /// Calls sent to it and not answered yet (or given up).
+    /// Calls sent to it and not answered yet (or given up); a stream counts
+    /// until its response headers.
     in_flight: AtomicUsize,
     /// What its `grpc.health.v1` Watch said last: SERVING until told
     /// otherwise, so a replica gets calls before its first answer.

@@ -43,7 +43,9 @@ pub(super) async fn resolve_forever(balancer: Weak<Balancer>) {
         let interval = strong.settings.resolve_interval;
         resolve_once(&strong).await;
         let woken = async {
-            // Held only while waiting, so the backend can go away meanwhile.
+            // The backend is held while waiting: one dropped meanwhile (and
+            // its replicas' health watches) goes at the next wake-up, at most
+            // 1.25 intervals later.
             strong.resolve_now.notified().await;
         };
         tokio::select! {

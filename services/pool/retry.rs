@@ -47,9 +47,21 @@ pub(super) struct RetryBudget(TpsBudget);
 
 impl RetryBudget {
     pub fn new(settings: &RetrySettings) -> Self {
-        // TpsBudget takes at most 1000%.
+        // TpsBudget takes a ratio of at most 1000, and makes a ratio r <= 1
+        // one retry per floor(1 / r) calls (see `effective_percent`).
         let percent = settings.budget_percent.min(100_000) as f32 / 100.0;
         Self(TpsBudget::new(WINDOW, settings.reserve_per_second, percent))
+    }
+
+    /// The share of calls that may be retried, as the budget applies
+    /// `percent`: one retry per N calls, N = floor(100 / percent), up to
+    /// 100%; above, as given.
+    pub fn effective_percent(percent: u32) -> f64 {
+        match percent {
+            0 => 0.0,
+            1..=100 => 100.0 / f64::from(100 / percent),
+            _ => f64::from(percent),
+        }
     }
 
     /// A call was made: it earns its share of a retry.
@@ -80,5 +92,25 @@ mod tests {
         let allowed = (0..1000).take_while(|_| budget.withdraw()).count();
         // 100 calls: 20 retries, and the reserve of 1 a second over 10 s.
         assert_eq!(allowed, 30);
+    }
+
+    #[test]
+    fn a_percentage_is_applied_as_one_retry_in_n_calls() {
+        assert_eq!(RetryBudget::effective_percent(20), 20.0);
+        assert!((RetryBudget::effective_percent(30) - 33.33).abs() < 0.01);
+        assert_eq!(RetryBudget::effective_percent(60), 100.0);
+        assert_eq!(RetryBudget::effective_percent(0), 0.0);
+        // What TpsBudget does with 30%: 100 calls, 33 retries (and the
+        // reserve of 10).
+        let budget = RetryBudget::new(&RetrySettings {
+            budget_percent: 30,
+            reserve_per_second: 1,
+            hedge_after: None,
+        });
+        for _ in 0..99 {
+            budget.deposit();
+        }
+        let allowed = (0..1000).take_while(|_| budget.withdraw()).count();
+        assert_eq!(allowed, 33 + 10);
     }
 }
