@@ -753,12 +753,29 @@ impl Backend {
                 )))
             });
         abandoned.answered();
-        crate::telemetry::record_grpc_result(&span, &result);
+        self.settle(replica, method, &span, started, &result);
+        self.sweep(&span);
+        result
+    }
+
+    /// An attempt's outcome, noted everywhere it counts: its span, the
+    /// replica's outlier record and latency, the metrics, the calls served,
+    /// and an ejection if its connection failed.
+    fn settle<T>(
+        &self,
+        replica: &Replica,
+        method: &'static str,
+        span: &Span,
+        started: Instant,
+        result: &Result<tonic::Response<T>, tonic::Status>,
+    ) {
+        let service = self.balancer.service.grpc;
+        crate::telemetry::record_grpc_result(span, result);
         let code = result
             .as_ref()
             .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
         replica.record.note(code);
-        if ewma {
+        if self.balancer.settings.policy == Policy::Ewma {
             let failed = outlier::is_replica_failure(code);
             replica
                 .latency
@@ -766,7 +783,7 @@ impl Backend {
         }
         let metrics = &self.balancer.settings.metrics;
         if crate::metrics::enabled() {
-            let trace = TraceExemplar::of(&span);
+            let trace = TraceExemplar::of(span);
             metrics.observe(
                 (service, method),
                 &replica.label,
@@ -775,7 +792,7 @@ impl Backend {
                 trace,
             );
         }
-        match &result {
+        match result {
             Ok(response) => {
                 let served_by = response
                     .metadata()
@@ -792,8 +809,6 @@ impl Backend {
             }
             Err(_) => {}
         }
-        self.sweep(&span);
-        result
     }
 
     /// Says on a retry's or hedge's span why it was made.
