@@ -765,9 +765,20 @@ in_range "$RATE_GLOBAL" 7 11 || fail "one node's global rng should cap 10 worker
 log "swarm: rng is global (one task per node: $("$DOCKER" service ls --filter name=dockercoins_rng --format '{{.Replicas}}'))"
 log "swarm: stack rm, swarm leave"
 t0=$(date +%s%N)
-"$STACK_DOCKER" stack rm dockercoins >/dev/null || fail "stack rm failed"
+# `stack rm` removes the services, then at once their network; a task still
+# stopping (rng and hasher serve on 250 ms after NOT_SERVING, then drain)
+# holds the network, and Docker refuses ("network ... is in use by task").
+# Once every container is gone, one more `stack rm` removes what is left.
+STACK_RM_ERR=$(mktemp)
+STACK_RM_FIRST=0
+"$STACK_DOCKER" stack rm dockercoins >/dev/null 2>"$STACK_RM_ERR" || STACK_RM_FIRST=1
 for _ in $(seq 1 60); do [ -z "$("$DOCKER" ps -q --filter name=dockercoins_)" ] && break; sleep 0.5; done
 [ -z "$("$DOCKER" ps -q --filter name=dockercoins_)" ] || fail "containers left 30 s after stack rm"
+if [ "$STACK_RM_FIRST" = 1 ]; then
+    log "swarm: the first stack rm left something, once the tasks were gone it is asked again ($(tr '\n' ' ' <"$STACK_RM_ERR"))"
+    "$STACK_DOCKER" stack rm dockercoins >/dev/null 2>"$STACK_RM_ERR" || fail "stack rm failed again after every container was gone: $(cat "$STACK_RM_ERR")"
+fi
+rm -f "$STACK_RM_ERR"
 STACK_RM_S=$(awk -v ms="$((($(date +%s%N) - t0) / 1000000))" 'BEGIN { printf "%.1f", ms / 1000 }')
 "$DOCKER" swarm leave --force >/dev/null || fail "swarm leave failed"
 SWARM_UP=0
