@@ -59,6 +59,7 @@ pub mod env {
     pub const WALLET_CAP: &str = "WALLET_CAP";
     pub const WORKER_HEALTH_LISTEN: &str = "WORKER_HEALTH_LISTEN";
     pub const WEBUI_LISTEN: &str = "WEBUI_LISTEN";
+    pub const WEBUI_ASSETS_DIR: &str = "WEBUI_ASSETS_DIR";
     pub const EDGE_ROUTES: &str = "EDGE_ROUTES";
     pub const UP_WORKERS: &str = "UP_WORKERS";
     pub const UP_RNG_REPLICAS: &str = "UP_RNG_REPLICAS";
@@ -639,6 +640,11 @@ pub struct WebuiArgs {
     /// Unset: no links.
     #[arg(long = "jaeger", env = env::JAEGER_URL)]
     pub jaeger_url: Option<String>,
+    /// Serve the page (index.html, app.js, style.css) from this directory,
+    /// read at each request, instead of the copy compiled in: edit
+    /// `services/webui/style.css`, reload, see it. Unset: the compiled copy.
+    #[arg(long, env = env::WEBUI_ASSETS_DIR, value_name = "DIR")]
+    pub assets_dir: Option<PathBuf>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

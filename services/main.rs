@@ -102,9 +102,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut metrics = Registry::default();
             let backends = backends(&args.client, &mut metrics)?;
             let listener = bind(args.listen, "--listen / WEBUI_LISTEN").await?;
+            let assets = match args.assets_dir {
+                Some(dir) => webui::Assets::from_dir(dir)?,
+                None => webui::Assets::built_in(),
+            };
             let webui = webui::Webui::new(backends.store, backends.rng, backends.hasher)
                 .with_metrics(metrics)
-                .with_jaeger_url(args.jaeger_url);
+                .with_jaeger_url(args.jaeger_url)
+                .with_assets(assets);
             webui::serve(listener, webui, shutdown).await?;
         }
         Command::Up(args) => run_up(*args, shutdown).await?,

@@ -7,7 +7,10 @@
 //! [`hops`] is the per-hop view (`/api/hops`): each hop's latency as its
 //! servers measure it.
 
+mod assets;
 mod hops;
+
+pub use assets::{Assets, AssetsError};
 
 use crate::{
     clients::{HasherClient, RngClient},
@@ -48,10 +51,6 @@ use std::{
 use tokio::{net::TcpListener, task::JoinSet};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tower_http::trace::TraceLayer;
-
-const INDEX_HTML: &str = include_str!("webui/index.html");
-const APP_JS: &str = include_str!("webui/app.js");
-const STYLE_CSS: &str = include_str!("webui/style.css");
 
 /// The page may load only its own assets and talk only to its own origin.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -107,6 +106,8 @@ pub struct Webui {
     metrics: Exposition,
     /// Each hop's calls and latency as its servers measure them.
     hops: Hops,
+    /// The page: compiled in, or read from `WEBUI_ASSETS_DIR`.
+    assets: Assets,
 }
 
 impl Webui {
@@ -118,7 +119,13 @@ impl Webui {
             redis_failing: Arc::default(),
             metrics: Exposition::new(Registry::default()),
             hops: Hops::new(None),
+            assets: Assets::built_in(),
         }
+    }
+
+    /// Serves the page from `assets` (the lab's "update a service" step).
+    pub fn with_assets(self, assets: Assets) -> Self {
+        Self { assets, ..self }
     }
 
     /// Links the slowest recent calls to their traces in the Jaeger UI at
@@ -142,9 +149,7 @@ impl Webui {
 /// Every route of the webui; a test calls it without a socket.
 pub fn router(webui: Webui) -> Router {
     Router::new()
-        .route("/", get(index))
-        .route("/static/app.js", get(app_js))
-        .route("/static/style.css", get(style_css))
+        .merge(webui.assets.routes())
         .route("/json", get(score_json))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", webui.metrics.clone().route())
@@ -250,29 +255,6 @@ pub async fn serve(
     drop(connections);
     tracing::info!("webui stopped");
     Ok(())
-}
-
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "max-age=300"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
-}
-
-async fn app_js() -> Response {
-    asset("text/javascript; charset=utf-8", APP_JS)
-}
-
-async fn style_css() -> Response {
-    asset("text/css; charset=utf-8", STYLE_CSS)
 }
 
 fn unix_now() -> f64 {

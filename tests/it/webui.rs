@@ -12,7 +12,7 @@ use dockercoins::{
     pool::PoolSettings,
     rng::RngConfig,
     store::Store,
-    webui::{CONTENT_SECURITY_POLICY, Webui, router},
+    webui::{Assets, CONTENT_SECURITY_POLICY, Webui, router},
 };
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -223,4 +223,66 @@ async fn the_gateway_says_which_backend_failed_and_how() {
     let (status, _, body) = get(&webui, "GET", "/api/status", b"").await;
     assert_eq!(status, 200);
     assert_eq!(json(&body)["rng"]["status"], "UNREACHABLE");
+}
+
+/// The lab's "update a service" step: with `WEBUI_ASSETS_DIR`, the page
+/// comes from a directory, read at each request, so an edited stylesheet is
+/// served at once, with the same security headers; nothing but the page's
+/// own three files is served from there; and a directory that is not one is
+/// refused at start-up, naming the setting.
+#[tokio::test]
+async fn an_edited_stylesheet_in_the_assets_dir_is_served_without_a_rebuild() {
+    let dir = std::env::temp_dir().join(format!("dockercoins-assets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/webui");
+    for file in ["index.html", "app.js", "style.css"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    std::fs::write(dir.join("secret.txt"), "not for the web").unwrap();
+    let dead = dead_url("http").await;
+    let webui =
+        webui(Store::memory(), &dead, &dead).with_assets(Assets::from_dir(dir.clone()).unwrap());
+
+    let (status, _, before) = get(&webui, "GET", "/static/style.css", b"").await;
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8_lossy(&before).contains("font-size: 3em"));
+    // The student's edit, then a reload.
+    let edited = format!(
+        "{}\nbody {{ font-size: 3em; }}\n",
+        String::from_utf8_lossy(&before)
+    );
+    std::fs::write(dir.join("style.css"), &edited).unwrap();
+    let (status, headers, after) = get(&webui, "GET", "/static/style.css", b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&after), edited);
+    assert_eq!(headers["content-type"], "text/css; charset=utf-8");
+    assert_eq!(headers["content-security-policy"], CONTENT_SECURITY_POLICY);
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["cache-control"], "no-cache");
+    let (status, _, page) = get(&webui, "GET", "/", b"").await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("/static/style.css"));
+
+    for path in ["/secret.txt", "/static/secret.txt", "/static/../secret.txt"] {
+        let (status, _, body) = get(&webui, "GET", path, b"").await;
+        assert_eq!(status, 404, "{path}: {body:?}");
+    }
+    // A file removed from the directory: an error that names it, not the
+    // compiled copy.
+    std::fs::remove_file(dir.join("app.js")).unwrap();
+    let (status, _, body) = get(&webui, "GET", "/static/app.js", b"").await;
+    assert_eq!(status, 500);
+    assert!(
+        String::from_utf8_lossy(&body).contains("app.js"),
+        "{body:?}"
+    );
+
+    let error = Assets::from_dir(dir.join("style.css"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("WEBUI_ASSETS_DIR") && error.contains("not a directory"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
