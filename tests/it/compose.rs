@@ -11,6 +11,7 @@ const COMPOSE: &str = include_str!("../../docker-compose.yaml");
 const TURBO: &str = include_str!("../../docker-compose.turbo.yaml");
 const TLS: &str = include_str!("../../docker-compose.tls.yaml");
 const SLOW_RNG: &str = include_str!("../../docker-compose.slow-rng.yaml");
+const WEBUI_DEV: &str = include_str!("../../docker-compose.webui-dev.yaml");
 const MAKE_CERTS: &str = include_str!("../../deploy/tls/make-certs.sh");
 const COLLECTOR: &str = include_str!("../../deploy/otel/collector.yaml");
 const README: &str = include_str!("../../README.md");
@@ -1055,5 +1056,37 @@ fn the_slow_rng_override_adds_exactly_one_rng_replica_under_the_name_rng() {
             url.as_deref().is_none_or(|u| u.contains("//rng:")),
             "{client}: {url:?}"
         );
+    }
+}
+
+/// The "update a service" override: webui, and only webui, reads its page
+/// from the repository's services/webui, mounted read-only where
+/// WEBUI_ASSETS_DIR says, and nothing else changes.
+#[test]
+fn the_webui_dev_override_serves_the_page_from_the_sources_read_only() {
+    let dev = parse(WEBUI_DEV);
+    let changed = services(&dev);
+    assert_eq!(changed.len(), 1, "webui only");
+    let webui = &dev["services"]["webui"];
+    let readme = readme_settings();
+    let env = environment(webui);
+    for (key, _) in &env {
+        assert!(is_known_setting(key, &readme), "unknown {key}");
+    }
+    let dir = env_value(webui, "WEBUI_ASSETS_DIR").expect("WEBUI_ASSETS_DIR");
+    let volumes: Vec<&str> = webui["volumes"]
+        .as_sequence()
+        .expect("a volume")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(volumes, [format!("./services/webui:{dir}:ro")]);
+    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/webui");
+    for file in ["index.html", "app.js", "style.css"] {
+        assert!(sources.join(file).is_file(), "services/webui/{file}");
+    }
+    for key in webui.as_mapping().unwrap().keys() {
+        let key = key.as_str().unwrap();
+        assert!(["environment", "volumes"].contains(&key), "webui: {key}");
     }
 }
