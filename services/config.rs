@@ -76,6 +76,8 @@ pub mod env {
     pub const BENCH_PROBES: &str = "BENCH_PROBES";
     pub const BENCH_JSON: &str = "BENCH_JSON";
     pub const JAEGER_URL: &str = "JAEGER_URL";
+    pub const DOCTOR_PORTS: &str = "DOCTOR_PORTS";
+    pub const DOCTOR_DOCKER: &str = "DOCTOR_DOCKER";
     pub const METRICS_DISABLED: &str = "METRICS_DISABLED";
     pub const TRACES_SINCE: &str = "TRACES_SINCE";
     pub const TLS_CERT: &str = "TLS_CERT";
@@ -277,6 +279,9 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Measure the mesh in turbo: hashes/s, per-hop latency, memory, CPU.
     Bench(BenchArgs),
+    /// Check this machine before the lab: ports, Docker and Compose, the
+    /// stack's images, cores, memory, disk (exit 0: the lab can run).
+    Doctor(DoctorArgs),
     /// Where the time goes: each hop's count, p50 and p99, read from Jaeger
     /// (exit 1 when no trace arrives or a hop is missing).
     Traces(TracesArgs),
@@ -408,7 +413,29 @@ impl Command {
             Self::Healthcheck(_) => "healthcheck",
             Self::Bench(_) => "bench",
             Self::Traces(_) => "traces",
+            Self::Doctor(_) => "doctor",
             Self::Floor(_) => "floor",
+        }
+    }
+}
+
+/// `dockercoins doctor`: a classroom machine checked before the lab.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Host ports that must be free, comma-separated: those the compose
+    /// stack publishes.
+    #[arg(long, env = env::DOCTOR_PORTS, value_delimiter = ',', default_value = "8000,8001,8002,16686,9090")]
+    pub ports: Vec<u16>,
+    /// The Docker command to ask.
+    #[arg(long, env = env::DOCTOR_DOCKER, default_value = "docker")]
+    pub docker: String,
+}
+
+impl DoctorArgs {
+    pub fn config(&self) -> crate::doctor::DoctorConfig {
+        crate::doctor::DoctorConfig {
+            ports: self.ports.clone(),
+            docker: self.docker.clone(),
         }
     }
 }

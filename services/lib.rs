@@ -28,6 +28,7 @@
 //!   read against.
 //! - [`healthcheck`]: the containers' healthcheck (gRPC health, over TLS
 //!   too, or HTTP).
+//! - [`doctor`]: a classroom machine checked before the lab.
 //! - [`traces`]: where the time goes, per hop, read from Jaeger.
 //!
 //! Plumbing, which imports no service:
@@ -68,6 +69,7 @@ pub mod call_meter;
 pub mod clients;
 pub mod config;
 pub mod deadline;
+pub mod doctor;
 pub mod edge;
 pub mod error_chain;
 pub mod faults;

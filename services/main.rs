@@ -30,6 +30,7 @@ async fn main() -> ExitCode {
     match &cli.command {
         Command::Healthcheck(args) => return healthcheck(args).await,
         Command::Traces(args) => return traces(args).await,
+        Command::Doctor(args) => return doctor(args).await,
         _ => {}
     }
     dockercoins::metrics::set_enabled(!cli.metrics_disabled);
@@ -58,6 +59,13 @@ async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn doctor(args: &dockercoins::config::DoctorArgs) -> ExitCode {
+    let findings = dockercoins::doctor::examine(&args.config()).await;
+    let (text, code) = dockercoins::doctor::report(&findings);
+    print!("{text}");
+    ExitCode::from(code as u8)
 }
 
 async fn traces(args: &TracesArgs) -> ExitCode {
@@ -114,7 +122,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => run_up(*args, shutdown).await?,
         Command::Edge(args) => run_edge(args, shutdown).await?,
-        Command::Healthcheck(_) | Command::Traces(_) => unreachable!("handled above"),
+        Command::Healthcheck(_) | Command::Traces(_) | Command::Doctor(_) => {
+            unreachable!("handled above")
+        }
         Command::Bench(args) => run_bench(args).await?,
         Command::Floor(floor) => run_floor(floor, shutdown).await?,
     }

@@ -1090,3 +1090,33 @@ fn the_webui_dev_override_serves_the_page_from_the_sources_read_only() {
         assert!(["environment", "volumes"].contains(&key), "webui: {key}");
     }
 }
+
+/// `dockercoins doctor` checks the images and host ports of this file: its
+/// lists must be this file's.
+#[test]
+fn doctor_knows_the_stacks_images_and_ports() {
+    let base = compose();
+    let mut images: Vec<String> = services(&base)
+        .values()
+        .filter_map(|svc| svc["image"].as_str())
+        .map(|image| image.replace("${DOCKERCOINS_TAG:-dev}", "dev"))
+        .collect();
+    images.sort();
+    images.dedup();
+    let mut known: Vec<String> = dockercoins::doctor::STACK_IMAGES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    known.sort();
+    assert_eq!(images, known);
+    let mut ports: Vec<u16> = services(&base)
+        .values()
+        .flat_map(published)
+        .map(|(host, _)| host)
+        .collect();
+    ports.sort();
+    ports.dedup();
+    let mut doctor = dockercoins::doctor::STACK_PORTS.to_vec();
+    doctor.sort();
+    assert_eq!(ports, doctor);
+}
