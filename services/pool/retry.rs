@@ -79,19 +79,24 @@ impl RetryBudget {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_budget_of_twenty_percent_allows_one_retry_in_five_calls_plus_the_reserve() {
+    /// Retries a budget of `percent` (reserve 1 a second) allows after
+    /// `calls` calls.
+    fn retries_allowed(percent: u32, calls: usize) -> usize {
         let budget = RetryBudget::new(&RetrySettings {
-            budget_percent: 20,
+            budget_percent: percent,
             reserve_per_second: 1,
             hedge_after: None,
         });
-        for _ in 0..100 {
+        for _ in 0..calls {
             budget.deposit();
         }
-        let allowed = (0..1000).take_while(|_| budget.withdraw()).count();
+        (0..1000).take_while(|_| budget.withdraw()).count()
+    }
+
+    #[test]
+    fn a_budget_of_twenty_percent_allows_one_retry_in_five_calls_plus_the_reserve() {
         // 100 calls: 20 retries, and the reserve of 1 a second over 10 s.
-        assert_eq!(allowed, 30);
+        assert_eq!(retries_allowed(20, 100), 30);
     }
 
     #[test]
@@ -102,15 +107,6 @@ mod tests {
         assert_eq!(RetryBudget::effective_percent(0), 0.0);
         // What TpsBudget does with 30%: 100 calls, 33 retries (and the
         // reserve of 10).
-        let budget = RetryBudget::new(&RetrySettings {
-            budget_percent: 30,
-            reserve_per_second: 1,
-            hedge_after: None,
-        });
-        for _ in 0..99 {
-            budget.deposit();
-        }
-        let allowed = (0..1000).take_while(|_| budget.withdraw()).count();
-        assert_eq!(allowed, 33 + 10);
+        assert_eq!(retries_allowed(30, 99), 33 + 10);
     }
 }

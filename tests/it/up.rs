@@ -30,6 +30,29 @@ async fn hashes(webui: std::net::SocketAddr) -> u64 {
     score["hashes"].as_u64().unwrap()
 }
 
+/// One turbo worker in batches of 256, turbo backends, the private
+/// redis-server (none given), a short connect bound.
+fn turbo_up() -> UpConfig {
+    UpConfig {
+        workers: 1,
+        rng: RngConfig::turbo(),
+        hasher: HasherConfig::turbo(),
+        rng_last_replica: ReplicaSettings::default(),
+        hasher_last_replica: ReplicaSettings::default(),
+        worker: WorkerConfig {
+            batch: 256,
+            concurrency: 1,
+            ..WorkerConfig::turbo()
+        },
+        pool: PoolSettings {
+            connect_timeout: Duration::from_millis(500),
+            ..PoolSettings::default()
+        },
+        redis_timeout: Duration::from_millis(500),
+        redis_url: None,
+    }
+}
+
 #[tokio::test]
 async fn up_runs_the_mesh_and_json_grows() {
     let listeners = Listeners {
@@ -41,21 +64,11 @@ async fn up_runs_the_mesh_and_json_grows() {
         webui: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let webui = listeners.webui.local_addr().unwrap();
+    // The private redis-server path (redis-server is on PATH in CI).
     let config = UpConfig {
         workers: 2,
-        rng: RngConfig::turbo(),
-        hasher: HasherConfig::turbo(),
-        rng_last_replica: ReplicaSettings::default(),
-        hasher_last_replica: ReplicaSettings::default(),
-        worker: WorkerConfig {
-            batch: 256,
-            concurrency: 1,
-            ..WorkerConfig::turbo()
-        },
         pool: PoolSettings::default(),
-        redis_timeout: Duration::from_millis(500),
-        // The private redis-server path (redis-server is on PATH in CI).
-        redis_url: None,
+        ..turbo_up()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let up = tokio::spawn(dockercoins::up::run(
@@ -133,24 +146,7 @@ impl RunningUp {
         };
         let (rng, hasher) = (addrs(&listeners.rng), addrs(&listeners.hasher));
         let webui = listeners.webui.local_addr().unwrap();
-        let mut up = UpConfig {
-            workers: 1,
-            rng: RngConfig::turbo(),
-            hasher: HasherConfig::turbo(),
-            rng_last_replica: ReplicaSettings::default(),
-            hasher_last_replica: ReplicaSettings::default(),
-            worker: WorkerConfig {
-                batch: 256,
-                concurrency: 1,
-                ..WorkerConfig::turbo()
-            },
-            pool: PoolSettings {
-                connect_timeout: Duration::from_millis(500),
-                ..PoolSettings::default()
-            },
-            redis_timeout: Duration::from_millis(500),
-            redis_url: None,
-        };
+        let mut up = turbo_up();
         config(&mut up);
         let (restart, restarts) = restart_channel();
         let (stop, stopped) = oneshot::channel::<()>();
