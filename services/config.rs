@@ -4,7 +4,7 @@
 //! `main` and turned here into the typed configs the services take; library
 //! code never reads the environment, so tests build configs directly.
 //!
-//! The README's settings table is checked against these definitions by a test.
+//! docs/settings.md's table is checked against these definitions by a test.
 
 use crate::{
     bench::{self, BenchConfig},

@@ -1,4 +1,4 @@
-//! Every limit on the size of outside input, in one place, so the README, the
+//! Every limit on the size of outside input, in one place, so docs/limits.md, the
 //! proto comments and the tests can be checked against the same numbers.
 //!
 //! Nothing a client sends may make a server allocate more than a few of these.

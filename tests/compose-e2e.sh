@@ -427,7 +427,7 @@ wait_traces 60 worker rng hasher ||
     fail "Jaeger (http://127.0.0.1:16686/api/v3/services) lists [${JAEGER_HAS}] after 60 s, not worker, rng and hasher: the path services -> otel-collector -> jaeger is broken (logs below)"
 log "Jaeger has traces of: $JAEGER_HAS ($((SECONDS - t0)) s after every service was healthy)"
 
-# `dockercoins traces` as the README runs it, in the webui container, against
+# `dockercoins traces` as docs/compose.md runs it, in the webui container, against
 # Jaeger by its service name. TRACES_OUT holds its output.
 traces() {
     TRACES_OUT=$(dc exec -T webui dockercoins traces --jaeger http://jaeger:16686 --since "$1" 2>&1) ||

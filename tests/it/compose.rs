@@ -14,7 +14,7 @@ const SLOW_RNG: &str = include_str!("../../docker-compose.slow-rng.yaml");
 const WEBUI_DEV: &str = include_str!("../../docker-compose.webui-dev.yaml");
 const MAKE_CERTS: &str = include_str!("../../deploy/tls/make-certs.sh");
 const COLLECTOR: &str = include_str!("../../deploy/otel/collector.yaml");
-const README: &str = include_str!("../../README.md");
+const SETTINGS_DOC: &str = include_str!("../../docs/settings.md");
 
 /// The services that run the dockercoins binary, each with its subcommand.
 const DOCKERCOINS: [&str; 5] = ["rng", "hasher", "worker", "webui", "edge"];
@@ -186,9 +186,9 @@ fn host_port(url: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port))
 }
 
-/// The binary's settings: every backticked ALL_CAPS name in the README.
-fn readme_settings() -> BTreeSet<String> {
-    README
+/// The binary's settings: every backticked ALL_CAPS name in docs/settings.md.
+fn documented_settings() -> BTreeSet<String> {
+    SETTINGS_DOC
         .split('`')
         .skip(1)
         .step_by(2)
@@ -201,8 +201,8 @@ fn readme_settings() -> BTreeSet<String> {
         .collect()
 }
 
-fn is_known_setting(key: &str, readme: &BTreeSet<String>) -> bool {
-    readme.contains(key) || key.starts_with("OTEL_") || key == "RUST_LOG" || key == "LOG_FORMAT"
+fn is_known_setting(key: &str, documented: &BTreeSet<String>) -> bool {
+    documented.contains(key) || key.starts_with("OTEL_") || key == "RUST_LOG" || key == "LOG_FORMAT"
 }
 
 #[test]
@@ -394,17 +394,17 @@ fn no_ip_address_only_service_names() {
         urls >= 4,
         "the OTLP endpoint is set on the dockercoins services"
     );
-    // The binary's own defaults (the README's settings table) name this file's
+    // The binary's own defaults (docs/settings.md) name this file's
     // services, which is why the containers need no RNG_URL and the like.
     for (setting, default) in [
         ("RNG_URL", "http://rng:8001"),
         ("HASHER_URL", "http://hasher:8002"),
         ("REDIS_URL", "redis://redis:6379"),
     ] {
-        let row = README
+        let row = SETTINGS_DOC
             .lines()
             .find(|l| l.starts_with('|') && l.contains(&format!("`{setting}`")))
-            .unwrap_or_else(|| panic!("README has no row for {setting}"));
+            .unwrap_or_else(|| panic!("docs/settings.md has no row for {setting}"));
         assert!(row.contains(&format!("`{default}`")), "{row}");
         let (host, port) = host_port(default).unwrap();
         assert!(offered_ports(&host, service(&file, &host)).contains(&port));
@@ -588,17 +588,17 @@ fn every_service_restarts_is_bounded_and_stops_quickly() {
 #[test]
 fn the_dockercoins_services_are_traced_and_set_only_known_settings() {
     let file = compose();
-    let readme = readme_settings();
+    let documented = documented_settings();
     assert!(
-        readme.contains("RNG_DELAY_MS"),
-        "README settings table not found"
+        documented.contains("RNG_DELAY_MS"),
+        "docs/settings.md: settings table not found"
     );
     for name in TRACED {
         let svc = service(&file, name);
         for (key, value) in environment(svc) {
             assert!(
-                is_known_setting(&key, &readme),
-                "{name}: {key} is not a setting of the binary (README) nor OTEL_*/RUST_LOG/LOG_FORMAT"
+                is_known_setting(&key, &documented),
+                "{name}: {key} is not a setting of the binary (docs/settings.md) nor OTEL_*/RUST_LOG/LOG_FORMAT"
             );
             assert!(!value.is_empty(), "{name}: {key} is empty");
         }
@@ -637,7 +637,7 @@ fn turbo_overrides_only_known_settings_of_existing_services() {
     let base = compose();
     let turbo = parse(TURBO);
     let names = service_names(&base);
-    let readme = readme_settings();
+    let documented = documented_settings();
     let mut all = Vec::new();
     for (name, svc) in services(&turbo) {
         let name = name.as_str().unwrap();
@@ -664,7 +664,7 @@ fn turbo_overrides_only_known_settings_of_existing_services() {
         }
         for (key, value) in environment(svc) {
             assert!(
-                is_known_setting(&key, &readme),
+                is_known_setting(&key, &documented),
                 "turbo {name}: unknown {key}"
             );
             all.push((name.to_owned(), key, value));
@@ -800,7 +800,7 @@ fn the_tls_override_secures_every_grpc_hop_with_mounted_files() {
     const DIR: &str = "/etc/dockercoins/tls/";
     let base = compose();
     let tls = parse(TLS);
-    let readme = readme_settings();
+    let documented = documented_settings();
     assert_eq!(
         service_names(&tls),
         ["hasher", "rng", "webui", "worker"]
@@ -830,7 +830,10 @@ fn the_tls_override_secures_every_grpc_hop_with_mounted_files() {
         );
         let env = environment(svc);
         for (key, value) in &env {
-            assert!(is_known_setting(key, &readme), "tls {name}: unknown {key}");
+            assert!(
+                is_known_setting(key, &documented),
+                "tls {name}: unknown {key}"
+            );
             if key.starts_with("TLS_") {
                 let file = value
                     .strip_prefix(DIR)
@@ -1024,10 +1027,10 @@ fn the_slow_rng_override_adds_exactly_one_rng_replica_under_the_name_rng() {
     assert_eq!(svc["extends"]["service"].as_str(), Some("rng"));
     // What `extends` makes of it: rng's settings, the override's on top.
     let rng = service(&base, "rng");
-    let readme = readme_settings();
+    let documented = documented_settings();
     let mut env = environment(rng);
     for (key, value) in environment(svc) {
-        assert!(is_known_setting(&key, &readme), "{name}: unknown {key}");
+        assert!(is_known_setting(&key, &documented), "{name}: unknown {key}");
         env.retain(|(k, _)| *k != key);
         env.push((key, value));
     }
@@ -1068,10 +1071,10 @@ fn the_webui_dev_override_serves_the_page_from_the_sources_read_only() {
     let changed = services(&dev);
     assert_eq!(changed.len(), 1, "webui only");
     let webui = &dev["services"]["webui"];
-    let readme = readme_settings();
+    let documented = documented_settings();
     let env = environment(webui);
     for (key, _) in &env {
-        assert!(is_known_setting(key, &readme), "unknown {key}");
+        assert!(is_known_setting(key, &documented), "unknown {key}");
     }
     let dir = env_value(webui, "WEBUI_ASSETS_DIR").expect("WEBUI_ASSETS_DIR");
     let volumes: Vec<&str> = webui["volumes"]

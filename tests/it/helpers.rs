@@ -557,7 +557,7 @@ pub fn have(tool: &str, version_flag: &str) -> bool {
     found
 }
 
-/// Runs `command`, a README line pointed at the test's servers, with `sh`;
+/// Runs `command`, a line of the docs pointed at the test's servers, with `sh`;
 /// asserts it succeeds (showing `line`, stdout and stderr if not) and returns
 /// its stdout.
 pub async fn run_readme_line(line: &str, command: &str) -> String {

@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod compose;
 mod deadlines;
+mod docs;
 mod doctor;
 mod edge;
 mod faults;

@@ -627,7 +627,7 @@ async fn the_binary_refuses_bad_tls_files_with_exit_code_1() {
 /// under the names docker-compose.tls.yaml uses: rng and hasher serve mutual
 /// TLS with them, a worker's backends and the healthcheck reach them with the
 /// client certificate, each server certificate names its own service only,
-/// and the README's TLS grpcurl lines work.
+/// and the grpcurl lines of docs/tls.md work.
 #[tokio::test]
 async fn make_certs_sh_makes_what_the_services_accept() {
     if !have("openssl", "version") {
@@ -705,13 +705,13 @@ async fn make_certs_sh_makes_what_the_services_accept() {
     }
 
     if have("grpcurl", "-version") {
-        let readme = include_str!("../../README.md");
-        let lines: Vec<&str> = readme
+        let doc = include_str!("../../docs/tls.md");
+        let lines: Vec<&str> = doc
             .lines()
             .map(str::trim)
             .filter(|line| line.starts_with("grpcurl ") && line.contains(" -cacert "))
             .collect();
-        assert!(lines.len() >= 2, "README lost its TLS grpcurl lines");
+        assert!(lines.len() >= 2, "docs/tls.md lost its TLS grpcurl lines");
         for line in lines {
             let command = line
                 .replace("deploy/tls/", &format!("{}/", out.dir.display()))
