@@ -6,7 +6,7 @@
 //!
 //! Layout: [`board`] keeps webui's answers and makes them one
 //! [`Snapshot`] (`--once --json` prints it); [`screen`] lays a snapshot out
-//! as lines for an 80x24 terminal; [`terminal`] owns the terminal's state
+//! as lines for an 80x24 terminal; `terminal` owns the terminal's state
 //! and gives it back; [`webui_api`] reads webui. This module runs them:
 //! [`live`] until `q` or Ctrl-C, [`once`] for one reading.
 //!

@@ -205,11 +205,18 @@ async fn assert_quits_and_restores(pty: &Pty, mut top: Child, key: &[u8]) -> Exi
         .await
         .unwrap_or_else(|_| panic!("top did not quit within 5 s of {key:?}"))
         .unwrap();
-    let output = pty.output();
-    let entered = output.rfind("\x1b[?1049h").unwrap();
-    let after = &output[entered..];
-    assert!(after.contains("\x1b[?1049l"), "main screen not restored");
-    assert!(after.contains("\x1b[?25h"), "cursor not shown again");
+    // The child has written its last bytes; the pty's reader may not have
+    // read them yet.
+    pty.wait_for(
+        "the main screen and the cursor restored",
+        Duration::from_secs(5),
+        |output| {
+            let entered = output.rfind("\x1b[?1049h").unwrap_or(0);
+            let after = &output[entered..];
+            after.contains("\x1b[?1049l") && after.contains("\x1b[?25h")
+        },
+    )
+    .await;
     let modes = pty.local_modes();
     assert!(
         modes.contains(LocalModes::ICANON | LocalModes::ECHO),
