@@ -16,6 +16,7 @@ use crate::{
     rng::{self, RngConfig},
     store,
     tls::{ClientTls, ServerTls, TlsError},
+    top::{self, TopConfig},
     traces::{self, TracesConfig},
     up::{self, UpConfig, replica::ReplicaSettings},
     webui,
@@ -80,6 +81,10 @@ pub mod env {
     pub const DOCTOR_DOCKER: &str = "DOCTOR_DOCKER";
     pub const METRICS_DISABLED: &str = "METRICS_DISABLED";
     pub const TRACES_SINCE: &str = "TRACES_SINCE";
+    pub const TOP_WEBUI: &str = "TOP_WEBUI";
+    pub const TOP_INTERVAL_MS: &str = "TOP_INTERVAL_MS";
+    pub const TOP_ONCE: &str = "TOP_ONCE";
+    pub const TOP_JSON: &str = "TOP_JSON";
     pub const TLS_CERT: &str = "TLS_CERT";
     pub const TLS_KEY: &str = "TLS_KEY";
     pub const TLS_CLIENT_CA: &str = "TLS_CLIENT_CA";
@@ -285,6 +290,9 @@ pub enum Command {
     /// Where the time goes: each hop's count, p50 and p99, read from Jaeger
     /// (exit 1 when no trace arrives or a hop is missing).
     Traces(TracesArgs),
+    /// webui's page in a terminal: hashes/s and its history, each hop's
+    /// latency, rng's queue, replicas and policy, every second (q quits).
+    Top(TopArgs),
     /// `bench`'s floor: a bare tonic echo server, or its load. `bench` runs
     /// both with its own settings; hidden, as a part of `bench`.
     #[command(subcommand, hide = true)]
@@ -352,6 +360,36 @@ impl TracesArgs {
     }
 }
 
+/// `dockercoins top`: webui's page in a terminal.
+#[derive(Clone, Debug, clap::Args)]
+#[command(after_help = "Keys: q or Ctrl-C quits (the terminal is restored).\n\
+    Without --once, stdout must be a terminal.")]
+pub struct TopArgs {
+    /// webui's address, `http://host:port` (what a browser would open).
+    #[arg(long, env = env::TOP_WEBUI, default_value = top::DEFAULT_WEBUI)]
+    pub webui: String,
+    /// How often to read webui and redraw, in milliseconds.
+    #[arg(long, env = env::TOP_INTERVAL_MS, default_value_t = top::DEFAULT_INTERVAL.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub interval_ms: u64,
+    /// Print one reading and exit (it takes the 5 s the hashes/s rate is
+    /// measured over); exit 1 when webui is unreachable.
+    #[arg(long, env = env::TOP_ONCE)]
+    pub once: bool,
+    /// With --once: print the reading as one JSON object, for scripts.
+    #[arg(long, env = env::TOP_JSON, requires = "once")]
+    pub json: bool,
+}
+
+impl TopArgs {
+    pub fn config(&self) -> TopConfig {
+        TopConfig {
+            webui: self.webui.trim_end_matches('/').to_owned(),
+            interval: Duration::from_millis(self.interval_ms),
+        }
+    }
+}
+
 /// `dockercoins bench`: rng, hasher and a worker as child processes with
 /// turbo settings, and a private redis-server.
 #[derive(Clone, Debug, clap::Args)]
@@ -414,6 +452,7 @@ impl Command {
             Self::Bench(_) => "bench",
             Self::Traces(_) => "traces",
             Self::Doctor(_) => "doctor",
+            Self::Top(_) => "top",
             Self::Floor(_) => "floor",
         }
     }

@@ -7,14 +7,14 @@ use dockercoins::{
     bench,
     clients::{HasherClient, RngClient},
     config::{
-        BenchArgs, Cli, ClientArgs, Command, EdgeArgs, FloorCommand, HealthcheckArgs, TracesArgs,
-        UpArgs,
+        BenchArgs, Cli, ClientArgs, Command, EdgeArgs, FloorCommand, HealthcheckArgs, TopArgs,
+        TracesArgs, UpArgs,
     },
     edge, hasher, healthcheck,
     metrics::{ClientCalls, Registry},
     pool, rng, shutdown,
     store::Store,
-    telemetry, traces,
+    telemetry, top, traces,
     up::{self, Listeners, restart::RestartTrigger},
     webui, worker,
 };
@@ -24,13 +24,14 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // No telemetry for these two: a probe every few seconds must not start
-    // an exporter, and a reader of Jaeger has no spans of its own to send
-    // (nor a log line to print where its table goes).
+    // No telemetry for these: a probe every few seconds must not start an
+    // exporter, and a reader of Jaeger or webui has no spans of its own to
+    // send (nor a log line to print where its table or screen goes).
     match &cli.command {
         Command::Healthcheck(args) => return healthcheck(args).await,
         Command::Traces(args) => return traces(args).await,
         Command::Doctor(args) => return doctor(args).await,
+        Command::Top(args) => return run_top(args).await,
         _ => {}
     }
     dockercoins::metrics::set_enabled(!cli.metrics_disabled);
@@ -81,6 +82,30 @@ async fn traces(args: &TracesArgs) -> ExitCode {
     }
 }
 
+/// `top`: the live screen, or one reading as text or JSON.
+async fn run_top(args: &TopArgs) -> ExitCode {
+    let config = args.config();
+    let shown = if args.once {
+        top::once(&config).await.map(|snapshot| {
+            if args.json {
+                // A Snapshot is plain data: it always serializes.
+                println!("{}", serde_json::to_string(&snapshot).unwrap_or_default());
+            } else {
+                print!("{}", top::text(&snapshot, &config));
+            }
+        })
+    } else {
+        top::live(&config).await
+    };
+    match shown {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("dockercoins top: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = shutdown::signal().context("cannot install the SIGTERM/Ctrl-C handlers")?;
     match command {
@@ -122,7 +147,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => run_up(*args, shutdown).await?,
         Command::Edge(args) => run_edge(args, shutdown).await?,
-        Command::Healthcheck(_) | Command::Traces(_) | Command::Doctor(_) => {
+        Command::Healthcheck(_) | Command::Traces(_) | Command::Doctor(_) | Command::Top(_) => {
             unreachable!("handled above")
         }
         Command::Bench(args) => run_bench(args).await?,

@@ -308,7 +308,9 @@ fn ms(duration: Duration) -> f64 {
 }
 
 /// A backend as webui sees it: each replica's health, latency, identity and
-/// calls served; the backend's own status is its best replica's.
+/// calls served; the backend's own status is its best replica's; and the
+/// policy webui's clients spread calls with (`up` and the compose file give
+/// the workers the same one), for `dockercoins top`.
 async fn grpc_health(backend: &Backend) -> Value {
     let service = backend.service().grpc;
     let replicas = backend.replica_channels().await;
@@ -350,6 +352,7 @@ async fn grpc_health(backend: &Backend) -> Value {
         .unwrap_or_else(|| json!({"status": "UNREACHABLE", "error": "no address"}));
     json!({
         "url": backend.url(),
+        "policy": backend.policy().name(),
         "status": best["status"],
         "latency_ms": best.get("latency_ms"),
         "error": best.get("error"),

@@ -136,6 +136,16 @@ pub async fn spawn_hasher(config: HasherConfig) -> Spawned {
 
 /// A webui in front of `rng` and `hasher`, with `store`.
 pub async fn spawn_webui(store: Store, rng: &str, hasher: &str) -> Spawned<WebuiError> {
+    spawn_webui_on(SocketAddr::from(([127, 0, 0, 1], 0)), store, rng, hasher).await
+}
+
+/// A webui on `addr`: one that comes up where a client already looks.
+pub async fn spawn_webui_on(
+    addr: SocketAddr,
+    store: Store,
+    rng: &str,
+    hasher: &str,
+) -> Spawned<WebuiError> {
     let pool = PoolSettings {
         connect_timeout: Duration::from_millis(500),
         ..Default::default()
@@ -145,7 +155,7 @@ pub async fn spawn_webui(store: Store, rng: &str, hasher: &str) -> Spawned<Webui
         RngClient::new(rng, &pool).unwrap(),
         HasherClient::new(hasher, &pool).unwrap(),
     );
-    Spawned::start(|listener, stop| async move {
+    Spawned::start_on(addr, |listener, stop| async move {
         dockercoins::webui::serve(listener, webui, async {
             let _ = stop.await;
         })

@@ -188,6 +188,9 @@ async fn status_and_gateway_reach_the_backends() {
     assert_eq!(report["rng"]["status"], "SERVING", "{report}");
     assert_eq!(report["hasher"]["status"], "SERVING", "{report}");
     assert_eq!(report["redis"]["state"]["status"], "UP", "{report}");
+    // What `dockercoins top` shows as the policy.
+    assert_eq!(report["rng"]["policy"], "round_robin", "{report}");
+    assert_eq!(report["hasher"]["policy"], "round_robin", "{report}");
 
     let (status, _, body) = get(&webui, "GET", "/api/rng/16", b"").await;
     assert_eq!(status, 200);

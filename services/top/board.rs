@@ -1,0 +1,501 @@
+//! What `top` knows of the mesh: webui's answers as they come, kept and
+//! turned into one [`Snapshot`], the reading that the screen draws and
+//! `--once --json` prints. The numbers are the page's own (services/webui/
+//! app.js): the same rate over the same window, the same rows, the same
+//! verdict, so the terminal and the browser never disagree.
+//!
+//! Plain data, no I/O: fetching lives in [`super::webui_api`], drawing in
+//! [`super::screen`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+/// The big number is the rate over this many seconds, as on the page
+/// (workers report once a second: a shorter window saw-tooths).
+pub const RATE_WINDOW_SECONDS: f64 = 5.0;
+
+/// Readings kept for the history: two minutes at the default interval, the
+/// page's chart.
+pub const HISTORY_LEN: usize = 120;
+
+/// Each history point is the rate over this many readings, as the page's
+/// chart smooths the workers' once-a-second updates.
+const HISTORY_SMOOTHING: usize = 3;
+
+/// One `/json` answer: the score and webui's clock (unix seconds).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+pub struct Score {
+    pub coins: u64,
+    pub hashes: u64,
+    pub now: f64,
+}
+
+/// `/api/hops`: each hop's rate and latency as its servers measure them.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct HopsView {
+    #[serde(default)]
+    pub window_seconds: f64,
+    #[serde(default)]
+    pub rng: Vec<ReplicaHop>,
+    #[serde(default)]
+    pub hasher: Vec<ReplicaHop>,
+    #[serde(default)]
+    pub redis: Vec<ReplicaHop>,
+}
+
+/// One replica's line of `/api/hops` (Redis's has no address).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ReplicaHop {
+    #[serde(default)]
+    pub address: String,
+    pub instance: Option<String>,
+    pub error: Option<String>,
+    pub faults: Option<String>,
+    pub calls_per_second: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub queue: Option<u64>,
+    pub slowest: Option<Slowest>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Slowest {
+    pub ms: Option<f64>,
+}
+
+/// `/api/status`: each backend's health per replica, its policy, Redis.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct StatusView {
+    #[serde(default)]
+    pub rng: BackendStatus,
+    #[serde(default)]
+    pub hasher: BackendStatus,
+    #[serde(default)]
+    pub redis: RedisStatus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct BackendStatus {
+    #[serde(default)]
+    pub url: String,
+    /// Absent from a webui older than `top`.
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ReplicaStatus {
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub status: String,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RedisStatus {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub state: RedisState,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RedisState {
+    #[serde(default)]
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// What `top` shows, at one moment. Its JSON is `--once --json`'s output:
+/// the field names are documented in docs/top.md and kept stable.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Snapshot {
+    /// The webui read.
+    pub webui: String,
+    /// Why webui could not be read, when it could not (then the rest is
+    /// the last reading, if any).
+    pub unreachable: Option<String>,
+    /// Why webui had no score (Redis down), in its own words.
+    pub score_error: Option<String>,
+    pub hashes: Option<u64>,
+    pub coins: Option<u64>,
+    /// Over the last [`RATE_WINDOW_SECONDS`].
+    pub hashes_per_second: Option<f64>,
+    /// Oldest first, one point per reading.
+    pub history: Vec<HistoryPoint>,
+    /// The span `hops` cover (webui's window).
+    pub hops_window_seconds: Option<f64>,
+    pub hops: Vec<HopRow>,
+    /// The hop with the highest p50, as the page's verdict names it.
+    pub slow_hop: Option<String>,
+    /// Requests waiting in rng's lanes, all replicas together.
+    pub rng_queue: Option<u64>,
+    pub replicas: Replicas,
+    /// How webui's clients spread calls over replicas (in `up` and the
+    /// compose file, the workers' policy too).
+    pub policy: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct HistoryPoint {
+    /// webui's clock, unix seconds.
+    pub t: f64,
+    pub hashes_per_second: f64,
+}
+
+/// Replicas webui's clients reach, per backend.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Replicas {
+    pub rng: usize,
+    pub hasher: usize,
+}
+
+/// One row of the page's table: a hop at one replica.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct HopRow {
+    /// `rng`, `hasher` or `redis`.
+    pub hop: &'static str,
+    /// The address dialled (Redis: its URL, password masked).
+    pub replica: String,
+    pub instance: Option<String>,
+    /// gRPC health (`SERVING`...), `UP`/`DOWN` for Redis, `…` before the
+    /// first health check.
+    pub state: String,
+    pub calls_per_second: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// rng only: requests waiting for a lane.
+    pub queue: Option<u64>,
+    /// The slowest recent call (the page links it to its trace).
+    pub slowest_ms: Option<f64>,
+    /// What the replica was told to inject (`--fail-rate`...).
+    pub faults: Option<String>,
+    pub error: Option<String>,
+}
+
+/// webui's answers so far.
+#[derive(Clone, Debug, Default)]
+pub struct Board {
+    webui: String,
+    /// The last [`HISTORY_LEN`] scores, oldest first.
+    scores: VecDeque<Score>,
+    /// The last `/json` that carried an error instead of a score.
+    score_error: Option<String>,
+    /// Why the last attempt to reach webui failed; cleared by an answer.
+    unreachable: Option<String>,
+    hops: Option<HopsView>,
+    status: Option<StatusView>,
+}
+
+impl Board {
+    pub fn new(webui: &str) -> Self {
+        Self {
+            webui: webui.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    pub fn record_score(&mut self, score: Result<Score, String>) {
+        self.unreachable = None;
+        match score {
+            Ok(score) => {
+                self.score_error = None;
+                // The counter was reset (Redis emptied): a new history.
+                if self
+                    .scores
+                    .back()
+                    .is_some_and(|last| score.hashes < last.hashes)
+                {
+                    self.scores.clear();
+                }
+                self.scores.push_back(score);
+                while self.scores.len() > HISTORY_LEN + HISTORY_SMOOTHING {
+                    self.scores.pop_front();
+                }
+            }
+            Err(error) => self.score_error = Some(error),
+        }
+    }
+
+    pub fn record_hops(&mut self, hops: HopsView) {
+        self.hops = Some(hops);
+    }
+
+    pub fn record_status(&mut self, status: StatusView) {
+        self.status = Some(status);
+    }
+
+    /// webui did not answer: said on screen, the last reading kept.
+    pub fn record_unreachable(&mut self, reason: String) {
+        self.unreachable = Some(reason);
+    }
+
+    /// Seconds between the first and the last score kept.
+    pub fn scores_span(&self) -> f64 {
+        match (self.scores.front(), self.scores.back()) {
+            (Some(first), Some(last)) => last.now - first.now,
+            _ => 0.0,
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let hops = self.rows();
+        let latest = self.scores.back();
+        Snapshot {
+            webui: self.webui.clone(),
+            unreachable: self.unreachable.clone(),
+            score_error: self.score_error.clone(),
+            hashes: latest.map(|s| s.hashes),
+            coins: latest.map(|s| s.coins),
+            hashes_per_second: self.rate_over(RATE_WINDOW_SECONDS).map(tenths),
+            history: self.history(),
+            hops_window_seconds: self.hops.as_ref().map(|h| h.window_seconds),
+            slow_hop: slow_hop(&hops).map(|row| row.hop.to_owned()),
+            rng_queue: rng_queue(&hops),
+            replicas: self.replicas(),
+            policy: self.status.as_ref().and_then(|s| s.rng.policy.clone()),
+            hops,
+        }
+    }
+
+    /// The page's `rateOver`: from the oldest score within `seconds` of the
+    /// last to the last.
+    fn rate_over(&self, seconds: f64) -> Option<f64> {
+        let last = self.scores.back()?;
+        let first = self
+            .scores
+            .iter()
+            .find(|s| last.now - s.now <= seconds)
+            .unwrap_or(last);
+        let span = last.now - first.now;
+        (span > 0.0).then(|| (last.hashes - first.hashes) as f64 / span)
+    }
+
+    /// The page's chart: each reading's rate over the last few readings.
+    fn history(&self) -> Vec<HistoryPoint> {
+        let scores: Vec<&Score> = self.scores.iter().collect();
+        scores
+            .windows(HISTORY_SMOOTHING + 1)
+            .filter_map(|pair| {
+                let (a, b) = (pair[0], pair[HISTORY_SMOOTHING]);
+                (b.now > a.now).then(|| HistoryPoint {
+                    t: b.now,
+                    hashes_per_second: tenths((b.hashes - a.hashes) as f64 / (b.now - a.now)),
+                })
+            })
+            .collect()
+    }
+
+    /// The replicas webui's clients reach: from its health checks, or from
+    /// the hops before the first one.
+    fn replicas(&self) -> Replicas {
+        match (&self.status, &self.hops) {
+            (Some(status), _) => Replicas {
+                rng: status.rng.replicas.len(),
+                hasher: status.hasher.replicas.len(),
+            },
+            (None, Some(hops)) => Replicas {
+                rng: hops.rng.len(),
+                hasher: hops.hasher.len(),
+            },
+            (None, None) => Replicas::default(),
+        }
+    }
+
+    /// The page's table: rng's replicas, hasher's, then Redis, each with its
+    /// health from the last status.
+    fn rows(&self) -> Vec<HopRow> {
+        let Some(hops) = &self.hops else {
+            return Vec::new();
+        };
+        let mut health: HashMap<&str, &ReplicaStatus> = HashMap::new();
+        if let Some(status) = &self.status {
+            for replica in status.rng.replicas.iter().chain(&status.hasher.replicas) {
+                health.insert(replica.address.as_str(), replica);
+            }
+        }
+        let backend = |hop: &'static str, replicas: &[ReplicaHop]| -> Vec<HopRow> {
+            replicas
+                .iter()
+                .map(|r| {
+                    let seen = health.get(r.address.as_str());
+                    let state = match (seen, &r.error) {
+                        (Some(seen), _) => seen.status.clone(),
+                        (None, Some(_)) => "UNREACHABLE".to_owned(),
+                        (None, None) => "…".to_owned(),
+                    };
+                    let error = r
+                        .error
+                        .clone()
+                        .or_else(|| seen.and_then(|s| s.error.clone()));
+                    row(hop, r.address.clone(), state, error, r)
+                })
+                .collect()
+        };
+        let mut rows = backend("rng", &hops.rng);
+        rows.extend(backend("hasher", &hops.hasher));
+        let redis = self.status.as_ref().map(|s| &s.redis);
+        rows.extend(hops.redis.iter().map(|r| {
+            let url = redis.map_or_else(String::new, |redis| redis.url.clone());
+            let state = redis.map_or_else(|| "…".to_owned(), |redis| redis.state.status.clone());
+            let error = r
+                .error
+                .clone()
+                .or_else(|| redis.and_then(|redis| redis.state.error.clone()));
+            row("redis", url, state, error, r)
+        }));
+        rows
+    }
+}
+
+fn row(
+    hop: &'static str,
+    replica: String,
+    state: String,
+    error: Option<String>,
+    r: &ReplicaHop,
+) -> HopRow {
+    HopRow {
+        hop,
+        replica,
+        instance: r.instance.clone(),
+        state,
+        calls_per_second: r.calls_per_second,
+        p50_ms: r.p50_ms,
+        p99_ms: r.p99_ms,
+        queue: r.queue,
+        slowest_ms: r.slowest.as_ref().and_then(|s| s.ms),
+        faults: r.faults.clone(),
+        error,
+    }
+}
+
+/// A rate to a tenth, as the page shows it and webui's hops give it.
+fn tenths(rate: f64) -> f64 {
+    (rate * 10.0).round() / 10.0
+}
+
+/// The page's verdict: of the rows with calls, the one with the highest p50.
+pub fn slow_hop(rows: &[HopRow]) -> Option<&HopRow> {
+    rows.iter()
+        .filter(|r| r.p50_ms.is_some() && r.calls_per_second.is_some_and(|c| c > 0.0))
+        .reduce(|a, b| if b.p50_ms > a.p50_ms { b } else { a })
+}
+
+fn rng_queue(rows: &[HopRow]) -> Option<u64> {
+    rows.iter()
+        .filter(|r| r.hop == "rng")
+        .filter_map(|r| r.queue)
+        .reduce(|a, b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(now: f64, hashes: u64) -> Result<Score, String> {
+        Ok(Score {
+            coins: hashes / 16,
+            hashes,
+            now,
+        })
+    }
+
+    #[test]
+    fn the_rate_is_the_pages_over_five_seconds() {
+        let mut board = Board::new("http://webui");
+        assert_eq!(board.snapshot().hashes_per_second, None);
+        for second in 0u32..10 {
+            board.record_score(score(100.0 + f64::from(second), u64::from(second) * 10));
+        }
+        let snapshot = board.snapshot();
+        assert_eq!(snapshot.hashes_per_second, Some(10.0));
+        assert_eq!(snapshot.hashes, Some(90));
+        // Ten readings, each point over three of them: seven points.
+        assert_eq!(snapshot.history.len(), 7);
+        assert!(snapshot.history.iter().all(|p| p.hashes_per_second == 10.0));
+    }
+
+    #[test]
+    fn a_reset_counter_starts_a_new_history() {
+        let mut board = Board::new("http://webui");
+        board.record_score(score(1.0, 500));
+        board.record_score(score(2.0, 510));
+        board.record_score(score(3.0, 4));
+        assert_eq!(board.snapshot().hashes_per_second, None);
+        assert_eq!(board.scores_span(), 0.0);
+    }
+
+    #[test]
+    fn an_error_keeps_the_last_score_and_says_why() {
+        let mut board = Board::new("http://webui");
+        board.record_score(score(1.0, 5));
+        board.record_score(Err("Redis unavailable: refused".into()));
+        let snapshot = board.snapshot();
+        assert_eq!(snapshot.hashes, Some(5));
+        assert_eq!(
+            snapshot.score_error.as_deref(),
+            Some("Redis unavailable: refused")
+        );
+        board.record_unreachable("cannot connect".into());
+        assert_eq!(
+            board.snapshot().unreachable.as_deref(),
+            Some("cannot connect")
+        );
+        board.record_score(score(2.0, 6));
+        let snapshot = board.snapshot();
+        assert_eq!((snapshot.unreachable, snapshot.score_error), (None, None));
+    }
+
+    fn hops() -> HopsView {
+        serde_json::from_value(serde_json::json!({
+            "window_seconds": 5.0,
+            "rng": [
+                {"address": "10.0.0.1:8001", "instance": "a:8001", "calls_per_second": 1.3,
+                 "p50_ms": 750.0, "p99_ms": 980.0, "queue": 9},
+                {"address": "10.0.0.2:8001", "error": "no answer in 900 ms",
+                 "faults": "+50ms for 100%"}
+            ],
+            "hasher": [{"address": "10.0.0.3:8002", "calls_per_second": 10.0,
+                        "p50_ms": 100.0, "p99_ms": 101.0}],
+            "redis": [{"calls_per_second": 9.8, "p50_ms": 0.3, "p99_ms": 1.2,
+                       "latency_since": "start"}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rows_verdict_queue_and_replicas_are_the_pages() {
+        let mut board = Board::new("http://webui");
+        board.record_hops(hops());
+        let snapshot = board.snapshot();
+        let states: Vec<&str> = snapshot.hops.iter().map(|r| r.state.as_str()).collect();
+        // No health check yet: unknown, or unreachable when the hop says so.
+        assert_eq!(states, ["…", "UNREACHABLE", "…", "…"]);
+        assert_eq!(snapshot.slow_hop.as_deref(), Some("rng"));
+        assert_eq!(snapshot.rng_queue, Some(9));
+        assert_eq!(snapshot.replicas, Replicas { rng: 2, hasher: 1 });
+        assert_eq!(snapshot.policy, None);
+        let status: StatusView = serde_json::from_value(serde_json::json!({
+            "rng": {"url": "http://rng:8001", "policy": "round_robin", "replicas": [
+                {"address": "10.0.0.1:8001", "status": "SERVING"},
+                {"address": "10.0.0.2:8001", "status": "NOT_SERVING", "error": "draining"}]},
+            "hasher": {"url": "http://hasher:8002", "policy": "round_robin", "replicas": [
+                {"address": "10.0.0.3:8002", "status": "SERVING"}]},
+            "redis": {"url": "redis://redis:6379", "state": {"status": "UP"}}
+        }))
+        .unwrap();
+        board.record_status(status);
+        let snapshot = board.snapshot();
+        let states: Vec<&str> = snapshot.hops.iter().map(|r| r.state.as_str()).collect();
+        assert_eq!(states, ["SERVING", "NOT_SERVING", "SERVING", "UP"]);
+        assert_eq!(snapshot.hops[3].replica, "redis://redis:6379");
+        assert_eq!(
+            snapshot.hops[1].error.as_deref(),
+            Some("no answer in 900 ms")
+        );
+        assert_eq!(snapshot.policy.as_deref(), Some("round_robin"));
+    }
+}

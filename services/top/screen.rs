@@ -1,0 +1,421 @@
+//! A [`Snapshot`] as lines of text for an 80x24 terminal (or larger): the
+//! page's figures, a chart of hashes/s, and its table of hops. Plain text,
+//! no colour: what it means reads the same on a projector and in a log;
+//! the only characters beyond ASCII are the chart's blocks.
+//!
+//! Pure functions: the terminal (`super::terminal`) writes the lines,
+//! `--once` prints them.
+
+use super::board::{HopRow, Snapshot, slow_hop};
+use std::time::Duration;
+
+/// The chart's levels within one line, from empty to full.
+const BLOCKS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// Width of the chart's scale, left of its axis.
+const SCALE_WIDTH: usize = 7;
+
+/// Lines that are neither chart nor table rows nor message: title,
+/// figures, mesh, time axis, blank, heading, verdict, table header.
+const FIXED_LINES: usize = 8;
+
+/// A message longer than the screen is wide wraps onto this many lines.
+const MESSAGE_LINES: usize = 3;
+
+/// The chart's height bounds, and its height when the screen has no bound.
+const CHART_MIN: usize = 3;
+const CHART_MAX: usize = 8;
+const CHART_UNBOUNDED: usize = 5;
+
+/// Where the lines go.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame {
+    pub width: usize,
+    /// `None`: as many lines as the reading needs (`--once`).
+    pub height: Option<usize>,
+    /// The live screen: the title says how to quit.
+    pub live: bool,
+    /// One chart column per reading.
+    pub interval: Duration,
+}
+
+/// The whole screen, each line at most `frame.width` characters.
+pub fn render(snapshot: &Snapshot, frame: &Frame) -> Vec<String> {
+    let table = table_lines(&snapshot.hops);
+    let mut message = wrap(&message(snapshot, frame.live), frame.width);
+    message.truncate(MESSAGE_LINES);
+    let chart_height = match frame.height {
+        Some(height) => height
+            .saturating_sub(FIXED_LINES + message.len() + table.len())
+            .clamp(CHART_MIN, CHART_MAX),
+        None => CHART_UNBOUNDED,
+    };
+    let mut lines = vec![title(snapshot, frame), figures(snapshot), mesh(snapshot)];
+    lines.extend(message);
+    lines.extend(chart(snapshot, frame, chart_height));
+    lines.push(String::new());
+    let window = snapshot.hops_window_seconds.unwrap_or(5.0);
+    lines.push(format!(
+        "Where the time goes: each hop, as its servers measure it (last {window} s)"
+    ));
+    lines.push(verdict(&snapshot.hops));
+    lines.push(row_text(
+        "hop", "replica", "state", "calls/s", "p50", "p99", "waiting",
+    ));
+    let room = frame
+        .height
+        .map_or(usize::MAX, |h| h.saturating_sub(lines.len()));
+    if table.len() > room {
+        let shown = room.saturating_sub(1);
+        let hidden = table.len() - shown;
+        lines.extend(table.into_iter().take(shown));
+        lines.push(format!(
+            "… {hidden} more line(s): a taller terminal shows them"
+        ));
+    } else {
+        lines.extend(table);
+    }
+    if let Some(height) = frame.height {
+        lines.truncate(height);
+    }
+    lines.iter().map(|line| clip(line, frame.width)).collect()
+}
+
+fn title(snapshot: &Snapshot, frame: &Frame) -> String {
+    let left = format!("DockerCoin Miner · {}", snapshot.webui);
+    if !frame.live {
+        return left;
+    }
+    let right = "q or Ctrl-C: quit";
+    let gap = frame
+        .width
+        .saturating_sub(left.chars().count() + right.chars().count())
+        .max(2);
+    format!("{left}{}{right}", " ".repeat(gap))
+}
+
+fn figures(snapshot: &Snapshot) -> String {
+    let rate = snapshot.hashes_per_second.map_or("–".to_owned(), |r| {
+        if r < 100.0 {
+            format!("{r:.1}")
+        } else {
+            thousands(r)
+        }
+    });
+    let count = |n: Option<u64>| n.map_or("–".to_owned(), |n| thousands(n as f64));
+    format!(
+        "hashes/s {rate:<12} hashes {:<16} coins {}",
+        count(snapshot.hashes),
+        count(snapshot.coins)
+    )
+}
+
+fn mesh(snapshot: &Snapshot) -> String {
+    let replicas = snapshot.replicas;
+    let mut line = format!(
+        "replicas: rng {}, hasher {}   policy: {}",
+        replicas.rng,
+        replicas.hasher,
+        snapshot.policy.as_deref().unwrap_or("–")
+    );
+    if let Some(queue) = snapshot.rng_queue {
+        line.push_str(&format!("   waiting in rng: {queue}"));
+    }
+    line
+}
+
+/// Why the numbers may be stale, or nothing.
+fn message(snapshot: &Snapshot, live: bool) -> String {
+    if let Some(reason) = &snapshot.unreachable {
+        let retrying = if live { ", retrying" } else { "" };
+        return format!(
+            "webui at {} unreachable: {reason}{retrying}",
+            snapshot.webui
+        );
+    }
+    if let Some(error) = &snapshot.score_error {
+        return format!("no score: {error}");
+    }
+    String::new()
+}
+
+/// The history as bars, newest on the right, over a scale from 0 to a
+/// little above the highest rate (as the page's chart), then the time axis.
+fn chart(snapshot: &Snapshot, frame: &Frame, height: usize) -> Vec<String> {
+    let columns = frame.width.saturating_sub(SCALE_WIDTH + 1).max(1);
+    let history = &snapshot.history;
+    let shown = &history[history.len().saturating_sub(columns)..];
+    let highest = shown
+        .iter()
+        .map(|p| p.hashes_per_second)
+        .fold(1.0, f64::max);
+    let top = highest * 1.15;
+    let eighths: Vec<usize> = shown
+        .iter()
+        .map(|p| ((p.hashes_per_second / top) * (height * 8) as f64).round() as usize)
+        .collect();
+    let mut lines = Vec::with_capacity(height + 1);
+    for level in (0..height).rev() {
+        let scale = match level {
+            _ if level + 1 == height => scale_label(top),
+            0 => scale_label(0.0),
+            _ => String::new(),
+        };
+        let bars: String = eighths
+            .iter()
+            .map(|&e| BLOCKS[e.saturating_sub(level * 8).min(8)])
+            .collect();
+        let pad = " ".repeat(columns - bars.chars().count());
+        lines.push(format!("{scale:>w$}│{pad}{bars}", w = SCALE_WIDTH));
+    }
+    let span = frame.interval.as_secs_f64() * columns as f64;
+    let left = format!("-{} s", span.round());
+    let right = "now";
+    let gap = columns.saturating_sub(left.len() + right.len());
+    lines.push(format!(
+        "{:w$} {left}{}{right}",
+        "",
+        " ".repeat(gap),
+        w = SCALE_WIDTH
+    ));
+    lines
+}
+
+fn scale_label(rate: f64) -> String {
+    if rate < 10.0 {
+        format!("{rate:.1} ")
+    } else {
+        format!("{} ", thousands(rate))
+    }
+}
+
+/// The page's one line for the back of the room.
+fn verdict(rows: &[HopRow]) -> String {
+    let Some(worst) = slow_hop(rows) else {
+        return String::new();
+    };
+    let waiting = match worst.queue {
+        Some(queue) if queue > 0 => format!(", {queue} requests waiting"),
+        _ => String::new(),
+    };
+    format!(
+        "{} is the slow hop: half its calls take over {}{waiting}.",
+        worst.hop,
+        ms(worst.p50_ms)
+    )
+}
+
+/// Each row, and under it what the replica injects and why it fails.
+fn table_lines(rows: &[HopRow]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for row in rows {
+        let replica = match &row.instance {
+            Some(instance) => format!("{} ({instance})", row.replica),
+            None => row.replica.clone(),
+        };
+        let rate = row
+            .calls_per_second
+            .map_or("–".to_owned(), |r| format!("{r:.1}"));
+        let queue = row.queue.map_or(String::new(), |q| q.to_string());
+        lines.push(row_text(
+            row.hop,
+            &clip(&replica, 26),
+            &row.state,
+            &rate,
+            &ms(row.p50_ms),
+            &ms(row.p99_ms),
+            &queue,
+        ));
+        if let Some(faults) = &row.faults {
+            lines.push(format!("       injected: {faults}"));
+        }
+        if let Some(error) = &row.error {
+            lines.push(format!("       error: {error}"));
+        }
+    }
+    lines
+}
+
+fn row_text(
+    hop: &str,
+    replica: &str,
+    state: &str,
+    rate: &str,
+    p50: &str,
+    p99: &str,
+    queue: &str,
+) -> String {
+    format!("{hop:<6} {replica:<26} {state:<11} {rate:>7} {p50:>8} {p99:>8} {queue:>7}")
+        .trim_end()
+        .to_owned()
+}
+
+/// The page's `ms()`: whole milliseconds from 100 on, one decimal from 1,
+/// microseconds below.
+fn ms(value: Option<f64>) -> String {
+    match value {
+        None => "–".to_owned(),
+        Some(v) if v >= 100.0 => format!("{} ms", v.round()),
+        Some(v) if v >= 1.0 => format!("{v:.1} ms"),
+        Some(v) => format!("{} µs", (v * 1000.0).round()),
+    }
+}
+
+/// `1234567.8` as `1,234,568`, as the page writes numbers.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.round().max(0.0));
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// `text` in lines of at most `width` characters, cut between words where
+/// it can be; one empty line for no text.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    // A word longer than the line is clipped by `render`.
+    lines.push(line);
+    lines
+}
+
+/// At most `width` characters, the last one `…` when cut.
+fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut clipped: String = text.chars().take(width.saturating_sub(1)).collect();
+    clipped.push('…');
+    clipped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::top::board::{HistoryPoint, Replicas};
+
+    fn frame(height: Option<usize>) -> Frame {
+        Frame {
+            width: 80,
+            height,
+            live: true,
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    fn hop(hop: &'static str, replica: &str, p50: f64, queue: Option<u64>) -> HopRow {
+        HopRow {
+            hop,
+            replica: replica.into(),
+            instance: Some(format!("host:{}", &replica[replica.len() - 4..])),
+            state: "SERVING".into(),
+            calls_per_second: Some(1.3),
+            p50_ms: Some(p50),
+            p99_ms: Some(p50 * 1.3),
+            queue,
+            ..HopRow::default()
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            webui: "http://localhost:8000".into(),
+            hashes: Some(1_234_567),
+            coins: Some(77),
+            hashes_per_second: Some(9.8),
+            history: (0..100)
+                .map(|i| HistoryPoint {
+                    t: f64::from(i),
+                    hashes_per_second: f64::from(i % 12),
+                })
+                .collect(),
+            hops_window_seconds: Some(5.0),
+            hops: vec![
+                hop("rng", "127.0.0.1:8001", 750.0, Some(9)),
+                hop("hasher", "127.0.0.1:8002", 100.0, None),
+                HopRow {
+                    faults: Some("+50ms for 100%".into()),
+                    ..hop("hasher", "127.0.0.1:8012", 0.4, None)
+                },
+            ],
+            slow_hop: Some("rng".into()),
+            rng_queue: Some(9),
+            replicas: Replicas { rng: 1, hasher: 2 },
+            policy: Some("round_robin".into()),
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn it_fits_80_by_24_and_says_what_the_page_says() {
+        let lines = render(&snapshot(), &frame(Some(24)));
+        assert!(lines.len() <= 24, "{lines:#?}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
+        let text = lines.join("\n");
+        for expected in [
+            "hashes/s 9.8",
+            "hashes 1,234,567",
+            "coins 77",
+            "replicas: rng 1, hasher 2   policy: round_robin   waiting in rng: 9",
+            "rng is the slow hop: half its calls take over 750 ms, 9 requests waiting.",
+            "rng    127.0.0.1:8001 (host:8001) SERVING         1.3   750 ms   975 ms       9",
+            "400 µs",
+            "injected: +50ms for 100%",
+            "q or Ctrl-C: quit",
+            "-72 s",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_short_terminal_says_what_it_hides() {
+        let lines = render(&snapshot(), &frame(Some(15)));
+        assert_eq!(lines.len(), 15, "{lines:#?}");
+        assert!(lines[14].contains("more line(s)"), "{lines:#?}");
+    }
+
+    #[test]
+    fn unreachable_is_said_and_retried() {
+        let snapshot = Snapshot {
+            webui: "http://localhost:8000".into(),
+            unreachable: Some("cannot connect to localhost:8000: refused".into()),
+            ..Snapshot::default()
+        };
+        let lines = render(&snapshot, &frame(Some(24)));
+        assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
+        // Wrapped, not cut: the reason and the retry are on screen.
+        let text = lines.join(" ");
+        assert!(
+            text.contains(
+                "webui at http://localhost:8000 unreachable: cannot connect to \
+                 localhost:8000: refused, retrying"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn numbers_read_as_on_the_page() {
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(ms(Some(0.25)), "250 µs");
+        assert_eq!(ms(Some(12.34)), "12.3 ms");
+        assert_eq!(ms(Some(750.4)), "750 ms");
+        assert_eq!(clip("abcdef", 4), "abc…");
+    }
+}
