@@ -22,6 +22,19 @@ pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     })
 }
 
+/// Sends SIGTERM to process `pid`, as `docker stop` does: how `bench` stops
+/// its worker, and the tests their children. A system call, not the `kill`
+/// binary, which a minimal machine may not have (no procps).
+#[cfg(unix)]
+pub fn terminate(pid: u32) -> std::io::Result<()> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("no such process id: {pid}")))?;
+    kill_process(pid, Signal::TERM).map_err(std::io::Error::from)
+}
+
 /// Ctrl-C only, where there is no SIGTERM.
 #[cfg(not(unix))]
 pub fn signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {

@@ -445,10 +445,8 @@ struct LastWords {
 /// Stops the worker as docker would, and reads its last words: the hashes
 /// it did, those Redis acknowledged, and the coins it found.
 async fn stop_worker(mut worker: Service, pid: u32) -> Result<LastWords, BenchError> {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await;
+    // Already gone is what the lines below find out: no error of its own.
+    let _ = crate::shutdown::terminate(pid);
     let mut counted = None;
     // Every line up to the end of its stderr, which comes when it exits: a
     // line still in the pipe when it exits is read, not missed.

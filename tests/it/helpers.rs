@@ -346,12 +346,7 @@ impl RedisServer {
     /// Stops the server gracefully (SIGTERM: the append-only file is kept).
     pub async fn stop(&mut self) {
         let mut child = self.child.take().expect("not running");
-        let pid = child.id().unwrap().to_string();
-        tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
+        dockercoins::shutdown::terminate(child.id().unwrap()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
             .expect("redis-server did not stop")
@@ -541,13 +536,7 @@ pub async fn start_binary_logged(args: &[&str], envs: &[(&str, &str)]) -> (Child
 }
 
 pub async fn sigterm(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
+    dockercoins::shutdown::terminate(child.id().expect("the child still runs")).unwrap();
 }
 
 /// Whether `tool` is on PATH. Under CI its absence fails the test instead of
