@@ -920,7 +920,6 @@ fn images_run_as_non_root_read_only_and_carry_no_secrets() {
                         "build.rs",
                         "proto",
                         "services",
-                        "tests",
                         "deploy/.prebuilt",
                         "target/release/dockercoin[s]",
                     ]
@@ -1149,5 +1148,8 @@ fn offline_saves_the_images_doctor_checks() {
     let listed: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
     let mut doctor = dockercoins::doctor::STACK_IMAGES.to_vec();
     doctor.sort();
-    assert_eq!(listed, doctor, "offline.sh list (sorted) vs doctor::STACK_IMAGES");
+    assert_eq!(
+        listed, doctor,
+        "offline.sh list (sorted) vs doctor::STACK_IMAGES"
+    );
 }
