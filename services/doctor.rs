@@ -248,8 +248,9 @@ async fn image_findings(command: &str) -> Vec<Finding> {
         Verdict::Warn,
         format!("images not on this machine yet: {}", missing.join(", ")),
         "online: `docker compose build` and `docker compose pull` before the class \
-         (minutes; the dockercoins image is a Rust build); offline, load them from a \
-         machine that has them (`docker save` there, `docker load` here)",
+         (minutes; the dockercoins image is a Rust build); offline, from a machine that \
+         has them: `deploy/offline.sh save` there, `deploy/offline.sh load` here \
+         (docs/offline.md)",
     )]
 }
 

@@ -21,12 +21,15 @@
 #      Collector and Jaeger images from tests/build-otel-tools.sh's binaries
 #      and Prometheus from Debian's package (tests/stand-ins.Dockerfile)
 #      under the names the compose file pins;
-#   5. `up -d` all nine services, waits until each is running and, where it
+#   5. the offline round trip: `deploy/offline.sh save` to a temporary file,
+#      `docker rmi` of every image of the stack (and of the base), then
+#      `deploy/offline.sh load`: each image back with the same ID;
+#   6. `up -d` all nine services, waits until each is running and, where it
 #      has a healthcheck, healthy; the Collector answers its health check;
-#   6. reads Jaeger's API on the published port 16686 until worker, rng and
+#   7. reads Jaeger's API on the published port 16686 until worker, rng and
 #      hasher have traces, runs `dockercoins traces` in the webui container;
 #      waits until Prometheus (port 9090) has every target up;
-#   7. checks the hash rate with 1 worker (about 3.3/s) and with 10 (capped
+#   8. checks the hash rate with 1 worker (about 3.3/s) and with 10 (capped
 #      near 10/s by rng's single lane), rng slower than hasher through edge's
 #      ports, and the wait in rng's lane in `dockercoins traces`, in
 #      Prometheus (over 0.5 s) and in Jaeger's Monitor tab; then the lab's
@@ -34,14 +37,14 @@
 #      new replicas, about 3x with balanced ones (Prometheus: the lane wait
 #      under 0.15 s on each of the 3 replicas it scrapes), and edge
 #      spreading connections over the 3 replicas; then times `down`;
-#   8. the TLS override: certificates from deploy/tls/make-certs.sh (made and
+#   9. the TLS override: certificates from deploy/tls/make-certs.sh (made and
 #      removed here unless the checkout has its own), every service healthy
 #      over grpcs://, 1 worker at about 3.3/s, rng through edge answers only
 #      a client with a certificate;
-#   9. the same file as a Swarm stack on a single-node swarm: stack deploy,
+#  10. the same file as a Swarm stack on a single-node swarm: stack deploy,
 #      every service healthy, traces in Jaeger, 1 then 10 workers (`docker service scale`),
 #      rng global (docker-compose.rng-global.yaml), stack rm, swarm leave;
-#  10. cleans up on exit: containers, networks, the daemon (by pid), its
+#  11. cleans up on exit: containers, networks, the daemon (by pid), its
 #      directories, and the docker0 bridge if it was not there before.
 # Environment: E2E_COMPOSE (default `docker compose`, Compose v2; `docker-compose
 # --compatibility`, v1, also works), E2E_CACHE (default /var/cache/dockercoins-e2e,
@@ -340,6 +343,45 @@ for target in otelcol jaeger prometheus; do
         { cat "$WORK/build-$target.log" >&2; fail "docker build of the $target image failed"; }
 done
 rm -rf "$WORK/stand-ins" "$WORK/prometheus-deb"
+
+# ------------------------------------------- offline: save, remove, load --
+# deploy/offline.sh, as a trainer uses it for a room without a registry: save
+# every image of the stack into one file, then an engine that has none of
+# them (the stand-in base removed too, so the file must bring every layer)
+# loads it and has each image back under the same ID. A plain tar: gzip (the
+# script's default, for the room) would add about 9 s here for nothing.
+offline() { DOCKER=$DOCKER COMPOSE="${COMPOSE_CMD[*]}" timeout 300 bash deploy/offline.sh "$@"; }
+t0=$(date +%s%N)
+mapfile -t OFFLINE_IMAGES < <(offline list) || true
+[ ${#OFFLINE_IMAGES[@]} -ge 5 ] || fail "deploy/offline.sh list names ${#OFFLINE_IMAGES[@]} images (${OFFLINE_IMAGES[*]}), expected the stack's 5 or more"
+declare -A OFFLINE_IDS=()
+for image in "${OFFLINE_IMAGES[@]}"; do
+    OFFLINE_IDS[$image]=$("$DOCKER" image inspect -f '{{.Id}}' "$image") || fail "offline: $image is not built"
+done
+log "offline: deploy/offline.sh save (${OFFLINE_IMAGES[*]})"
+offline save "$WORK/offline-images.tar" >"$WORK/offline-save.log" 2>&1 ||
+    { cat "$WORK/offline-save.log" >&2; fail "deploy/offline.sh save failed"; }
+SAVE_MS=$((($(date +%s%N) - t0) / 1000000))
+# No container may hold an image that is about to go: none runs yet.
+[ -z "$("$DOCKER" ps -aq)" ] || fail "offline: containers exist before the round trip: $("$DOCKER" ps -a --format '{{.Names}} {{.Image}}')"
+"$DOCKER" rmi "${OFFLINE_IMAGES[@]}" "$STANDIN" >"$WORK/offline-rmi.log" 2>&1 ||
+    { cat "$WORK/offline-rmi.log" >&2; fail "offline: docker rmi of the stack's images failed"; }
+for image in "${OFFLINE_IMAGES[@]}"; do
+    ! "$DOCKER" image inspect "$image" >/dev/null 2>&1 || fail "offline: $image is still here after docker rmi"
+done
+t1=$(date +%s%N)
+offline load "$WORK/offline-images.tar" >"$WORK/offline-load.log" 2>&1 ||
+    { cat "$WORK/offline-load.log" >&2; fail "deploy/offline.sh load failed"; }
+LOAD_MS=$((($(date +%s%N) - t1) / 1000000))
+for image in "${OFFLINE_IMAGES[@]}"; do
+    id=$("$DOCKER" image inspect -f '{{.Id}}' "$image" 2>/dev/null) || fail "offline: $image is missing after the load"
+    [ "$id" = "${OFFLINE_IDS[$image]}" ] || fail "offline: $image came back as $id, was ${OFFLINE_IDS[$image]}"
+done
+OFFLINE_SIZE=$(du -m "$WORK/offline-images.tar" | cut -f1)
+rm -f "$WORK/offline-images.tar"
+secs() { awk -v ms="$1" 'BEGIN { printf "%.1f", ms / 1000 }'; }
+OFFLINE_MS=$((($(date +%s%N) - t0) / 1000000))
+log "offline: ${#OFFLINE_IMAGES[@]} images in $OFFLINE_SIZE MiB, each loaded back with its ID; save $(secs "$SAVE_MS") s, load $(secs "$LOAD_MS") s, round trip $(secs "$OFFLINE_MS") s"
 
 # ----------------------------------------------------------------- up -d --
 export DOCKERCOINS_TAG=${DOCKERCOINS_IMAGE#dockercoins:}

@@ -2,6 +2,8 @@
 //! docker-compose.turbo.yaml and deploy/otel/collector.yaml are parsed (YAML
 //! anchors and `<<` merges applied, as Compose does) and held to what the lab
 //! and the binary need. tests/compose-e2e.sh runs the same file for real.
+//! One test asks Compose itself (`deploy/offline.sh list`, no engine needed)
+//! and is skipped, outside CI, where no Compose is installed.
 
 use clap::Parser;
 use serde_yaml_ng::{Mapping, Value};
@@ -921,7 +923,6 @@ fn images_run_as_non_root_read_only_and_carry_no_secrets() {
                         "build.rs",
                         "proto",
                         "services",
-                        "tests",
                         "deploy/.prebuilt",
                         "target/release/dockercoin[s]",
                     ]
@@ -1122,4 +1123,36 @@ fn doctor_knows_the_stacks_images_and_ports() {
     let mut doctor = dockercoins::doctor::STACK_PORTS.to_vec();
     doctor.sort();
     assert_eq!(ports, doctor);
+}
+
+/// `deploy/offline.sh` saves the images Compose itself names for the file and
+/// each override: `doctor`'s list, which says whether a laptop has loaded
+/// them, must be that same list (a new image in an override, or a new tag,
+/// shows here).
+#[test]
+fn offline_saves_the_images_doctor_checks() {
+    let compose_v2 = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !compose_v2 && !crate::helpers::have("docker-compose", "version") {
+        return;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/offline.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("list")
+        // The file's default tag, as doctor checks it.
+        .env_remove("DOCKERCOINS_TAG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "offline.sh list: {stderr}");
+    let listed: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    let mut doctor = dockercoins::doctor::STACK_IMAGES.to_vec();
+    doctor.sort();
+    assert_eq!(
+        listed, doctor,
+        "offline.sh list (sorted) vs doctor::STACK_IMAGES"
+    );
 }
