@@ -32,7 +32,8 @@
 #   8. checks the hash rate with 1 worker (about 3.3/s) and with 10 (capped
 #      near 10/s by rng's single lane), rng slower than hasher through edge's
 #      ports, and the wait in rng's lane in `dockercoins traces`, in
-#      Prometheus (over 0.5 s) and in Jaeger's Monitor tab; then the lab's
+#      Prometheus (over 0.5 s), in Jaeger's Monitor tab and in `dockercoins
+#      top --once --json` run in the webui container; then the lab's
 #      fix, `--scale rng=3`: no gain with pinned workers started before the
 #      new replicas, about 3x with balanced ones (Prometheus: the lane wait
 #      under 0.15 s on each of the 3 replicas it scrapes), and edge
@@ -588,6 +589,20 @@ until P95=$(jaeger_rng_p95) && [ -n "$P95" ] && in_range "$P95" 400 100000; do
     sleep 2
 done
 log "Jaeger's Monitor tab, 10 workers: rng's server p95 $P95 ms"
+# And on the page in a terminal, as a student on an SSH-only VM reads it:
+# `top` in the webui container, where webui is on localhost:8000. --once
+# reads for about 5 s (the page's window), each read bounded at 3 s.
+TOP_OUT=$(dc exec -T webui dockercoins top --once --json 2>&1) ||
+    { printf '%s\n' "$TOP_OUT" >&2; fail "dockercoins top --once --json in the webui container failed (its output above)"; }
+TOP_SAYS=$(printf '%s' "$TOP_OUT" | python3 -c '
+import json, sys
+top = json.load(sys.stdin)
+print(top["slow_hop"], top["rng_queue"], top["policy"], top["hashes_per_second"])') ||
+    fail "dockercoins top --once --json printed no reading: $TOP_OUT"
+log "dockercoins top --once --json (10 workers): slow hop, rng queue, policy, hashes/s = $TOP_SAYS"
+read -r TOP_SLOW TOP_QUEUE TOP_POLICY _ <<<"$TOP_SAYS"
+[ "$TOP_SLOW" = rng ] && [ "$TOP_QUEUE" -ge 1 ] && [ "$TOP_POLICY" = round_robin ] ||
+    fail "top should name rng the slow hop, with requests waiting, under round_robin: $TOP_SAYS"
 
 # ------------------------------------------------- scale rng: the lab's fix --
 # Naive gRPC clients first: the workers (recreated, the policy changed) each
