@@ -30,6 +30,8 @@ pub mod env {
     pub const RNG_LISTEN: &str = "RNG_LISTEN";
     pub const RNG_DELAY_MS: &str = "RNG_DELAY_MS";
     pub const RNG_LANES: &str = "RNG_LANES";
+    pub const RNG_LANE_QUEUE: &str = "RNG_LANE_QUEUE";
+    pub const HASHER_MAX_WORK_MIB: &str = "HASHER_MAX_WORK_MIB";
     pub const RNG_FAIL_RATE: &str = "RNG_FAIL_RATE";
     pub const RNG_FAIL_CODE: &str = "RNG_FAIL_CODE";
     pub const RNG_EXTRA_DELAY: &str = "RNG_EXTRA_DELAY";
@@ -164,6 +166,11 @@ pub struct RngArgs {
     /// 1 is the classroom bottleneck; 0 means unlimited.
     #[arg(long, env = env::RNG_LANES, default_value_t = rng::DEFAULT_LANES)]
     pub lanes: usize,
+    /// Requests that may wait for a lane; the next are refused at once
+    /// (gRPC RESOURCE_EXHAUSTED with a retry hint, HTTP 503 with
+    /// Retry-After). 0: none wait.
+    #[arg(long, env = env::RNG_LANE_QUEUE, default_value_t = rng::DEFAULT_LANE_QUEUE)]
+    pub lane_queue: usize,
     /// Share of gRPC calls answered at once with --fail-code, without taking
     /// a lane: `0.2` or `20%` (resilience lab; 0 = off).
     #[arg(long, env = env::RNG_FAIL_RATE, default_value = faults::DEFAULT_FAIL_RATE)]
@@ -190,6 +197,12 @@ pub struct HasherArgs {
     /// (classroom: 100; turbo: 0). Requests are served concurrently.
     #[arg(long, env = env::HASHER_DELAY_MS, default_value_t = hasher::DEFAULT_DELAY_MS)]
     pub delay_ms: u64,
+    /// Data worked on at once, in MiB (each request counts its size, at
+    /// least 1 KiB); past it the next are refused at once (gRPC
+    /// RESOURCE_EXHAUSTED with a retry hint, HTTP 503 with Retry-After).
+    #[arg(long, env = env::HASHER_MAX_WORK_MIB, default_value_t = hasher::DEFAULT_MAX_WORK_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_work_mib: u32,
     /// Share of gRPC calls answered at once with --fail-code: `0.2` or
     /// `20%` (resilience lab; 0 = off).
     #[arg(long, env = env::HASHER_FAIL_RATE, default_value = faults::DEFAULT_FAIL_RATE)]
@@ -212,6 +225,7 @@ impl RngArgs {
         Ok(RngConfig {
             delay: Duration::from_millis(self.delay_ms),
             lanes: (self.lanes > 0).then_some(self.lanes),
+            queue: self.lane_queue,
             tls: self.tls.load()?,
             faults: Faults {
                 fail_rate: self.fail_rate,
@@ -227,6 +241,7 @@ impl HasherArgs {
     pub fn config(&self) -> Result<HasherConfig, TlsError> {
         Ok(HasherConfig {
             delay: Duration::from_millis(self.delay_ms),
+            max_work_mib: self.max_work_mib,
             tls: self.tls.load()?,
             faults: Faults {
                 fail_rate: self.fail_rate,

@@ -13,7 +13,8 @@ use crate::{
     deadline::{self, Expired},
     faults::{Faults, Injector},
     limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
-    metrics::{DeadlineMetrics, FaultMetrics, Registry},
+    metrics::{Counter, DeadlineMetrics, FaultMetrics, Registry},
+    overload::{self, Refusals},
     pb::{
         DigestBatch, HashBatch, HashRequest, HashResponse,
         hasher_server::{Hasher as HasherApi, HasherServer},
@@ -23,15 +24,26 @@ use crate::{
     telemetry::hostname,
     tls::ServerTls,
 };
-use axum::{body::Bytes, extract::State, http::header, response::IntoResponse, routing::get};
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 use std::{
     future::Future,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::Arc,
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::mpsc, time::Instant};
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    time::Instant,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
@@ -42,11 +54,24 @@ pub const DEFAULT_LISTEN: SocketAddr =
 /// The classroom's cost of a request: the original's `sleep 0.1`.
 pub const DEFAULT_DELAY_MS: u64 = 100;
 
+/// Data hasher works on at once, by default, in MiB: a request holds its
+/// data for its delay, and past this budget the next is refused at once.
+/// The classroom's 32-byte requests count 1 KiB each (32,768 at once);
+/// turbo's batches are 256 KiB; and the budget keeps a flood of 1 MiB
+/// requests inside the container's 128 MB.
+pub const DEFAULT_MAX_WORK_MIB: u32 = 32;
+
+/// The least a refused caller is told to wait: in turbo the delay is 0.
+const LEAST_PUSHBACK: Duration = Duration::from_millis(10);
+
 /// What the hasher service needs to run.
 #[derive(Clone, Debug)]
 pub struct HasherConfig {
     /// Cost of one request (or one stream message); requests overlap.
     pub delay: Duration,
+    /// Data worked on at once, in MiB; past it requests are refused at once
+    /// (RESOURCE_EXHAUSTED, HTTP 503).
+    pub max_work_mib: u32,
     /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
     /// otherwise.
     pub tls: Option<ServerTls>,
@@ -60,6 +85,7 @@ impl HasherConfig {
     pub fn classroom() -> Self {
         Self {
             delay: Duration::from_millis(DEFAULT_DELAY_MS),
+            max_work_mib: DEFAULT_MAX_WORK_MIB,
             tls: None,
             faults: Faults::default(),
         }
@@ -69,6 +95,7 @@ impl HasherConfig {
     pub fn turbo() -> Self {
         Self {
             delay: Duration::ZERO,
+            max_work_mib: DEFAULT_MAX_WORK_MIB,
             tls: None,
             faults: Faults::default(),
         }
@@ -95,7 +122,13 @@ pub async fn serve(
     let mut registry = Registry::default();
     let expired = DeadlineMetrics::register(&mut registry, "hasher");
     let faults = FaultMetrics::register(&mut registry);
-    let service = HasherService::measured(&config, expired, faults);
+    let refused = Counter::default();
+    registry.register(
+        "hasher_refused",
+        "Requests refused at once (RESOURCE_EXHAUSTED, HTTP 503) because hasher's work budget was spent",
+        refused.clone(),
+    );
+    let service = HasherService::measured(&config, expired, faults, refused);
     GrpcServer::new(
         "hasher",
         service.legacy_routes(hostname()),
@@ -124,6 +157,28 @@ pub enum HasherError {
 impl From<HasherError> for Status {
     fn from(error: HasherError) -> Self {
         Status::invalid_argument(error.to_string())
+    }
+}
+
+/// A request refused because the data being worked on would pass the
+/// budget: answered at once, never worked on; not the caller's mistake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("hasher is overloaded: its {budget_mib} MiB of work in flight are taken; retry in {} ms", .retry_after.as_millis())]
+pub struct HasherBusy {
+    pub budget_mib: u32,
+    /// About when the work in flight is done: one delay.
+    pub retry_after: Duration,
+}
+
+impl From<HasherBusy> for Status {
+    fn from(busy: HasherBusy) -> Self {
+        overload::status(busy.to_string(), busy.retry_after)
+    }
+}
+
+impl IntoResponse for HasherBusy {
+    fn into_response(self) -> Response {
+        overload::response(self.to_string(), self.retry_after)
     }
 }
 
@@ -180,6 +235,14 @@ pub struct HasherService {
     expired: DeadlineMetrics,
     /// The failures and extra delays to inject.
     faults: Injector,
+    /// The data being worked on, in KiB: each request takes its size (at
+    /// least 1 KiB) until it is answered.
+    budget: Arc<Semaphore>,
+    budget_mib: u32,
+    /// Requests refused for a spent budget: counted, and logged at a
+    /// bounded rate.
+    refused: Counter,
+    refusals: Arc<Refusals>,
 }
 
 /// Why a request is refused before hasher's work.
@@ -193,16 +256,64 @@ impl HasherService {
             config,
             DeadlineMetrics::unregistered(),
             FaultMetrics::unregistered(),
+            Counter::default(),
         )
     }
 
-    /// The service, its expired deadlines and its faults counted.
-    pub fn measured(config: &HasherConfig, expired: DeadlineMetrics, faults: FaultMetrics) -> Self {
+    /// The service, its expired deadlines, faults and refusals counted.
+    pub fn measured(
+        config: &HasherConfig,
+        expired: DeadlineMetrics,
+        faults: FaultMetrics,
+        refused: Counter,
+    ) -> Self {
         Self {
             delay: config.delay,
             expired,
             faults: Injector::new(&config.faults, faults),
+            budget: Arc::new(Semaphore::new(config.max_work_mib as usize * 1024)),
+            budget_mib: config.max_work_mib,
+            refused,
+            refusals: Arc::default(),
         }
+    }
+
+    /// Takes `bytes` of data from the work budget until the permit is
+    /// dropped, or refuses at once when they do not fit.
+    fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, HasherBusy> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        Arc::clone(&self.budget)
+            .try_acquire_many_owned(kib)
+            .map_err(|_| self.refuse())
+    }
+
+    fn refuse(&self) -> HasherBusy {
+        self.refused.inc();
+        let busy = HasherBusy {
+            budget_mib: self.budget_mib,
+            retry_after: self.delay.max(LEAST_PUSHBACK),
+        };
+        if let Some(refused) = self.refusals.note() {
+            tracing::warn!(
+                refused,
+                budget_mib = self.budget_mib,
+                "hasher's work budget is spent: requests refused with RESOURCE_EXHAUSTED (HTTP 503)"
+            );
+        }
+        busy
+    }
+
+    /// One batch of a stream: its share of the budget, its delay, its
+    /// digests.
+    async fn answer(
+        &self,
+        batch: HashBatch,
+        deadline: Option<Instant>,
+    ) -> Result<DigestBatch, Status> {
+        let _work = self.take(batch.blocks.len())?;
+        self.pay_delay(deadline).await?;
+        let digests = digest_batch(batch.size, &batch.blocks)?;
+        Ok(DigestBatch { digests })
     }
 
     /// Pays the delay (and any injected extra) of one request, if it can be
@@ -270,6 +381,7 @@ impl HasherApi for HasherService {
         let deadline = deadline::of(&request);
         self.faults.failure()?;
         check_data(&request.get_ref().data)?;
+        let _work = self.take(request.get_ref().data.len())?;
         self.pay_delay(deadline).await?;
         let hex = hex_digest(&request.get_ref().data);
         Ok(tonic::Response::new(HashResponse { hex }))
@@ -295,14 +407,9 @@ impl HasherApi for HasherService {
                     () = tx.closed() => return,
                 };
                 let reply = match batch {
-                    Ok(Some(batch)) => match service.pay_delay(deadline).await {
-                        // A message that cannot be answered in time ends
-                        // the stream.
-                        Err(expired) => Err(expired.into()),
-                        Ok(()) => digest_batch(batch.size, &batch.blocks)
-                            .map(|digests| DigestBatch { digests })
-                            .map_err(Status::from),
-                    },
+                    // A message that cannot be answered (in time, within
+                    // the budget, or at all) ends the stream.
+                    Ok(Some(batch)) => service.answer(batch, deadline).await,
                     // The client closed its side: every batch has its reply.
                     Ok(None) => return,
                     // Bad framing, oversize message or reset: tell the client
@@ -333,10 +440,14 @@ async fn legacy_index(State(state): State<LegacyState>) -> String {
 }
 
 /// `POST /` with any body: its hex SHA-256, as `text/plain`.
-async fn legacy_hash(State(state): State<LegacyState>, body: Bytes) -> impl IntoResponse {
+async fn legacy_hash(
+    State(state): State<LegacyState>,
+    body: Bytes,
+) -> Result<Response, HasherBusy> {
+    let _work = state.service.take(body.len())?;
     // HTTP states no deadline: nothing expires.
     let _ = state.service.pay_delay(None).await;
-    ([(header::CONTENT_TYPE, "text/plain")], hex_digest(&body))
+    Ok(([(header::CONTENT_TYPE, "text/plain")], hex_digest(&body)).into_response())
 }
 
 #[cfg(test)]

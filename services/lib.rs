@@ -56,6 +56,8 @@
 //! - [`faults`]: the failures and extra delays a replica can be told to
 //!   inject (`--fail-rate`, `--extra-delay`), drawn call by call.
 //! - [`limits`]: every size limit on outside input, in one place.
+//! - [`overload`]: how an overloaded server says no (RESOURCE_EXHAUSTED
+//!   with a pushback, HTTP 503 with `Retry-After`), logged at a bounded rate.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as one future, and the drain bound.
 //! - [`backoff`]: capped exponential backoff with jitter.
 //! - [`error_chain`]: an error and everything under it, on one line.
@@ -80,6 +82,7 @@ pub mod http_get;
 pub mod latency;
 pub mod limits;
 pub mod metrics;
+pub mod overload;
 pub mod pool;
 pub mod private_redis;
 pub mod protocol;

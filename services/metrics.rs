@@ -16,7 +16,7 @@ use crate::latency::{Latencies, MethodLatency, duration_buckets};
 use opentelemetry::trace::TraceContextExt;
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge},
+    metrics::{exemplar::HistogramWithExemplars, family::Family, gauge::Gauge},
     registry::Unit,
 };
 use std::{
@@ -48,6 +48,9 @@ pub fn enabled() -> bool {
 
 /// Where a process's metrics are registered, then read by `GET /metrics`.
 pub type Registry = prometheus_client::registry::Registry;
+
+/// A count that only goes up (requests refused, retries...).
+pub type Counter = prometheus_client::metrics::counter::Counter;
 
 /// A registry once everything is registered: shared by the `/metrics` route.
 #[derive(Clone)]
@@ -361,8 +364,9 @@ pub struct CallLabels {
     pub rpc_response_status_code: &'static str,
 }
 
-/// A replica set aside, and why: `connection` (it could not be reached)
-/// or `failure_rate` (the outlier rule).
+/// A replica set aside, and why: `connection` (it could not be reached),
+/// `failure_rate` (the outlier rule) or `pushback` (it refused a call for
+/// overload and said when to ask again).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EjectionLabels {
     pub rpc_service: &'static str,
@@ -561,6 +565,8 @@ impl ClientCalls {
 pub struct LaneMetrics {
     pub queue: Gauge,
     pub wait: DurationHistogram,
+    /// Requests refused at once because the queue was full.
+    pub refused: Counter,
 }
 
 impl LaneMetrics {
@@ -569,6 +575,7 @@ impl LaneMetrics {
         Self {
             queue: Gauge::default(),
             wait: duration_histogram(),
+            refused: Counter::default(),
         }
     }
 
@@ -584,6 +591,11 @@ impl LaneMetrics {
             "Time a request waited for a lane of rng",
             Unit::Seconds,
             this.wait.clone(),
+        );
+        registry.register(
+            "rng_lane_refused",
+            "Requests refused at once (RESOURCE_EXHAUSTED, HTTP 503) because rng's lane queue was full",
+            this.refused.clone(),
         );
         this
     }

@@ -20,6 +20,7 @@ use crate::{
     faults::{Faults, Injector},
     limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
     metrics::{DeadlineMetrics, FaultMetrics, LaneMetrics, Registry, TraceExemplar},
+    overload::{self, Refusals},
     pb::{
         GenerateRequest, GenerateResponse, GenerateStreamRequest, GenerateStreamResponse,
         rng_server::{Rng as RngApi, RngServer},
@@ -64,6 +65,11 @@ pub const DEFAULT_DELAY_MS: u64 = 100;
 /// (0 on the command line means unlimited.)
 pub const DEFAULT_LANES: usize = 1;
 
+/// Requests that may wait for a lane; the next are refused at once. Room for
+/// the lesson (ten workers, a class's httping, grpcurl) many times over,
+/// and a bound on what a flood can pin: 256 waiting requests hold a few MB.
+pub const DEFAULT_LANE_QUEUE: usize = 256;
+
 /// What the rng service needs to run.
 #[derive(Clone, Debug)]
 pub struct RngConfig {
@@ -71,6 +77,9 @@ pub struct RngConfig {
     pub delay: Duration,
     /// How many requests hold a lane at once; `None` is unlimited.
     pub lanes: Option<usize>,
+    /// How many may wait for a lane; the next are refused at once
+    /// (RESOURCE_EXHAUSTED, HTTP 503). Unused when lanes are unlimited.
+    pub queue: usize,
     /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
     /// otherwise.
     pub tls: Option<ServerTls>,
@@ -85,6 +94,7 @@ impl RngConfig {
         Self {
             delay: Duration::from_millis(DEFAULT_DELAY_MS),
             lanes: Some(DEFAULT_LANES),
+            queue: DEFAULT_LANE_QUEUE,
             tls: None,
             faults: Faults::default(),
         }
@@ -95,6 +105,7 @@ impl RngConfig {
         Self {
             delay: Duration::ZERO,
             lanes: None,
+            queue: DEFAULT_LANE_QUEUE,
             tls: None,
             faults: Faults::default(),
         }
@@ -108,6 +119,9 @@ impl std::fmt::Display for RngConfig {
             Some(1) => write!(f, "1 lane")?,
             Some(lanes) => write!(f, "{lanes} lanes")?,
             None => write!(f, "unlimited lanes")?,
+        }
+        if self.lanes.is_some() {
+            write!(f, ", at most {} waiting", self.queue)?;
         }
         if !self.faults.is_none() {
             write!(f, "; injected faults: {}", self.faults)?;
@@ -151,12 +165,32 @@ pub enum RngError {
     /// answer has one type whatever the protocol.
     #[error(transparent)]
     Expired(#[from] Expired),
+    /// Not the caller's mistake: rng is overloaded, and says when to ask
+    /// again.
+    #[error(transparent)]
+    Full(#[from] LaneFull),
+}
+
+impl From<Refused> for RngError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Expired(expired) => expired.into(),
+            Refused::Full(full) => full.into(),
+        }
+    }
+}
+
+impl From<Refused> for Status {
+    fn from(refused: Refused) -> Self {
+        RngError::from(refused).into()
+    }
 }
 
 impl From<RngError> for Status {
     fn from(error: RngError) -> Self {
         match error {
             RngError::Expired(expired) => expired.into(),
+            RngError::Full(full) => full.into(),
             other => Status::invalid_argument(other.to_string()),
         }
     }
@@ -166,10 +200,42 @@ impl IntoResponse for RngError {
     fn into_response(self) -> Response {
         let status = match self {
             Self::Expired(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Full(full) => return full.into_response(),
             _ => StatusCode::BAD_REQUEST,
         };
         (status, format!("{self}\n")).into_response()
     }
+}
+
+/// A request refused because the lane's queue was full: answered at once,
+/// never queued, never served; the caller is told when to ask again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rng is overloaded: {waiting} requests already wait for its lane; retry in {} ms", .retry_after.as_millis())]
+pub struct LaneFull {
+    pub waiting: usize,
+    /// About how long the queue takes to drain.
+    pub retry_after: Duration,
+}
+
+impl From<LaneFull> for Status {
+    fn from(full: LaneFull) -> Self {
+        overload::status(full.to_string(), full.retry_after)
+    }
+}
+
+impl IntoResponse for LaneFull {
+    fn into_response(self) -> Response {
+        overload::response(self.to_string(), self.retry_after)
+    }
+}
+
+/// Why the lane did not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Expired(#[from] Expired),
+    #[error(transparent)]
+    Full(#[from] LaneFull),
 }
 
 /// Checks a block size asked for by a client.
@@ -270,8 +336,15 @@ impl RngMetrics {
 pub struct Lane {
     /// `None` when lanes are unlimited: nothing to wait for.
     permits: Option<Semaphore>,
+    /// Places in the lanes and their queue (`lanes + queue`): a request
+    /// that finds none is refused at once. `None` with unlimited lanes.
+    places: Option<Semaphore>,
     /// How many lanes, for the traces.
     lanes: usize,
+    /// How many may wait, for the refusal's message and hint.
+    queue: usize,
+    /// Refusals not yet logged.
+    refusals: Refusals,
     /// Cost of one request once it holds a lane.
     delay: Duration,
     /// How many wait, and how long each waited.
@@ -298,7 +371,12 @@ impl Lane {
     pub fn new(config: &RngConfig, metrics: RngMetrics) -> Self {
         Self {
             permits: config.lanes.map(Semaphore::new),
+            places: config
+                .lanes
+                .map(|lanes| Semaphore::new(lanes.saturating_add(config.queue))),
             lanes: config.lanes.unwrap_or(0),
+            queue: config.queue,
+            refusals: Refusals::default(),
             delay: config.delay,
             metrics: metrics.lane,
             expired: metrics.expired,
@@ -307,7 +385,11 @@ impl Lane {
     }
 
     /// Waits until this caller holds a lane; the lane is free again when the
-    /// returned permit is dropped.
+    /// returned turn is dropped.
+    ///
+    /// A request that finds the queue full is refused at once
+    /// ([`LaneFull`]): an overloaded rng tells its callers to back off
+    /// instead of answering nobody in time.
     ///
     /// With a `deadline`, waits only while the request can still be served
     /// in time (its turn, then the delay, [`deadline::MARGIN`] before the
@@ -316,22 +398,26 @@ impl Lane {
     ///
     /// The wait is a span of its own, `rng.lane.wait`: in Jaeger it is where
     /// ten workers' time goes, and where a request's deadline passed.
-    pub async fn wait_turn(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<Option<SemaphorePermit<'_>>, Expired> {
+    pub async fn wait_turn(&self, deadline: Option<Instant>) -> Result<Turn<'_>, Refused> {
         let arrived = Instant::now();
         // The last moment the request may get its turn; none without a
         // deadline.
         let latest = match deadline {
             Some(deadline) => match deadline::latest_start(deadline, self.delay) {
                 Some(latest) => Some(latest),
-                None => return Err(self.give_up(&tracing::Span::current(), arrived, ON_ARRIVAL)),
+                None => {
+                    return Err(self
+                        .give_up(&tracing::Span::current(), arrived, ON_ARRIVAL)
+                        .into());
+                }
             },
             None => None,
         };
-        let Some(permits) = self.permits.as_ref() else {
-            return Ok(None);
+        let (Some(permits), Some(places)) = (self.permits.as_ref(), self.places.as_ref()) else {
+            return Ok(Turn::default());
+        };
+        let Ok(place) = places.try_acquire() else {
+            return Err(self.refuse().into());
         };
         let span = tracing::info_span!(
             target: crate::telemetry::TARGET,
@@ -349,7 +435,7 @@ impl Lane {
                 Ok(permit) => permit.ok(),
                 Err(_) => {
                     drop(queued);
-                    return Err(self.give_up(&span, arrived, IN_THE_QUEUE));
+                    return Err(self.give_up(&span, arrived, IN_THE_QUEUE).into());
                 }
             },
         };
@@ -364,9 +450,33 @@ impl Lane {
         // The turn may come just after the last moment: not served either.
         if latest.is_some_and(|latest| Instant::now() > latest) {
             drop(permit);
-            return Err(self.give_up(&span, arrived, AT_ITS_TURN));
+            return Err(self.give_up(&span, arrived, AT_ITS_TURN).into());
         }
-        Ok(permit)
+        Ok(Turn {
+            _lane: permit,
+            _place: Some(place),
+        })
+    }
+
+    /// Counts and logs (at a bounded rate) a request refused for a full
+    /// queue, and says how long the queue takes to drain.
+    fn refuse(&self) -> LaneFull {
+        self.metrics.refused.inc();
+        // Everyone waiting, and everyone served, must pass before it.
+        let turns = (self.queue / self.lanes.max(1)) as u32 + 1;
+        let full = LaneFull {
+            waiting: self.queue,
+            retry_after: overload::pushback(self.delay.saturating_mul(turns)),
+        };
+        if let Some(refused) = self.refusals.note() {
+            tracing::warn!(
+                refused,
+                waiting = self.queue,
+                retry_after_ms = full.retry_after.as_millis() as u64,
+                "rng's lane is full: requests refused with RESOURCE_EXHAUSTED (HTTP 503)"
+            );
+        }
+        full
     }
 
     /// Counts and traces a request given up on, and says why.
@@ -403,7 +513,7 @@ impl Lane {
         &self,
         deadline: Option<Instant>,
         work: impl FnOnce() -> T,
-    ) -> Result<T, Expired> {
+    ) -> Result<T, Refused> {
         let _turn = self.wait_turn(deadline).await?;
         let extra = self.faults.extra_delay();
         let started = Instant::now();
@@ -415,13 +525,23 @@ impl Lane {
             && done > cut
         {
             tokio::time::sleep_until(cut).await;
-            return Err(self.give_up(&tracing::Span::current(), started, WHILE_SERVED));
+            return Err(self
+                .give_up(&tracing::Span::current(), started, WHILE_SERVED)
+                .into());
         }
         if done > started {
             tokio::time::sleep_until(done).await;
         }
         Ok(work())
     }
+}
+
+/// A request's turn in the lane: its place and its lane, both given back
+/// when it is dropped. Empty when lanes are unlimited.
+#[derive(Default)]
+pub struct Turn<'a> {
+    _lane: Option<SemaphorePermit<'a>>,
+    _place: Option<SemaphorePermit<'a>>,
 }
 
 /// A place in the lane's queue, counted in its depth until it is left (a
@@ -561,10 +681,11 @@ struct LegacyState {
 
 /// `GET /`: cheap, but it still waits for its turn in the lane, so httping on
 /// rng's port shows the queue the workers are in.
-async fn legacy_index(State(state): State<LegacyState>) -> String {
-    // HTTP states no deadline: the wait cannot expire.
-    let _turn = state.lane.wait_turn(None).await;
-    state.banner.clone()
+async fn legacy_index(State(state): State<LegacyState>) -> Result<String, RngError> {
+    // HTTP states no deadline: the wait cannot expire, but a full queue
+    // refuses it (503 with Retry-After).
+    let _turn = state.lane.wait_turn(None).await?;
+    Ok(state.banner.clone())
 }
 
 /// `GET /<n>`: `n` random bytes.

@@ -613,8 +613,10 @@ impl Backend {
                 .await;
             // Counted only on a failure: a call that succeeds takes the
             // replica list once, in `pick`.
+            // Refused before any work was done: safe to send elsewhere.
             let unavailable = matches!(&result, Err(status)
-                if status.code() == tonic::Code::Unavailable || connection_failed(status));
+                if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
+                    || connection_failed(status));
             if !unavailable
                 || tries >= self.current().len().clamp(1, MAX_ATTEMPTS)
                 || Instant::now() >= deadline
@@ -807,6 +809,14 @@ impl Backend {
                     .eject_for(Instant::now(), outlier::CONNECTION_EJECTION);
                 metrics.ejected(service, &replica.label, "connection");
             }
+            // An overloaded replica said when to ask again (gRFC A6's
+            // pushback): no new call until then, while another can take it.
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                if let Some(pushback) = pushback(status) {
+                    replica.record.eject_for(Instant::now(), pushback);
+                    metrics.ejected(service, &replica.label, "pushback");
+                }
+            }
             Err(_) => {}
         }
     }
@@ -816,7 +826,7 @@ impl Backend {
         let (name, why) = match attempt {
             Attempt::Retry => (
                 "retry",
-                "retried: the previous attempt found its replica UNAVAILABLE",
+                "retried: the previous attempt found its replica UNAVAILABLE or its lane full",
             ),
             Attempt::Hedge => (
                 "hedge",
@@ -883,6 +893,21 @@ fn connection_failed(status: &tonic::Status) -> bool {
         tonic::Code::Unavailable | tonic::Code::Cancelled
     ) && std::error::Error::source(status).is_some()
         && !timed_out(status)
+}
+
+/// The pause a refusing replica asked for (gRFC A6: milliseconds in
+/// `grpc-retry-pushback-ms`; negative or unreadable: none), at most
+/// [`MAX_PUSHBACK`](crate::overload::MAX_PUSHBACK).
+fn pushback(status: &tonic::Status) -> Option<Duration> {
+    let millis: i64 = status
+        .metadata()
+        .get(crate::overload::RETRY_PUSHBACK)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let millis = u64::try_from(millis).ok()?;
+    Some(Duration::from_millis(millis).min(crate::overload::MAX_PUSHBACK))
 }
 
 /// Whether the client's own timer ended the call (tonic answers CANCELLED

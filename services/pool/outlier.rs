@@ -121,7 +121,8 @@ impl Record {
         self.ejection().until.is_some_and(|until| until > now)
     }
 
-    /// Sets the replica aside for `time` from `now` (its connection failed).
+    /// Sets the replica aside for `time` from `now` (its connection failed,
+    /// or it refused a call and asked for a pause).
     pub fn eject_for(&self, now: Instant, time: Duration) {
         let mut ejection = self.ejection();
         let until = now + time;

@@ -620,3 +620,35 @@ async fn two_hundred_clients_for_thirty_seconds() {
         assert_eq!(code, Some(0));
     }
 }
+
+/// A worker whose only rng refuses most of its calls (a lane of 20 ms with
+/// no queue, four units in flight) backs off and mines on: every hash it
+/// did is in Redis, exactly, and nothing refused is counted.
+#[tokio::test]
+async fn a_worker_refused_by_a_full_lane_counts_exactly_what_it_did() {
+    let redis = RedisServer::start().await;
+    let rng = spawn_rng(RngConfig {
+        delay: Duration::from_millis(20),
+        lanes: Some(1),
+        queue: 0,
+        ..RngConfig::classroom()
+    })
+    .await;
+    let hasher = spawn_hasher(HasherConfig::turbo()).await;
+    let worker = RunningWorker::start(turbo(4, 0), &rng.url(), &hasher.url(), store(&redis));
+    redis.wait_for_hashes(5, Duration::from_secs(30)).await;
+    let report = worker.stop().await;
+    assert_eq!(report.hashes_done, report.hashes_flushed, "{report:?}");
+    assert_eq!(redis.hashes().await, report.hashes_done);
+    let (_, _, metrics) = crate::helpers::http1(rng.addr, "GET", "/metrics", "").await;
+    let refused: u64 = String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|line| line.strip_prefix("rng_lane_refused_total "))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("rng_lane_refused_total on rng's /metrics");
+    assert!(
+        refused > 0,
+        "the lane refused nothing: the test proves nothing"
+    );
+    rng.stop().await.unwrap();
+}

@@ -1,6 +1,8 @@
 //! hasher over gRPC and legacy HTTP: digests, batches, concurrency, bad input.
 
-use crate::helpers::{hasher_client, http1, sha256_hex, spawn_hasher};
+use crate::helpers::{
+    assert_pushed_back, assert_told_to_retry, hasher_client, http1, sha256_hex, spawn_hasher,
+};
 use dockercoins::{
     hasher::HasherConfig,
     hasher::HasherService,
@@ -189,4 +191,58 @@ async fn hasher_calls_overlap_over_the_network() {
     assert!(took >= Duration::from_millis(200));
     assert!(took < Duration::from_millis(900), "took {took:?}");
     server.stop().await.unwrap();
+}
+
+/// hasher's work budget: past it a request is refused at once, gRPC and
+/// HTTP alike, told to come back after one delay, and served again once
+/// the work in flight is done. A budget of 1 MiB is one maximal request.
+#[tokio::test(start_paused = true)]
+async fn a_spent_work_budget_refuses_at_once_and_serves_again_once_done() {
+    use tower::ServiceExt;
+    let service = HasherService::new(&HasherConfig {
+        max_work_mib: 1,
+        ..HasherConfig::classroom()
+    });
+    let start = Instant::now();
+    let big = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            service
+                .hash(Request::new(HashRequest {
+                    data: vec![7; MAX_BLOCK_BYTES].into(),
+                }))
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let small = || {
+        Request::new(HashRequest {
+            data: b"x".to_vec().into(),
+        })
+    };
+    let refused = service.hash(small()).await.unwrap_err();
+    assert_pushed_back(&refused, "100");
+    let response = service
+        .legacy_routes("test".into())
+        .oneshot(
+            axum::http::Request::post("/")
+                .body(axum::body::Body::from("hello"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_told_to_retry(&response, "1");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "refused at once, not after a wait"
+    );
+    big.await
+        .unwrap()
+        .expect("the request in the budget is served");
+    service
+        .hash(small())
+        .await
+        .expect("served again once the work is done");
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
 }

@@ -700,3 +700,19 @@ impl Prometheus {
 pub fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+/// An HTTP refusal for overload: 503, with `Retry-After` in whole seconds.
+pub fn assert_told_to_retry(response: &axum::response::Response, seconds: &str) {
+    assert_eq!(response.status(), 503, "{response:?}");
+    assert_eq!(response.headers()["retry-after"], seconds, "{response:?}");
+}
+
+/// A gRPC refusal for overload: RESOURCE_EXHAUSTED, with gRFC A6's pushback.
+pub fn assert_pushed_back(status: &tonic::Status, millis: &str) {
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+        millis,
+        "{status:?}"
+    );
+}

@@ -11,6 +11,7 @@ use dockercoins::{
     faults::Faults,
     hasher::HasherConfig,
     metrics::{ClientCalls, Exposition, Registry},
+    pb::GenerateRequest,
     pool::{OutlierSettings, Policy, PoolSettings, Resolver, RetrySettings},
     rng::RngConfig,
     server::DRAIN_NOTICE,
@@ -480,4 +481,56 @@ async fn one_call_at_a_time_ewma_still_finds_the_fast_replica() {
         (0.33..=3.0).contains(&least_request),
         "least_request, one at a time: fast/slow = {least_request:.2}"
     );
+}
+
+/// A replica whose lane is full refuses at once with RESOURCE_EXHAUSTED and
+/// a pushback: the pool sends the call to another replica (the caller sees
+/// no failure) and sets the refusing one aside for the pause it asked for.
+#[tokio::test]
+async fn a_full_lane_sends_calls_elsewhere_for_the_pause_it_asks() {
+    // One lane of 2 s and no queue: busy with one call, it refuses the next.
+    let busy = spawn_rng(RngConfig {
+        delay: Duration::from_secs(2),
+        lanes: Some(1),
+        queue: 0,
+        ..RngConfig::classroom()
+    })
+    .await;
+    let free = spawn_rng(RngConfig::turbo()).await;
+    let mut registry = Registry::default();
+    let (rng, _) = client(&[&busy, &free], PoolSettings::default(), &mut registry);
+    let mut holder = crate::helpers::rng_client(&busy).await;
+    let holding = tokio::spawn(async move { holder.generate(GenerateRequest { size: 32 }).await });
+    // Until the busy replica serves that call (its /metrics is not in the lane).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (_, _, metrics) = crate::helpers::http1(busy.addr, "GET", "/metrics", "").await;
+        let serving = String::from_utf8_lossy(&metrics)
+            .lines()
+            .any(|line| line.starts_with("rpc_server_calls_in_flight{") && line.ends_with(" 1"));
+        if serving {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the busy replica never served the call holding its lane"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    for _ in 0..4 {
+        rng.generate(32)
+            .await
+            .expect("sent to the free replica instead");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once and sent elsewhere, not queued: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        counter(registry, "rpc_client_ejections", "reason=\"pushback\""),
+        1
+    );
+    holding.abort();
 }

@@ -1,6 +1,6 @@
 //! rng over gRPC and legacy HTTP: sizes, streams, the classroom lane, bad input.
 
-use crate::helpers::{http1, rng_client, spawn_rng};
+use crate::helpers::{assert_pushed_back, assert_told_to_retry, http1, rng_client, spawn_rng};
 use dockercoins::{
     limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS},
     pb::{GenerateRequest, GenerateStreamRequest, rng_server::Rng},
@@ -196,14 +196,11 @@ async fn a_streamed_batch_pays_the_delay_per_message() {
     assert_eq!(arrivals, expected);
 }
 
-/// `GET /` is cheap but waits in the same lane as the gRPC calls, so httping
-/// shows the queue the workers are in.
-#[tokio::test(start_paused = true)]
-async fn legacy_index_waits_in_the_lane_behind_grpc_calls() {
-    let service = RngService::new(&RngConfig::classroom());
-    let start = Instant::now();
+/// `n` Generate calls of 32 bytes, spawned: each takes its place in the
+/// lane at the test's next yield, and must be served.
+fn calls_in_the_lane(service: &RngService, n: usize) -> JoinSet<()> {
     let mut calls = JoinSet::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         let service = service.clone();
         calls.spawn(async move {
             service
@@ -212,17 +209,32 @@ async fn legacy_index_waits_in_the_lane_behind_grpc_calls() {
                 .unwrap();
         });
     }
-    // Let the three calls take their places in the queue first.
-    tokio::task::yield_now().await;
-    let router = service.legacy_routes("test".into());
-    let response = router
+    calls
+}
+
+/// The legacy `GET /`, through the service's own router.
+async fn get_index(service: &RngService) -> axum::response::Response {
+    service
+        .legacy_routes("test".into())
         .oneshot(
             axum::http::Request::get("/")
                 .body(axum::body::Body::empty())
                 .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// `GET /` is cheap but waits in the same lane as the gRPC calls, so httping
+/// shows the queue the workers are in.
+#[tokio::test(start_paused = true)]
+async fn legacy_index_waits_in_the_lane_behind_grpc_calls() {
+    let service = RngService::new(&RngConfig::classroom());
+    let start = Instant::now();
+    let calls = calls_in_the_lane(&service, 3);
+    // Let the three calls take their places in the queue first.
+    tokio::task::yield_now().await;
+    let response = get_index(&service).await;
     assert_eq!(response.status(), 200);
     assert_eq!(start.elapsed(), Duration::from_millis(300));
     calls.join_all().await;
@@ -255,4 +267,42 @@ async fn the_lane_holds_over_the_network_whichever_protocol() {
     calls.join_all().await;
     assert!(start.elapsed() >= Duration::from_millis(200));
     server.stop().await.unwrap();
+}
+
+/// A full queue refuses at once, gRPC and HTTP alike, says when to ask
+/// again (the time the queue takes to drain), and the lane serves again
+/// once it has drained: an overloaded rng tells its callers to back off
+/// instead of answering nobody in time.
+#[tokio::test(start_paused = true)]
+async fn a_full_lane_refuses_at_once_and_serves_again_once_drained() {
+    // One lane of 100 ms, two places in its queue.
+    let config = RngConfig {
+        queue: 2,
+        ..RngConfig::classroom()
+    };
+    let service = RngService::new(&config);
+    let start = Instant::now();
+    let calls = calls_in_the_lane(&service, 3);
+    // Let the three calls take the lane and the two places first.
+    tokio::task::yield_now().await;
+    let refused = service
+        .generate(Request::new(GenerateRequest { size: 32 }))
+        .await
+        .unwrap_err();
+    // The two waiting and the one served: 3 turns of 100 ms.
+    assert_pushed_back(&refused, "300");
+    let response = get_index(&service).await;
+    assert_told_to_retry(&response, "1");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "refused at once, not after a wait"
+    );
+    calls.join_all().await;
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+    service
+        .generate(Request::new(GenerateRequest { size: 32 }))
+        .await
+        .expect("served again once the queue drained");
+    assert_eq!(start.elapsed(), Duration::from_millis(400));
 }

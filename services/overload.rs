@@ -1,0 +1,103 @@
+//! How an overloaded server says no: at once, before any work, with when to
+//! ask again. rng refuses when its lane's queue is full, hasher when the
+//! data it is working on would pass its budget. A refusal is gRPC
+//! RESOURCE_EXHAUSTED with gRFC A6's pushback in its trailers, or HTTP 503
+//! with `Retry-After`; it is counted by the server and logged at a bounded
+//! rate, since a flood is refused thousands of times a second.
+
+use axum::{
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use std::{sync::Mutex, time::Duration};
+use tokio::time::Instant;
+use tonic::Status;
+
+/// gRFC A6's pushback, in a refusal's trailers: the milliseconds a client
+/// should wait before it asks this replica again (the pool honours it).
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// The longest pushback said or honoured: a full queue can take long to
+/// drain (256 x 100 ms), and a hint from a confused server must not set a
+/// replica aside for an hour.
+pub const MAX_PUSHBACK: Duration = Duration::from_secs(30);
+
+/// How often a server's refusals are logged, at most.
+pub const SAY_REFUSALS_EVERY: Duration = Duration::from_secs(5);
+
+/// `retry_after` as a pushback: at least 1 ms, at most [`MAX_PUSHBACK`].
+pub fn pushback(retry_after: Duration) -> Duration {
+    retry_after.clamp(Duration::from_millis(1), MAX_PUSHBACK)
+}
+
+/// A refusal as gRPC answers it: RESOURCE_EXHAUSTED, `why`, and the pushback.
+pub fn status(why: String, retry_after: Duration) -> Status {
+    let mut status = Status::resource_exhausted(why);
+    let millis = pushback(retry_after).as_millis().to_string();
+    if let Ok(value) = millis.parse() {
+        status.metadata_mut().insert(RETRY_PUSHBACK, value);
+    }
+    status
+}
+
+/// A refusal as HTTP answers it: 503, `why`, and `Retry-After` in whole
+/// seconds, rounded up and never 0 (RFC 9110).
+pub fn response(why: String, retry_after: Duration) -> Response {
+    let seconds = pushback(retry_after).as_millis().div_ceil(1000).max(1);
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, seconds.to_string())],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+/// Refusals since the last line about them, and when that line was.
+#[derive(Debug, Default)]
+pub struct Refusals(Mutex<(u64, Option<Instant>)>);
+
+impl Refusals {
+    /// Notes one refusal; `Some(count)` when it is time to say how many
+    /// there were since the last line (the first is said at once, then at
+    /// most every [`SAY_REFUSALS_EVERY`]).
+    pub fn note(&self) -> Option<u64> {
+        let mut said = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        said.0 += 1;
+        if said.1.is_some_and(|at| at.elapsed() < SAY_REFUSALS_EVERY) {
+            return None;
+        }
+        let count = said.0;
+        *said = (0, Some(Instant::now()));
+        Some(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hint_is_milliseconds_in_grpc_and_whole_seconds_in_http() {
+        let refused = status("full".into(), Duration::from_millis(300));
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(refused.metadata().get(RETRY_PUSHBACK).unwrap(), "300");
+        let refused = response("full".into(), Duration::from_millis(300));
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        let refused = response("full".into(), Duration::from_secs(3600));
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "30");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_said_at_once_then_at_most_every_five_seconds() {
+        let refusals = Refusals::default();
+        assert_eq!(refusals.note(), Some(1));
+        assert_eq!(refusals.note(), None);
+        assert_eq!(refusals.note(), None);
+        tokio::time::advance(SAY_REFUSALS_EVERY).await;
+        assert_eq!(refusals.note(), Some(3));
+    }
+}
