@@ -463,7 +463,9 @@ impl Lane {
     fn refuse(&self) -> LaneFull {
         self.metrics.refused.inc();
         // Everyone waiting, and everyone served, must pass before it.
-        let turns = (self.queue / self.lanes.max(1)) as u32 + 1;
+        let turns = u32::try_from(self.queue / self.lanes.max(1))
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let full = LaneFull {
             waiting: self.queue,
             retry_after: overload::pushback(self.delay.saturating_mul(turns)),
