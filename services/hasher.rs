@@ -297,7 +297,7 @@ impl HasherService {
             tracing::warn!(
                 refused,
                 budget_mib = self.budget_mib,
-                "hasher's work budget is spent: requests refused with RESOURCE_EXHAUSTED (HTTP 503)"
+                "hasher's work budget is spent: refusing requests with RESOURCE_EXHAUSTED (HTTP 503); `refused` counts those since the last line like this, hasher_refused_total all of them"
             );
         }
         busy

@@ -475,7 +475,7 @@ impl Lane {
                 refused,
                 waiting = self.queue,
                 retry_after_ms = full.retry_after.as_millis() as u64,
-                "rng's lane is full: requests refused with RESOURCE_EXHAUSTED (HTTP 503)"
+                "rng's lane is full: refusing requests with RESOURCE_EXHAUSTED (HTTP 503); `refused` counts those since the last line like this, rng_lane_refused_total all of them"
             );
         }
         full
