@@ -2,7 +2,7 @@
 //! refused with DEADLINE_EXCEEDED, before it is served, and leaves rng's
 //! queue; streams are bounded as a whole; HTTP states no deadline.
 
-use crate::helpers::{hasher_client, http1, rng_client, spawn_hasher, spawn_rng};
+use crate::helpers::{hasher_client, http1, metric, rng_client, spawn_hasher, spawn_rng};
 use dockercoins::{
     hasher::{HasherConfig, HasherService},
     metrics::{Exposition, Registry},
@@ -12,7 +12,7 @@ use dockercoins::{
     },
     rng::{RngConfig, RngMetrics, RngService},
 };
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 use tokio::{task::JoinSet, time::Instant};
 use tonic::{Code, Request};
 
@@ -20,15 +20,6 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
     request
-}
-
-/// The value of the series `line` (`name{labels}`) on `/metrics`.
-async fn metric(addr: SocketAddr, line: &str) -> Option<f64> {
-    let (_, _, body) = http1(addr, "GET", "/metrics", "").await;
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' '))
-        .map(|value| value.split_whitespace().next().unwrap().parse().unwrap())
 }
 
 /// One lane of 100 ms, five calls queued at once, each allowed 250 ms: the

@@ -716,3 +716,13 @@ pub fn assert_pushed_back(status: &tonic::Status, millis: &str) {
         "{status:?}"
     );
 }
+
+/// The value of the series `line` (`name{labels}`) on the `/metrics` of
+/// the server at `addr`.
+pub async fn metric(addr: SocketAddr, line: &str) -> Option<f64> {
+    let (_, _, body) = http1(addr, "GET", "/metrics", "").await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' '))
+        .map(|value| value.split_whitespace().next().unwrap().parse().unwrap())
+}

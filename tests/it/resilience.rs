@@ -504,11 +504,8 @@ async fn a_full_lane_sends_calls_elsewhere_for_the_pause_it_asks() {
     // Until the busy replica serves that call (its /metrics is not in the lane).
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let (_, _, metrics) = crate::helpers::http1(busy.addr, "GET", "/metrics", "").await;
-        let serving = String::from_utf8_lossy(&metrics)
-            .lines()
-            .any(|line| line.starts_with("rpc_server_calls_in_flight{") && line.ends_with(" 1"));
-        if serving {
+        let in_flight = r#"rpc_server_calls_in_flight{rpc_service="dockercoins.v1.Rng"}"#;
+        if crate::helpers::metric(busy.addr, in_flight).await == Some(1.0) {
             break;
         }
         assert!(
