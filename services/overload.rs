@@ -6,6 +6,8 @@
 //! rate, since a flood is refused thousands of times a second.
 
 use axum::{
+    body::Bytes,
+    extract::rejection::BytesRejection,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -40,16 +42,80 @@ pub fn status(why: String, retry_after: Duration) -> Status {
     status
 }
 
-/// A refusal as HTTP answers it: 503, `why`, and `Retry-After` in whole
-/// seconds, rounded up and never 0 (RFC 9110).
+/// A refusal as HTTP answers it: 503, `why`, and `Retry-After`.
 pub fn response(why: String, retry_after: Duration) -> Response {
-    let seconds = pushback(retry_after).as_millis().div_ceil(1000).max(1);
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, seconds.to_string())],
+        [retry_after_header(retry_after)],
         format!("{why}\n"),
     )
         .into_response()
+}
+
+/// `Retry-After` for `retry_after`: whole seconds, rounded up and never 0
+/// (RFC 9110).
+pub fn retry_after_header(retry_after: Duration) -> (header::HeaderName, String) {
+    let seconds = pushback(retry_after).as_millis().div_ceil(1000).max(1);
+    (header::RETRY_AFTER, seconds.to_string())
+}
+
+/// The pause a refusal asks for (gRFC A6: milliseconds in
+/// [`RETRY_PUSHBACK`]; negative or unreadable: none), at most
+/// [`MAX_PUSHBACK`].
+pub fn asked(status: &Status) -> Option<Duration> {
+    let millis: i64 = status
+        .metadata()
+        .get(RETRY_PUSHBACK)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let millis = u64::try_from(millis).ok()?;
+    Some(Duration::from_millis(millis).min(MAX_PUSHBACK))
+}
+
+/// A request body an HTTP handler reads whole, or why it could not.
+pub fn whole_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, UnreadBody> {
+    body.map_err(|rejection| match refusal_in(&rejection) {
+        Some(status) => UnreadBody::Refused {
+            why: status.message().to_owned(),
+            retry_after: asked(status).unwrap_or(Duration::from_secs(1)),
+        },
+        None => UnreadBody::Rejected(rejection),
+    })
+}
+
+/// Why a request body could not be read whole.
+#[derive(Debug)]
+pub enum UnreadBody {
+    /// The server refused its data for overload (its bound on request data
+    /// held): 503 with `Retry-After`.
+    Refused { why: String, retry_after: Duration },
+    /// axum's reason (too large, broken): its own answer.
+    Rejected(BytesRejection),
+}
+
+impl IntoResponse for UnreadBody {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Refused { why, retry_after } => response(why, retry_after),
+            Self::Rejected(rejection) => rejection.into_response(),
+        }
+    }
+}
+
+/// The overload refusal (RESOURCE_EXHAUSTED) behind `error`, if any.
+fn refusal_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Status> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(status) = error.downcast_ref::<Status>()
+            && status.code() == tonic::Code::ResourceExhausted
+        {
+            return Some(status);
+        }
+        next = error.source();
+    }
+    None
 }
 
 /// Refusals since the last line about them, and when that line was.

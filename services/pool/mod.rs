@@ -812,7 +812,7 @@ impl Backend {
             // An overloaded replica said when to ask again (gRFC A6's
             // pushback): no new call until then, while another can take it.
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                if let Some(pushback) = pushback(status) {
+                if let Some(pushback) = crate::overload::asked(status) {
                     replica.record.eject_for(Instant::now(), pushback);
                     metrics.ejected(service, &replica.label, "pushback");
                 }
@@ -893,21 +893,6 @@ fn connection_failed(status: &tonic::Status) -> bool {
         tonic::Code::Unavailable | tonic::Code::Cancelled
     ) && std::error::Error::source(status).is_some()
         && !timed_out(status)
-}
-
-/// The pause a refusing replica asked for (gRFC A6: milliseconds in
-/// `grpc-retry-pushback-ms`; negative or unreadable: none), at most
-/// [`MAX_PUSHBACK`](crate::overload::MAX_PUSHBACK).
-fn pushback(status: &tonic::Status) -> Option<Duration> {
-    let millis: i64 = status
-        .metadata()
-        .get(crate::overload::RETRY_PUSHBACK)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    let millis = u64::try_from(millis).ok()?;
-    Some(Duration::from_millis(millis).min(crate::overload::MAX_PUSHBACK))
 }
 
 /// Whether the client's own timer ended the call (tonic answers CANCELLED
