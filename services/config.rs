@@ -7,8 +7,12 @@
 //! docs/settings.md's table is checked against these definitions by a test.
 
 use crate::{
-    bench::{self, BenchConfig},
+    bench::{
+        self, BenchConfig,
+        flood::{self, FloodConfig},
+    },
     clients::{HasherClient, RngClient},
+    connections::{self, ConnectionLimits},
     faults::{self, ExtraDelay, FailCode, FailRate, Faults},
     hasher::{self, HasherConfig},
     healthcheck::Probe,
@@ -32,6 +36,10 @@ pub mod env {
     pub const RNG_LANES: &str = "RNG_LANES";
     pub const RNG_LANE_QUEUE: &str = "RNG_LANE_QUEUE";
     pub const HASHER_MAX_WORK_MIB: &str = "HASHER_MAX_WORK_MIB";
+    pub const RNG_MAX_CONNECTIONS: &str = "RNG_MAX_CONNECTIONS";
+    pub const HASHER_MAX_CONNECTIONS: &str = "HASHER_MAX_CONNECTIONS";
+    pub const WEBUI_MAX_CONNECTIONS: &str = "WEBUI_MAX_CONNECTIONS";
+    pub const EDGE_MAX_CONNECTIONS: &str = "EDGE_MAX_CONNECTIONS";
     pub const RNG_FAIL_RATE: &str = "RNG_FAIL_RATE";
     pub const RNG_FAIL_CODE: &str = "RNG_FAIL_CODE";
     pub const RNG_EXTRA_DELAY: &str = "RNG_EXTRA_DELAY";
@@ -78,6 +86,10 @@ pub mod env {
     pub const BENCH_WARMUP_MS: &str = "BENCH_WARMUP_MS";
     pub const BENCH_PROBES: &str = "BENCH_PROBES";
     pub const BENCH_JSON: &str = "BENCH_JSON";
+    pub const FLOOD_TARGETS: &str = "FLOOD_TARGETS";
+    pub const FLOOD_IDLE: &str = "FLOOD_IDLE";
+    pub const FLOOD_QUEUED: &str = "FLOOD_QUEUED";
+    pub const FLOOD_JSON: &str = "FLOOD_JSON";
     pub const JAEGER_URL: &str = "JAEGER_URL";
     pub const DOCTOR_PORTS: &str = "DOCTOR_PORTS";
     pub const DOCTOR_DOCKER: &str = "DOCTOR_DOCKER";
@@ -171,6 +183,12 @@ pub struct RngArgs {
     /// Retry-After). 0: none wait.
     #[arg(long, env = env::RNG_LANE_QUEUE, default_value_t = rng::DEFAULT_LANE_QUEUE)]
     pub lane_queue: usize,
+    /// Connections held at once. When full, the one idle the longest is
+    /// closed for a newcomer; when all are busy, the newcomer is refused.
+    /// Connections with no request within 10 s, or idle for 60 s, are closed.
+    #[arg(long, env = env::RNG_MAX_CONNECTIONS, default_value_t = connections::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
     /// Share of gRPC calls answered at once with --fail-code, without taking
     /// a lane: `0.2` or `20%` (resilience lab; 0 = off).
     #[arg(long, env = env::RNG_FAIL_RATE, default_value = faults::DEFAULT_FAIL_RATE)]
@@ -203,6 +221,12 @@ pub struct HasherArgs {
     #[arg(long, env = env::HASHER_MAX_WORK_MIB, default_value_t = hasher::DEFAULT_MAX_WORK_MIB,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_work_mib: u32,
+    /// Connections held at once. When full, the one idle the longest is
+    /// closed for a newcomer; when all are busy, the newcomer is refused.
+    /// Connections with no request within 10 s, or idle for 60 s, are closed.
+    #[arg(long, env = env::HASHER_MAX_CONNECTIONS, default_value_t = connections::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
     /// Share of gRPC calls answered at once with --fail-code: `0.2` or
     /// `20%` (resilience lab; 0 = off).
     #[arg(long, env = env::HASHER_FAIL_RATE, default_value = faults::DEFAULT_FAIL_RATE)]
@@ -232,6 +256,7 @@ impl RngArgs {
                 fail_code: self.fail_code,
                 extra_delay: self.extra_delay.clone(),
             },
+            connections: ConnectionLimits::at_most(self.max_connections),
         })
     }
 }
@@ -248,6 +273,7 @@ impl HasherArgs {
                 fail_code: self.fail_code,
                 extra_delay: self.extra_delay.clone(),
             },
+            connections: ConnectionLimits::at_most(self.max_connections),
         })
     }
 }
@@ -299,6 +325,12 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Measure the mesh in turbo: hashes/s, per-hop latency, memory, CPU.
     Bench(BenchArgs),
+    /// Floods rng, hasher, webui and edge (each a child process with its
+    /// classroom settings) with idle connections, then with requests held
+    /// at once, while a well-behaved client asks every 100 ms; reports
+    /// each server's memory, the client's worst wait and the exit status on
+    /// SIGTERM (exit 1 when a server misses a goal).
+    Flood(FloodArgs),
     /// Check this machine before the lab: ports, Docker and Compose, the
     /// stack's images, cores, memory, disk (exit 0: the lab can run).
     Doctor(DoctorArgs),
@@ -435,6 +467,34 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `dockercoins flood`: see `bench::flood`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FloodArgs {
+    /// The servers to flood, comma-separated, one after another.
+    #[arg(long, env = env::FLOOD_TARGETS, value_enum, value_delimiter = ',',
+          default_value = "rng,hasher,webui,edge")]
+    pub targets: Vec<flood::Target>,
+    /// Idle connections opened and held (needs `ulimit -n` above it).
+    #[arg(long, env = env::FLOOD_IDLE, default_value_t = flood::DEFAULT_IDLE)]
+    pub idle: usize,
+    /// Requests held in flight at once, after the idle connections.
+    #[arg(long, env = env::FLOOD_QUEUED, default_value_t = flood::DEFAULT_QUEUED)]
+    pub queued: usize,
+    /// Print the report as JSON instead of a table.
+    #[arg(long, env = env::FLOOD_JSON)]
+    pub json: bool,
+}
+
+impl FloodArgs {
+    pub fn config(&self) -> FloodConfig {
+        FloodConfig {
+            targets: self.targets.clone(),
+            idle: self.idle,
+            queued: self.queued,
+        }
+    }
+}
+
 impl BenchArgs {
     pub fn config(&self) -> BenchConfig {
         let concurrency = match self.mode {
@@ -465,6 +525,7 @@ impl Command {
             Self::Edge(_) => "edge",
             Self::Healthcheck(_) => "healthcheck",
             Self::Bench(_) => "bench",
+            Self::Flood(_) => "flood",
             Self::Traces(_) => "traces",
             Self::Doctor(_) => "doctor",
             Self::Top(_) => "top",
@@ -506,6 +567,12 @@ pub struct EdgeArgs {
         default_value = "0.0.0.0:8001=rng:8001,0.0.0.0:8002=hasher:8002"
     )]
     pub routes: Vec<crate::edge::Route>,
+    /// Connections forwarded at once, over all routes. When full, the one
+    /// idle the longest (no byte either way) is closed for a newcomer.
+    /// Connections with no byte either way for 60 s are closed.
+    #[arg(long, env = env::EDGE_MAX_CONNECTIONS, default_value_t = connections::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
 }
 
 /// `dockercoins healthcheck`: exit 0 when the target is healthy, 1 when not.
@@ -726,6 +793,12 @@ pub struct WebuiArgs {
     /// `services/webui/style.css`, reload, see it. Unset: the compiled copy.
     #[arg(long, env = env::WEBUI_ASSETS_DIR, value_name = "DIR")]
     pub assets_dir: Option<PathBuf>,
+    /// Connections held at once. When full, the one idle the longest is
+    /// closed for a newcomer; when all are busy, the newcomer is refused.
+    /// Connections with no request within 10 s, or idle for 60 s, are closed.
+    #[arg(long, env = env::WEBUI_MAX_CONNECTIONS, default_value_t = connections::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -21,11 +21,15 @@ use std::{
 };
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
     task::JoinSet,
 };
 
-use crate::{limits, pool::Resolver, shutdown::DRAIN_TIMEOUT};
+use crate::{
+    connections::{Activity, Admitted, ConnectionLimits, Connections},
+    metrics::ConnectionMetrics,
+    pool::Resolver,
+    shutdown::DRAIN_TIMEOUT,
+};
 
 /// How long `edge` tries one replica before it tries the next.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -85,14 +89,22 @@ impl std::str::FromStr for Route {
 }
 
 /// Forwards every connection accepted on each listener to its route's
-/// target until `shutdown` resolves; then stops accepting, gives open
-/// connections [`DRAIN_TIMEOUT`], and returns.
+/// target, holding at most `limits` over all routes, until `shutdown`
+/// resolves; then stops accepting, gives open connections
+/// [`DRAIN_TIMEOUT`], and returns.
 pub async fn serve(
     routes: Vec<(TcpListener, Route)>,
     resolver: Resolver,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let slots = Arc::new(Semaphore::new(limits::MAX_EDGE_CONNECTIONS));
+    // Edge sees bytes, not calls: a connection is idle when none move.
+    let connections = Connections::new(
+        "edge",
+        limits,
+        Activity::Bytes,
+        ConnectionMetrics::unregistered(),
+    );
     let mut accepting = JoinSet::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for (listener, route) in routes {
@@ -109,7 +121,7 @@ pub async fn serve(
         accepting.spawn(accept_loop(
             listener,
             forward,
-            slots.clone(),
+            connections.clone(),
             stop_rx.clone(),
         ));
     }
@@ -152,44 +164,28 @@ struct Forward {
 async fn accept_loop(
     listener: TcpListener,
     forward: Forward,
-    slots: Arc<Semaphore>,
+    connections: Connections,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> JoinSet<()> {
-    let mut connections = JoinSet::new();
+    let mut open = JoinSet::new();
     loop {
-        // A slot first: past the limit, new connections wait in the
-        // listen backlog instead of costing memory here.
-        let slot = tokio::select! {
+        let client = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            client = connections.accept(&listener) => client,
         };
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((client, peer)) => {
-                let forward = forward.clone();
-                connections.spawn(async move {
-                    forward.connection(client, peer).await;
-                    drop(slot);
-                });
-            }
-            Err(error) => {
-                // Out of file descriptors, most likely: wait, do not spin.
-                tracing::warn!(%error, "cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        let forward = forward.clone();
+        open.spawn(async move { forward.connection(client).await });
         // Reap finished connections so the set does not grow without bound.
-        while connections.try_join_next().is_some() {}
+        while open.try_join_next().is_some() {}
     }
-    connections
+    open
 }
 
 impl Forward {
-    async fn connection(&self, mut client: TcpStream, peer: SocketAddr) {
-        let _ = client.set_nodelay(true);
+    async fn connection(&self, mut client: Admitted<TcpStream>) {
+        let Ok(peer) = client.get_ref().peer_addr() else {
+            return;
+        };
         let Some((mut upstream, replica)) = self.connect(peer).await else {
             return;
         };

@@ -10,6 +10,7 @@
 //! `--extra-delay`) strike before the work too, see [`HasherService`].
 
 use crate::{
+    connections::ConnectionLimits,
     deadline::{self, Expired},
     faults::{Faults, Injector},
     limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
@@ -26,7 +27,7 @@ use crate::{
 };
 use axum::{
     body::Bytes,
-    extract::State,
+    extract::{State, rejection::BytesRejection},
     http::header,
     response::{IntoResponse, Response},
     routing::get,
@@ -78,6 +79,8 @@ pub struct HasherConfig {
     /// Failures and extra delays to inject, for the resilience lab; none
     /// by default.
     pub faults: Faults,
+    /// How many connections it holds at once, and for how long.
+    pub connections: ConnectionLimits,
 }
 
 impl HasherConfig {
@@ -88,6 +91,7 @@ impl HasherConfig {
             max_work_mib: DEFAULT_MAX_WORK_MIB,
             tls: None,
             faults: Faults::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 
@@ -98,6 +102,7 @@ impl HasherConfig {
             max_work_mib: DEFAULT_MAX_WORK_MIB,
             tls: None,
             faults: Faults::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -136,6 +141,7 @@ pub async fn serve(
         registry,
     )
     .with_faults(config.faults.to_string())
+    .with_connection_limits(config.connections)
     .add_service(service.into_server())
     .serve(listener, config.to_string(), shutdown)
     .await
@@ -442,12 +448,19 @@ async fn legacy_index(State(state): State<LegacyState>) -> String {
 /// `POST /` with any body: its hex SHA-256, as `text/plain`.
 async fn legacy_hash(
     State(state): State<LegacyState>,
-    body: Bytes,
-) -> Result<Response, HasherBusy> {
-    let _work = state.service.take(body.len())?;
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match overload::whole_body(body) {
+        Ok(body) => body,
+        Err(unread) => return unread.into_response(),
+    };
+    let _work = match state.service.take(body.len()) {
+        Ok(work) => work,
+        Err(busy) => return busy.into_response(),
+    };
     // HTTP states no deadline: nothing expires.
     let _ = state.service.pay_delay(None).await;
-    Ok(([(header::CONTENT_TYPE, "text/plain")], hex_digest(&body)).into_response())
+    ([(header::CONTENT_TYPE, "text/plain")], hex_digest(&body)).into_response()
 }
 
 #[cfg(test)]

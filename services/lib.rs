@@ -25,7 +25,7 @@
 //!   settings, and rolling restarts of its backends.
 //! - [`bench`]: the mesh's own numbers (throughput, latency, memory, CPU),
 //!   and the machine's floor (a bare tonic echo) and SHA-256 limit they are
-//!   read against.
+//!   read against; `flood`, each server under a flood.
 //! - [`healthcheck`]: the containers' healthcheck (gRPC health, over TLS
 //!   too, or HTTP).
 //! - [`doctor`]: a classroom machine checked before the lab.
@@ -38,6 +38,9 @@
 //!   API: ports, block and digest sizes, the `x-served-by` header.
 //! - [`server`]: what every gRPC server here shares: limits, health,
 //!   reflection, HTTP/1 next to gRPC, graceful shutdown with a bound.
+//! - [`connections`]: the connections a server holds (rng, hasher, webui,
+//!   edge): how many, how long without a request or idle, and the calls
+//!   and request data they hold, each bounded.
 //! - [`clients`]: typed clients of rng and hasher; [`pool`]: the balancer
 //!   under them (replicas and their health, connections, policies,
 //!   deadlines, outlier ejection, retries on another replica, hedging).
@@ -71,6 +74,7 @@ pub mod bench;
 pub mod call_meter;
 pub mod clients;
 pub mod config;
+pub mod connections;
 pub mod deadline;
 pub mod doctor;
 pub mod edge;

@@ -40,6 +40,3 @@ pub const MAX_SMALL_REQUEST_BYTES: usize = 4 * 1024;
 /// itself). Past it the connection is closed: a client sending half a
 /// request cannot keep it open.
 pub const HTTP1_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Connections `edge` forwards at once; more wait in the listen backlog.
-pub const MAX_EDGE_CONNECTIONS: usize = 1024;

@@ -7,9 +7,10 @@ use dockercoins::{
     bench,
     clients::{HasherClient, RngClient},
     config::{
-        BenchArgs, Cli, ClientArgs, Command, EdgeArgs, FloorCommand, HealthcheckArgs, TopArgs,
-        TracesArgs, UpArgs,
+        BenchArgs, Cli, ClientArgs, Command, EdgeArgs, FloodArgs, FloorCommand, HealthcheckArgs,
+        TopArgs, TracesArgs, UpArgs,
     },
+    connections::ConnectionLimits,
     edge, hasher, healthcheck,
     metrics::{ClientCalls, Registry},
     pool, rng, shutdown,
@@ -142,7 +143,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let webui = webui::Webui::new(backends.store, backends.rng, backends.hasher)
                 .with_metrics(metrics)
                 .with_jaeger_url(args.jaeger_url)
-                .with_assets(assets);
+                .with_assets(assets)
+                .with_connection_limits(ConnectionLimits::at_most(args.max_connections));
             webui::serve(listener, webui, shutdown).await?;
         }
         Command::Up(args) => run_up(*args, shutdown).await?,
@@ -151,6 +153,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             unreachable!("handled above")
         }
         Command::Bench(args) => run_bench(args).await?,
+        Command::Flood(args) => run_flood(args).await?,
         Command::Floor(floor) => run_floor(floor, shutdown).await?,
     }
     Ok(())
@@ -219,7 +222,8 @@ async fn run_edge(
     for route in args.routes {
         routes.push((bind(route.listen, "--route / EDGE_ROUTES").await?, route));
     }
-    edge::serve(routes, pool::system_resolver(), shutdown).await;
+    let limits = ConnectionLimits::at_most(args.max_connections);
+    edge::serve(routes, pool::system_resolver(), limits, shutdown).await;
     Ok(())
 }
 
@@ -238,6 +242,23 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         report.redis_hashes,
         report.redis_coins
     );
+    Ok(())
+}
+
+async fn run_flood(args: FloodArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    let reports = bench::flood::run(&config).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", bench::flood::table(&reports, &config));
+    }
+    let missed: Vec<&str> = reports
+        .iter()
+        .filter(|report| !report.passed())
+        .map(|report| report.target.as_str())
+        .collect();
+    anyhow::ensure!(missed.is_empty(), "missed a goal: {}", missed.join(", "));
     Ok(())
 }
 

@@ -16,6 +16,7 @@
 //! [`RngService`].
 
 use crate::{
+    connections::ConnectionLimits,
     deadline::{self, Expired},
     faults::{Faults, Injector},
     limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
@@ -86,6 +87,8 @@ pub struct RngConfig {
     /// Failures and extra delays to inject, for the resilience lab; none
     /// by default.
     pub faults: Faults,
+    /// How many connections it holds at once, and for how long.
+    pub connections: ConnectionLimits,
 }
 
 impl RngConfig {
@@ -97,6 +100,7 @@ impl RngConfig {
             queue: DEFAULT_LANE_QUEUE,
             tls: None,
             faults: Faults::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 
@@ -108,6 +112,7 @@ impl RngConfig {
             queue: DEFAULT_LANE_QUEUE,
             tls: None,
             faults: Faults::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -145,6 +150,7 @@ pub async fn serve(
     GrpcServer::new("rng", legacy, config.tls.clone(), registry)
         .with_queue(queue)
         .with_faults(config.faults.to_string())
+        .with_connection_limits(config.connections)
         .add_service(service.into_server())
         .serve(listener, config.to_string(), shutdown)
         .await

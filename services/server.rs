@@ -8,8 +8,9 @@
 
 use crate::{
     call_meter::CallMeterLayer,
+    connections::{Activity, ConnectionLimits, Connections, InFlightLayer},
     limits,
-    metrics::{Exposition, Registry, ServerCalls},
+    metrics::{ConnectionMetrics, Exposition, Registry, ServerCalls},
     pb::{
         InfoRequest, InfoResponse,
         hasher_server::SERVICE_NAME as HASHER_SERVICE,
@@ -33,11 +34,7 @@ use std::sync::{
 };
 use std::{convert::Infallible, future::Future, time::Duration};
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic::{
-    server::NamedService,
-    service::Routes,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{server::NamedService, service::Routes, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::{
     limit::RequestBodyLimitLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer,
@@ -91,6 +88,9 @@ pub struct GrpcServer {
     /// The faults the service injects, for people (empty: none), said in
     /// `Replica/Info`.
     faults: String,
+    /// How many connections it holds, and for how long.
+    connection_limits: ConnectionLimits,
+    connection_metrics: ConnectionMetrics,
 }
 
 /// The services whose calls a replica counts for `Replica/Info`: the
@@ -112,6 +112,7 @@ impl GrpcServer {
         mut registry: Registry,
     ) -> Self {
         let calls = ServerCalls::register(&mut registry);
+        let connection_metrics = ConnectionMetrics::register(&mut registry);
         let legacy = legacy
             .route("/metrics", Exposition::new(registry).route())
             .fallback(not_found)
@@ -132,6 +133,8 @@ impl GrpcServer {
             calls,
             queue: None,
             faults: String::new(),
+            connection_limits: ConnectionLimits::default(),
+            connection_metrics,
         }
         .add_service(health_service)
     }
@@ -166,6 +169,12 @@ impl GrpcServer {
     /// empty for none) in `Replica/Info`.
     pub fn with_faults(mut self, faults: String) -> Self {
         self.faults = faults;
+        self
+    }
+
+    /// Holds connections within `limits` (the defaults otherwise).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.connection_limits = limits;
         self
     }
 
@@ -227,6 +236,12 @@ impl GrpcServer {
                     .max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES),
             )
             .with_reflection()?;
+        let connections = Connections::new(
+            this.name,
+            this.connection_limits,
+            Activity::Calls,
+            this.connection_metrics.clone(),
+        );
         let Self {
             name,
             routes,
@@ -234,13 +249,13 @@ impl GrpcServer {
             services,
             tls,
             calls,
-            queue: _,
-            faults: _,
+            ..
         } = this;
         report(&health, &services, ServingStatus::Serving).await;
         tracing::info!(
             { fields::LISTEN } = %local,
             tls = tls.is_some(),
+            max_connections = connections.limits().max,
             "{name} serving {} ({settings})",
             if tls.is_some() { "gRPC and HTTP/2 over TLS" } else { "gRPC and HTTP/1.1" }
         );
@@ -250,36 +265,54 @@ impl GrpcServer {
             replica_calls: calls_served,
             meter: CallMeterLayer::new(calls, &services),
         };
-        let server = transport(routes, tls.as_ref(), layers, listener, drain_rx)?;
+        let server = transport(
+            routes,
+            tls.as_ref(),
+            layers,
+            connections,
+            listener,
+            drain_rx,
+        )?;
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => return Ok(result?),
             () = shutdown => {}
         }
-        // Health first, so that a balancer or probe stops sending new work
-        // before the listener closes.
-        report(&health, &services, ServingStatus::NotServing).await;
-        tracing::info!(
-            notice_ms = DRAIN_NOTICE.as_millis() as u64,
-            "health NOT_SERVING; serving on a little before draining"
-        );
-        let stopping = tokio::time::Instant::now();
-        tokio::select! {
-            result = &mut server => return Ok(result?),
-            () = tokio::time::sleep(DRAIN_NOTICE) => {}
-        }
-        tracing::info!("draining in-flight calls");
-        let _ = drain_tx.send(());
-        match tokio::time::timeout_at(stopping + DRAIN_TIMEOUT, server).await {
-            Ok(result) => result?,
-            Err(_) => tracing::warn!(
-                drain_ms = DRAIN_TIMEOUT.as_millis() as u64,
-                "calls still in flight after the drain timeout; closing their connections"
-            ),
-        }
-        tracing::info!("stopped");
-        Ok(())
+        stop(server, &health, &services, drain_tx).await
     }
+}
+
+/// Stops `server` once its shutdown has begun: health NOT_SERVING first, so
+/// that a balancer or probe stops sending new work before the listener
+/// closes; serving on for [`DRAIN_NOTICE`]; then `drain` (no new
+/// connections), in-flight calls finishing within [`DRAIN_TIMEOUT`].
+async fn stop(
+    mut server: std::pin::Pin<&mut impl Future<Output = Result<(), tonic::transport::Error>>>,
+    health: &HealthReporter,
+    services: &[&'static str],
+    drain: oneshot::Sender<()>,
+) -> Result<(), ServeError> {
+    report(health, services, ServingStatus::NotServing).await;
+    tracing::info!(
+        notice_ms = DRAIN_NOTICE.as_millis() as u64,
+        "health NOT_SERVING; serving on a little before draining"
+    );
+    let stopping = tokio::time::Instant::now();
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        () = tokio::time::sleep(DRAIN_NOTICE) => {}
+    }
+    tracing::info!("draining in-flight calls");
+    let _ = drain.send(());
+    match tokio::time::timeout_at(stopping + DRAIN_TIMEOUT, server).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(
+            drain_ms = DRAIN_TIMEOUT.as_millis() as u64,
+            "calls still in flight after the drain timeout; closing their connections"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// What the layers of a server's transport need.
@@ -294,22 +327,26 @@ struct Layers<'a> {
 /// The transport under a server: the routes, behind the layers every
 /// server here has (call counting, tracing, metrics, `x-served-by`) and its
 /// limits, served on `listener` until `drain` fires (or for ever if its
-/// sender is dropped without firing).
+/// sender is dropped without firing), holding `connections`.
 fn transport(
     routes: Routes,
     tls: Option<&ServerTls>,
     layers: Layers<'_>,
+    connections: Connections,
     listener: TcpListener,
     drain: oneshot::Receiver<()>,
 ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, ServeError> {
     let served_by = axum::http::HeaderValue::from_str(layers.instance)
         .unwrap_or_else(|_| axum::http::HeaderValue::from_static("unknown"));
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = connections.incoming(listener);
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.config())?;
     }
     let server = builder
+        // Outermost, so a call counts on its connection as long as any
+        // layer holds it.
+        .layer(InFlightLayer)
         .layer(count_calls(layers.replica_calls))
         .layer(
             TraceLayer::new_for_grpc()

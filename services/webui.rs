@@ -14,8 +14,10 @@ pub use assets::{Assets, AssetsError};
 
 use crate::{
     clients::{HasherClient, RngClient},
+    connections::{Activity, ConnectionLimits, Connections, InFlight},
     limits::{HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES},
-    metrics::{Exposition, Registry},
+    metrics::{ConnectionMetrics, Exposition, Registry},
+    overload,
     pb::{InfoRequest, replica_client::ReplicaClient},
     pool::Backend,
     protocol::WEBUI_PORT,
@@ -27,7 +29,7 @@ use crate::{
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, State},
+    extract::{DefaultBodyLimit, Path, State, rejection::BytesRejection},
     http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -108,18 +110,33 @@ pub struct Webui {
     hops: Hops,
     /// The page: compiled in, or read from `WEBUI_ASSETS_DIR`.
     assets: Assets,
+    /// How many connections it holds at once, and for how long.
+    connection_limits: ConnectionLimits,
+    connection_metrics: ConnectionMetrics,
 }
 
 impl Webui {
     pub fn new(store: Store, rng: RngClient, hasher: HasherClient) -> Self {
+        let mut registry = Registry::default();
+        let connection_metrics = ConnectionMetrics::register(&mut registry);
         Self {
             store,
             rng,
             hasher,
             redis_failing: Arc::default(),
-            metrics: Exposition::new(Registry::default()),
+            metrics: Exposition::new(registry),
             hops: Hops::new(None),
             assets: Assets::built_in(),
+            connection_limits: ConnectionLimits::default(),
+            connection_metrics,
+        }
+    }
+
+    /// Holds connections within `limits` (the defaults otherwise).
+    pub fn with_connection_limits(self, connection_limits: ConnectionLimits) -> Self {
+        Self {
+            connection_limits,
+            ..self
         }
     }
 
@@ -137,10 +154,13 @@ impl Webui {
         }
     }
 
-    /// Serves `metrics` on `/metrics` (the clients' calls registered there).
-    pub fn with_metrics(self, metrics: Registry) -> Self {
+    /// Serves `metrics` on `/metrics` (the clients' calls registered there),
+    /// with the server's connections.
+    pub fn with_metrics(self, mut metrics: Registry) -> Self {
+        let connection_metrics = ConnectionMetrics::register(&mut metrics);
         Self {
             metrics: Exposition::new(metrics),
+            connection_metrics,
             ..self
         }
     }
@@ -211,38 +231,33 @@ pub async fn serve(
         webui.hasher.backend().clone(),
         webui.store.clone(),
     ));
+    let connections = Connections::new(
+        "webui",
+        webui.connection_limits,
+        Activity::Calls,
+        webui.connection_metrics.clone(),
+    );
     let app = router(webui);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HTTP1_HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
+    let mut open = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let accepted = tokio::select! {
+        let admitted = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            admitted = connections.accept(&listener) => admitted,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let connection =
-                    graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                connections.spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%peer, %error, "connection closed on an error");
-                    }
-                });
+        let service = TowerToHyperService::new(InFlight::on(app.clone(), admitted.connection()));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(admitted), service));
+        open.spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed on an error");
             }
-            Err(error) => {
-                // Out of file descriptors, most likely: wait, do not spin.
-                tracing::warn!(%error, "cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        });
         // Reap finished connections so the set does not grow without bound.
-        while connections.try_join_next().is_some() {}
+        while open.try_join_next().is_some() {}
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
@@ -252,7 +267,7 @@ pub async fn serve(
         tracing::warn!("requests still open after the drain timeout; closing them");
     }
     // Dropping the set aborts the connections still open.
-    drop(connections);
+    drop(open);
     tracing::info!("webui stopped");
     Ok(())
 }
@@ -378,7 +393,9 @@ impl IntoResponse for GatewayError {
             Self::BadRequest(reason) => (StatusCode::BAD_REQUEST, json!({"error": reason})),
             Self::Backend { backend, status } => {
                 let code = match status.code() {
-                    tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
                     tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
                     tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
                     _ => StatusCode::BAD_GATEWAY,
@@ -388,6 +405,11 @@ impl IntoResponse for GatewayError {
                     "backend": backend,
                     "grpc_status": format!("{:?}", status.code()),
                 });
+                // An overloaded backend's pause, passed on to the browser.
+                if let Some(pause) = overload::asked(status) {
+                    let retry_after = overload::retry_after_header(pause);
+                    return (code, [retry_after], Json(body)).into_response();
+                }
                 (code, body)
             }
         };
@@ -420,10 +442,14 @@ async fn gateway_rng(
 }
 
 /// `POST /api/hash` with any body: `Hasher/Hash`, `{"hex": ...}`.
-async fn gateway_hash(
-    State(webui): State<Webui>,
-    body: Bytes,
-) -> Result<Json<Value>, GatewayError> {
+async fn gateway_hash(State(webui): State<Webui>, body: Result<Bytes, BytesRejection>) -> Response {
+    match overload::whole_body(body) {
+        Ok(body) => gateway_hash_of(webui, body).await.into_response(),
+        Err(unread) => unread.into_response(),
+    }
+}
+
+async fn gateway_hash_of(webui: Webui, body: Bytes) -> Result<Json<Value>, GatewayError> {
     let hex = answer(webui.hasher.backend(), webui.hasher.hash(body)).await?;
     Ok(Json(json!({"hex": hex})))
 }

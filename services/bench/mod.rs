@@ -12,6 +12,7 @@
 //! absolute that does not travel: [`floor`], a bare tonic unary call, and
 //! [`limit`], SHA-256 on one core.
 
+pub mod flood;
 pub mod floor;
 pub mod limit;
 

@@ -3,6 +3,7 @@
 
 use crate::helpers::{Spawned, http1, spawn_rng};
 use dockercoins::{
+    connections::ConnectionLimits,
     edge::{self, Route},
     pb::{InfoRequest, replica_client::ReplicaClient},
     pool::Resolver,
@@ -34,9 +35,14 @@ async fn start_edge(addrs: &Arc<Mutex<Vec<SocketAddr>>>) -> Edge {
         Box::pin(async move { Ok(addrs) })
     });
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(edge::serve(vec![(listener, route)], resolver, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(edge::serve(
+        vec![(listener, route)],
+        resolver,
+        ConnectionLimits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Edge { addr, stop, task }
 }
 

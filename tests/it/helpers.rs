@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use dockercoins::{
     clients::{HasherClient, RngClient},
+    connections::ConnectionLimits,
     hasher::HasherConfig,
     pb::{hasher_client, rng_client},
     pool::PoolSettings,
@@ -146,15 +147,34 @@ pub async fn spawn_webui_on(
     rng: &str,
     hasher: &str,
 ) -> Spawned<WebuiError> {
+    start_webui(addr, webui_of(store, rng, hasher)).await
+}
+
+/// A webui that holds connections within `limits`.
+pub async fn spawn_webui_limited(
+    limits: ConnectionLimits,
+    store: Store,
+    rng: &str,
+    hasher: &str,
+) -> Spawned<WebuiError> {
+    let webui = webui_of(store, rng, hasher).with_connection_limits(limits);
+    start_webui(SocketAddr::from(([127, 0, 0, 1], 0)), webui).await
+}
+
+/// A webui in front of `rng` and `hasher`, its clients quick to give up.
+fn webui_of(store: Store, rng: &str, hasher: &str) -> Webui {
     let pool = PoolSettings {
         connect_timeout: Duration::from_millis(500),
         ..Default::default()
     };
-    let webui = Webui::new(
+    Webui::new(
         store,
         RngClient::new(rng, &pool).unwrap(),
         HasherClient::new(hasher, &pool).unwrap(),
-    );
+    )
+}
+
+async fn start_webui(addr: SocketAddr, webui: Webui) -> Spawned<WebuiError> {
     Spawned::start_on(addr, |listener, stop| async move {
         dockercoins::webui::serve(listener, webui, async {
             let _ = stop.await;

@@ -15,12 +15,14 @@
 //!
 //! The tests, by behaviour: `http` (the legacy routes and webui's gateway),
 //! `grpc` (every gRPC method), `worker` (lying backends), `limits` (memory
-//! bounds), `webui` (its routes and security headers). What they stand on:
+//! bounds), `connections` (the connections, calls and request data a server
+//! holds), `webui` (its routes and security headers). What they stand on:
 //! `cases` (the property-test runner), `mesh` (rng, hasher and a webui on
 //! real sockets), `http_wire` and `grpc_wire` (clients that write the bytes
 //! themselves), `fake_backend` (an rng and hasher that lie).
 
 mod cases;
+mod connections;
 mod fake_backend;
 mod grpc;
 mod grpc_wire;
