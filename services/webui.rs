@@ -249,11 +249,12 @@ pub async fn serve(
             _ = &mut shutdown => break,
             admitted = connections.accept(&listener) => admitted,
         };
+        let peer = admitted.get_ref().peer_addr().ok();
         let service = TowerToHyperService::new(InFlight::on(app.clone(), admitted.connection()));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(admitted), service));
         open.spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection closed on an error");
+                tracing::debug!(?peer, %error, "connection closed on an error");
             }
         });
         // Reap finished connections so the set does not grow without bound.

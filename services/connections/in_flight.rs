@@ -3,7 +3,8 @@
 //! dropped), so a long gRPC stream keeps its connection busy. It also
 //! refuses, on its headers, a call that finds the server holding its most
 //! calls: before its body is read, so a flood of calls costs little more
-//! than their headers.
+//! than their headers; and it hands each call's request body to
+//! [`Received`], which counts its data against the server's bound.
 
 use super::{CALLS_PUSHBACK, Connection, admitted::ConnectedOn, received::Received};
 use crate::{overload, telemetry::is_grpc};

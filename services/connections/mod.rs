@@ -310,12 +310,13 @@ impl Connections {
         }
     }
 
-    /// A connection closed by a bound: counted, and the shed ones said at
-    /// a bounded rate (a flood sheds thousands a second).
+    /// A connection closed by a bound, counted.
     fn note_closed(&self, why: Closed) {
         self.shared.metrics.closed(why.as_str());
     }
 
+    /// A connection closed to make room, or a newcomer refused: counted,
+    /// and said at a bounded rate (a flood sheds thousands a second).
     fn shed(&self, why: Closed) {
         self.note_closed(why);
         if let Some(count) = self.shared.shed.note() {
