@@ -19,6 +19,7 @@ use dockercoins::{
     pool::Resolver,
     rng::RngConfig,
     store::Store,
+    webui::WebuiError,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -82,14 +83,26 @@ fn hasher_limited(limits: ConnectionLimits) -> HasherConfig {
     }
 }
 
-/// rng, hasher and a webui, each holding at most `limits`.
-async fn limited_mesh(limits: ConnectionLimits) -> [(&'static str, Spawned, Server); 2] {
-    let rng = spawn_rng(rng_limited(limits)).await;
-    let hasher = spawn_hasher(hasher_limited(limits)).await;
-    [
-        ("rng", rng, Server::Rng),
-        ("hasher", hasher, Server::Hasher),
-    ]
+/// rng, hasher and a webui in front of them, each holding at most `limits`.
+struct LimitedMesh {
+    rng: Spawned,
+    hasher: Spawned,
+    webui: Spawned<WebuiError>,
+}
+
+impl LimitedMesh {
+    async fn start(limits: ConnectionLimits) -> Self {
+        let rng = spawn_rng(rng_limited(limits)).await;
+        let hasher = spawn_hasher(hasher_limited(limits)).await;
+        let webui = spawn_webui_limited(limits, Store::memory(), &rng.url(), &hasher.url()).await;
+        Self { rng, hasher, webui }
+    }
+
+    async fn stop(self) {
+        self.webui.stop().await.unwrap();
+        self.rng.stop().await.unwrap();
+        self.hasher.stop().await.unwrap();
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -127,18 +140,15 @@ async fn served_in(server: Server, spawned: &Spawned) -> Duration {
 
 #[tokio::test]
 async fn a_server_full_of_idle_connections_closes_the_idlest_for_a_newcomer() {
-    let [(_, rng, _), (_, hasher, _)] = limited_mesh(ConnectionLimits::at_most(CAP)).await;
-    let webui = spawn_webui_limited(
-        ConnectionLimits::at_most(CAP),
-        Store::memory(),
-        &rng.url(),
-        &hasher.url(),
-    )
-    .await;
+    let mesh = LimitedMesh::start(ConnectionLimits::at_most(CAP)).await;
     for (name, addr, served) in [
-        ("rng", rng.addr, Some((Server::Rng, &rng))),
-        ("hasher", hasher.addr, Some((Server::Hasher, &hasher))),
-        ("webui", webui.addr, None),
+        ("rng", mesh.rng.addr, Some((Server::Rng, &mesh.rng))),
+        (
+            "hasher",
+            mesh.hasher.addr,
+            Some((Server::Hasher, &mesh.hasher)),
+        ),
+        ("webui", mesh.webui.addr, None),
     ] {
         // Full: half an HTTP/2 preface on every connection, the attack that
         // nothing in hyper or tonic times out.
@@ -164,9 +174,7 @@ async fn a_server_full_of_idle_connections_closes_the_idlest_for_a_newcomer() {
         let evicted = metric(addr, "connections_closed_total{reason=\"evicted\"}").await;
         assert!(evicted >= Some(1.0), "{name}: {evicted:?} evicted");
     }
-    webui.stop().await.unwrap();
-    rng.stop().await.unwrap();
-    hasher.stop().await.unwrap();
+    mesh.stop().await;
 }
 
 #[tokio::test]
@@ -192,14 +200,7 @@ async fn a_server_full_of_busy_connections_refuses_newcomers_at_once_then_serves
 /// Paused clock: the bounds pass at once and the times are exact.
 #[tokio::test(start_paused = true)]
 async fn a_connection_without_a_request_is_closed_after_the_handshake_bound() {
-    let [(_, rng, _), (_, hasher, _)] = limited_mesh(ConnectionLimits::default()).await;
-    let webui = spawn_webui_limited(
-        ConnectionLimits::default(),
-        Store::memory(),
-        &rng.url(),
-        &hasher.url(),
-    )
-    .await;
+    let mesh = LimitedMesh::start(ConnectionLimits::default()).await;
     let preface_and_settings = [PREFACE, EMPTY_SETTINGS].concat();
     let half_a_head = b"GET / HTTP/1.1\r\nHost: test\r\nX-Half: ".as_slice();
     let grpc_openings: [(&str, &[u8]); 4] = [
@@ -213,9 +214,9 @@ async fn a_connection_without_a_request_is_closed_after_the_handshake_bound() {
         ("half an HTTP/1.1 head", half_a_head),
     ];
     for (name, addr, openings) in [
-        ("rng", rng.addr, &grpc_openings[..]),
-        ("hasher", hasher.addr, &grpc_openings[..]),
-        ("webui", webui.addr, &http1_openings[..]),
+        ("rng", mesh.rng.addr, &grpc_openings[..]),
+        ("hasher", mesh.hasher.addr, &grpc_openings[..]),
+        ("webui", mesh.webui.addr, &http1_openings[..]),
     ] {
         for (opening, bytes) in openings {
             let start = tokio::time::Instant::now();
@@ -234,9 +235,7 @@ async fn a_connection_without_a_request_is_closed_after_the_handshake_bound() {
         let handshake = metric(addr, "connections_closed_total{reason=\"handshake\"}").await;
         assert_eq!(handshake, Some(openings.len() as f64), "{name}");
     }
-    webui.stop().await.unwrap();
-    rng.stop().await.unwrap();
-    hasher.stop().await.unwrap();
+    mesh.stop().await;
 }
 
 /// An HTTP/2 connection that made a call and then stays quiet (it answers
@@ -244,7 +243,8 @@ async fn a_connection_without_a_request_is_closed_after_the_handshake_bound() {
 /// idle bound. Paused clock.
 #[tokio::test(start_paused = true)]
 async fn an_idle_http2_connection_is_closed_after_the_idle_bound() {
-    for (name, spawned, _) in limited_mesh(ConnectionLimits::default()).await {
+    let mesh = LimitedMesh::start(ConnectionLimits::default()).await;
+    for (name, spawned) in [("rng", &mesh.rng), ("hasher", &mesh.hasher)] {
         let (mut send, connection) = http2_connection(spawned.addr).await;
         let check = axum::http::Request::post(format!(
             "http://{}/grpc.health.v1.Health/Check",
@@ -276,8 +276,8 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_bound() {
         );
         let idle = metric(spawned.addr, "connections_closed_total{reason=\"idle\"}").await;
         assert_eq!(idle, Some(1.0), "{name}");
-        spawned.stop().await.unwrap();
     }
+    mesh.stop().await;
 }
 
 /// A connection with a stream open (the pool's health Watch) is busy
@@ -312,18 +312,11 @@ async fn rng_client_on(channel: tonic::transport::Channel) {
 /// serves on. Paused clock.
 #[tokio::test(start_paused = true)]
 async fn half_a_second_request_is_disconnected_after_the_header_read_timeout() {
-    let [(_, rng, _), (_, hasher, _)] = limited_mesh(ConnectionLimits::default()).await;
-    let webui = spawn_webui_limited(
-        ConnectionLimits::default(),
-        Store::memory(),
-        &rng.url(),
-        &hasher.url(),
-    )
-    .await;
+    let mesh = LimitedMesh::start(ConnectionLimits::default()).await;
     for (name, addr) in [
-        ("rng", rng.addr),
-        ("hasher", hasher.addr),
-        ("webui", webui.addr),
+        ("rng", mesh.rng.addr),
+        ("hasher", mesh.hasher.addr),
+        ("webui", mesh.webui.addr),
     ] {
         let mut slow = TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET /no/where HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -353,9 +346,7 @@ async fn half_a_second_request_is_disconnected_after_the_header_read_timeout() {
             .unwrap();
         assert_eq!(response.status, 404, "{name}");
     }
-    webui.stop().await.unwrap();
-    rng.stop().await.unwrap();
-    hasher.stop().await.unwrap();
+    mesh.stop().await;
 }
 
 /// `edge`, full of connections that move no bytes, closes the idlest for a
