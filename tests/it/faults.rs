@@ -4,8 +4,8 @@
 //! what it started. RELIABILITY.md says what each one shows.
 
 use crate::helpers::{
-    Log, RedisServer, RunningWorker, restartable_port, sha256_hex, spawn_hasher, spawn_rng,
-    spawn_webui, start_binary, start_binary_logged,
+    Log, RedisServer, RunningWorker, one_lane_no_queue, restartable_port, sha256_hex, spawn_hasher,
+    spawn_rng, spawn_webui, start_binary, start_binary_logged,
 };
 use dockercoins::{
     hasher::HasherConfig,
@@ -627,13 +627,7 @@ async fn two_hundred_clients_for_thirty_seconds() {
 #[tokio::test]
 async fn a_worker_refused_by_a_full_lane_counts_exactly_what_it_did() {
     let redis = RedisServer::start().await;
-    let rng = spawn_rng(RngConfig {
-        delay: Duration::from_millis(20),
-        lanes: Some(1),
-        queue: 0,
-        ..RngConfig::classroom()
-    })
-    .await;
+    let rng = spawn_rng(one_lane_no_queue(Duration::from_millis(20))).await;
     let hasher = spawn_hasher(HasherConfig::turbo()).await;
     let worker = RunningWorker::start(turbo(4, 0), &rng.url(), &hasher.url(), store(&redis));
     redis.wait_for_hashes(5, Duration::from_secs(30)).await;

@@ -737,6 +737,31 @@ pub fn assert_pushed_back(status: &tonic::Status, millis: &str) {
     );
 }
 
+/// rng with one lane of `delay` and no queue: busy with one call, it
+/// refuses the next at once (RESOURCE_EXHAUSTED with a pushback).
+pub fn one_lane_no_queue(delay: Duration) -> RngConfig {
+    RngConfig {
+        delay,
+        lanes: Some(1),
+        queue: 0,
+        ..RngConfig::classroom()
+    }
+}
+
+/// Waits until the rng at `addr` serves one gRPC call (the one holding its
+/// lane; its /metrics is not in the lane), for `within` at most.
+pub async fn wait_for_a_call_in_rngs_lane(addr: SocketAddr, within: Duration) {
+    let in_flight = r#"rpc_server_calls_in_flight{rpc_service="dockercoins.v1.Rng"}"#;
+    let deadline = tokio::time::Instant::now() + within;
+    while metric(addr, in_flight).await != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rng never served the call holding its lane within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The value of the series `line` (`name{labels}`) on the `/metrics` of
 /// the server at `addr`.
 pub async fn metric(addr: SocketAddr, line: &str) -> Option<f64> {

@@ -4,7 +4,8 @@
 //! ejection, deadlines that travel, and a rolling restart that loses nothing.
 
 use crate::helpers::{
-    RedisServer, RunningWorker, Spawned, restartable_port, spawn_hasher, spawn_rng, spawn_rng_on,
+    RedisServer, RunningWorker, Spawned, one_lane_no_queue, restartable_port, spawn_hasher,
+    spawn_rng, spawn_rng_on, wait_for_a_call_in_rngs_lane,
 };
 use dockercoins::{
     clients::{HasherClient, RngClient},
@@ -489,31 +490,13 @@ async fn one_call_at_a_time_ewma_still_finds_the_fast_replica() {
 #[tokio::test]
 async fn a_full_lane_sends_calls_elsewhere_for_the_pause_it_asks() {
     // One lane of 2 s and no queue: busy with one call, it refuses the next.
-    let busy = spawn_rng(RngConfig {
-        delay: Duration::from_secs(2),
-        lanes: Some(1),
-        queue: 0,
-        ..RngConfig::classroom()
-    })
-    .await;
+    let busy = spawn_rng(one_lane_no_queue(Duration::from_secs(2))).await;
     let free = spawn_rng(RngConfig::turbo()).await;
     let mut registry = Registry::default();
     let (rng, _) = client(&[&busy, &free], PoolSettings::default(), &mut registry);
     let mut holder = crate::helpers::rng_client(&busy).await;
     let holding = tokio::spawn(async move { holder.generate(GenerateRequest { size: 32 }).await });
-    // Until the busy replica serves that call (its /metrics is not in the lane).
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let in_flight = r#"rpc_server_calls_in_flight{rpc_service="dockercoins.v1.Rng"}"#;
-        if crate::helpers::metric(busy.addr, in_flight).await == Some(1.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the busy replica never served the call holding its lane"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_a_call_in_rngs_lane(busy.addr, Duration::from_secs(2)).await;
     let started = Instant::now();
     for _ in 0..4 {
         rng.generate(32)

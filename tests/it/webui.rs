@@ -1,7 +1,10 @@
 //! webui: `/json` as the original, its 503 path, the page and its embedded
 //! assets, the status endpoint, and the HTTP-to-gRPC gateway.
 
-use crate::helpers::{RedisServer, metric, sha256_hex, spawn_hasher, spawn_rng};
+use crate::helpers::{
+    RedisServer, one_lane_no_queue, sha256_hex, spawn_hasher, spawn_rng,
+    wait_for_a_call_in_rngs_lane,
+};
 use axum::{
     body::Body,
     http::{Request, StatusCode},
@@ -232,26 +235,11 @@ async fn the_gateway_says_which_backend_failed_and_how() {
 /// is: 503, with the pause rng asked for as `Retry-After`.
 #[tokio::test]
 async fn the_gateway_passes_an_overloaded_backends_pause_on() {
-    let rng = spawn_rng(RngConfig {
-        delay: Duration::from_secs(3),
-        lanes: Some(1),
-        queue: 0,
-        ..RngConfig::classroom()
-    })
-    .await;
+    let rng = spawn_rng(one_lane_no_queue(Duration::from_secs(3))).await;
     let webui = webui(Store::memory(), &rng.url(), &dead_url("http").await);
     let holder = webui.clone();
     let first = tokio::spawn(async move { get(&holder, "GET", "/api/rng/8", b"").await });
-    // The first call holds the lane once rng counts it in flight: 5 s at most.
-    let in_flight = "rpc_server_calls_in_flight{rpc_service=\"dockercoins.v1.Rng\"}";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while metric(rng.addr, in_flight).await != Some(1.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first call never reached rng"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_a_call_in_rngs_lane(rng.addr, Duration::from_secs(5)).await;
     let (status, headers, body) = get(&webui, "GET", "/api/rng/8", b"").await;
     assert_eq!(status, 503);
     assert_eq!(headers["retry-after"], "3");

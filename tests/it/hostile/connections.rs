@@ -58,6 +58,22 @@ async fn closed_within(stream: &mut TcpStream, bound: Duration) -> bool {
     .is_ok()
 }
 
+/// Asserts that the server closes `stream` `bound` after `start`, within a
+/// second more (paused clock: the time is exact).
+async fn assert_closed_after(
+    stream: &mut TcpStream,
+    start: tokio::time::Instant,
+    bound: Duration,
+    what: &str,
+) {
+    assert!(closed_within(stream, bound * 2).await, "{what}: still open");
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= bound && elapsed <= bound + Duration::from_secs(1),
+        "{what}: closed after {elapsed:?}"
+    );
+}
+
 /// `count` connections to `addr` that send `opening` and then nothing.
 async fn silent_connections(addr: SocketAddr, count: usize, opening: &[u8]) -> Vec<TcpStream> {
     let mut silent = Vec::new();
@@ -221,16 +237,8 @@ async fn a_connection_without_a_request_is_closed_after_the_handshake_bound() {
         for (opening, bytes) in openings {
             let start = tokio::time::Instant::now();
             let mut stream = silent_connections(addr, 1, bytes).await.remove(0);
-            assert!(
-                closed_within(&mut stream, HANDSHAKE_TIMEOUT * 2).await,
-                "{name}, {opening}: still open"
-            );
-            let elapsed = start.elapsed();
-            assert!(
-                elapsed >= HANDSHAKE_TIMEOUT
-                    && elapsed <= HANDSHAKE_TIMEOUT + Duration::from_secs(1),
-                "{name}, {opening}: closed after {elapsed:?}"
-            );
+            let what = format!("{name}, {opening}");
+            assert_closed_after(&mut stream, start, HANDSHAKE_TIMEOUT, &what).await;
         }
         let handshake = metric(addr, "connections_closed_total{reason=\"handshake\"}").await;
         assert_eq!(handshake, Some(openings.len() as f64), "{name}");
@@ -331,16 +339,7 @@ async fn half_a_second_request_is_disconnected_after_the_header_read_timeout() {
             .await
             .unwrap();
         let start = tokio::time::Instant::now();
-        assert!(
-            closed_within(&mut slow, HTTP1_HEADER_READ_TIMEOUT * 2).await,
-            "{name}: still open"
-        );
-        let elapsed = start.elapsed();
-        assert!(
-            elapsed >= HTTP1_HEADER_READ_TIMEOUT
-                && elapsed <= HTTP1_HEADER_READ_TIMEOUT + Duration::from_secs(1),
-            "{name}: closed after {elapsed:?}"
-        );
+        assert_closed_after(&mut slow, start, HTTP1_HEADER_READ_TIMEOUT, name).await;
         let response = super::http_wire::raw_http(addr, &get_request("GET", "/no/where"))
             .await
             .unwrap();
