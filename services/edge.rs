@@ -25,10 +25,10 @@ use tokio::{
 };
 
 use crate::{
-    connections::{Activity, Admitted, ConnectionLimits, Connections},
-    metrics::ConnectionMetrics,
-    pool::Resolver,
+    client::balancer::Resolver,
+    server::connections::{Activity, Admitted, ConnectionLimits, Connections},
     shutdown::DRAIN_TIMEOUT,
+    telemetry::metrics::ConnectionMetrics,
 };
 
 /// How long `edge` tries one replica before it tries the next.

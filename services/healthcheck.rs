@@ -3,9 +3,9 @@
 //! rng and hasher (over TLS for `grpcs://`, with a client certificate for
 //! mutual TLS), an HTTP GET for webui; exit 0 when healthy.
 
-use crate::http_get::GetError;
+use crate::client::http_get::GetError;
 use crate::{
-    error_chain::{describe, status_reason},
+    telemetry::error_chain::{describe, status_reason},
     tls::{ClientTls, TlsError},
 };
 use std::time::Duration;
@@ -142,7 +142,7 @@ async fn grpc(
 }
 
 async fn http(target: &str) -> Result<String, Unhealthy> {
-    let (status, _) = crate::http_get::get(target)
+    let (status, _) = crate::client::http_get::get(target)
         .await
         .map_err(|error| match error {
             GetError::Url(_) => Unhealthy::Target(target.to_owned()),

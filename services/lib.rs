@@ -69,38 +69,30 @@
 //!
 //! The caller binds (tests bind port 0) and decides what shutdown means.
 
-pub mod backoff;
-pub mod bench;
-pub mod call_meter;
-pub mod clients;
-pub mod config;
-pub mod connections;
-pub mod deadline;
-pub mod doctor;
+// The lab's programs.
 pub mod edge;
-pub mod error_chain;
-pub mod faults;
 pub mod hasher;
-pub mod healthcheck;
-pub mod http_get;
-pub mod latency;
-pub mod limits;
-pub mod metrics;
-pub mod overload;
-pub mod pool;
-pub mod private_redis;
-pub mod protocol;
 pub mod rng;
+pub mod webui;
+pub mod worker;
+
+// The commands, which assemble programs.
+pub mod bench;
+pub mod cli;
+pub mod doctor;
+pub mod healthcheck;
+pub mod top;
+pub mod traces;
+pub mod up;
+
+// The plumbing, which imports no program and no command.
+pub mod client;
+pub mod protocol;
 pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
-pub mod top;
-pub mod traces;
-pub mod up;
-pub mod webui;
-pub mod worker;
 
 /// The generated protobuf types, clients and servers of `dockercoins.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -5,17 +5,19 @@ use anyhow::Context;
 use clap::Parser;
 use dockercoins::{
     bench,
-    clients::{HasherClient, RngClient},
-    config::{
+    cli::{
         BenchArgs, Cli, ClientArgs, Command, EdgeArgs, FloodArgs, FloorCommand, HealthcheckArgs,
         TopArgs, TracesArgs, UpArgs,
     },
-    connections::ConnectionLimits,
-    edge, hasher, healthcheck,
-    metrics::{ClientCalls, Registry},
-    pool, rng, shutdown,
+    client::balancer,
+    client::{HasherClient, RngClient},
+    edge, hasher, healthcheck, rng,
+    server::connections::ConnectionLimits,
+    shutdown,
     store::Store,
-    telemetry, top, traces,
+    telemetry,
+    telemetry::metrics::{ClientCalls, Registry},
+    top, traces,
     up::{self, Listeners, restart::RestartTrigger},
     webui, worker,
 };
@@ -35,7 +37,7 @@ async fn main() -> ExitCode {
         Command::Top(args) => return run_top(args).await,
         _ => {}
     }
-    dockercoins::metrics::set_enabled(!cli.metrics_disabled);
+    dockercoins::telemetry::metrics::set_enabled(!cli.metrics_disabled);
     let _telemetry = telemetry::init(cli.log_format, cli.command.name());
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,7 +65,7 @@ async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
     }
 }
 
-async fn doctor(args: &dockercoins::config::DoctorArgs) -> ExitCode {
+async fn doctor(args: &dockercoins::cli::DoctorArgs) -> ExitCode {
     let findings = dockercoins::doctor::examine(&args.config()).await;
     let (text, code) = dockercoins::doctor::report(&findings);
     print!("{text}");
@@ -223,7 +225,7 @@ async fn run_edge(
         routes.push((bind(route.listen, "--route / EDGE_ROUTES").await?, route));
     }
     let limits = ConnectionLimits::at_most(args.max_connections);
-    edge::serve(routes, pool::system_resolver(), limits, shutdown).await;
+    edge::serve(routes, balancer::system_resolver(), limits, shutdown).await;
     Ok(())
 }
 

@@ -14,7 +14,7 @@
 //! Nothing here ever logs or displays key material: [`ServerTls`] and
 //! [`ClientTls`] show their file paths only.
 
-use crate::error_chain::describe;
+use crate::telemetry::error_chain::describe;
 use std::{
     fmt,
     path::{Path, PathBuf},

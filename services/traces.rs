@@ -7,7 +7,7 @@
 //! API v3 (what Jaeger's UI reads) and prints, for each hop, how many spans
 //! and their p50 and p99 durations, then how complete the traces are.
 
-use crate::http_get::{self, GetError};
+use crate::client::http_get::{self, GetError};
 use serde_json::Value;
 use std::{
     collections::{HashMap, HashSet},

@@ -11,7 +11,7 @@
 //! unary hashes/s can reach at most half the floor's calls/s.
 
 use super::{BenchConfig, BenchError, Latency, failed, spawn};
-use crate::{pool, protocol::BLOCK_BYTES, server::http2_settings, telemetry::fields};
+use crate::{client::balancer, protocol::BLOCK_BYTES, server::http2_settings, telemetry::fields};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::{
@@ -90,7 +90,10 @@ pub struct Load {
 /// An endpoint set up as the worker's pool sets up each connection.
 fn endpoint(target: &str) -> Result<Endpoint, BenchError> {
     let endpoint = Channel::from_shared(format!("http://{target}")).map_err(failed)?;
-    Ok(pool::configure(endpoint, &pool::PoolSettings::default()))
+    Ok(balancer::configure(
+        endpoint,
+        &balancer::PoolSettings::default(),
+    ))
 }
 
 /// Calls the echo flat out, `config.concurrency` in flight, and counts the

@@ -18,8 +18,8 @@ pub mod limit;
 
 use crate::{
     pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
-    private_redis::PrivateRedis,
     store::Store,
+    store::private_redis::PrivateRedis,
     telemetry::fields,
 };
 use serde::Serialize;

@@ -4,7 +4,7 @@
 //! shown as not answering instead of freezing the screen.
 
 use super::board::{HopsView, Score, StatusView};
-use crate::http_get;
+use crate::client::http_get;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 

@@ -15,15 +15,15 @@ pub mod replica;
 pub mod restart;
 
 use crate::{
-    clients::{HasherClient, RngClient},
+    client::balancer::{InvalidUrl, PoolSettings, Resolver},
+    client::{HasherClient, RngClient},
     hasher::HasherConfig,
-    metrics::{ClientCalls, Registry},
-    pool::{InvalidUrl, PoolSettings, Resolver},
-    private_redis::{PrivateRedis, RedisStartError},
     protocol::{HASHER_PORT, RNG_PORT, WEBUI_PORT},
     rng::RngConfig,
     server::ServeError,
+    store::private_redis::{PrivateRedis, RedisStartError},
     store::{Store, StoreError},
+    telemetry::metrics::{ClientCalls, Registry},
     webui::{Webui, WebuiError},
     worker::{Backends, WorkerConfig},
 };

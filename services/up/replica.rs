@@ -7,9 +7,9 @@
 //! config. Not here: which replica gets them (`up` decides: the last).
 
 use crate::{
-    faults::{ExtraDelay, FailCode, FailRate},
     hasher::HasherConfig,
     rng::RngConfig,
+    server::faults::{ExtraDelay, FailCode, FailRate},
 };
 use std::{fmt, time::Duration};
 
@@ -154,7 +154,7 @@ impl ReplicaSettings {
         config
     }
 
-    fn faults(&self, faults: &mut crate::faults::Faults) {
+    fn faults(&self, faults: &mut crate::server::faults::Faults) {
         if let Some(rate) = self.fail_rate {
             faults.fail_rate = rate;
         }

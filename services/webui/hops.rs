@@ -10,10 +10,10 @@
 //! inject faults (`--fail-rate`, `--extra-delay`) says so, as `faults`.
 
 use crate::{
-    latency::Window,
+    client::balancer::Backend,
     pb::{InfoRequest, InfoResponse, MethodCalls, replica_client::ReplicaClient},
-    pool::Backend,
     store::{Store, UpdateStats},
+    telemetry::latency::Window,
 };
 use serde_json::{Value, json};
 use std::{
@@ -230,7 +230,7 @@ async fn ask_replicas(backend: &Backend) -> Vec<(String, Result<InfoResponse, St
         let mut client = ReplicaClient::new(channel);
         let answer = match tokio::time::timeout(ASK_TIMEOUT, client.info(InfoRequest {})).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(crate::error_chain::status_reason(&status)),
+            Ok(Err(status)) => Err(crate::telemetry::error_chain::status_reason(&status)),
             Err(_) => Err(format!("no answer in {} ms", ASK_TIMEOUT.as_millis())),
         };
         (address, answer)

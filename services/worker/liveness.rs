@@ -2,7 +2,7 @@
 //! loop last turned. A worker whose loops are stuck, not one whose backends
 //! are down, is one to restart. Its port also serves the worker's metrics.
 
-use crate::{metrics::Exposition, telemetry::fields};
+use crate::{telemetry::fields, telemetry::metrics::Exposition};
 use axum::{http::StatusCode, routing::get};
 use std::{
     sync::{

@@ -5,8 +5,8 @@
 
 use super::{WorkerConfig, liveness::Liveness, tally::Tally};
 use crate::{
-    backoff::Backoff,
-    clients::{HasherClient, RngClient},
+    client::backoff::Backoff,
+    client::{HasherClient, RngClient},
     pb::HashBatch,
     protocol::{BLOCK_BYTES, DIGEST_BYTES},
     store::Coin,

@@ -26,10 +26,10 @@ pub use tally::{
 };
 
 use crate::{
-    clients::{HasherClient, RngClient},
-    metrics::{Exposition, Registry, TallyMetrics},
+    client::{HasherClient, RngClient},
     store::Store,
     telemetry::fields,
+    telemetry::metrics::{Exposition, Registry, TallyMetrics},
 };
 use mining::Miner;
 use std::{

@@ -7,9 +7,9 @@
 //! counted.
 
 use crate::{
-    metrics::TallyMetrics,
     store::{Coin, Counter, Store, StoreError, Totals},
     telemetry::hostname,
+    telemetry::metrics::TallyMetrics,
 };
 use std::{
     future::Future,
@@ -75,7 +75,7 @@ impl Tally {
     }
 
     pub(super) fn add(&self, hashes: u64, coins: Vec<Coin>) {
-        let measured = crate::metrics::enabled();
+        let measured = crate::telemetry::metrics::enabled();
         if measured {
             self.metrics.hashes.inc_by(hashes);
         }
@@ -168,7 +168,7 @@ impl Flusher {
             .store
             .record(counter, coins, self.tally.wallet_cap)
             .await;
-        if crate::metrics::enabled() {
+        if crate::telemetry::metrics::enabled() {
             (self.tally.metrics.redis_update).observe(started.elapsed().as_secs_f64(), None, None);
         }
         result

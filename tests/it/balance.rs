@@ -6,9 +6,9 @@ use crate::helpers::{
     RedisServer, RunningWorker, Spawned, generate_through, spawn_hasher, spawn_rng,
 };
 use dockercoins::{
-    clients::{HasherClient, RngClient},
+    client::balancer::{Policy, PoolSettings, Resolver},
+    client::{HasherClient, RngClient},
     hasher::HasherConfig,
-    pool::{Policy, PoolSettings, Resolver},
     rng::RngConfig,
     store::Store,
     worker::WorkerConfig,

@@ -6,7 +6,7 @@ use crate::helpers::{
     have, run_readme_line, sha256_hex, sigterm, spawn_hasher, spawn_rng, start_binary,
 };
 use clap::CommandFactory;
-use dockercoins::{config::Cli, hasher::HasherConfig, rng::RngConfig};
+use dockercoins::{cli::Cli, hasher::HasherConfig, rng::RngConfig};
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -166,7 +166,7 @@ async fn the_docs_grpcurl_lines_work() {
 #[test]
 fn each_services_defaults_are_what_up_runs() {
     use clap::Parser;
-    use dockercoins::config::{Command, env};
+    use dockercoins::cli::{Command, env};
     // clap reads the environment too: a setting there is not a default.
     for name in [
         env::RNG_DELAY_MS,

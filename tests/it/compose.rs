@@ -328,8 +328,8 @@ fn the_lab_ports_are_published_and_the_lab_services_scale() {
     // (its defaults do: the file sets nothing).
     let edge = service(&file, "edge");
     assert!(env_value(edge, "EDGE_ROUTES").is_none());
-    let cli = dockercoins::config::Cli::try_parse_from(["dockercoins", "edge"]).unwrap();
-    let dockercoins::config::Command::Edge(args) = cli.command else {
+    let cli = dockercoins::cli::Cli::try_parse_from(["dockercoins", "edge"]).unwrap();
+    let dockercoins::cli::Command::Edge(args) = cli.command else {
         unreachable!()
     };
     let routes = args.routes;

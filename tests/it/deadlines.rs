@@ -5,12 +5,12 @@
 use crate::helpers::{hasher_client, http1, metric, rng_client, spawn_hasher, spawn_rng};
 use dockercoins::{
     hasher::{HasherConfig, HasherService},
-    metrics::{Exposition, Registry},
     pb::{
         GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest, hasher_server::Hasher,
         rng_server::Rng,
     },
     rng::{RngConfig, RngMetrics, RngService},
+    telemetry::metrics::{Exposition, Registry},
 };
 use std::time::Duration;
 use tokio::{task::JoinSet, time::Instant};
@@ -213,7 +213,7 @@ async fn an_extra_delay_eats_the_deadline_and_holds_the_lane_until_then() {
     let config = RngConfig {
         delay: Duration::ZERO,
         lanes: Some(1),
-        faults: dockercoins::faults::Faults {
+        faults: dockercoins::server::faults::Faults {
             extra_delay: "100%=500ms".parse().unwrap(),
             ..Default::default()
         },

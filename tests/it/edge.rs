@@ -3,11 +3,11 @@
 
 use crate::helpers::{Spawned, http1, spawn_rng};
 use dockercoins::{
-    connections::ConnectionLimits,
+    client::balancer::Resolver,
     edge::{self, Route},
     pb::{InfoRequest, replica_client::ReplicaClient},
-    pool::Resolver,
     rng::RngConfig,
+    server::connections::ConnectionLimits,
 };
 use std::{
     collections::BTreeMap,

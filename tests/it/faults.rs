@@ -9,12 +9,12 @@ use crate::helpers::{
 };
 use dockercoins::{
     hasher::HasherConfig,
-    limits,
     pb::{
         GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest, InfoRequest,
         hasher_client::HasherClient, replica_client::ReplicaClient, rng_client::RngClient,
     },
     rng::RngConfig,
+    server::limits,
     store::Store,
     telemetry::fields,
     worker::{Report, WorkerConfig},
@@ -425,14 +425,14 @@ async fn a_backend_slower_than_the_call_timeout_costs_bounded_calls() {
     let concurrency = 8;
     let call_timeout = Duration::from_millis(200);
     let config = turbo(concurrency, 0);
-    let pool = dockercoins::pool::PoolSettings {
+    let pool = dockercoins::client::balancer::PoolSettings {
         call_timeout,
         ..Default::default()
     };
     let worker = RunningWorker::with_backends(
         config,
-        dockercoins::clients::RngClient::new(&rng.url(), &pool).unwrap(),
-        dockercoins::clients::HasherClient::new(&hasher.url(), &pool).unwrap(),
+        dockercoins::client::RngClient::new(&rng.url(), &pool).unwrap(),
+        dockercoins::client::HasherClient::new(&hasher.url(), &pool).unwrap(),
         store(&redis),
     );
     let run = Duration::from_secs(3);

@@ -6,9 +6,9 @@ use crate::helpers::{
 use dockercoins::{
     hasher::HasherConfig,
     hasher::HasherService,
-    limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES},
     pb::{HashBatch, HashRequest, hasher_server::Hasher},
     protocol::DIGEST_BYTES,
+    server::limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES},
 };
 use std::time::Duration;
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};

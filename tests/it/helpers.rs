@@ -2,13 +2,13 @@
 
 use bytes::Bytes;
 use dockercoins::{
-    clients::{HasherClient, RngClient},
-    connections::ConnectionLimits,
+    client::balancer::PoolSettings,
+    client::{HasherClient, RngClient},
     hasher::HasherConfig,
     pb::{hasher_client, rng_client},
-    pool::PoolSettings,
     rng::RngConfig,
     server::ServeError,
+    server::connections::ConnectionLimits,
     store::Store,
     telemetry::fields,
     webui::{Webui, WebuiError},

@@ -5,13 +5,13 @@
 
 use crate::helpers::{RedisServer, hasher_client, http1, rng_client, spawn_hasher, spawn_rng};
 use dockercoins::{
-    faults::{FailCode, Faults},
     hasher::HasherConfig,
     pb::{
         GenerateRequest, GenerateStreamRequest, HashRequest, InfoRequest,
         replica_client::ReplicaClient,
     },
     rng::RngConfig,
+    server::faults::{FailCode, Faults},
     store::Store,
 };
 use serde_json::Value;

@@ -8,15 +8,15 @@ use crate::helpers::{
     spawn_rng, spawn_rng_on, wait_for_a_call_in_rngs_lane,
 };
 use dockercoins::{
-    clients::{HasherClient, RngClient},
-    faults::Faults,
+    client::balancer::{OutlierSettings, Policy, PoolSettings, Resolver, RetrySettings},
+    client::{HasherClient, RngClient},
     hasher::HasherConfig,
-    metrics::{ClientCalls, Exposition, Registry},
     pb::GenerateRequest,
-    pool::{OutlierSettings, Policy, PoolSettings, Resolver, RetrySettings},
     rng::RngConfig,
     server::DRAIN_NOTICE,
+    server::faults::Faults,
     store::Store,
+    telemetry::metrics::{ClientCalls, Exposition, Registry},
     worker::WorkerConfig,
 };
 use std::{

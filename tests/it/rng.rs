@@ -2,10 +2,10 @@
 
 use crate::helpers::{assert_pushed_back, assert_told_to_retry, http1, rng_client, spawn_rng};
 use dockercoins::{
-    limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS},
     pb::{GenerateRequest, GenerateStreamRequest, rng_server::Rng},
     rng::RngConfig,
     rng::RngService,
+    server::limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS},
 };
 use std::time::Duration;
 use tokio::{task::JoinSet, time::Instant};

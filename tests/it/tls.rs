@@ -4,10 +4,10 @@
 
 use crate::helpers::{Spawned, generate_through, have, run_readme_line, sha256_hex};
 use dockercoins::{
-    clients::{HasherClient, RngClient},
+    client::balancer::{Policy, PoolSettings, Resolver},
+    client::{HasherClient, RngClient},
     hasher::HasherConfig,
     healthcheck::{Probe, Unhealthy, check},
-    pool::{Policy, PoolSettings, Resolver},
     rng::RngConfig,
     tls::{ClientTls, ServerTls, TlsError},
 };
@@ -201,7 +201,7 @@ async fn check_tls(
 
 /// The whole error, sources included, for assertions on the reason.
 fn reason(status: &tonic::Status) -> String {
-    dockercoins::error_chain::status_reason(status)
+    dockercoins::telemetry::error_chain::status_reason(status)
 }
 
 /// A worker's backend over https: the pool dials 127.0.0.1, and the

@@ -4,9 +4,9 @@
 //! workers mine.
 
 use dockercoins::{
+    client::balancer::PoolSettings,
     hasher::HasherConfig,
     pb::{GenerateRequest, InfoRequest, replica_client::ReplicaClient, rng_client::RngClient},
-    pool::PoolSettings,
     rng::RngConfig,
     up::{
         Listeners, UpConfig,

@@ -10,9 +10,9 @@ use axum::{
     http::{Request, StatusCode},
 };
 use dockercoins::{
-    clients::{HasherClient, RngClient},
+    client::balancer::PoolSettings,
+    client::{HasherClient, RngClient},
     hasher::HasherConfig,
-    pool::PoolSettings,
     rng::RngConfig,
     store::Store,
     webui::{Assets, CONTENT_SECURITY_POLICY, Webui, router},

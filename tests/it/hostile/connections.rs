@@ -1,4 +1,4 @@
-//! The bounds on the connections a server holds (`dockercoins::connections`),
+//! The bounds on the connections a server holds (`dockercoins::server::connections`),
 //! over real sockets: a server full of idle connections still serves a
 //! newcomer at once, one full of busy connections refuses newcomers at once,
 //! a connection that never sends a request or stays idle is closed after its
@@ -11,13 +11,13 @@ use crate::helpers::{
 };
 use bytes::Bytes;
 use dockercoins::{
-    connections::{ConnectionLimits, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT},
+    client::balancer::Resolver,
     edge::{self, Route},
     hasher::HasherConfig,
-    limits::HTTP1_HEADER_READ_TIMEOUT,
     pb::{GenerateRequest, HashRequest},
-    pool::Resolver,
     rng::RngConfig,
+    server::connections::{ConnectionLimits, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT},
+    server::limits::HTTP1_HEADER_READ_TIMEOUT,
     store::Store,
     webui::WebuiError,
 };

@@ -6,7 +6,9 @@
 use super::http_wire::percent_decode;
 use axum::http::{self, HeaderMap, StatusCode};
 use bytes::Bytes;
-use dockercoins::limits::{MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES, MAX_SMALL_REQUEST_BYTES};
+use dockercoins::server::limits::{
+    MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES, MAX_SMALL_REQUEST_BYTES,
+};
 use http_body_util::{BodyExt, Full};
 use proptest::prelude::*;
 

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::helpers::{sha256_hex, spawn_rng};
 use axum::http::StatusCode;
-use dockercoins::{limits::MAX_BLOCK_BYTES, rng::RngConfig};
+use dockercoins::{rng::RngConfig, server::limits::MAX_BLOCK_BYTES};
 use proptest::{prelude::*, test_runner::TestCaseError};
 
 /// What `GET /<segment>` must answer, worked out independently of

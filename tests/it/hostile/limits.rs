@@ -21,9 +21,9 @@ use super::{
 use crate::helpers::{hasher_client, http1, rng_client, sha256_hex, spawn_hasher, spawn_rng};
 use dockercoins::{
     hasher::HasherConfig,
-    limits::{MAX_BLOCK_BYTES, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES},
     pb::{GenerateRequest, HashBatch, HashRequest},
     rng::RngConfig,
+    server::limits::{MAX_BLOCK_BYTES, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES},
 };
 use std::{
     net::SocketAddr,

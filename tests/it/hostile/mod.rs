@@ -8,7 +8,7 @@
 //!   the worker fed lying backends. The pure parsers have their own property
 //!   tests next to them (`rng::properties`, `hasher::properties`,
 //!   `worker::mining::properties`).
-//! - Each limit of `dockercoins::limits` that bounds memory has a test in
+//! - Each limit of `dockercoins::server::limits` that bounds memory has a test in
 //!   `limits`, or, where one already existed, in the test its doc names.
 //! - webui serves only its own routes, with its security headers on every
 //!   answer.

@@ -4,7 +4,7 @@ use super::{
     http_wire::{get_request, post, raw_http},
     mesh::{mesh, stop_mesh},
 };
-use dockercoins::limits::MAX_BLOCK_BYTES;
+use dockercoins::server::limits::MAX_BLOCK_BYTES;
 
 /// Text that would show a file of this machine or of the source tree.
 const FILE_MARKERS: [&str; 6] = [

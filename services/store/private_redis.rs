@@ -2,7 +2,7 @@
 //! loopback port: the score of `dockercoins up` when no `REDIS_URL` is
 //! given, and the Redis that `dockercoins bench` measures against.
 
-use crate::backoff::Backoff;
+use crate::client::backoff::Backoff;
 use std::{future::Future, net::SocketAddr, process::Stdio, time::Duration};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},

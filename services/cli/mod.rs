@@ -11,13 +11,13 @@ use crate::{
         self, BenchConfig,
         flood::{self, FloodConfig},
     },
-    clients::{HasherClient, RngClient},
-    connections::{self, ConnectionLimits},
-    faults::{self, ExtraDelay, FailCode, FailRate, Faults},
+    client::balancer::{self, PoolSettings},
+    client::{HasherClient, RngClient},
     hasher::{self, HasherConfig},
     healthcheck::Probe,
-    pool::{self, PoolSettings},
     rng::{self, RngConfig},
+    server::connections::{self, ConnectionLimits},
+    server::faults::{self, ExtraDelay, FailCode, FailRate, Faults},
     store,
     tls::{ClientTls, ServerTls, TlsError},
     top::{self, TopConfig},
@@ -650,16 +650,16 @@ pub struct ConnectionArgs {
     #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = store::DEFAULT_TIMEOUT_MS)]
     pub redis_timeout_ms: u64,
     /// HTTP/2 connections per gRPC backend.
-    #[arg(long, env = env::GRPC_CHANNELS, default_value_t = pool::DEFAULT_CHANNELS)]
+    #[arg(long, env = env::GRPC_CHANNELS, default_value_t = balancer::DEFAULT_CHANNELS)]
     pub grpc_channels: usize,
     /// Bound on connecting to a gRPC backend, in milliseconds.
-    #[arg(long, env = env::GRPC_CONNECT_TIMEOUT_MS, default_value_t = pool::DEFAULT_CONNECT_TIMEOUT_MS)]
+    #[arg(long, env = env::GRPC_CONNECT_TIMEOUT_MS, default_value_t = balancer::DEFAULT_CONNECT_TIMEOUT_MS)]
     pub connect_timeout_ms: u64,
     /// Deadline of each unary gRPC call (queueing in rng's lane included),
     /// sent with it (`grpc-timeout`) so the server gives up too; a stream must
     /// start within it, and each of its messages come within it, in
     /// milliseconds.
-    #[arg(long, env = env::GRPC_TIMEOUT_MS, default_value_t = pool::DEFAULT_CALL_TIMEOUT_MS)]
+    #[arg(long, env = env::GRPC_TIMEOUT_MS, default_value_t = balancer::DEFAULT_CALL_TIMEOUT_MS)]
     pub call_timeout_ms: u64,
     /// How calls are spread over the replicas the name resolves to (re-resolved
     /// periodically): `round_robin` (alias `balanced`), `least_request` (of
@@ -668,10 +668,10 @@ pub struct ConnectionArgs {
     /// calls in flight), or `pinned` (one connection, as a naive gRPC client:
     /// it stays on the replica it first reached, the lab's trap).
     #[arg(long, env = env::GRPC_POLICY, value_enum, default_value_t)]
-    pub grpc_policy: pool::Policy,
+    pub grpc_policy: balancer::Policy,
     /// How often a balanced client resolves rng's and hasher's names again,
     /// in milliseconds.
-    #[arg(long, env = env::GRPC_RESOLVE_MS, default_value_t = pool::DEFAULT_RESOLVE_MS)]
+    #[arg(long, env = env::GRPC_RESOLVE_MS, default_value_t = balancer::DEFAULT_RESOLVE_MS)]
     pub resolve_ms: u64,
     /// Send a second attempt of a unary call that has not answered after
     /// this many milliseconds to another replica; the first answer wins.
@@ -682,27 +682,27 @@ pub struct ConnectionArgs {
     /// 10 s, plus one a second): a backend in trouble gets no retry storm.
     /// Taken as one retry per N calls, N = 100 / the percentage, rounded
     /// down (20: 1 in 5; 30: 1 in 3).
-    #[arg(long, env = env::GRPC_RETRY_BUDGET_PERCENT, default_value_t = pool::DEFAULT_BUDGET_PERCENT)]
+    #[arg(long, env = env::GRPC_RETRY_BUDGET_PERCENT, default_value_t = balancer::DEFAULT_BUDGET_PERCENT)]
     pub retry_budget_percent: u32,
     /// Outlier ejection: how often the rule is applied, in milliseconds.
-    #[arg(long, env = env::GRPC_EJECT_INTERVAL_MS, default_value_t = pool::DEFAULT_EJECT_INTERVAL_MS)]
+    #[arg(long, env = env::GRPC_EJECT_INTERVAL_MS, default_value_t = balancer::DEFAULT_EJECT_INTERVAL_MS)]
     pub eject_interval_ms: u64,
     /// Outlier ejection: a replica failing this percentage of its calls in
     /// an interval or more is set aside; 0 turns the rule off.
-    #[arg(long, env = env::GRPC_EJECT_FAILURE_PERCENT, default_value_t = pool::DEFAULT_FAILURE_PERCENT,
+    #[arg(long, env = env::GRPC_EJECT_FAILURE_PERCENT, default_value_t = balancer::DEFAULT_FAILURE_PERCENT,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub eject_failure_percent: u32,
     /// Outlier ejection: calls a replica must have taken in the interval to
     /// be judged.
-    #[arg(long, env = env::GRPC_EJECT_MIN_CALLS, default_value_t = pool::DEFAULT_MIN_CALLS)]
+    #[arg(long, env = env::GRPC_EJECT_MIN_CALLS, default_value_t = balancer::DEFAULT_MIN_CALLS)]
     pub eject_min_calls: u64,
     /// Outlier ejection: how long a first ejection lasts, in milliseconds;
     /// a repeat offender's lasts that many times more (at most 10).
-    #[arg(long, env = env::GRPC_EJECT_MS, default_value_t = pool::DEFAULT_EJECTION_MS)]
+    #[arg(long, env = env::GRPC_EJECT_MS, default_value_t = balancer::DEFAULT_EJECTION_MS)]
     pub eject_ms: u64,
     /// Outlier ejection: the most replicas set aside at once, as a
     /// percentage of them.
-    #[arg(long, env = env::GRPC_EJECT_MAX_PERCENT, default_value_t = pool::DEFAULT_MAX_EJECTED_PERCENT,
+    #[arg(long, env = env::GRPC_EJECT_MAX_PERCENT, default_value_t = balancer::DEFAULT_MAX_EJECTED_PERCENT,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub eject_max_percent: u32,
 }
@@ -715,19 +715,19 @@ impl ConnectionArgs {
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             policy: self.grpc_policy,
             resolve_interval: Duration::from_millis(self.resolve_ms)
-                .max(pool::MIN_RESOLVE_INTERVAL),
-            outlier: pool::OutlierSettings {
+                .max(balancer::MIN_RESOLVE_INTERVAL),
+            outlier: balancer::OutlierSettings {
                 interval: Duration::from_millis(self.eject_interval_ms)
-                    .max(pool::MIN_RESOLVE_INTERVAL),
+                    .max(balancer::MIN_RESOLVE_INTERVAL),
                 failure_percent: self.eject_failure_percent,
                 min_calls: self.eject_min_calls,
                 ejection: Duration::from_millis(self.eject_ms),
                 max_ejected_percent: self.eject_max_percent,
             },
-            retry: pool::RetrySettings {
+            retry: balancer::RetrySettings {
                 budget_percent: self.retry_budget_percent,
                 hedge_after: (self.hedge_ms > 0).then(|| Duration::from_millis(self.hedge_ms)),
-                ..pool::RetrySettings::default()
+                ..balancer::RetrySettings::default()
             },
             tls: None,
             metrics: Default::default(),

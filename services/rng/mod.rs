@@ -16,19 +16,19 @@
 //! [`RngService`].
 
 use crate::{
-    connections::ConnectionLimits,
-    deadline::{self, Expired},
-    faults::{Faults, Injector},
-    limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
-    metrics::{DeadlineMetrics, FaultMetrics, LaneMetrics, Registry, TraceExemplar},
-    overload::{self, Refusals},
     pb::{
         GenerateRequest, GenerateResponse, GenerateStreamRequest, GenerateStreamResponse,
         rng_server::{Rng as RngApi, RngServer},
     },
     protocol::RNG_PORT,
+    server::connections::ConnectionLimits,
+    server::deadline::{self, Expired},
+    server::faults::{Faults, Injector},
+    server::limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
+    server::overload::{self, Refusals},
     server::{GrpcServer, ServeError},
     telemetry::hostname,
+    telemetry::metrics::{DeadlineMetrics, FaultMetrics, LaneMetrics, Registry, TraceExemplar},
     tls::ServerTls,
 };
 use axum::{
@@ -430,7 +430,7 @@ impl Lane {
             "rng.lane.wait",
             rng.lanes = self.lanes,
         );
-        let measured = crate::metrics::enabled();
+        let measured = crate::telemetry::metrics::enabled();
         // Counted in the queue's depth until it leaves, whichever way.
         let queued = measured.then(|| Queued::join(&self.metrics.queue));
         // The semaphore is never closed, so acquire cannot fail.
@@ -604,8 +604,8 @@ impl RngService {
     /// are a few bytes, replies at most one maximal block.
     pub fn into_server(self) -> RngServer<Self> {
         RngServer::new(self)
-            .max_decoding_message_size(crate::limits::MAX_SMALL_REQUEST_BYTES)
-            .max_encoding_message_size(crate::limits::MAX_GRPC_MESSAGE_BYTES)
+            .max_decoding_message_size(crate::server::limits::MAX_SMALL_REQUEST_BYTES)
+            .max_encoding_message_size(crate::server::limits::MAX_GRPC_MESSAGE_BYTES)
     }
 
     /// The original lab's plain-HTTP routes, sharing this service's lane.
@@ -845,7 +845,7 @@ mod properties {
                 for n in plan.messages() {
                     prop_assert!(n >= 1 && n <= plan.per_message);
                     prop_assert!(n == 1 || n * plan.size <= STREAM_MESSAGE_BYTES);
-                    prop_assert!(n * plan.size + 16 <= crate::limits::MAX_GRPC_MESSAGE_BYTES);
+                    prop_assert!(n * plan.size + 16 <= crate::server::limits::MAX_GRPC_MESSAGE_BYTES);
                     blocks += n;
                 }
                 prop_assert_eq!(blocks as u64, count);

@@ -12,7 +12,7 @@
 //! them: `rpc.server.call.duration` in seconds is
 //! `rpc_server_call_duration_seconds`, `rpc.method` is `rpc_method`.
 
-use crate::latency::{Latencies, MethodLatency, duration_buckets};
+use crate::telemetry::latency::{Latencies, MethodLatency, duration_buckets};
 use opentelemetry::trace::TraceContextExt;
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -719,7 +719,7 @@ pub struct ExtraDelayLabels {
 /// A gauge of a fraction (a rate, a share).
 pub type Fraction = Gauge<f64, std::sync::atomic::AtomicU64>;
 
-/// Injected faults (`crate::faults`): what was injected, and what the knobs
+/// Injected faults (`crate::server::faults`): what was injected, and what the knobs
 /// are set to, so a scrape shows a replica that was made to misbehave.
 #[derive(Clone)]
 pub struct FaultMetrics {

@@ -10,19 +10,19 @@
 //! `--extra-delay`) strike before the work too, see [`HasherService`].
 
 use crate::{
-    connections::ConnectionLimits,
-    deadline::{self, Expired},
-    faults::{Faults, Injector},
-    limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
-    metrics::{Counter, DeadlineMetrics, FaultMetrics, Registry},
-    overload::{self, Refusals},
     pb::{
         DigestBatch, HashBatch, HashRequest, HashResponse,
         hasher_server::{Hasher as HasherApi, HasherServer},
     },
     protocol::{DIGEST_BYTES, HASHER_PORT},
+    server::connections::ConnectionLimits,
+    server::deadline::{self, Expired},
+    server::faults::{Faults, Injector},
+    server::limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
+    server::overload::{self, Refusals},
     server::{GrpcServer, ServeError},
     telemetry::hostname,
+    telemetry::metrics::{Counter, DeadlineMetrics, FaultMetrics, Registry},
     tls::ServerTls,
 };
 use axum::{

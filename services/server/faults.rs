@@ -8,7 +8,7 @@
 //! [`Injector`] that draws them, call by call, and counts what it injected.
 //! Not here: where in a service a fault strikes (rng's lane, hasher's work).
 
-use crate::metrics::{CodeLabels, ExtraDelayLabels, FaultMetrics};
+use crate::telemetry::metrics::{CodeLabels, ExtraDelayLabels, FaultMetrics};
 use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 use tonic::Status;
 
@@ -371,7 +371,7 @@ impl Injector {
             return Ok(());
         }
         let code = self.faults.fail_code;
-        if crate::metrics::enabled() {
+        if crate::telemetry::metrics::enabled() {
             self.metrics
                 .failures
                 .get_or_create(&CodeLabels {
@@ -393,7 +393,7 @@ impl Injector {
         }
         match self.faults.extra_delay.pick(rand::random()) {
             Some(bucket) => {
-                if crate::metrics::enabled() {
+                if crate::telemetry::metrics::enabled() {
                     self.metrics
                         .delayed
                         .get_or_create(&delay_labels(bucket.delay))

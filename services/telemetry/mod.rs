@@ -15,6 +15,11 @@
 //! The helpers below make the spans of this project: one shape for a gRPC
 //! client call, a gRPC or HTTP server request, a Redis command.
 
+pub mod error_chain;
+pub mod latency;
+pub mod metrics;
+pub mod throttle;
+
 use opentelemetry::{
     KeyValue,
     propagation::{Extractor, Injector, TextMapPropagator},

@@ -1,8 +1,8 @@
-//! The balancer under the typed clients of [`crate::clients`]: one
+//! The balancer under the typed clients of [`crate::client`]: one
 //! [`Backend`] per service, spreading calls over every replica that the
 //! service's name resolves to, each call traced, bounded by a deadline that
 //! travels with it (`grpc-timeout`), and its success or failure noted.
-//! Callers back off themselves (the worker with [`crate::backoff::Backoff`]).
+//! Callers back off themselves (the worker with [`crate::client::backoff::Backoff`]).
 //!
 //! Why not one channel to the name: HTTP/2 keeps a connection for as long as
 //! it can, so a client that resolved `rng` once stays pinned to the replica it
@@ -47,8 +47,8 @@ pub use retry::{DEFAULT_BUDGET_PERCENT, RetrySettings};
 pub use target::InvalidUrl;
 
 use crate::{
-    error_chain::status_reason,
-    metrics::{ClientCalls, TraceExemplar},
+    telemetry::error_chain::status_reason,
+    telemetry::metrics::{ClientCalls, TraceExemplar},
 };
 use replica::Replica;
 use std::{
@@ -248,7 +248,7 @@ impl Backend {
                     url: url.to_owned(),
                     reason: format!(
                         "cannot set up TLS: {}",
-                        crate::error_chain::describe(&error)
+                        crate::telemetry::error_chain::describe(&error)
                     ),
                 })?;
         }
@@ -572,7 +572,7 @@ impl Backend {
                 }
             },
         };
-        if crate::metrics::enabled() {
+        if crate::telemetry::metrics::enabled() {
             let code = result
                 .as_ref()
                 .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
@@ -784,7 +784,7 @@ impl Backend {
                 .observe(started.elapsed(), failed, Instant::now());
         }
         let metrics = &self.balancer.settings.metrics;
-        if crate::metrics::enabled() {
+        if crate::telemetry::metrics::enabled() {
             let trace = TraceExemplar::of(span);
             metrics.observe(
                 (service, method),
@@ -812,7 +812,7 @@ impl Backend {
             // An overloaded replica said when to ask again (gRFC A6's
             // pushback): no new call until then, while another can take it.
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                if let Some(pushback) = crate::overload::asked(status) {
+                if let Some(pushback) = crate::server::overload::asked(status) {
                     replica.record.eject_for(Instant::now(), pushback);
                     metrics.ejected(service, &replica.label, "pushback");
                 }

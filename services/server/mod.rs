@@ -6,11 +6,18 @@
 //! The services themselves (`rng`, `hasher`) only bring their gRPC service and
 //! their legacy HTTP routes.
 
-use crate::{
+pub mod call_meter;
+pub mod connections;
+pub mod deadline;
+pub mod faults;
+pub mod limits;
+pub mod overload;
+
+use self::{
     call_meter::CallMeterLayer,
     connections::{Activity, ConnectionLimits, Connections, InFlightLayer},
-    limits,
-    metrics::{ConnectionMetrics, Exposition, Registry, ServerCalls},
+};
+use crate::{
     pb::{
         InfoRequest, InfoResponse,
         hasher_server::SERVICE_NAME as HASHER_SERVICE,
@@ -19,6 +26,7 @@ use crate::{
     },
     protocol::SERVED_BY,
     shutdown::DRAIN_TIMEOUT,
+    telemetry::metrics::{ConnectionMetrics, Exposition, Registry, ServerCalls},
     telemetry::{fields, hostname, is_grpc, record_response, record_trailers, server_span},
     tls::ServerTls,
 };

@@ -7,12 +7,16 @@
 //! for each message by the call timeout, as a unary call is bounded as a
 //! whole, and notes each message's success or failure the same way.
 
+pub mod backoff;
+pub mod balancer;
+pub mod http_get;
+
 use crate::{
+    client::balancer::{Backend, InvalidUrl, PoolSettings, Resolver, Service, system_resolver},
     pb::{
         DigestBatch, GenerateRequest, GenerateStreamRequest, GenerateStreamResponse, HashBatch,
         HashRequest, hasher_client, hasher_server, rng_client, rng_server,
     },
-    pool::{Backend, InvalidUrl, PoolSettings, Resolver, Service, system_resolver},
     protocol::{HASHER_PORT, RNG_PORT},
 };
 use bytes::Bytes;

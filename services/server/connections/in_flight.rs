@@ -7,7 +7,7 @@
 //! [`Received`], which counts its data against the server's bound.
 
 use super::{CALLS_PUSHBACK, Connection, admitted::ConnectedOn, received::Received};
-use crate::{overload, telemetry::is_grpc};
+use crate::{server::overload, telemetry::is_grpc};
 use axum::http::{Request, Response, StatusCode};
 use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready as ready_now};

@@ -13,17 +13,17 @@ mod hops;
 pub use assets::{Assets, AssetsError};
 
 use crate::{
-    clients::{HasherClient, RngClient},
-    connections::{Activity, ConnectionLimits, Connections, InFlight},
-    limits::{HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES},
-    metrics::{ConnectionMetrics, Exposition, Registry},
-    overload,
+    client::balancer::Backend,
+    client::{HasherClient, RngClient},
     pb::{InfoRequest, replica_client::ReplicaClient},
-    pool::Backend,
     protocol::WEBUI_PORT,
     rng::parse_size,
+    server::connections::{Activity, ConnectionLimits, Connections, InFlight},
+    server::limits::{HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES},
+    server::overload,
     shutdown::DRAIN_TIMEOUT,
     store::Store,
+    telemetry::metrics::{ConnectionMetrics, Exposition, Registry},
     telemetry::{fields, record_response, server_span},
 };
 use axum::{

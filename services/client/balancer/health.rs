@@ -13,7 +13,7 @@
 //! never ends on its own, so a replica stopping would otherwise wait out its
 //! whole drain bound and cut the calls still in flight.
 
-use crate::backoff::Backoff;
+use crate::client::backoff::Backoff;
 use std::{
     sync::{
         Arc,

@@ -9,7 +9,7 @@
 //! choose how many series the server keeps.
 
 use crate::{
-    metrics::{self, ServerCall, ServerCalls, TraceExemplar},
+    telemetry::metrics::{self, ServerCall, ServerCalls, TraceExemplar},
     telemetry::{code_name, is_grpc},
 };
 use axum::http::{HeaderMap, Request, Response};

@@ -37,8 +37,8 @@ pub use admitted::Admitted;
 pub use in_flight::{InFlight, InFlightLayer};
 
 use crate::{
-    metrics::{ConnectionMetrics, Counter},
-    overload::Refusals,
+    server::overload::Refusals,
+    telemetry::metrics::{ConnectionMetrics, Counter},
 };
 use futures_util::task::AtomicWaker;
 use std::{

@@ -13,6 +13,8 @@
 //! with the same semantics, used only by `dockercoins up` on a machine with
 //! neither `REDIS_URL` nor `redis-server`.
 
+pub mod private_redis;
+
 use bytes::Bytes;
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use std::{

@@ -12,7 +12,7 @@
 //! answers as such, and the message is never buffered.
 
 use super::in_flight::Call;
-use crate::limits::MAX_GRPC_MESSAGE_BYTES;
+use crate::server::limits::MAX_GRPC_MESSAGE_BYTES;
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
