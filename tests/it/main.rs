@@ -17,6 +17,7 @@ mod hostile;
 mod injection;
 mod jaeger;
 mod k8s;
+mod layout;
 mod metrics;
 mod pty;
 mod resilience;
