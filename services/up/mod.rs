@@ -15,7 +15,7 @@ pub mod replica;
 pub mod restart;
 
 use crate::{
-    client::balancer::{InvalidUrl, PoolSettings, Resolver},
+    client::balancer::{ClientCalls, InvalidUrl, PoolSettings, Resolver},
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
     protocol::{HASHER_PORT, RNG_PORT, WEBUI_PORT},
@@ -23,7 +23,7 @@ use crate::{
     server::ServeError,
     store::private_redis::{PrivateRedis, RedisStartError},
     store::{Store, StoreError},
-    telemetry::metrics::{ClientCalls, Registry},
+    telemetry::metrics::Registry,
     webui::{Webui, WebuiError},
     worker::{Backends, WorkerConfig},
 };

@@ -8,7 +8,9 @@ use crate::helpers::{
     spawn_rng, spawn_rng_on, wait_for_a_call_in_rngs_lane,
 };
 use dockercoins::{
-    client::balancer::{OutlierSettings, Policy, PoolSettings, Resolver, RetrySettings},
+    client::balancer::{
+        ClientCalls, OutlierSettings, Policy, PoolSettings, Resolver, RetrySettings,
+    },
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
     pb::GenerateRequest,
@@ -16,7 +18,7 @@ use dockercoins::{
     server::DRAIN_NOTICE,
     server::faults::Faults,
     store::Store,
-    telemetry::metrics::{ClientCalls, Exposition, Registry},
+    telemetry::metrics::{Exposition, Registry},
     worker::WorkerConfig,
 };
 use std::{

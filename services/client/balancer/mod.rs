@@ -30,6 +30,7 @@
 
 mod ewma;
 mod health;
+mod metrics;
 mod outlier;
 mod policy;
 mod replica;
@@ -37,6 +38,7 @@ mod resolve;
 mod retry;
 mod target;
 
+pub use metrics::ClientCalls;
 pub use outlier::{
     DEFAULT_EJECTION_MS, DEFAULT_FAILURE_PERCENT, DEFAULT_INTERVAL_MS as DEFAULT_EJECT_INTERVAL_MS,
     DEFAULT_MAX_EJECTED_PERCENT, DEFAULT_MIN_CALLS, OutlierSettings,
@@ -46,10 +48,7 @@ pub use resolve::{Resolver, system_resolver};
 pub use retry::{DEFAULT_BUDGET_PERCENT, RetrySettings};
 pub use target::InvalidUrl;
 
-use crate::{
-    telemetry::error_chain::status_reason,
-    telemetry::metrics::{ClientCalls, TraceExemplar},
-};
+use crate::{telemetry::error_chain::status_reason, telemetry::metrics::TraceExemplar};
 use replica::Replica;
 use std::{
     collections::BTreeMap,
