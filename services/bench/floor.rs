@@ -92,7 +92,7 @@ fn endpoint(target: &str) -> Result<Endpoint, BenchError> {
     let endpoint = Channel::from_shared(format!("http://{target}")).map_err(failed)?;
     Ok(balancer::configure(
         endpoint,
-        &balancer::PoolSettings::default(),
+        &balancer::BalancerSettings::default(),
     ))
 }
 

@@ -12,7 +12,9 @@ pub mod balancer;
 pub mod http_get;
 
 use crate::{
-    client::balancer::{Backend, InvalidUrl, PoolSettings, Resolver, Service, system_resolver},
+    client::balancer::{
+        Balancer, BalancerSettings, InvalidUrl, Resolver, Service, system_resolver,
+    },
     pb::{
         DigestBatch, GenerateRequest, GenerateStreamRequest, GenerateStreamResponse, HashBatch,
         HashRequest, hasher_client, hasher_server, rng_client, rng_server,
@@ -59,7 +61,7 @@ impl Api for Hasher {
 /// resolves to, through the balancer.
 #[derive(Clone, Debug)]
 pub struct Client<A> {
-    backend: Backend,
+    balancer: Balancer,
     api: PhantomData<A>,
 }
 
@@ -71,18 +73,18 @@ pub type HasherClient = Client<Hasher>;
 
 impl<A: Api> Client<A> {
     /// The service at `url`, its replicas found by the system's resolver.
-    pub fn new(url: &str, settings: &PoolSettings) -> Result<Self, InvalidUrl> {
+    pub fn new(url: &str, settings: &BalancerSettings) -> Result<Self, InvalidUrl> {
         Self::with_resolver(url, settings, system_resolver())
     }
 
     /// The service at `url`, its replicas found by `resolver`.
     pub fn with_resolver(
         url: &str,
-        settings: &PoolSettings,
+        settings: &BalancerSettings,
         resolver: Resolver,
     ) -> Result<Self, InvalidUrl> {
         Ok(Self {
-            backend: Backend::new(A::SERVICE, url, settings, resolver)?,
+            balancer: Balancer::new(A::SERVICE, url, settings, resolver)?,
             api: PhantomData,
         })
     }
@@ -93,8 +95,8 @@ impl<A: Api> Client<A> {
     }
 
     /// The balancer behind this client: its replicas and their counts.
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
     }
 }
 
@@ -102,7 +104,7 @@ impl Client<Rng> {
     /// `Rng/Generate`: `size` random bytes.
     pub async fn generate(&self, size: u32) -> Result<Bytes, Status> {
         let reply = self
-            .backend
+            .balancer
             .call(
                 "Generate",
                 async |channel, request| {
@@ -117,7 +119,7 @@ impl Client<Rng> {
     /// `Rng/GenerateStream`: `count` blocks of `size` bytes, in messages.
     pub async fn generate_stream(&self, size: u32, count: u32) -> Result<Blocks, Status> {
         let reply = self
-            .backend
+            .balancer
             .call_stream(
                 "GenerateStream",
                 async |channel, request| {
@@ -130,8 +132,8 @@ impl Client<Rng> {
             .await?;
         Ok(Blocks {
             stream: reply.into_inner(),
-            wait: self.backend.call_timeout(),
-            backend: self.backend.clone(),
+            wait: self.balancer.call_timeout(),
+            balancer: self.balancer.clone(),
         })
     }
 }
@@ -139,7 +141,7 @@ impl Client<Rng> {
 /// The messages of an `Rng/GenerateStream` call.
 pub struct Blocks {
     stream: Streaming<GenerateStreamResponse>,
-    backend: Backend,
+    balancer: Balancer,
     /// Bound on waiting for each message.
     wait: Duration,
 }
@@ -150,7 +152,7 @@ impl Blocks {
         let message = tokio::time::timeout(self.wait, self.stream.message())
             .await
             .unwrap_or_else(|_| Err(timed_out("random blocks", self.wait)));
-        self.backend.note(message)
+        self.balancer.note(message)
     }
 }
 
@@ -158,7 +160,7 @@ impl Client<Hasher> {
     /// `Hasher/Hash`: the SHA-256 of `data`, in lowercase hex.
     pub async fn hash(&self, data: Bytes) -> Result<String, Status> {
         let reply = self
-            .backend
+            .balancer
             .call(
                 "Hash",
                 async |channel, request| {
@@ -178,7 +180,7 @@ impl Client<Hasher> {
         // One batch ahead at most: the worker waits for each batch's digests.
         let (to_hasher, requests) = mpsc::channel(1);
         let reply = self
-            .backend
+            .balancer
             .call_once(
                 "HashStream",
                 async |channel, request| {
@@ -192,8 +194,8 @@ impl Client<Hasher> {
         Ok(HashPipe {
             to_hasher,
             digests: reply.into_inner(),
-            wait: self.backend.call_timeout(),
-            backend: self.backend.clone(),
+            wait: self.balancer.call_timeout(),
+            balancer: self.balancer.clone(),
         })
     }
 }
@@ -202,7 +204,7 @@ impl Client<Hasher> {
 pub struct HashPipe {
     to_hasher: mpsc::Sender<HashBatch>,
     digests: Streaming<DigestBatch>,
-    backend: Backend,
+    balancer: Balancer,
     /// Bound on waiting for each batch's digests.
     wait: Duration,
 }
@@ -224,7 +226,7 @@ impl HashPipe {
                 .await
                 .unwrap_or_else(|_| Err(timed_out("digests", self.wait)))
         };
-        self.backend
+        self.balancer
             .note(reply)
             .map(|reply| reply.map(|batch| batch.digests))
     }

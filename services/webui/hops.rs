@@ -10,7 +10,7 @@
 //! inject faults (`--fail-rate`, `--extra-delay`) says so, as `faults`.
 
 use crate::{
-    client::balancer::Backend,
+    client::balancer::Balancer,
     pb::{InfoRequest, InfoResponse, MethodCalls, replica_client::ReplicaClient},
     store::{Store, UpdateStats},
     telemetry::latency::Window,
@@ -103,7 +103,7 @@ impl Hops {
     }
 
     /// Samples every [`SAMPLE_INTERVAL`] until dropped (the caller aborts it).
-    pub async fn sample_forever(self, rng: Backend, hasher: Backend, store: Store) {
+    pub async fn sample_forever(self, rng: Balancer, hasher: Balancer, store: Store) {
         let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -224,7 +224,7 @@ fn record(
 }
 
 /// `Replica/Info` of every replica of `backend`, in parallel.
-async fn ask_replicas(backend: &Backend) -> Vec<(String, Result<InfoResponse, String>)> {
+async fn ask_replicas(backend: &Balancer) -> Vec<(String, Result<InfoResponse, String>)> {
     let replicas = backend.replica_channels().await;
     let asks = replicas.into_iter().map(|(address, channel)| async move {
         let mut client = ReplicaClient::new(channel);

@@ -425,7 +425,7 @@ async fn a_backend_slower_than_the_call_timeout_costs_bounded_calls() {
     let concurrency = 8;
     let call_timeout = Duration::from_millis(200);
     let config = turbo(concurrency, 0);
-    let pool = dockercoins::client::balancer::PoolSettings {
+    let pool = dockercoins::client::balancer::BalancerSettings {
         call_timeout,
         ..Default::default()
     };

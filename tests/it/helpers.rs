@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use dockercoins::{
-    client::balancer::PoolSettings,
+    client::balancer::BalancerSettings,
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
     pb::{hasher_client, rng_client},
@@ -163,7 +163,7 @@ pub async fn spawn_webui_limited(
 
 /// A webui in front of `rng` and `hasher`, its clients quick to give up.
 fn webui_of(store: Store, rng: &str, hasher: &str) -> Webui {
-    let pool = PoolSettings {
+    let pool = BalancerSettings {
         connect_timeout: Duration::from_millis(500),
         ..Default::default()
     };
@@ -458,8 +458,8 @@ impl Drop for RedisServer {
 
 /// How the tests' workers reach their backends: a short connect timeout, and
 /// a call timeout that a hang trips well within a test's bounds.
-pub fn test_pool() -> PoolSettings {
-    PoolSettings {
+pub fn test_pool() -> BalancerSettings {
+    BalancerSettings {
         connect_timeout: Duration::from_millis(500),
         call_timeout: Duration::from_secs(2),
         ..Default::default()

@@ -4,7 +4,7 @@
 //! workers mine.
 
 use dockercoins::{
-    client::balancer::PoolSettings,
+    client::balancer::BalancerSettings,
     hasher::HasherConfig,
     pb::{GenerateRequest, InfoRequest, replica_client::ReplicaClient, rng_client::RngClient},
     rng::RngConfig,
@@ -44,9 +44,9 @@ fn turbo_up() -> UpConfig {
             concurrency: 1,
             ..WorkerConfig::turbo()
         },
-        pool: PoolSettings {
+        pool: BalancerSettings {
             connect_timeout: Duration::from_millis(500),
-            ..PoolSettings::default()
+            ..BalancerSettings::default()
         },
         redis_timeout: Duration::from_millis(500),
         redis_url: None,
@@ -67,7 +67,7 @@ async fn up_runs_the_mesh_and_json_grows() {
     // The private redis-server path (redis-server is on PATH in CI).
     let config = UpConfig {
         workers: 2,
-        pool: PoolSettings::default(),
+        pool: BalancerSettings::default(),
         ..turbo_up()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,5 +1,5 @@
 //! The balancer under the typed clients of [`crate::client`]: one
-//! [`Backend`] per service, spreading calls over every replica that the
+//! [`Balancer`] per service, spreading calls over every replica that the
 //! service's name resolves to, each call traced, bounded by a deadline that
 //! travels with it (`grpc-timeout`), and its success or failure noted.
 //! Callers back off themselves (the worker with [`crate::client::backoff::Backoff`]).
@@ -65,7 +65,7 @@ use tracing::Span;
 
 /// How a client reaches its backends.
 #[derive(Clone, Debug)]
-pub struct PoolSettings {
+pub struct BalancerSettings {
     /// HTTP/2 connections per replica (one connection serialises its
     /// streams on a lock in h2).
     pub channels: usize,
@@ -115,7 +115,7 @@ const SAY_FAILURES_EVERY: Duration = Duration::from_secs(5);
 /// hedged call runs two chains.
 const MAX_ATTEMPTS: usize = 4;
 
-impl Default for PoolSettings {
+impl Default for BalancerSettings {
     fn default() -> Self {
         Self {
             channels: DEFAULT_CHANNELS,
@@ -177,7 +177,7 @@ enum Kind {
 
 /// A backend's balancer: its replicas and how calls are spread over
 /// them, shared by the backend's clones and its resolver task.
-struct Balancer {
+struct Shared {
     service: Service,
     url: String,
     endpoint: Endpoint,
@@ -187,7 +187,7 @@ struct Balancer {
     tls: Option<ClientTlsConfig>,
     host: String,
     port: u16,
-    settings: PoolSettings,
+    settings: BalancerSettings,
     resolver: Resolver,
     /// The current replicas, swapped whole when the name resolves anew.
     replicas: RwLock<Arc<[Arc<Replica>]>>,
@@ -215,17 +215,17 @@ struct Balancer {
 
 /// The replicas of one backend service.
 #[derive(Clone)]
-pub struct Backend {
-    balancer: Arc<Balancer>,
+pub struct Balancer {
+    shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for Backend {
+impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at {}", self.balancer.service.name, self.balancer.url)
+        write!(f, "{} at {}", self.shared.service.name, self.shared.url)
     }
 }
 
-impl Backend {
+impl Balancer {
     /// A backend of `service` at `url` (`http://host:port`), its replicas
     /// found by `resolver` (balanced) or by the connection itself (pinned).
     /// Nothing connects until the first call. Must be called inside a tokio
@@ -233,7 +233,7 @@ impl Backend {
     pub(crate) fn new(
         service: Service,
         url: &str,
-        settings: &PoolSettings,
+        settings: &BalancerSettings,
         resolver: Resolver,
     ) -> Result<Self, InvalidUrl> {
         let target = Target::parse(service, url)?;
@@ -270,7 +270,7 @@ impl Backend {
         settings
             .metrics
             .policy(service.grpc, settings.policy.name());
-        let balancer = Arc::new(Balancer {
+        let shared = Arc::new(Shared {
             service,
             url: url.to_owned(),
             endpoint,
@@ -292,25 +292,25 @@ impl Backend {
             failures: Default::default(),
         });
         if !pinned {
-            tokio::spawn(resolve::resolve_forever(Arc::downgrade(&balancer)));
+            tokio::spawn(resolve::resolve_forever(Arc::downgrade(&shared)));
         }
-        Ok(Self { balancer })
+        Ok(Self { shared })
     }
 
     /// Which service this is.
     pub fn service(&self) -> Service {
-        self.balancer.service
+        self.shared.service
     }
 
     /// The deadline of each call (and the bound on each message of a
     /// streamed reply).
     pub fn call_timeout(&self) -> Duration {
-        self.balancer.settings.call_timeout
+        self.shared.settings.call_timeout
     }
 
     /// How calls are spread.
     pub fn policy(&self) -> Policy {
-        self.balancer.settings.policy
+        self.shared.settings.policy
     }
 
     /// Notes `result`'s success or failure on this backend, and passes it on.
@@ -323,11 +323,11 @@ impl Backend {
     }
 
     pub fn name(&self) -> &'static str {
-        self.balancer.service.name
+        self.shared.service.name
     }
 
     pub fn url(&self) -> &str {
-        &self.balancer.url
+        &self.shared.url
     }
 
     /// The replicas' labels (addresses), in order.
@@ -352,7 +352,7 @@ impl Backend {
     /// A channel to each current replica, with its label.
     pub async fn replica_channels(&self) -> Vec<(String, Channel)> {
         if self.current().is_empty() {
-            resolve::resolve_once(&self.balancer).await;
+            resolve::resolve_once(&self.shared).await;
         }
         self.current()
             .iter()
@@ -362,7 +362,7 @@ impl Backend {
 
     /// Calls answered so far, by the replica that served them.
     pub fn served(&self) -> BTreeMap<String, u64> {
-        self.balancer
+        self.shared
             .served
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -370,7 +370,7 @@ impl Backend {
     }
 
     fn current(&self) -> Arc<[Arc<Replica>]> {
-        self.balancer
+        self.shared
             .replicas
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -383,32 +383,28 @@ impl Backend {
         let mut replicas = self.current();
         if replicas.is_empty() {
             // The first call, or the name resolves to nothing: resolve now.
-            resolve::resolve_once(&self.balancer).await;
+            resolve::resolve_once(&self.shared).await;
             replicas = self.current();
         }
-        let balancer = &self.balancer;
-        let picked = policy::pick(balancer.settings.policy, &replicas, &balancer.next, avoid);
+        let shared = &self.shared;
+        let picked = policy::pick(shared.settings.policy, &replicas, &shared.next, avoid);
         let Some(replica) = picked else {
-            balancer.resolve_now.notify_one();
+            shared.resolve_now.notify_one();
             return Err(tonic::Status::unavailable(format!(
                 "{}: {}:{} resolves to no address",
-                balancer.service.name, balancer.host, balancer.port
+                shared.service.name, shared.host, shared.port
             )));
         };
         if replica.record.is_ejected(Instant::now()) {
             // Every replica is set aside: perhaps the name lists new ones.
-            balancer.resolve_now.notify_one();
+            shared.resolve_now.notify_one();
         }
         Ok(replica)
     }
 
     fn count_served(&self, served_by: Option<&str>, replica: &Replica) {
         let key = served_by.unwrap_or(&replica.label);
-        let mut served = self
-            .balancer
-            .served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut served = self.shared.served.lock().unwrap_or_else(|p| p.into_inner());
         // Every call lands here: allocate the key only the first time.
         match served.get_mut(key) {
             Some(calls) => *calls += 1,
@@ -420,11 +416,11 @@ impl Backend {
 
     /// Notes a call that failed; logs the first failure of a streak at warn.
     fn note_failure(&self, status: &tonic::Status) {
-        let balancer = &self.balancer;
-        balancer.failures.fetch_add(1, Ordering::Relaxed);
-        let new_streak = !balancer.down.swap(true, Ordering::Relaxed);
+        let shared = &self.shared;
+        shared.failures.fetch_add(1, Ordering::Relaxed);
+        let new_streak = !shared.down.swap(true, Ordering::Relaxed);
         let unsaid = {
-            let mut said = balancer.said.lock().unwrap_or_else(|p| p.into_inner());
+            let mut said = shared.said.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             if new_streak
                 && said
@@ -440,46 +436,46 @@ impl Backend {
             }
         };
         if let Some(unsaid) = unsaid {
-            balancer.said_down.store(true, Ordering::Relaxed);
+            shared.said_down.store(true, Ordering::Relaxed);
             let since = match unsaid {
                 0 => String::new(),
                 n => format!(" ({n} more failed since the last line like this)"),
             };
             tracing::warn!(
-                backend = balancer.service.name,
-                url = %balancer.url,
+                backend = shared.service.name,
+                url = %shared.url,
                 code = ?status.code(),
                 error = %status_reason(status),
                 trace_id = crate::telemetry::current_trace_id(),
                 failures_unsaid = unsaid,
                 "{} call failed; said again when it answers{since}",
-                balancer.service.name
+                shared.service.name
             );
         } else {
-            tracing::debug!(backend = balancer.service.name, code = ?status.code(), error = %status_reason(status), "call failed");
+            tracing::debug!(backend = shared.service.name, code = ?status.code(), error = %status_reason(status), "call failed");
         }
     }
 
     /// Calls noted as failed so far.
     pub fn failures(&self) -> u64 {
-        self.balancer.failures.load(Ordering::Relaxed)
+        self.shared.failures.load(Ordering::Relaxed)
     }
 
     /// Notes a call that succeeded; logs the end of a failure streak.
     fn note_success(&self) {
-        let balancer = &self.balancer;
-        if balancer.down.load(Ordering::Relaxed)
-            && balancer.down.swap(false, Ordering::Relaxed)
-            && balancer.said_down.swap(false, Ordering::Relaxed)
+        let shared = &self.shared;
+        if shared.down.load(Ordering::Relaxed)
+            && shared.down.swap(false, Ordering::Relaxed)
+            && shared.said_down.swap(false, Ordering::Relaxed)
         {
-            tracing::info!(backend = balancer.service.name, url = %balancer.url, trace_id = crate::telemetry::current_trace_id(), "{} is answering again", balancer.service.name);
+            tracing::info!(backend = shared.service.name, url = %shared.url, trace_id = crate::telemetry::current_trace_id(), "{} is answering again", shared.service.name);
         }
     }
 }
 
 /// Says once per process which policy a service's clients use (ten
 /// workers in `up` are one line, not ten).
-fn log_policy(service: Service, url: &str, settings: &PoolSettings) {
+fn log_policy(service: Service, url: &str, settings: &BalancerSettings) {
     static SAID: Mutex<Vec<(&str, Policy)>> = Mutex::new(Vec::new());
     let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
     if said.contains(&(service.name, settings.policy)) {
@@ -506,7 +502,7 @@ fn log_policy(service: Service, url: &str, settings: &PoolSettings) {
 /// Each connection's settings: timeouts, TCP_NODELAY, keepalive (`bench`'s
 /// floor uses them too). The endpoint's timeout is a backstop: each call
 /// carries its own deadline.
-pub(crate) fn configure(endpoint: Endpoint, settings: &PoolSettings) -> Endpoint {
+pub(crate) fn configure(endpoint: Endpoint, settings: &BalancerSettings) -> Endpoint {
     endpoint
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.call_timeout)
@@ -515,7 +511,7 @@ pub(crate) fn configure(endpoint: Endpoint, settings: &PoolSettings) -> Endpoint
         .keep_alive_timeout(Duration::from_secs(10))
 }
 
-impl Backend {
+impl Balancer {
     /// Makes one unary gRPC call of `method`: see [`Self::call_with`]; a
     /// call still unanswered after the hedging delay is sent again to
     /// another replica, and the first answer wins.
@@ -555,11 +551,11 @@ impl Backend {
         kind: Kind,
     ) -> Result<tonic::Response<T>, tonic::Status> {
         let started = Instant::now();
-        let deadline = started + self.balancer.settings.call_timeout;
-        self.balancer.budget.deposit();
+        let deadline = started + self.shared.settings.call_timeout;
+        self.shared.budget.deposit();
         let result = match self.pick(None).await {
             Err(status) => Err(status),
-            Ok(replica) => match self.balancer.settings.retry.hedge_after {
+            Ok(replica) => match self.shared.settings.retry.hedge_after {
                 Some(after) if kind == Kind::Unary => {
                     self.hedged(method, call, message, deadline, replica, after)
                         .await
@@ -575,8 +571,8 @@ impl Backend {
             let code = result
                 .as_ref()
                 .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
-            let service = self.balancer.service.grpc;
-            self.balancer
+            let service = self.shared.service.grpc;
+            self.shared
                 .settings
                 .metrics
                 .observe_call((service, method), code, started.elapsed());
@@ -597,8 +593,8 @@ impl Backend {
         mut replica: Arc<Replica>,
         (mut attempt, kind): (Attempt, Kind),
     ) -> Result<tonic::Response<T>, tonic::Status> {
-        let metrics = &self.balancer.settings.metrics;
-        let service = self.balancer.service.grpc;
+        let metrics = &self.shared.settings.metrics;
+        let service = self.shared.service.grpc;
         for tries in 1.. {
             let result = self
                 .call_replica(
@@ -622,7 +618,7 @@ impl Backend {
             {
                 return result;
             }
-            if !self.balancer.budget.withdraw() {
+            if !self.shared.budget.withdraw() {
                 metrics.throttled(service);
                 return result;
             }
@@ -660,19 +656,19 @@ impl Backend {
             result = &mut first => return result,
             () = tokio::time::sleep(after) => {}
         }
-        let service = self.balancer.service.grpc;
+        let service = self.shared.service.grpc;
         if self.current().len() < 2 {
             return first.await;
         }
-        if !self.balancer.budget.withdraw() {
-            self.balancer.settings.metrics.throttled(service);
+        if !self.shared.budget.withdraw() {
+            self.shared.settings.metrics.throttled(service);
             return first.await;
         }
         let twin = match self.pick(Some(&replica)).await {
             Ok(twin) => twin,
             Err(_) => return first.await,
         };
-        self.balancer.settings.metrics.hedged(service);
+        self.shared.settings.metrics.hedged(service);
         let hedge = (Attempt::Hedge, Kind::Unary);
         let second = self.with_retries(method, call, message, deadline, twin, hedge);
         tokio::pin!(second);
@@ -696,7 +692,7 @@ impl Backend {
         call: impl AsyncFn(Channel, tonic::Request<M>) -> Result<tonic::Response<T>, tonic::Status>,
         message: M,
     ) -> Result<tonic::Response<T>, tonic::Status> {
-        let deadline = Instant::now() + self.balancer.settings.call_timeout;
+        let deadline = Instant::now() + self.shared.settings.call_timeout;
         let result = match self.pick(None).await {
             Ok(replica) => {
                 let first = (Attempt::First, Kind::Stream);
@@ -719,7 +715,7 @@ impl Backend {
         deadline: Instant,
         (attempt, kind): (Attempt, Kind),
     ) -> Result<tonic::Response<T>, tonic::Status> {
-        let service = self.balancer.service.grpc;
+        let service = self.shared.service.grpc;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(tonic::Status::deadline_exceeded(format!(
@@ -741,7 +737,7 @@ impl Backend {
             request.set_timeout(left);
         }
         crate::telemetry::inject(&span, &mut request);
-        let ewma = self.balancer.settings.policy == Policy::Ewma;
+        let ewma = self.shared.settings.policy == Policy::Ewma;
         let abandoned = Abandoned::new(&span, ewma.then_some((replica, started)));
         // The deadline bounds the wait for a connection too, which tonic's
         // own timer, started once the request leaves its buffer, does not.
@@ -770,19 +766,19 @@ impl Backend {
         started: Instant,
         result: &Result<tonic::Response<T>, tonic::Status>,
     ) {
-        let service = self.balancer.service.grpc;
+        let service = self.shared.service.grpc;
         crate::telemetry::record_grpc_result(span, result);
         let code = result
             .as_ref()
             .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
         replica.record.note(code);
-        if self.balancer.settings.policy == Policy::Ewma {
+        if self.shared.settings.policy == Policy::Ewma {
             let failed = outlier::is_replica_failure(code);
             replica
                 .latency
                 .observe(started.elapsed(), failed, Instant::now());
         }
-        let metrics = &self.balancer.settings.metrics;
+        let metrics = &self.shared.settings.metrics;
         if crate::telemetry::metrics::enabled() {
             let trace = TraceExemplar::of(span);
             metrics.observe(
@@ -840,17 +836,17 @@ impl Backend {
     /// Applies the outlier rule when an interval has passed; its ejections
     /// are logged, counted, and events on `span` (the call that ran it).
     fn sweep(&self, span: &Span) {
-        let balancer = &self.balancer;
-        let settings = &balancer.settings.outlier;
+        let shared = &self.shared;
+        let settings = &shared.settings.outlier;
         let now = Instant::now();
-        if !balancer.sweeper.is_due(settings, now) {
+        if !shared.sweeper.is_due(settings, now) {
             return;
         }
         let replicas = self.current();
         let records: Vec<&outlier::Record> = replicas.iter().map(|r| &r.record).collect();
         for ejected in outlier::sweep(settings, &records, now) {
             let replica = &replicas[ejected.replica];
-            let name = balancer.service.name;
+            let name = shared.service.name;
             let (failures, calls, seconds) =
                 (ejected.failures, ejected.calls, ejected.time.as_secs_f64());
             tracing::warn!(
@@ -873,11 +869,10 @@ impl Backend {
                     replica.label
                 );
             });
-            balancer.settings.metrics.ejected(
-                balancer.service.grpc,
-                &replica.label,
-                "failure_rate",
-            );
+            shared
+                .settings
+                .metrics
+                .ejected(shared.service.grpc, &replica.label, "failure_rate");
         }
     }
 }
@@ -956,13 +951,13 @@ mod tests {
 
     #[tokio::test]
     async fn bad_urls_are_refused_with_the_backend_name() {
-        let settings = PoolSettings::default();
+        let settings = BalancerSettings::default();
         let hasher = Service {
             name: "hasher",
             grpc: "test.Hasher",
             port: 8002,
         };
-        let new = |url| Backend::new(hasher, url, &settings, system_resolver());
+        let new = |url| Balancer::new(hasher, url, &settings, system_resolver());
         let error = new("not a url").unwrap_err().to_string();
         assert!(error.contains("invalid hasher URL"), "{error}");
         // The example has the backend's own port.
