@@ -92,30 +92,7 @@ pub(super) async fn resolve_once(shared: &Shared) {
                 return Arc::clone(existing);
             }
             changed = true;
-            let uri = format!("{}://{label}", shared.scheme);
-            let endpoint = Endpoint::from_shared(uri)
-                .map(|e| configure(e, &shared.settings))
-                .and_then(|e| match &shared.tls {
-                    // The address is dialled, the URL's host is checked.
-                    Some(tls) => e.tls_config(tls.clone()),
-                    None => Ok(e),
-                })
-                .unwrap_or_else(|error| {
-                    tracing::warn!(backend = shared.service.name, address = %label, %error, "cannot make an endpoint for this address; using the URL's");
-                    shared.endpoint.clone()
-                });
-            let channels: Vec<Channel> = (0..shared.settings.channels.max(1))
-                .map(|_| endpoint.connect_lazy())
-                .collect();
-            let replica = Replica::new(label, addr.ip().to_string(), addr.port(), channels);
-            let watch = tokio::spawn(health::watch(health::Watch {
-                backend: shared.service.name,
-                service: shared.service.grpc,
-                replica: replica.label.clone(),
-                channel: replica.channel(),
-                serving: replica.serving.clone(),
-            }));
-            Arc::new(replica.watched_by(watch.abort_handle()))
+            Arc::new(connect(shared, *addr))
         })
         .collect();
     if changed {
@@ -123,4 +100,34 @@ pub(super) async fn resolve_once(shared: &Shared) {
         tracing::info!(backend = shared.service.name, host = %shared.host, endpoints = ?labels, "{} endpoints changed", shared.service.name);
         *shared.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
     }
+}
+
+/// A replica at `addr`, new to the set: its connections (lazy: nothing
+/// dials until a call or its health watch does) and its health watch.
+fn connect(shared: &Shared, addr: SocketAddr) -> Replica {
+    let label = addr.to_string();
+    let uri = format!("{}://{label}", shared.scheme);
+    let endpoint = Endpoint::from_shared(uri)
+        .map(|e| configure(e, &shared.settings))
+        .and_then(|e| match &shared.tls {
+            // The address is dialled, the URL's host is checked.
+            Some(tls) => e.tls_config(tls.clone()),
+            None => Ok(e),
+        })
+        .unwrap_or_else(|error| {
+            tracing::warn!(backend = shared.service.name, address = %label, %error, "cannot make an endpoint for this address; using the URL's");
+            shared.endpoint.clone()
+        });
+    let channels: Vec<Channel> = (0..shared.settings.channels.max(1))
+        .map(|_| endpoint.connect_lazy())
+        .collect();
+    let replica = Replica::new(label, addr.ip().to_string(), addr.port(), channels);
+    let watch = tokio::spawn(health::watch(health::Watch {
+        backend: shared.service.name,
+        service: shared.service.grpc,
+        replica: replica.label.clone(),
+        channel: replica.channel(),
+        serving: replica.serving.clone(),
+    }));
+    replica.watched_by(watch.abort_handle())
 }
