@@ -1,7 +1,8 @@
 //! Typed clients of rng and hasher, for the worker and webui's gateway.
 //!
 //! Each owns its protocol: the service name comes from the generated code,
-//! each call builds its generated client on the channel the balancer picks,
+//! each call builds its generated client (imported as `RngStub`,
+//! `HasherStub`) on the channel the balancer picks (why: see [`balancer`]),
 //! and the balancer traces it and notes its success or failure (a streak of
 //! failures is logged once, its end once). A streamed reply bounds the wait
 //! for each message by the call timeout, as a unary call is bounded as a
@@ -17,7 +18,8 @@ use crate::{
     },
     pb::{
         DigestBatch, GenerateRequest, GenerateStreamRequest, GenerateStreamResponse, HashBatch,
-        HashRequest, hasher_client, hasher_server, rng_client, rng_server,
+        HashRequest, hasher_client::HasherClient as HasherStub, hasher_server,
+        rng_client::RngClient as RngStub, rng_server,
     },
     protocol::{HASHER_PORT, RNG_PORT},
 };
@@ -33,11 +35,16 @@ pub trait Api {
     const SERVICE: Service;
 }
 
-/// `dockercoins.v1.Rng`.
+/// `dockercoins.v1.Rng`, as [`RngClient`] speaks it.
+///
+/// Named for what it is, the protocol a [`Client`] speaks, because the
+/// shorter names are taken: `Rng` is the generated server trait
+/// (`pb::rng_server::Rng`), `RngApi` rng's alias of it, `RngService` rng's
+/// server, and `RngClient` both the generated stub and the typed client.
 #[derive(Clone, Copy, Debug)]
-pub struct Rng;
+pub struct RngProtocol;
 
-impl Api for Rng {
+impl Api for RngProtocol {
     const SERVICE: Service = Service {
         name: "rng",
         grpc: rng_server::SERVICE_NAME,
@@ -45,11 +52,12 @@ impl Api for Rng {
     };
 }
 
-/// `dockercoins.v1.Hasher`.
+/// `dockercoins.v1.Hasher`, as [`HasherClient`] speaks it (named as
+/// [`RngProtocol`] is, for the same reason).
 #[derive(Clone, Copy, Debug)]
-pub struct Hasher;
+pub struct HasherProtocol;
 
-impl Api for Hasher {
+impl Api for HasherProtocol {
     const SERVICE: Service = Service {
         name: "hasher",
         grpc: hasher_server::SERVICE_NAME,
@@ -66,10 +74,10 @@ pub struct Client<A> {
 }
 
 /// rng's client: `generate`, `generate_stream`.
-pub type RngClient = Client<Rng>;
+pub type RngClient = Client<RngProtocol>;
 
 /// hasher's client: `hash`, `hash_stream`.
-pub type HasherClient = Client<Hasher>;
+pub type HasherClient = Client<HasherProtocol>;
 
 impl<A: Api> Client<A> {
     /// The service at `url`, its replicas found by the system's resolver.
@@ -100,16 +108,14 @@ impl<A: Api> Client<A> {
     }
 }
 
-impl Client<Rng> {
+impl Client<RngProtocol> {
     /// `Rng/Generate`: `size` random bytes.
     pub async fn generate(&self, size: u32) -> Result<Bytes, Status> {
         let reply = self
             .balancer
             .call(
                 "Generate",
-                async |channel, request| {
-                    rng_client::RngClient::new(channel).generate(request).await
-                },
+                async |channel, request| RngStub::new(channel).generate(request).await,
                 GenerateRequest { size },
             )
             .await?;
@@ -122,11 +128,7 @@ impl Client<Rng> {
             .balancer
             .call_stream(
                 "GenerateStream",
-                async |channel, request| {
-                    rng_client::RngClient::new(channel)
-                        .generate_stream(request)
-                        .await
-                },
+                async |channel, request| RngStub::new(channel).generate_stream(request).await,
                 GenerateStreamRequest { size, count },
             )
             .await?;
@@ -156,18 +158,14 @@ impl Blocks {
     }
 }
 
-impl Client<Hasher> {
+impl Client<HasherProtocol> {
     /// `Hasher/Hash`: the SHA-256 of `data`, in lowercase hex.
     pub async fn hash(&self, data: Bytes) -> Result<String, Status> {
         let reply = self
             .balancer
             .call(
                 "Hash",
-                async |channel, request| {
-                    hasher_client::HasherClient::new(channel)
-                        .hash(request)
-                        .await
-                },
+                async |channel, request| HasherStub::new(channel).hash(request).await,
                 HashRequest { data },
             )
             .await?;
@@ -183,11 +181,7 @@ impl Client<Hasher> {
             .balancer
             .call_once(
                 "HashStream",
-                async |channel, request| {
-                    hasher_client::HasherClient::new(channel)
-                        .hash_stream(request)
-                        .await
-                },
+                async |channel, request| HasherStub::new(channel).hash_stream(request).await,
                 ReceiverStream::new(requests),
             )
             .await?;

@@ -11,7 +11,7 @@
 
 use crate::{
     client::balancer::Balancer,
-    pb::{InfoRequest, InfoResponse, MethodCalls, replica_client::ReplicaClient},
+    pb::{InfoRequest, InfoResponse, MethodCalls, replica_client::ReplicaClient as ReplicaStub},
     store::{Store, UpdateStats},
     telemetry::latency::Window,
 };
@@ -227,7 +227,7 @@ fn record(
 async fn ask_replicas(backend: &Balancer) -> Vec<(String, Result<InfoResponse, String>)> {
     let replicas = backend.replica_channels().await;
     let asks = replicas.into_iter().map(|(address, channel)| async move {
-        let mut client = ReplicaClient::new(channel);
+        let mut client = ReplicaStub::new(channel);
         let answer = match tokio::time::timeout(ASK_TIMEOUT, client.info(InfoRequest {})).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(crate::telemetry::error_chain::status_reason(&status)),

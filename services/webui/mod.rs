@@ -15,7 +15,7 @@ pub use assets::{Assets, AssetsError};
 use crate::{
     client::balancer::Balancer,
     client::{HasherClient, RngClient},
-    pb::{InfoRequest, replica_client::ReplicaClient},
+    pb::{InfoRequest, replica_client::ReplicaClient as ReplicaStub},
     protocol::WEBUI_PORT,
     rng::parse_size,
     server::connections::{Activity, ConnectionLimits, Connections, InFlight},
@@ -337,7 +337,7 @@ async fn grpc_health(backend: &Balancer) -> Value {
         };
         let check = async {
             let health = HealthClient::new(channel.clone()).check(request).await?;
-            let info = ReplicaClient::new(channel).info(InfoRequest {}).await.ok();
+            let info = ReplicaStub::new(channel).info(InfoRequest {}).await.ok();
             Ok::<_, tonic::Status>((health.into_inner().status(), info))
         };
         match tokio::time::timeout(BACKEND_TIMEOUT, check).await {

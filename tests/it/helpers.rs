@@ -5,7 +5,7 @@ use dockercoins::{
     client::balancer::BalancerSettings,
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
-    pb::{hasher_client, rng_client},
+    pb::{hasher_client::HasherClient as HasherStub, rng_client::RngClient as RngStub},
     rng::RngConfig,
     server::ServeError,
     server::connections::ConnectionLimits,
@@ -207,14 +207,13 @@ pub async fn watch_rng_health(
 }
 
 /// The generated client on a fresh connection: what any gRPC client sends.
-pub async fn rng_client(server: &Spawned) -> rng_client::RngClient<Channel> {
-    rng_client::RngClient::new(server.channel().await)
+pub async fn rng_client(server: &Spawned) -> RngStub<Channel> {
+    RngStub::new(server.channel().await)
 }
 
 /// The generated client on a fresh connection: what any gRPC client sends.
-pub async fn hasher_client(server: &Spawned) -> hasher_client::HasherClient<Channel> {
-    hasher_client::HasherClient::new(server.channel().await)
-        .max_encoding_message_size(64 * 1024 * 1024)
+pub async fn hasher_client(server: &Spawned) -> HasherStub<Channel> {
+    HasherStub::new(server.channel().await).max_encoding_message_size(64 * 1024 * 1024)
 }
 
 /// One HTTP/1.1 request on a fresh connection.
