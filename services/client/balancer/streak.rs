@@ -90,3 +90,74 @@ impl Streak {
         self.failures.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    const RNG: Service = Service {
+        name: "rng",
+        grpc: "test.Rng",
+        port: 8001,
+    };
+
+    /// The lines logged at info and above, as text.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn take(&self) -> String {
+            String::from_utf8(std::mem::take(&mut self.0.lock().unwrap())).unwrap()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streak_is_said_once_and_a_new_one_at_most_once_a_period() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let streak = Streak::default();
+        let down = tonic::Status::unavailable("down");
+        let failed = || streak.failed(RNG, "http://rng:8001", &down);
+
+        failed();
+        failed();
+        let said = lines.take();
+        assert_eq!(said.matches("rng call failed").count(), 1, "{said}");
+        assert!(said.contains("failures_unsaid=0"), "{said}");
+        streak.answered(RNG, "http://rng:8001");
+        assert!(lines.take().contains("rng is answering again"));
+
+        // A new streak within the period: counted, not said, nor its end.
+        failed();
+        streak.answered(RNG, "http://rng:8001");
+        assert_eq!(lines.take(), "");
+
+        tokio::time::advance(SAY_FAILURES_EVERY).await;
+        failed();
+        let said = lines.take();
+        assert!(said.contains("failures_unsaid=2"), "{said}");
+        assert!(
+            said.contains("(2 more failed since the last line like this)"),
+            "{said}"
+        );
+        assert_eq!(streak.failures(), 4);
+    }
+}
