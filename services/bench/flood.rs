@@ -23,7 +23,10 @@
 
 use super::{BenchError, Service, failed, spawn, status_kb};
 use crate::{
-    pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
+    pb::{
+        GenerateRequest, HashRequest, hasher_client::HasherClient as HasherStub,
+        rng_client::RngClient as RngStub,
+    },
     shutdown::terminate,
 };
 use bytes::Bytes;
@@ -329,13 +332,13 @@ async fn grpc_calls(
         let channel = channel.clone().expect("set above");
         calls.spawn(async move {
             let result = match target {
-                Target::Hasher => HasherClient::new(channel)
+                Target::Hasher => HasherStub::new(channel)
                     .hash(HashRequest {
                         data: Bytes::from(vec![7u8; 16 * 1024]),
                     })
                     .await
                     .map(drop),
-                _ => RngClient::new(channel)
+                _ => RngStub::new(channel)
                     .max_decoding_message_size(2 * 1024 * 1024)
                     .generate(GenerateRequest { size: 1024 * 1024 })
                     .await

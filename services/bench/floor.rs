@@ -34,7 +34,7 @@ pub mod pb {
     tonic::include_proto!("dockercoins.bench.v1");
 }
 
-use pb::{Payload, echo_client::EchoClient, echo_server::EchoServer};
+use pb::{Payload, echo_client::EchoClient as EchoStub, echo_server::EchoServer};
 
 struct Echo;
 
@@ -92,7 +92,7 @@ fn endpoint(target: &str) -> Result<Endpoint, BenchError> {
     let endpoint = Channel::from_shared(format!("http://{target}")).map_err(failed)?;
     Ok(balancer::configure(
         endpoint,
-        &balancer::PoolSettings::default(),
+        &balancer::BalancerSettings::default(),
     ))
 }
 
@@ -115,7 +115,7 @@ pub async fn load(config: &LoadConfig) -> Result<Load, BenchError> {
             loop {
                 // Round robin per call, as the pool's replica picks a channel.
                 let i = next.fetch_add(1, Ordering::Relaxed) % channels.len();
-                let mut client = EchoClient::new(channels[i].clone());
+                let mut client = EchoStub::new(channels[i].clone());
                 if client.echo(Payload { data: data.clone() }).await.is_err() {
                     // A floor with a failed call is no floor: the unit stops
                     // (a call that fails at once would spin, never yielding).
@@ -151,7 +151,7 @@ pub struct Floor {
 /// worker's settings, and probes the echo alone first.
 pub async fn measure(config: &BenchConfig, concurrency: usize) -> Result<Floor, BenchError> {
     let (server, addr) = spawn(&["floor", "serve", "--listen", "127.0.0.1:0"]).await?;
-    let mut client = EchoClient::new(endpoint(&addr)?.connect().await.map_err(failed)?);
+    let mut client = EchoStub::new(endpoint(&addr)?.connect().await.map_err(failed)?);
     let data = Bytes::from_static(&[0x5a; BLOCK_BYTES]);
     let mut samples = Vec::with_capacity(config.probes);
     for _ in 0..config.probes {

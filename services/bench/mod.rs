@@ -17,7 +17,10 @@ pub mod floor;
 pub mod limit;
 
 use crate::{
-    pb::{GenerateRequest, HashRequest, hasher_client::HasherClient, rng_client::RngClient},
+    pb::{
+        GenerateRequest, HashRequest, hasher_client::HasherClient as HasherStub,
+        rng_client::RngClient as RngStub,
+    },
     store::Store,
     store::private_redis::PrivateRedis,
     telemetry::fields,
@@ -278,8 +281,8 @@ async fn probe(
     mut stop: Option<oneshot::Receiver<()>>,
 ) -> (Vec<Duration>, Vec<Duration>) {
     let (mut rng_samples, mut hasher_samples) = (Vec::new(), Vec::new());
-    let mut rng = RngClient::new(rng);
-    let mut hasher = HasherClient::new(hasher);
+    let mut rng = RngStub::new(rng);
+    let mut hasher = HasherStub::new(hasher);
     for _ in 0..count {
         if let Some(stop) = &mut stop
             && stop.try_recv().is_ok()

@@ -11,7 +11,7 @@ use crate::{
         self, BenchConfig,
         flood::{self, FloodConfig},
     },
-    client::balancer::{self, PoolSettings},
+    client::balancer::{self, BalancerSettings},
     client::{HasherClient, RngClient},
     hasher::{self, HasherConfig},
     healthcheck::Probe,
@@ -640,12 +640,12 @@ pub struct ClientArgs {
     )]
     pub redis_url: String,
     #[command(flatten)]
-    pub connections: ConnectionArgs,
+    pub connections: BalancerArgs,
 }
 
 /// Connections and timeouts towards the backends.
 #[derive(Clone, Debug, clap::Args)]
-pub struct ConnectionArgs {
+pub struct BalancerArgs {
     /// Bound on each Redis checkout and command, in milliseconds.
     #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = store::DEFAULT_TIMEOUT_MS)]
     pub redis_timeout_ms: u64,
@@ -707,9 +707,9 @@ pub struct ConnectionArgs {
     pub eject_max_percent: u32,
 }
 
-impl ConnectionArgs {
-    pub fn pool(&self) -> PoolSettings {
-        PoolSettings {
+impl BalancerArgs {
+    pub fn pool(&self) -> BalancerSettings {
+        BalancerSettings {
             channels: self.grpc_channels,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
@@ -865,7 +865,7 @@ pub struct UpArgs {
     #[arg(long, env = env::WALLET_CAP)]
     pub wallet_cap: Option<usize>,
     #[command(flatten)]
-    pub connections: ConnectionArgs,
+    pub connections: BalancerArgs,
 }
 
 impl UpArgs {
@@ -923,8 +923,8 @@ impl UpArgs {
 impl ClientArgs {
     /// How to reach rng and hasher: connections, timeouts, policy, and the
     /// TLS files read and checked.
-    pub fn pool(&self) -> Result<PoolSettings, TlsError> {
-        Ok(PoolSettings {
+    pub fn pool(&self) -> Result<BalancerSettings, TlsError> {
+        Ok(BalancerSettings {
             tls: self.tls.load()?,
             ..self.connections.pool()
         })

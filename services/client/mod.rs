@@ -1,7 +1,8 @@
 //! Typed clients of rng and hasher, for the worker and webui's gateway.
 //!
 //! Each owns its protocol: the service name comes from the generated code,
-//! each call builds its generated client on the channel the balancer picks,
+//! each call builds its generated client (imported as `RngStub`,
+//! `HasherStub`) on the channel the balancer picks (why: see [`balancer`]),
 //! and the balancer traces it and notes its success or failure (a streak of
 //! failures is logged once, its end once). A streamed reply bounds the wait
 //! for each message by the call timeout, as a unary call is bounded as a
@@ -12,10 +13,13 @@ pub mod balancer;
 pub mod http_get;
 
 use crate::{
-    client::balancer::{Backend, InvalidUrl, PoolSettings, Resolver, Service, system_resolver},
+    client::balancer::{
+        Balancer, BalancerSettings, InvalidUrl, Resolver, Service, system_resolver,
+    },
     pb::{
         DigestBatch, GenerateRequest, GenerateStreamRequest, GenerateStreamResponse, HashBatch,
-        HashRequest, hasher_client, hasher_server, rng_client, rng_server,
+        HashRequest, hasher_client::HasherClient as HasherStub, hasher_server,
+        rng_client::RngClient as RngStub, rng_server,
     },
     protocol::{HASHER_PORT, RNG_PORT},
 };
@@ -31,11 +35,16 @@ pub trait Api {
     const SERVICE: Service;
 }
 
-/// `dockercoins.v1.Rng`.
+/// `dockercoins.v1.Rng`, as [`RngClient`] speaks it.
+///
+/// Named for what it is, the protocol a [`Client`] speaks, because the
+/// shorter names are taken: `Rng` is the generated server trait
+/// (`pb::rng_server::Rng`), `RngApi` rng's alias of it, `RngService` rng's
+/// server, and `RngClient` both the generated stub and the typed client.
 #[derive(Clone, Copy, Debug)]
-pub struct Rng;
+pub struct RngProtocol;
 
-impl Api for Rng {
+impl Api for RngProtocol {
     const SERVICE: Service = Service {
         name: "rng",
         grpc: rng_server::SERVICE_NAME,
@@ -43,11 +52,12 @@ impl Api for Rng {
     };
 }
 
-/// `dockercoins.v1.Hasher`.
+/// `dockercoins.v1.Hasher`, as [`HasherClient`] speaks it (named as
+/// [`RngProtocol`] is, for the same reason).
 #[derive(Clone, Copy, Debug)]
-pub struct Hasher;
+pub struct HasherProtocol;
 
-impl Api for Hasher {
+impl Api for HasherProtocol {
     const SERVICE: Service = Service {
         name: "hasher",
         grpc: hasher_server::SERVICE_NAME,
@@ -59,30 +69,30 @@ impl Api for Hasher {
 /// resolves to, through the balancer.
 #[derive(Clone, Debug)]
 pub struct Client<A> {
-    backend: Backend,
+    balancer: Balancer,
     api: PhantomData<A>,
 }
 
 /// rng's client: `generate`, `generate_stream`.
-pub type RngClient = Client<Rng>;
+pub type RngClient = Client<RngProtocol>;
 
 /// hasher's client: `hash`, `hash_stream`.
-pub type HasherClient = Client<Hasher>;
+pub type HasherClient = Client<HasherProtocol>;
 
 impl<A: Api> Client<A> {
     /// The service at `url`, its replicas found by the system's resolver.
-    pub fn new(url: &str, settings: &PoolSettings) -> Result<Self, InvalidUrl> {
+    pub fn new(url: &str, settings: &BalancerSettings) -> Result<Self, InvalidUrl> {
         Self::with_resolver(url, settings, system_resolver())
     }
 
     /// The service at `url`, its replicas found by `resolver`.
     pub fn with_resolver(
         url: &str,
-        settings: &PoolSettings,
+        settings: &BalancerSettings,
         resolver: Resolver,
     ) -> Result<Self, InvalidUrl> {
         Ok(Self {
-            backend: Backend::new(A::SERVICE, url, settings, resolver)?,
+            balancer: Balancer::new(A::SERVICE, url, settings, resolver)?,
             api: PhantomData,
         })
     }
@@ -93,21 +103,19 @@ impl<A: Api> Client<A> {
     }
 
     /// The balancer behind this client: its replicas and their counts.
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
     }
 }
 
-impl Client<Rng> {
+impl Client<RngProtocol> {
     /// `Rng/Generate`: `size` random bytes.
     pub async fn generate(&self, size: u32) -> Result<Bytes, Status> {
         let reply = self
-            .backend
+            .balancer
             .call(
                 "Generate",
-                async |channel, request| {
-                    rng_client::RngClient::new(channel).generate(request).await
-                },
+                async |channel, request| RngStub::new(channel).generate(request).await,
                 GenerateRequest { size },
             )
             .await?;
@@ -117,21 +125,17 @@ impl Client<Rng> {
     /// `Rng/GenerateStream`: `count` blocks of `size` bytes, in messages.
     pub async fn generate_stream(&self, size: u32, count: u32) -> Result<Blocks, Status> {
         let reply = self
-            .backend
+            .balancer
             .call_stream(
                 "GenerateStream",
-                async |channel, request| {
-                    rng_client::RngClient::new(channel)
-                        .generate_stream(request)
-                        .await
-                },
+                async |channel, request| RngStub::new(channel).generate_stream(request).await,
                 GenerateStreamRequest { size, count },
             )
             .await?;
         Ok(Blocks {
             stream: reply.into_inner(),
-            wait: self.backend.call_timeout(),
-            backend: self.backend.clone(),
+            wait: self.balancer.call_timeout(),
+            balancer: self.balancer.clone(),
         })
     }
 }
@@ -139,7 +143,7 @@ impl Client<Rng> {
 /// The messages of an `Rng/GenerateStream` call.
 pub struct Blocks {
     stream: Streaming<GenerateStreamResponse>,
-    backend: Backend,
+    balancer: Balancer,
     /// Bound on waiting for each message.
     wait: Duration,
 }
@@ -150,22 +154,18 @@ impl Blocks {
         let message = tokio::time::timeout(self.wait, self.stream.message())
             .await
             .unwrap_or_else(|_| Err(timed_out("random blocks", self.wait)));
-        self.backend.note(message)
+        self.balancer.note(message)
     }
 }
 
-impl Client<Hasher> {
+impl Client<HasherProtocol> {
     /// `Hasher/Hash`: the SHA-256 of `data`, in lowercase hex.
     pub async fn hash(&self, data: Bytes) -> Result<String, Status> {
         let reply = self
-            .backend
+            .balancer
             .call(
                 "Hash",
-                async |channel, request| {
-                    hasher_client::HasherClient::new(channel)
-                        .hash(request)
-                        .await
-                },
+                async |channel, request| HasherStub::new(channel).hash(request).await,
                 HashRequest { data },
             )
             .await?;
@@ -178,22 +178,18 @@ impl Client<Hasher> {
         // One batch ahead at most: the worker waits for each batch's digests.
         let (to_hasher, requests) = mpsc::channel(1);
         let reply = self
-            .backend
+            .balancer
             .call_once(
                 "HashStream",
-                async |channel, request| {
-                    hasher_client::HasherClient::new(channel)
-                        .hash_stream(request)
-                        .await
-                },
+                async |channel, request| HasherStub::new(channel).hash_stream(request).await,
                 ReceiverStream::new(requests),
             )
             .await?;
         Ok(HashPipe {
             to_hasher,
             digests: reply.into_inner(),
-            wait: self.backend.call_timeout(),
-            backend: self.backend.clone(),
+            wait: self.balancer.call_timeout(),
+            balancer: self.balancer.clone(),
         })
     }
 }
@@ -202,7 +198,7 @@ impl Client<Hasher> {
 pub struct HashPipe {
     to_hasher: mpsc::Sender<HashBatch>,
     digests: Streaming<DigestBatch>,
-    backend: Backend,
+    balancer: Balancer,
     /// Bound on waiting for each batch's digests.
     wait: Duration,
 }
@@ -224,7 +220,7 @@ impl HashPipe {
                 .await
                 .unwrap_or_else(|_| Err(timed_out("digests", self.wait)))
         };
-        self.backend
+        self.balancer
             .note(reply)
             .map(|reply| reply.map(|batch| batch.digests))
     }

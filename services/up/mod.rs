@@ -15,7 +15,7 @@ pub mod replica;
 pub mod restart;
 
 use crate::{
-    client::balancer::{InvalidUrl, PoolSettings, Resolver},
+    client::balancer::{BalancerSettings, ClientCalls, InvalidUrl, Resolver},
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
     protocol::{HASHER_PORT, RNG_PORT, WEBUI_PORT},
@@ -23,7 +23,7 @@ use crate::{
     server::ServeError,
     store::private_redis::{PrivateRedis, RedisStartError},
     store::{Store, StoreError},
-    telemetry::metrics::{ClientCalls, Registry},
+    telemetry::metrics::Registry,
     webui::{Webui, WebuiError},
     worker::{Backends, WorkerConfig},
 };
@@ -94,7 +94,7 @@ pub struct UpConfig {
     /// How the last hasher replica differs from the others (default: not).
     pub hasher_last_replica: ReplicaSettings,
     pub worker: WorkerConfig,
-    pub pool: PoolSettings,
+    pub pool: BalancerSettings,
     pub redis_timeout: Duration,
     /// `None`: a private redis-server if on PATH, else the in-process store.
     pub redis_url: Option<String>,
@@ -256,7 +256,7 @@ fn spawn_clients(
     store: &Store,
 ) -> Result<(), UpError> {
     // Balanced clients see every replica (pinned ones keep the first).
-    let clients = |pool: &PoolSettings| -> Result<(RngClient, HasherClient), UpError> {
+    let clients = |pool: &BalancerSettings| -> Result<(RngClient, HasherClient), UpError> {
         Ok((
             RngClient::with_resolver(
                 &local_url(addrs.rng[0]),
@@ -274,11 +274,11 @@ fn spawn_clients(
     // `worker_` prefix, every worker's calls together (in Compose each worker
     // serves its own): what the lab and `benches/policies.sh` read.
     let mut webui_metrics = Registry::default();
-    let webui_pool = PoolSettings {
+    let webui_pool = BalancerSettings {
         metrics: ClientCalls::register(&mut webui_metrics),
         ..config.pool.clone()
     };
-    let worker_pool = PoolSettings {
+    let worker_pool = BalancerSettings {
         metrics: ClientCalls::register(webui_metrics.sub_registry_with_prefix("worker")),
         ..config.pool.clone()
     };

@@ -10,8 +10,8 @@
 //! inject faults (`--fail-rate`, `--extra-delay`) says so, as `faults`.
 
 use crate::{
-    client::balancer::Backend,
-    pb::{InfoRequest, InfoResponse, MethodCalls, replica_client::ReplicaClient},
+    client::balancer::Balancer,
+    pb::{InfoRequest, InfoResponse, MethodCalls, replica_client::ReplicaClient as ReplicaStub},
     store::{Store, UpdateStats},
     telemetry::latency::Window,
 };
@@ -103,7 +103,7 @@ impl Hops {
     }
 
     /// Samples every [`SAMPLE_INTERVAL`] until dropped (the caller aborts it).
-    pub async fn sample_forever(self, rng: Backend, hasher: Backend, store: Store) {
+    pub async fn sample_forever(self, rng: Balancer, hasher: Balancer, store: Store) {
         let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -224,10 +224,10 @@ fn record(
 }
 
 /// `Replica/Info` of every replica of `backend`, in parallel.
-async fn ask_replicas(backend: &Backend) -> Vec<(String, Result<InfoResponse, String>)> {
+async fn ask_replicas(backend: &Balancer) -> Vec<(String, Result<InfoResponse, String>)> {
     let replicas = backend.replica_channels().await;
     let asks = replicas.into_iter().map(|(address, channel)| async move {
-        let mut client = ReplicaClient::new(channel);
+        let mut client = ReplicaStub::new(channel);
         let answer = match tokio::time::timeout(ASK_TIMEOUT, client.info(InfoRequest {})).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(crate::telemetry::error_chain::status_reason(&status)),

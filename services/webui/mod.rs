@@ -13,9 +13,9 @@ mod hops;
 pub use assets::{Assets, AssetsError};
 
 use crate::{
-    client::balancer::Backend,
+    client::balancer::Balancer,
     client::{HasherClient, RngClient},
-    pb::{InfoRequest, replica_client::ReplicaClient},
+    pb::{InfoRequest, replica_client::ReplicaClient as ReplicaStub},
     protocol::WEBUI_PORT,
     rng::parse_size,
     server::connections::{Activity, ConnectionLimits, Connections, InFlight},
@@ -219,16 +219,16 @@ pub async fn serve(
     tracing::info!(
         { fields::LISTEN } = %listener.local_addr()?,
         store = %webui.store.describe(),
-        rng = %webui.rng.backend().url(),
-        hasher = %webui.hasher.backend().url(),
+        rng = %webui.rng.balancer().url(),
+        hasher = %webui.hasher.balancer().url(),
         "webui serving HTTP"
     );
     // The per-hop view's sampler lives as long as the server: the set
     // aborts it when dropped, however this function returns.
     let mut sampler = JoinSet::new();
     sampler.spawn(webui.hops.clone().sample_forever(
-        webui.rng.backend().clone(),
-        webui.hasher.backend().clone(),
+        webui.rng.balancer().clone(),
+        webui.hasher.balancer().clone(),
         webui.store.clone(),
     ));
     let connections = Connections::new(
@@ -304,8 +304,8 @@ async fn score_json(State(webui): State<Webui>) -> Response {
 /// webui sees.
 async fn status(State(webui): State<Webui>) -> Json<Value> {
     let (rng, hasher, redis) = tokio::join!(
-        grpc_health(webui.rng.backend()),
-        grpc_health(webui.hasher.backend()),
+        grpc_health(webui.rng.balancer()),
+        grpc_health(webui.hasher.balancer()),
         webui.store.ping(),
     );
     let redis = match redis {
@@ -327,7 +327,7 @@ fn ms(duration: Duration) -> f64 {
 /// calls served; the backend's own status is its best replica's; and the
 /// policy webui's clients spread calls with (`up` and the compose file give
 /// the workers the same one), for `dockercoins top`.
-async fn grpc_health(backend: &Backend) -> Value {
+async fn grpc_health(backend: &Balancer) -> Value {
     let service = backend.service().grpc;
     let replicas = backend.replica_channels().await;
     let checks = replicas.into_iter().map(|(address, channel)| async move {
@@ -337,7 +337,7 @@ async fn grpc_health(backend: &Backend) -> Value {
         };
         let check = async {
             let health = HealthClient::new(channel.clone()).check(request).await?;
-            let info = ReplicaClient::new(channel).info(InfoRequest {}).await.ok();
+            let info = ReplicaStub::new(channel).info(InfoRequest {}).await.ok();
             Ok::<_, tonic::Status>((health.into_inner().status(), info))
         };
         match tokio::time::timeout(BACKEND_TIMEOUT, check).await {
@@ -420,7 +420,7 @@ impl IntoResponse for GatewayError {
 
 /// The reply of a gateway call to `backend`, within [`BACKEND_TIMEOUT`].
 async fn answer<T>(
-    backend: &Backend,
+    backend: &Balancer,
     call: impl Future<Output = Result<T, tonic::Status>>,
 ) -> Result<T, GatewayError> {
     tokio::time::timeout(BACKEND_TIMEOUT, call)
@@ -438,7 +438,7 @@ async fn gateway_rng(
     Path(size): Path<String>,
 ) -> Result<Json<Value>, GatewayError> {
     let size = parse_size(&size).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-    let data = answer(webui.rng.backend(), webui.rng.generate(size as u32)).await?;
+    let data = answer(webui.rng.balancer(), webui.rng.generate(size as u32)).await?;
     Ok(Json(json!({"size": data.len(), "hex": hex::encode(&data)})))
 }
 
@@ -451,6 +451,6 @@ async fn gateway_hash(State(webui): State<Webui>, body: Result<Bytes, BytesRejec
 }
 
 async fn gateway_hash_of(webui: Webui, body: Bytes) -> Result<Json<Value>, GatewayError> {
-    let hex = answer(webui.hasher.backend(), webui.hasher.hash(body)).await?;
+    let hex = answer(webui.hasher.balancer(), webui.hasher.hash(body)).await?;
     Ok(Json(json!({"hex": hex})))
 }

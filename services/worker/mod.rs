@@ -159,8 +159,8 @@ pub async fn run(
         ),
     };
     tracing::info!(
-        rng = %rng.backend().url(),
-        hasher = %hasher.backend().url(),
+        rng = %rng.balancer().url(),
+        hasher = %hasher.balancer().url(),
         store = %store.describe(),
         delay_ms = config.delay.as_millis() as u64,
         concurrency = config.concurrency,
@@ -186,7 +186,7 @@ pub async fn run(
         .keep_books(shutdown, || {
             ticks += 1;
             if ticks % 10 == 0 {
-                tracing::info!(rng = ?miner.rng.backend().served(), hasher = ?miner.hasher.backend().served(), "calls per replica");
+                tracing::info!(rng = ?miner.rng.balancer().served(), hasher = ?miner.hasher.balancer().served(), "calls per replica");
             }
         })
         .await;
@@ -222,8 +222,8 @@ impl Report {
                 { fields::HASHES_FLUSHED } = self.hashes_flushed,
                 { fields::COINS_FOUND } = self.coins_found,
                 { fields::COINS_FLUSHED } = self.coins_flushed,
-                rng_calls = ?miner.rng.backend().served(),
-                hasher_calls = ?miner.hasher.backend().served(),
+                rng_calls = ?miner.rng.balancer().served(),
+                hasher_calls = ?miner.hasher.balancer().served(),
                 "worker stopped; every hash counted in Redis"
             );
         } else {

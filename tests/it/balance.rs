@@ -6,7 +6,7 @@ use crate::helpers::{
     RedisServer, RunningWorker, Spawned, generate_through, spawn_hasher, spawn_rng,
 };
 use dockercoins::{
-    client::balancer::{Policy, PoolSettings, Resolver},
+    client::balancer::{BalancerSettings, Policy, Resolver},
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
     rng::RngConfig,
@@ -48,12 +48,12 @@ async fn generate(rng: &RngClient, calls: usize) {
     }
 }
 
-fn settings(policy: Policy) -> PoolSettings {
-    PoolSettings {
+fn settings(policy: Policy) -> BalancerSettings {
+    BalancerSettings {
         policy,
         resolve_interval: PERIOD,
         connect_timeout: Duration::from_millis(500),
-        ..PoolSettings::default()
+        ..BalancerSettings::default()
     }
 }
 
@@ -98,16 +98,16 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
         resolver(&addrs),
     )
     .unwrap();
-    let hasher_backend = HasherClient::new(&hasher.url(), &PoolSettings::default()).unwrap();
+    let hasher_backend = HasherClient::new(&hasher.url(), &BalancerSettings::default()).unwrap();
     let store = Store::redis(&redis.url(), Duration::from_millis(500)).unwrap();
     let worker = RunningWorker::with_backends(unary(), rng.clone(), hasher_backend, store);
 
     // 1. Every replica gets a fair share: a third each, within 10 points.
     wait_until("600 calls", Duration::from_secs(30), || {
-        rng.backend().served().values().sum::<u64>() >= 600
+        rng.balancer().served().values().sum::<u64>() >= 600
     })
     .await;
-    let served = rng.backend().served();
+    let served = rng.balancer().served();
     let total: u64 = served.values().sum();
     for replica in &replicas {
         let share = served_on(&served, replica.addr.port()) as f64 / total as f64;
@@ -123,21 +123,21 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
     let dead = replicas.remove(2);
     let dead_port = dead.addr.port();
     dead.stop().await.unwrap();
-    let failures = rng.backend().failures();
-    let before = rng.backend().served();
+    let failures = rng.balancer().failures();
+    let before = rng.balancer().served();
     wait_until("300 more calls", Duration::from_secs(30), || {
-        rng.backend().served().values().sum::<u64>() >= before.values().sum::<u64>() + 300
+        rng.balancer().served().values().sum::<u64>() >= before.values().sum::<u64>() + 300
     })
     .await;
     // At most the calls it already had in flight when it stopped (their
     // replies may land after the snapshot); no new ones.
-    let late = served_on(&rng.backend().served(), dead_port) - served_on(&before, dead_port);
+    let late = served_on(&rng.balancer().served(), dead_port) - served_on(&before, dead_port);
     assert!(
         late <= unary().concurrency as u64,
         "{late} calls on the dead replica"
     );
     assert_eq!(
-        rng.backend().failures(),
+        rng.balancer().failures(),
         failures,
         "a unit of work failed on the dead replica"
     );
@@ -151,12 +151,12 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
     wait_until(
         "calls on the new replica",
         2 * PERIOD + Duration::from_millis(200),
-        || served_on(&rng.backend().served(), fresh_port) > 0,
+        || served_on(&rng.balancer().served(), fresh_port) > 0,
     )
     .await;
     eprintln!("new replica served after {:?}", listed.elapsed());
     assert!(
-        !rng.backend()
+        !rng.balancer()
             .replicas()
             .contains(&format!("127.0.0.1:{dead_port}"))
     );
@@ -183,7 +183,7 @@ async fn pinned_stays_on_one_replica() {
     )
     .unwrap();
     generate(&rng, 60).await;
-    let served = rng.backend().served();
+    let served = rng.balancer().served();
     assert_eq!(served.len(), 1, "{served:?}");
     assert_eq!(served_on(&served, replicas[0].addr.port()), 60);
     for replica in replicas {
@@ -201,14 +201,14 @@ async fn the_system_resolver_finds_replicas_by_name() {
     let rng = RngClient::new(&url, &settings(Policy::RoundRobin)).unwrap();
     generate(&rng, 20).await;
     assert!(
-        rng.backend()
+        rng.balancer()
             .replicas()
             .contains(&rng_server.addr.to_string()),
         "{:?}",
-        rng.backend().replicas()
+        rng.balancer().replicas()
     );
     assert_eq!(
-        served_on(&rng.backend().served(), rng_server.addr.port()),
+        served_on(&rng.balancer().served(), rng_server.addr.port()),
         20
     );
     rng_server.stop().await.unwrap();

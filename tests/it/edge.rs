@@ -5,7 +5,7 @@ use crate::helpers::{Spawned, http1, spawn_rng};
 use dockercoins::{
     client::balancer::Resolver,
     edge::{self, Route},
-    pb::{InfoRequest, replica_client::ReplicaClient},
+    pb::{InfoRequest, replica_client::ReplicaClient as ReplicaStub},
     rng::RngConfig,
     server::connections::ConnectionLimits,
 };
@@ -85,7 +85,7 @@ async fn grpc_passes_and_stays_on_its_replica() {
         .connect()
         .await
         .unwrap();
-    let mut client = ReplicaClient::new(channel);
+    let mut client = ReplicaStub::new(channel);
     let mut instances = Vec::new();
     for _ in 0..5 {
         instances.push(

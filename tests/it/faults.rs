@@ -11,7 +11,8 @@ use dockercoins::{
     hasher::HasherConfig,
     pb::{
         GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest, InfoRequest,
-        hasher_client::HasherClient, replica_client::ReplicaClient, rng_client::RngClient,
+        hasher_client::HasherClient as HasherStub, replica_client::ReplicaClient as ReplicaStub,
+        rng_client::RngClient as RngStub,
     },
     rng::RngConfig,
     server::limits,
@@ -177,10 +178,7 @@ async fn calls_served(addr: SocketAddr) -> Option<u64> {
         .connect()
         .await
         .ok()?;
-    let info = ReplicaClient::new(channel)
-        .info(InfoRequest {})
-        .await
-        .ok()?;
+    let info = ReplicaStub::new(channel).info(InfoRequest {}).await.ok()?;
     Some(info.into_inner().calls)
 }
 
@@ -291,13 +289,13 @@ fn streaming_client(
                     size: 32,
                     count: 50_000,
                 };
-                read_all(RngClient::new(channel).generate_stream(request).await).await
+                read_all(RngStub::new(channel).generate_stream(request).await).await
             } else {
                 let batches = futures_util::stream::iter((0..200).map(|_| HashBatch {
                     size: 32,
                     blocks: vec![7u8; 32 * 1024].into(),
                 }));
-                read_all(HasherClient::new(channel).hash_stream(batches).await).await
+                read_all(HasherStub::new(channel).hash_stream(batches).await).await
             };
             if let Err(status) = result {
                 return status;
@@ -425,7 +423,7 @@ async fn a_backend_slower_than_the_call_timeout_costs_bounded_calls() {
     let concurrency = 8;
     let call_timeout = Duration::from_millis(200);
     let config = turbo(concurrency, 0);
-    let pool = dockercoins::client::balancer::PoolSettings {
+    let pool = dockercoins::client::balancer::BalancerSettings {
         call_timeout,
         ..Default::default()
     };
@@ -475,8 +473,8 @@ async fn load_client(n: usize, addr: SocketAddr, tally: Arc<Tally>, stop: Arc<At
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
-    let mut rng = RngClient::new(channel.clone());
-    let mut hasher = HasherClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut rng = RngStub::new(channel.clone());
+    let mut hasher = HasherStub::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
         i += 1;

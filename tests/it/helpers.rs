@@ -2,10 +2,10 @@
 
 use bytes::Bytes;
 use dockercoins::{
-    client::balancer::PoolSettings,
+    client::balancer::BalancerSettings,
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
-    pb::{hasher_client, rng_client},
+    pb::{hasher_client::HasherClient as HasherStub, rng_client::RngClient as RngStub},
     rng::RngConfig,
     server::ServeError,
     server::connections::ConnectionLimits,
@@ -163,7 +163,7 @@ pub async fn spawn_webui_limited(
 
 /// A webui in front of `rng` and `hasher`, its clients quick to give up.
 fn webui_of(store: Store, rng: &str, hasher: &str) -> Webui {
-    let pool = PoolSettings {
+    let pool = BalancerSettings {
         connect_timeout: Duration::from_millis(500),
         ..Default::default()
     };
@@ -207,14 +207,13 @@ pub async fn watch_rng_health(
 }
 
 /// The generated client on a fresh connection: what any gRPC client sends.
-pub async fn rng_client(server: &Spawned) -> rng_client::RngClient<Channel> {
-    rng_client::RngClient::new(server.channel().await)
+pub async fn rng_client(server: &Spawned) -> RngStub<Channel> {
+    RngStub::new(server.channel().await)
 }
 
 /// The generated client on a fresh connection: what any gRPC client sends.
-pub async fn hasher_client(server: &Spawned) -> hasher_client::HasherClient<Channel> {
-    hasher_client::HasherClient::new(server.channel().await)
-        .max_encoding_message_size(64 * 1024 * 1024)
+pub async fn hasher_client(server: &Spawned) -> HasherStub<Channel> {
+    HasherStub::new(server.channel().await).max_encoding_message_size(64 * 1024 * 1024)
 }
 
 /// One HTTP/1.1 request on a fresh connection.
@@ -458,8 +457,8 @@ impl Drop for RedisServer {
 
 /// How the tests' workers reach their backends: a short connect timeout, and
 /// a call timeout that a hang trips well within a test's bounds.
-pub fn test_pool() -> PoolSettings {
-    PoolSettings {
+pub fn test_pool() -> BalancerSettings {
+    BalancerSettings {
         connect_timeout: Duration::from_millis(500),
         call_timeout: Duration::from_secs(2),
         ..Default::default()

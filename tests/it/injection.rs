@@ -8,7 +8,7 @@ use dockercoins::{
     hasher::HasherConfig,
     pb::{
         GenerateRequest, GenerateStreamRequest, HashRequest, InfoRequest,
-        replica_client::ReplicaClient,
+        replica_client::ReplicaClient as ReplicaStub,
     },
     rng::RngConfig,
     server::faults::{FailCode, Faults},
@@ -153,7 +153,7 @@ async fn replica_info_and_the_webui_json_show_the_knobs() {
             .connect()
             .await
             .unwrap();
-        ReplicaClient::new(channel)
+        ReplicaStub::new(channel)
             .info(InfoRequest {})
             .await
             .unwrap()

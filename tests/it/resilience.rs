@@ -8,7 +8,9 @@ use crate::helpers::{
     spawn_rng, spawn_rng_on, wait_for_a_call_in_rngs_lane,
 };
 use dockercoins::{
-    client::balancer::{OutlierSettings, Policy, PoolSettings, Resolver, RetrySettings},
+    client::balancer::{
+        BalancerSettings, ClientCalls, OutlierSettings, Policy, Resolver, RetrySettings,
+    },
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
     pb::GenerateRequest,
@@ -16,7 +18,7 @@ use dockercoins::{
     server::DRAIN_NOTICE,
     server::faults::Faults,
     store::Store,
-    telemetry::metrics::{ClientCalls, Exposition, Registry},
+    telemetry::metrics::{Exposition, Registry},
     worker::WorkerConfig,
 };
 use std::{
@@ -46,11 +48,11 @@ pub fn rng_taking(delay: Duration) -> RngConfig {
 /// An rng client over `servers`, with `settings`, measured in `registry`.
 fn client(
     servers: &[&Spawned],
-    settings: PoolSettings,
+    settings: BalancerSettings,
     registry: &mut Registry,
 ) -> (RngClient, Arc<Mutex<Vec<SocketAddr>>>) {
     let addrs = Arc::new(Mutex::new(servers.iter().map(|s| s.addr).collect()));
-    let settings = PoolSettings {
+    let settings = BalancerSettings {
         metrics: ClientCalls::register(registry),
         connect_timeout: Duration::from_millis(500),
         ..settings
@@ -105,14 +107,14 @@ async fn load(rng: &RngClient, callers: usize, calls: usize) -> Vec<Result<usize
 async fn fast_over_slow(policy: Policy, callers: usize, calls: usize) -> f64 {
     let fast = spawn_rng(rng_taking(Duration::from_millis(20))).await;
     let slow = spawn_rng(rng_taking(Duration::from_millis(60))).await;
-    let settings = PoolSettings {
+    let settings = BalancerSettings {
         policy,
-        ..PoolSettings::default()
+        ..BalancerSettings::default()
     };
     let (rng, _) = client(&[&fast, &slow], settings, &mut Registry::default());
     let results = load(&rng, callers, calls).await;
     assert!(results.iter().all(Result::is_ok), "{policy}: a call failed");
-    let served = rng.backend().served();
+    let served = rng.balancer().served();
     let ratio = served_on(&served, fast.addr.port()) as f64
         / served_on(&served, slow.addr.port()).max(1) as f64;
     eprintln!("{policy}, {callers} callers: fast/slow = {ratio:.2} {served:?}");
@@ -144,7 +146,7 @@ async fn least_request_sends_a_fast_replica_at_least_twice_the_calls_of_a_slow_o
 async fn a_slow_unary_call_is_hedged_on_another_replica() {
     let fast = spawn_rng(RngConfig::turbo()).await;
     let slow = spawn_rng(rng_taking(Duration::from_millis(1500))).await;
-    let settings = PoolSettings {
+    let settings = BalancerSettings {
         policy: Policy::RoundRobin,
         retry: RetrySettings {
             hedge_after: Some(Duration::from_millis(50)),
@@ -152,7 +154,7 @@ async fn a_slow_unary_call_is_hedged_on_another_replica() {
             budget_percent: 100,
             ..RetrySettings::default()
         },
-        ..PoolSettings::default()
+        ..BalancerSettings::default()
     };
     let mut registry = Registry::default();
     let (rng, _) = client(&[&fast, &slow], settings, &mut registry);
@@ -181,10 +183,10 @@ async fn the_retry_budget_caps_retries() {
         .collect();
     let addrs = Arc::new(Mutex::new(dead));
     let mut registry = Registry::default();
-    let settings = PoolSettings {
+    let settings = BalancerSettings {
         metrics: ClientCalls::register(&mut registry),
         connect_timeout: Duration::from_millis(200),
-        ..PoolSettings::default()
+        ..BalancerSettings::default()
     };
     let rng = RngClient::with_resolver("http://rng:8001", &settings, resolver(&addrs)).unwrap();
     let calls = 200;
@@ -251,10 +253,14 @@ async fn a_replica_turned_not_serving_gets_no_new_call() {
         replicas.push(spawn_rng(RngConfig::turbo()).await);
     }
     let servers: Vec<&Spawned> = replicas.iter().collect();
-    let (rng, _) = client(&servers, PoolSettings::default(), &mut Registry::default());
+    let (rng, _) = client(
+        &servers,
+        BalancerSettings::default(),
+        &mut Registry::default(),
+    );
     let (stop, calls) = keep_calling(&rng);
     wait_until("calls on every replica", Duration::from_secs(10), || {
-        rng.backend().served().len() == 3
+        rng.balancer().served().len() == 3
     })
     .await;
 
@@ -263,7 +269,7 @@ async fn a_replica_turned_not_serving_gets_no_new_call() {
     let address = draining.addr.to_string();
     draining.begin_stop();
     let seen = wait_until("the watch to say NOT_SERVING", DRAIN_NOTICE, || {
-        rng.backend()
+        rng.balancer()
             .replica_states()
             .iter()
             .any(|state| state.address == address && !state.serving)
@@ -271,9 +277,9 @@ async fn a_replica_turned_not_serving_gets_no_new_call() {
     .await;
     eprintln!("NOT_SERVING seen {seen:?} after the stop began");
     // At most the one call in flight when the watch answered.
-    let before = served_on(&rng.backend().served(), port);
+    let before = served_on(&rng.balancer().served(), port);
     draining.join(Duration::from_secs(5)).await.unwrap();
-    let after = served_on(&rng.backend().served(), port);
+    let after = served_on(&rng.balancer().served(), port);
     assert!(
         after <= before + 1,
         "{} calls after NOT_SERVING",
@@ -286,7 +292,7 @@ async fn a_replica_turned_not_serving_gets_no_new_call() {
         0,
         "a call failed while a replica drained"
     );
-    assert_eq!(rng.backend().failures(), 0);
+    assert_eq!(rng.balancer().failures(), 0);
     for replica in replicas {
         replica.stop().await.unwrap();
     }
@@ -308,7 +314,7 @@ async fn a_replica_failing_every_call_is_ejected_and_comes_back_after_its_time()
         ..RngConfig::turbo()
     })
     .await;
-    let settings = PoolSettings {
+    let settings = BalancerSettings {
         outlier: OutlierSettings {
             interval: Duration::from_millis(300),
             failure_percent: 50,
@@ -320,13 +326,13 @@ async fn a_replica_failing_every_call_is_ejected_and_comes_back_after_its_time()
             budget_percent: 100,
             ..RetrySettings::default()
         },
-        ..PoolSettings::default()
+        ..BalancerSettings::default()
     };
     let mut registry = Registry::default();
     let (rng, _) = client(&[&good, &also_good, &failing], settings, &mut registry);
     let address = failing.addr.to_string();
     let ejected = |rng: &RngClient| {
-        rng.backend()
+        rng.balancer()
             .replica_states()
             .iter()
             .any(|state| state.address == address && state.ejected)
@@ -369,9 +375,9 @@ async fn a_replica_failing_every_call_is_ejected_and_comes_back_after_its_time()
 #[tokio::test]
 async fn deadlines_travel_with_the_calls_and_rng_drops_what_cannot_fit() {
     let rng_server = spawn_rng(RngConfig::classroom()).await;
-    let settings = PoolSettings {
+    let settings = BalancerSettings {
         call_timeout: Duration::from_millis(250),
-        ..PoolSettings::default()
+        ..BalancerSettings::default()
     };
     let (rng, _) = client(&[&rng_server], settings, &mut Registry::default());
     let results = load(&rng, 6, 1).await;
@@ -397,7 +403,7 @@ async fn deadlines_travel_with_the_calls_and_rng_drops_what_cannot_fit() {
         line("rng_lane_queue_depth")
     );
     assert_eq!(
-        served_on(&rng.backend().served(), rng_server.addr.port()),
+        served_on(&rng.balancer().served(), rng_server.addr.port()),
         2
     );
     rng_server.stop().await.unwrap();
@@ -419,8 +425,12 @@ async fn a_rolling_restart_loses_no_unit_of_work() {
         replicas.push(spawn_rng_on(*addr, RngConfig::turbo()).await);
     }
     let servers: Vec<&Spawned> = replicas.iter().collect();
-    let (rng, _) = client(&servers, PoolSettings::default(), &mut Registry::default());
-    let hasher_client = HasherClient::new(&hasher.url(), &PoolSettings::default()).unwrap();
+    let (rng, _) = client(
+        &servers,
+        BalancerSettings::default(),
+        &mut Registry::default(),
+    );
+    let hasher_client = HasherClient::new(&hasher.url(), &BalancerSettings::default()).unwrap();
     let store = Store::redis(&redis.url(), Duration::from_millis(500)).unwrap();
     let config = WorkerConfig {
         delay: Duration::ZERO,
@@ -440,13 +450,13 @@ async fn a_rolling_restart_loses_no_unit_of_work() {
             .await;
     }
     // Every new replica gets calls again.
-    let served = rng.backend().served();
+    let served = rng.balancer().served();
     let before: Vec<u64> = addrs.iter().map(|a| served_on(&served, a.port())).collect();
     wait_until(
         "calls on every restarted replica",
         Duration::from_secs(10),
         || {
-            let served = rng.backend().served();
+            let served = rng.balancer().served();
             addrs
                 .iter()
                 .zip(&before)
@@ -457,7 +467,7 @@ async fn a_rolling_restart_loses_no_unit_of_work() {
 
     let report = worker.stop().await;
     assert_eq!(
-        rng.backend().failures(),
+        rng.balancer().failures(),
         0,
         "a unit of work failed during the restart"
     );
@@ -493,7 +503,7 @@ async fn a_full_lane_sends_calls_elsewhere_for_the_pause_it_asks() {
     let busy = spawn_rng(one_lane_no_queue(Duration::from_secs(2))).await;
     let free = spawn_rng(RngConfig::turbo()).await;
     let mut registry = Registry::default();
-    let (rng, _) = client(&[&busy, &free], PoolSettings::default(), &mut registry);
+    let (rng, _) = client(&[&busy, &free], BalancerSettings::default(), &mut registry);
     let mut holder = crate::helpers::rng_client(&busy).await;
     let holding = tokio::spawn(async move { holder.generate(GenerateRequest { size: 32 }).await });
     wait_for_a_call_in_rngs_lane(busy.addr, Duration::from_secs(2)).await;

@@ -4,7 +4,7 @@
 
 use crate::helpers::{Spawned, generate_through, have, run_readme_line, sha256_hex};
 use dockercoins::{
-    client::balancer::{Policy, PoolSettings, Resolver},
+    client::balancer::{BalancerSettings, Policy, Resolver},
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
     healthcheck::{Probe, Unhealthy, check},
@@ -166,13 +166,13 @@ fn resolver(addr: SocketAddr) -> Resolver {
     Arc::new(move |_host, _port| Box::pin(async move { Ok(vec![addr]) }))
 }
 
-fn settings(policy: Policy, tls: Option<ClientTls>) -> PoolSettings {
-    PoolSettings {
+fn settings(policy: Policy, tls: Option<ClientTls>) -> BalancerSettings {
+    BalancerSettings {
         policy,
         tls,
         connect_timeout: Duration::from_secs(2),
         call_timeout: Duration::from_secs(5),
-        ..PoolSettings::default()
+        ..BalancerSettings::default()
     }
 }
 
@@ -224,11 +224,11 @@ async fn https_backends_call_a_tls_server_and_check_the_url_host() {
         assert_eq!(generate_through(&rng).await.unwrap(), 32);
     }
     assert_eq!(
-        rng.backend().replicas(),
+        rng.balancer().replicas(),
         [server.addr.to_string()],
         "dials the IP"
     );
-    assert_eq!(rng.backend().served().values().sum::<u64>(), 3);
+    assert_eq!(rng.balancer().served().values().sum::<u64>(), 3);
 
     let misnamed = backend(
         &format!("https://hasher:{port}"),
@@ -543,7 +543,7 @@ fn bad_tls_settings_are_clear_errors() {
 /// the setting (there are no system roots to fall back on).
 #[tokio::test]
 async fn an_https_backend_without_a_ca_is_refused() {
-    let error = RngClient::new("https://rng:8001", &PoolSettings::default()).unwrap_err();
+    let error = RngClient::new("https://rng:8001", &BalancerSettings::default()).unwrap_err();
     let error = error.to_string();
     assert!(error.contains("rng") && error.contains("TLS_CA"), "{error}");
 }

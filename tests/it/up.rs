@@ -4,9 +4,12 @@
 //! workers mine.
 
 use dockercoins::{
-    client::balancer::PoolSettings,
+    client::balancer::BalancerSettings,
     hasher::HasherConfig,
-    pb::{GenerateRequest, InfoRequest, replica_client::ReplicaClient, rng_client::RngClient},
+    pb::{
+        GenerateRequest, InfoRequest, replica_client::ReplicaClient as ReplicaStub,
+        rng_client::RngClient as RngStub,
+    },
     rng::RngConfig,
     up::{
         Listeners, UpConfig,
@@ -44,9 +47,9 @@ fn turbo_up() -> UpConfig {
             concurrency: 1,
             ..WorkerConfig::turbo()
         },
-        pool: PoolSettings {
+        pool: BalancerSettings {
             connect_timeout: Duration::from_millis(500),
-            ..PoolSettings::default()
+            ..BalancerSettings::default()
         },
         redis_timeout: Duration::from_millis(500),
         redis_url: None,
@@ -67,7 +70,7 @@ async fn up_runs_the_mesh_and_json_grows() {
     // The private redis-server path (redis-server is on PATH in CI).
     let config = UpConfig {
         workers: 2,
-        pool: PoolSettings::default(),
+        pool: BalancerSettings::default(),
         ..turbo_up()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -205,7 +208,7 @@ async fn the_last_replica_runs_settings_of_its_own() {
     let last = ReplicaSettings::parse_rng("delay-ms=200,extra-delay=100%=50ms").unwrap();
     let up = RunningUp::start(2, |config| config.rng_last_replica = last).await;
     let info = |addr| async move {
-        ReplicaClient::new(channel(addr).await)
+        ReplicaStub::new(channel(addr).await)
             .info(InfoRequest {})
             .await
             .unwrap()
@@ -215,7 +218,7 @@ async fn the_last_replica_runs_settings_of_its_own() {
     assert_eq!(info(up.rng[0]).await, "");
     assert_eq!(info(up.rng[1]).await, "+50ms for 100%");
     let timed = |addr| async move {
-        let mut client = RngClient::new(channel(addr).await);
+        let mut client = RngStub::new(channel(addr).await);
         let begun = std::time::Instant::now();
         client.generate(GenerateRequest { size: 32 }).await.unwrap();
         begun.elapsed()
@@ -275,7 +278,7 @@ async fn a_rolling_restart_brings_every_replica_back_on_its_port() {
     // Every replica serves again on its port, health SERVING.
     for &addr in up.rng.iter() {
         let channel = channel(addr).await;
-        RngClient::new(channel.clone())
+        RngStub::new(channel.clone())
             .generate(GenerateRequest { size: 32 })
             .await
             .unwrap();

@@ -10,7 +10,7 @@ use axum::{
     http::{Request, StatusCode},
 };
 use dockercoins::{
-    client::balancer::PoolSettings,
+    client::balancer::BalancerSettings,
     client::{HasherClient, RngClient},
     hasher::HasherConfig,
     rng::RngConfig,
@@ -23,7 +23,7 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 fn webui(store: Store, rng_url: &str, hasher_url: &str) -> Webui {
-    let pool = PoolSettings {
+    let pool = BalancerSettings {
         connect_timeout: Duration::from_millis(300),
         ..Default::default()
     };

@@ -3,7 +3,7 @@
 //! swaps in the new set of replicas, keeping the connections of the
 //! addresses that stay.
 
-use super::{Balancer, configure, health, replica::Replica};
+use super::{Shared, configure, health, replica::Replica};
 use std::{
     collections::HashMap,
     future::Future,
@@ -35,9 +35,9 @@ pub fn system_resolver() -> Resolver {
 
 /// Resolves the name every `resolve_interval` (sooner when asked) for as long
 /// as the backend exists.
-pub(super) async fn resolve_forever(balancer: Weak<Balancer>) {
+pub(super) async fn resolve_forever(shared: Weak<Shared>) {
     loop {
-        let Some(strong) = balancer.upgrade() else {
+        let Some(strong) = shared.upgrade() else {
             return;
         };
         let interval = strong.settings.resolve_interval;
@@ -61,11 +61,11 @@ pub(super) async fn resolve_forever(balancer: Weak<Balancer>) {
 
 /// Resolves the name once and swaps in the new set of replicas, keeping the
 /// connections of addresses that stay.
-pub(super) async fn resolve_once(balancer: &Balancer) {
-    let addrs = match (balancer.resolver)(balancer.host.clone(), balancer.port).await {
+pub(super) async fn resolve_once(shared: &Shared) {
+    let addrs = match (shared.resolver)(shared.host.clone(), shared.port).await {
         Ok(addrs) => addrs,
         Err(error) => {
-            tracing::debug!(backend = balancer.service.name, host = %balancer.host, %error, "cannot resolve");
+            tracing::debug!(backend = shared.service.name, host = %shared.host, %error, "cannot resolve");
             Vec::new()
         }
     };
@@ -76,7 +76,7 @@ pub(super) async fn resolve_once(balancer: &Balancer) {
         // Keep what we had: a resolver hiccup must not drop live replicas.
         return;
     }
-    let old = balancer
+    let old = shared
         .replicas
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -92,35 +92,42 @@ pub(super) async fn resolve_once(balancer: &Balancer) {
                 return Arc::clone(existing);
             }
             changed = true;
-            let uri = format!("{}://{label}", balancer.scheme);
-            let endpoint = Endpoint::from_shared(uri)
-                .map(|e| configure(e, &balancer.settings))
-                .and_then(|e| match &balancer.tls {
-                    // The address is dialled, the URL's host is checked.
-                    Some(tls) => e.tls_config(tls.clone()),
-                    None => Ok(e),
-                })
-                .unwrap_or_else(|error| {
-                    tracing::warn!(backend = balancer.service.name, address = %label, %error, "cannot make an endpoint for this address; using the URL's");
-                    balancer.endpoint.clone()
-                });
-            let channels: Vec<Channel> = (0..balancer.settings.channels.max(1))
-                .map(|_| endpoint.connect_lazy())
-                .collect();
-            let replica = Replica::new(label, addr.ip().to_string(), addr.port(), channels);
-            let watch = tokio::spawn(health::watch(health::Watch {
-                backend: balancer.service.name,
-                service: balancer.service.grpc,
-                replica: replica.label.clone(),
-                channel: replica.channel(),
-                serving: replica.serving.clone(),
-            }));
-            Arc::new(replica.watched_by(watch.abort_handle()))
+            Arc::new(connect(shared, *addr))
         })
         .collect();
     if changed {
         let labels: Vec<&str> = replicas.iter().map(|r| r.label.as_str()).collect();
-        tracing::info!(backend = balancer.service.name, host = %balancer.host, endpoints = ?labels, "{} endpoints changed", balancer.service.name);
-        *balancer.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
+        tracing::info!(backend = shared.service.name, host = %shared.host, endpoints = ?labels, "{} endpoints changed", shared.service.name);
+        *shared.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
     }
+}
+
+/// A replica at `addr`, new to the set: its connections (lazy: nothing
+/// dials until a call or its health watch does) and its health watch.
+fn connect(shared: &Shared, addr: SocketAddr) -> Replica {
+    let label = addr.to_string();
+    let uri = format!("{}://{label}", shared.scheme);
+    let endpoint = Endpoint::from_shared(uri)
+        .map(|e| configure(e, &shared.settings))
+        .and_then(|e| match &shared.tls {
+            // The address is dialled, the URL's host is checked.
+            Some(tls) => e.tls_config(tls.clone()),
+            None => Ok(e),
+        })
+        .unwrap_or_else(|error| {
+            tracing::warn!(backend = shared.service.name, address = %label, %error, "cannot make an endpoint for this address; using the URL's");
+            shared.endpoint.clone()
+        });
+    let channels: Vec<Channel> = (0..shared.settings.channels.max(1))
+        .map(|_| endpoint.connect_lazy())
+        .collect();
+    let replica = Replica::new(label, addr.ip().to_string(), addr.port(), channels);
+    let watch = tokio::spawn(health::watch(health::Watch {
+        backend: shared.service.name,
+        service: shared.service.grpc,
+        replica: replica.label.clone(),
+        channel: replica.channel(),
+        serving: replica.serving.clone(),
+    }));
+    replica.watched_by(watch.abort_handle())
 }

@@ -2,7 +2,7 @@
 //! are made from, the host that is resolved and that a TLS certificate is
 //! checked against, and the refusals of a URL that cannot work.
 
-use super::{PoolSettings, Service};
+use super::{BalancerSettings, Service};
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// A backend URL that cannot be used.
@@ -56,7 +56,7 @@ impl Target {
         &self,
         service: Service,
         url: &str,
-        settings: &PoolSettings,
+        settings: &BalancerSettings,
     ) -> Result<Option<ClientTlsConfig>, InvalidUrl> {
         let name = service.name;
         match (self.scheme.as_str(), &settings.tls) {

@@ -97,7 +97,7 @@ async fn grpc_servers_announce_the_stream_and_header_limits() {
 /// up.
 #[tokio::test]
 async fn calls_over_the_stream_limit_wait_for_a_free_stream() {
-    use dockercoins::pb::hasher_client::HasherClient;
+    use dockercoins::pb::hasher_client::HasherClient as HasherStub;
     let hasher = spawn_hasher(HasherConfig::turbo()).await;
     // One connection for them all.
     let channel = hasher.channel().await;
@@ -109,7 +109,7 @@ async fn calls_over_the_stream_limit_wait_for_a_free_stream() {
     for _ in 0..limit + extra {
         let (tx, rx) = tokio::sync::mpsc::channel::<HashBatch>(1);
         senders.push(tx);
-        let mut client = HasherClient::new(channel.clone());
+        let mut client = HasherStub::new(channel.clone());
         let opened = opened.clone();
         calls.push(tokio::spawn(async move {
             // A client stream held open: the stream stays in use.
