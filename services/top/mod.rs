@@ -19,6 +19,7 @@ pub mod webui_api;
 
 pub use board::Snapshot;
 
+use crate::protocol::webui::{HopsView, StatusView, TimedScore};
 use board::{Board, RATE_WINDOW_SECONDS};
 use crossterm::event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use futures_util::StreamExt;
@@ -160,9 +161,9 @@ fn quits(key: &KeyEvent) -> bool {
 
 /// One of webui's answers, as it comes.
 enum Answer {
-    Score(Result<Result<board::Score, String>, Unreachable>),
-    Hops(Result<board::HopsView, Unreachable>),
-    Status(Result<board::StatusView, Unreachable>),
+    Score(Result<Result<TimedScore, String>, Unreachable>),
+    Hops(Result<HopsView, Unreachable>),
+    Status(Result<StatusView, Unreachable>),
 }
 
 impl Answer {
