@@ -222,21 +222,25 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[i]
 }
 
-/// The report of `spans`, or the reason the pipeline is broken.
-fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> {
-    let mut durations: HashMap<&'static str, Vec<Duration>> = HashMap::new();
-    let mut hops_of_trace: HashMap<&str, HashSet<&'static str>> = HashMap::new();
+/// Spans whose parent is not among `spans`.
+fn orphans(spans: &[Span]) -> usize {
     let ids: HashSet<(&str, &str)> = spans
         .iter()
         .map(|s| (s.trace.as_str(), s.id.as_str()))
         .collect();
-    let mut orphans = 0;
+    spans
+        .iter()
+        .filter_map(|span| Some((span.trace.as_str(), span.parent.as_deref()?)))
+        .filter(|parent| !ids.contains(parent))
+        .count()
+}
+
+/// The report of `spans`, or the reason the pipeline is broken.
+fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> {
+    let mut durations: HashMap<&'static str, Vec<Duration>> = HashMap::new();
+    let mut hops_of_trace: HashMap<&str, HashSet<&'static str>> = HashMap::new();
+    let orphans = orphans(spans);
     for span in spans {
-        if let Some(parent) = &span.parent
-            && !ids.contains(&(span.trace.as_str(), parent.as_str()))
-        {
-            orphans += 1;
-        }
         if let Some(hop) = TracedHop::of(span) {
             durations
                 .entry(hop.label())
