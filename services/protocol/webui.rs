@@ -38,19 +38,20 @@ pub struct HopsView {
     pub hasher: Vec<ReplicaHop>,
     /// Empty for the in-process store: it measures nothing.
     #[serde(default)]
-    pub redis: Vec<RedisHop>,
+    pub redis: Vec<ReplicaHop>,
     #[serde(default)]
     pub rng: Vec<ReplicaHop>,
     #[serde(default)]
     pub window_seconds: f64,
 }
 
-/// One replica of rng or hasher in `/api/hops`. Until two answers span a
-/// window, only its address, its error and its faults.
+/// One line of `/api/hops`: a replica of rng or hasher, or Redis (its one
+/// server: no address, instance, faults, queue or slowest call). Until two
+/// answers span a window, only its address, its error and its faults.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Serialize)]
 pub struct ReplicaHop {
-    /// The address dialled.
-    #[serde(default)]
+    /// The address dialled; empty for Redis.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calls_per_second: Option<f64>,
@@ -63,18 +64,17 @@ pub struct ReplicaHop {
     /// The replica's own name (`hostname:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
-    /// Null when the window held no call.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    /// Redis only, `start`: it keeps its latencies since it started, not
+    /// over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_since: Option<String>,
+    /// Null when the window held no call (Redis: before Redis 7, or with
+    /// `latency-tracking no`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "present")]
     pub p50_ms: Option<Option<f64>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "present")]
     pub p99_ms: Option<Option<f64>>,
     /// rng only: requests waiting for a lane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,31 +93,6 @@ pub struct SlowestCall {
     /// In the Jaeger UI, when webui was told where it is.
     #[serde(default)]
     pub url: Option<String>,
-}
-
-/// Redis in `/api/hops`: the workers' updates as Redis measures them.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Serialize)]
-pub struct RedisHop {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub calls_per_second: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// `start`: Redis keeps its latencies since it started, not a window.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency_since: Option<String>,
-    /// Null before Redis 7, or with `latency-tracking no`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
-    pub p50_ms: Option<Option<f64>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
-    pub p99_ms: Option<Option<f64>>,
 }
 
 /// `GET /api/status`: each backend's health per replica, and Redis's.
@@ -157,19 +132,13 @@ pub struct BackendStatus {
 pub struct ReplicaStatus {
     #[serde(default)]
     pub address: String,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "present")]
     pub calls: Option<Option<u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "present")]
     pub instance: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
@@ -277,12 +246,12 @@ mod tests {
                    "calls_per_second": 0.0, "p50_ms": null, "p99_ms": null, "queue": 0,
                    "slowest": {"ms": 101.25, "trace_id": "abc", "url": null}}),
         );
-        let redis = RedisHop {
+        let redis = ReplicaHop {
             calls_per_second: Some(9.8),
             p50_ms: Some(Some(0.3)),
             p99_ms: Some(None),
             latency_since: Some("start".into()),
-            error: None,
+            ..ReplicaHop::default()
         };
         let hops = HopsView {
             window_seconds: 5.0,

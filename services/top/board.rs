@@ -8,9 +8,7 @@
 //! [`super::screen`]; the answers' shapes are webui's own
 //! ([`crate::protocol::webui`]).
 
-use crate::protocol::webui::{
-    HopsView, RedisHop, ReplicaHop, ReplicaStatus, StatusView, TimedScore,
-};
+use crate::protocol::webui::{HopsView, ReplicaHop, ReplicaStatus, StatusView, TimedScore};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 
@@ -262,7 +260,7 @@ impl Board {
                 .error
                 .clone()
                 .or_else(|| redis.and_then(|redis| redis.state.error.clone()));
-            redis_row(url, state, error, r)
+            row("redis", url, state, error, r)
         }));
         rows
     }
@@ -287,19 +285,6 @@ fn row(
         slowest_ms: r.slowest.as_ref().map(|s| s.ms),
         faults: r.faults.clone(),
         error,
-    }
-}
-
-fn redis_row(replica: String, state: String, error: Option<String>, r: &RedisHop) -> HopRow {
-    HopRow {
-        hop: "redis",
-        replica,
-        state,
-        calls_per_second: r.calls_per_second,
-        p50_ms: r.p50_ms.flatten(),
-        p99_ms: r.p99_ms.flatten(),
-        error,
-        ..HopRow::default()
     }
 }
 

@@ -12,7 +12,7 @@
 use crate::{
     client::balancer::Backend,
     pb::{InfoRequest, InfoResponse, MethodCalls, replica_client::ReplicaClient},
-    protocol::webui::{HopsView, RedisHop, ReplicaHop, SlowestCall},
+    protocol::webui::{HopsView, ReplicaHop, SlowestCall},
     store::{Store, UpdateStats},
     telemetry::latency::Window,
 };
@@ -197,10 +197,10 @@ fn merged(info: &InfoResponse) -> Option<MethodCalls> {
     Some(total)
 }
 
-fn redis_view(history: &History<UpdateStats>) -> Vec<RedisHop> {
-    let mut view = RedisHop {
+fn redis_view(history: &History<UpdateStats>) -> Vec<ReplicaHop> {
+    let mut view = ReplicaHop {
         error: history.error.clone(),
-        ..RedisHop::default()
+        ..ReplicaHop::default()
     };
     if let Some((first, last, seconds)) = history.ends() {
         let calls = last.calls.saturating_sub(first.calls);
