@@ -128,11 +128,7 @@ impl RngArgs {
             lanes: (self.lanes > 0).then_some(self.lanes),
             queue: self.lane_queue,
             tls: self.tls.load()?,
-            faults: Faults {
-                fail_rate: self.fail_rate,
-                fail_code: self.fail_code,
-                extra_delay: self.extra_delay.clone(),
-            },
+            faults: faults(self.fail_rate, self.fail_code, &self.extra_delay),
             connections: ConnectionLimits::at_most(self.max_connections),
         })
     }
@@ -145,13 +141,19 @@ impl HasherArgs {
             delay: Duration::from_millis(self.delay_ms),
             max_work_mib: self.max_work_mib,
             tls: self.tls.load()?,
-            faults: Faults {
-                fail_rate: self.fail_rate,
-                fail_code: self.fail_code,
-                extra_delay: self.extra_delay.clone(),
-            },
+            faults: faults(self.fail_rate, self.fail_code, &self.extra_delay),
             connections: ConnectionLimits::at_most(self.max_connections),
         })
+    }
+}
+
+/// The faults rng or hasher injects: each has the three settings under its
+/// own environment variables, so they cannot be one flattened struct.
+fn faults(fail_rate: FailRate, fail_code: FailCode, extra_delay: &ExtraDelay) -> Faults {
+    Faults {
+        fail_rate,
+        fail_code,
+        extra_delay: extra_delay.clone(),
     }
 }
 
