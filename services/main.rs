@@ -164,11 +164,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
 /// rng, hasher and Redis, as the worker's or webui's settings say, their
 /// calls measured in `metrics`.
 fn backends(args: &ClientArgs, metrics: &mut Registry) -> anyhow::Result<worker::Backends> {
-    let mut pool = args.pool()?;
-    pool.metrics = ClientCalls::register(metrics);
+    let mut balancer = args.balancer()?;
+    balancer.metrics = ClientCalls::register(metrics);
     Ok(worker::Backends {
-        rng: RngClient::new(&args.rng_url, &pool)?,
-        hasher: HasherClient::new(&args.hasher_url, &pool)?,
+        rng: RngClient::new(&args.rng_url, &balancer)?,
+        hasher: HasherClient::new(&args.hasher_url, &balancer)?,
         store: Store::redis(&args.redis_url, args.connections.redis_timeout())?,
     })
 }

@@ -7,7 +7,10 @@
 //! API v3 (what Jaeger's UI reads) and prints, for each hop, how many spans
 //! and their p50 and p99 durations, then how complete the traces are.
 
-use crate::client::http_get::{self, GetError};
+use crate::{
+    client::http_get::{self, GetError},
+    pb::{hasher_server::SERVICE_NAME as HASHER_SERVICE, rng_server::SERVICE_NAME as RNG_SERVICE},
+};
 use serde_json::Value;
 use std::{
     collections::{HashMap, HashSet},
@@ -64,7 +67,7 @@ pub enum TracesError {
 
 /// One hop of a unit of work, as spans show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hop {
+pub enum TracedHop {
     /// The worker's unit of work, the root of its trace.
     Unit,
     /// rng's wait for its lane (inside rng's server span).
@@ -77,52 +80,64 @@ pub enum Hop {
     Redis,
 }
 
-impl Hop {
-    pub const ALL: [Hop; 5] = [Hop::Unit, Hop::LaneWait, Hop::Rng, Hop::Hasher, Hop::Redis];
+impl TracedHop {
+    pub const ALL: [TracedHop; 5] = [
+        TracedHop::Unit,
+        TracedHop::LaneWait,
+        TracedHop::Rng,
+        TracedHop::Hasher,
+        TracedHop::Redis,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
-            Hop::Unit => "worker unit",
-            Hop::LaneWait => "rng lane wait",
-            Hop::Rng => "rng",
-            Hop::Hasher => "hasher",
-            Hop::Redis => "Redis update",
+            TracedHop::Unit => "worker unit",
+            TracedHop::LaneWait => "rng lane wait",
+            TracedHop::Rng => "rng",
+            TracedHop::Hasher => "hasher",
+            TracedHop::Redis => "Redis update",
         }
     }
 
     /// What a missing hop most likely means.
     fn hint(self) -> &'static str {
         match self {
-            Hop::Unit | Hop::Redis => "the worker does not export these spans",
-            Hop::LaneWait | Hop::Rng => {
+            TracedHop::Unit | TracedHop::Redis => "the worker does not export these spans",
+            TracedHop::LaneWait | TracedHop::Rng => {
                 "rng does not export (OTEL_EXPORTER_OTLP_ENDPOINT on rng?) or the trace context is lost on the way"
             }
-            Hop::Hasher => {
+            TracedHop::Hasher => {
                 "hasher does not export (OTEL_EXPORTER_OTLP_ENDPOINT on hasher?) or the trace context is lost on the way"
             }
         }
     }
 
     /// Which hop a span is, by its service, kind and name.
-    fn of(span: &Span) -> Option<Hop> {
+    fn of(span: &Span) -> Option<TracedHop> {
         const SERVER: i64 = 2;
         match (span.service.as_str(), span.name.as_str()) {
             (WORKER_SERVICE, "mine one block" | "mine a batch") if span.parent.is_none() => {
-                Some(Hop::Unit)
+                Some(TracedHop::Unit)
             }
-            (WORKER_SERVICE, "update the score") if span.parent.is_none() => Some(Hop::Redis),
-            ("rng", "rng.lane.wait") => Some(Hop::LaneWait),
-            ("rng", name) if span.kind == SERVER && name.starts_with("dockercoins.v1.Rng/") => {
-                Some(Hop::Rng)
+            (WORKER_SERVICE, "update the score") if span.parent.is_none() => Some(TracedHop::Redis),
+            ("rng", "rng.lane.wait") => Some(TracedHop::LaneWait),
+            ("rng", name) if span.kind == SERVER && is_method_of(RNG_SERVICE, name) => {
+                Some(TracedHop::Rng)
             }
-            ("hasher", name)
-                if span.kind == SERVER && name.starts_with("dockercoins.v1.Hasher/") =>
-            {
-                Some(Hop::Hasher)
+            ("hasher", name) if span.kind == SERVER && is_method_of(HASHER_SERVICE, name) => {
+                Some(TracedHop::Hasher)
             }
             _ => None,
         }
     }
+}
+
+/// Whether a gRPC server span's name (`dockercoins.v1.Rng/Generate`) is a
+/// method of `service`.
+fn is_method_of(service: &str, span_name: &str) -> bool {
+    span_name
+        .strip_prefix(service)
+        .is_some_and(|method| method.starts_with('/'))
 }
 
 /// A span as Jaeger's API v3 gives it (OTLP JSON).
@@ -181,7 +196,7 @@ fn parse(body: &Value) -> Result<Vec<Span>, TracesError> {
 /// One hop's numbers.
 #[derive(Clone, Debug)]
 pub struct HopStats {
-    pub hop: Hop,
+    pub hop: TracedHop,
     pub count: usize,
     pub p50: Duration,
     pub p99: Duration,
@@ -207,22 +222,26 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[i]
 }
 
-/// The report of `spans`, or the reason the pipeline is broken.
-fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> {
-    let mut durations: HashMap<&'static str, Vec<Duration>> = HashMap::new();
-    let mut hops_of_trace: HashMap<&str, HashSet<&'static str>> = HashMap::new();
+/// Spans whose parent is not among `spans`.
+fn orphans(spans: &[Span]) -> usize {
     let ids: HashSet<(&str, &str)> = spans
         .iter()
         .map(|s| (s.trace.as_str(), s.id.as_str()))
         .collect();
-    let mut orphans = 0;
+    spans
+        .iter()
+        .filter_map(|span| Some((span.trace.as_str(), span.parent.as_deref()?)))
+        .filter(|parent| !ids.contains(parent))
+        .count()
+}
+
+/// The report of `spans`, or the reason the pipeline is broken.
+fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> {
+    let mut durations: HashMap<&'static str, Vec<Duration>> = HashMap::new();
+    let mut hops_of_trace: HashMap<&str, HashSet<&'static str>> = HashMap::new();
+    let orphans = orphans(spans);
     for span in spans {
-        if let Some(parent) = &span.parent
-            && !ids.contains(&(span.trace.as_str(), parent.as_str()))
-        {
-            orphans += 1;
-        }
-        if let Some(hop) = Hop::of(span) {
+        if let Some(hop) = TracedHop::of(span) {
             durations
                 .entry(hop.label())
                 .or_default()
@@ -233,14 +252,14 @@ fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> 
                 .insert(hop.label());
         }
     }
-    let units = durations.get(Hop::Unit.label()).map_or(0, Vec::len);
+    let units = durations.get(TracedHop::Unit.label()).map_or(0, Vec::len);
     if units == 0 {
         return Err(TracesError::NoTraces {
             since: config.since,
         });
     }
     let mut hops = Vec::new();
-    for hop in Hop::ALL {
+    for hop in TracedHop::ALL {
         let Some(mut found) = durations.remove(hop.label()) else {
             return Err(TracesError::HopMissing {
                 count: units,
@@ -256,10 +275,10 @@ fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> 
             p99: quantile(&found, 0.99),
         });
     }
-    let needed = [Hop::Rng, Hop::LaneWait, Hop::Hasher].map(Hop::label);
+    let needed = [TracedHop::Rng, TracedHop::LaneWait, TracedHop::Hasher].map(TracedHop::label);
     let incomplete = hops_of_trace
         .values()
-        .filter(|found| found.contains(Hop::Unit.label()))
+        .filter(|found| found.contains(TracedHop::Unit.label()))
         .filter(|found| needed.iter().any(|hop| !found.contains(hop)))
         .count();
     Ok(Report {
@@ -393,46 +412,32 @@ mod tests {
     }
 
     fn unit(trace: &str, wait_ms: u64) -> Vec<Span> {
+        let generate = format!("{RNG_SERVICE}/Generate");
+        let hash = format!("{HASHER_SERVICE}/Hash");
         vec![
             span("worker", trace, "u", "", "mine one block", 1, 300 + wait_ms),
-            span(
-                "worker",
-                trace,
-                "c1",
-                "u",
-                "dockercoins.v1.Rng/Generate",
-                3,
-                100 + wait_ms,
-            ),
-            span(
-                "rng",
-                trace,
-                "s1",
-                "c1",
-                "dockercoins.v1.Rng/Generate",
-                2,
-                100 + wait_ms,
-            ),
+            span("worker", trace, "c1", "u", &generate, 3, 100 + wait_ms),
+            span("rng", trace, "s1", "c1", &generate, 2, 100 + wait_ms),
             span("rng", trace, "w", "s1", "rng.lane.wait", 1, wait_ms),
-            span(
-                "worker",
-                trace,
-                "c2",
-                "u",
-                "dockercoins.v1.Hasher/Hash",
-                3,
-                100,
-            ),
-            span(
-                "hasher",
-                trace,
-                "s2",
-                "c2",
-                "dockercoins.v1.Hasher/Hash",
-                2,
-                100,
-            ),
+            span("worker", trace, "c2", "u", &hash, 3, 100),
+            span("hasher", trace, "s2", "c2", &hash, 2, 100),
         ]
+    }
+
+    #[test]
+    fn a_server_span_is_a_hop_by_its_service_and_not_a_prefix_of_it() {
+        assert!(is_method_of(
+            RNG_SERVICE,
+            &format!("{RNG_SERVICE}/GenerateStream")
+        ));
+        assert!(!is_method_of(
+            RNG_SERVICE,
+            &format!("{RNG_SERVICE}x/Generate")
+        ));
+        assert!(!is_method_of(
+            RNG_SERVICE,
+            &format!("{HASHER_SERVICE}/Hash")
+        ));
     }
 
     fn config() -> TracesConfig {
@@ -454,7 +459,7 @@ mod tests {
             (10, 0, 0)
         );
         let wait = &report.hops[1];
-        assert_eq!((wait.hop, wait.count), (Hop::LaneWait, 10));
+        assert_eq!((wait.hop, wait.count), (TracedHop::LaneWait, 10));
         assert_eq!(wait.p50, Duration::from_millis(704));
         assert_eq!(wait.p99, Duration::from_millis(709));
         assert!(

@@ -355,7 +355,7 @@ fn is_server_error(code: tonic::Code) -> bool {
 
 /// A Redis command span.
 pub fn redis_span(operation: &'static str, url: &str) -> Span {
-    let (address, port) = split_url(url);
+    let (address, port) = server_address(url);
     tracing::info_span!(
         target: TARGET,
         "redis",
@@ -371,14 +371,16 @@ pub fn redis_span(operation: &'static str, url: &str) -> Span {
     )
 }
 
-/// `host` and `port` of a URL like `http://rng:8001` or `redis://:pw@redis:6379/0`.
-fn split_url(url: &str) -> (String, u16) {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    match host_port.rsplit_once(':') {
-        Some((host, port)) => (host.to_owned(), port.parse().unwrap_or(0)),
-        None => (host_port.to_owned(), 0),
+/// `server.address` and `server.port` of a URL like `http://rng:8001` or
+/// `redis://:pw@redis:6379/0` (never its credentials); no port: 0. Not a URL
+/// (a bare host): the string as given.
+fn server_address(url: &str) -> (String, u16) {
+    match url::Url::parse(url) {
+        Ok(url) => (
+            url.host_str().unwrap_or_default().to_owned(),
+            url.port().unwrap_or(0),
+        ),
+        Err(_) => (url.to_owned(), 0),
     }
 }
 
@@ -491,11 +493,15 @@ mod tests {
 
     #[test]
     fn urls_split_into_address_and_port_without_credentials() {
-        assert_eq!(super::split_url("http://rng:8001"), ("rng".into(), 8001));
+        let split = super::server_address;
+        assert_eq!(split("http://rng:8001"), ("rng".into(), 8001));
         assert_eq!(
-            super::split_url("redis://:secret@redis:6379/0"),
+            split("redis://:secret@redis:6379/0"),
             ("redis".into(), 6379)
         );
-        assert_eq!(super::split_url("redis"), ("redis".into(), 0));
+        assert_eq!(split("redis://:***@redis:6379/0"), ("redis".into(), 6379));
+        assert_eq!(split("redis://redis"), ("redis".into(), 0));
+        assert_eq!(split("redis://[::1]:6379"), ("[::1]".into(), 6379));
+        assert_eq!(split("redis"), ("redis".into(), 0));
     }
 }

@@ -5,9 +5,11 @@
 //! verdict, so the terminal and the browser never disagree.
 //!
 //! Plain data, no I/O: fetching lives in [`super::webui_api`], drawing in
-//! [`super::screen`].
+//! [`super::screen`]; the answers' shapes are webui's own
+//! ([`crate::protocol::webui`]).
 
-use serde::{Deserialize, Serialize};
+use crate::protocol::webui::{HopsView, ReplicaHop, ReplicaStatus, StatusView, TimedScore};
+use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 
 /// The big number is the rate over this many seconds, as on the page
@@ -21,92 +23,6 @@ pub const HISTORY_LEN: usize = 120;
 /// Each history point is the rate over this many readings, as the page's
 /// chart smooths the workers' once-a-second updates.
 const HISTORY_SMOOTHING: usize = 3;
-
-/// One `/json` answer: the score and webui's clock (unix seconds).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
-pub struct Score {
-    pub coins: u64,
-    pub hashes: u64,
-    pub now: f64,
-}
-
-/// `/api/hops`: each hop's rate and latency as its servers measure them.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct HopsView {
-    #[serde(default)]
-    pub window_seconds: f64,
-    #[serde(default)]
-    pub rng: Vec<ReplicaHop>,
-    #[serde(default)]
-    pub hasher: Vec<ReplicaHop>,
-    #[serde(default)]
-    pub redis: Vec<ReplicaHop>,
-}
-
-/// One replica's line of `/api/hops` (Redis's has no address).
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct ReplicaHop {
-    #[serde(default)]
-    pub address: String,
-    pub instance: Option<String>,
-    pub error: Option<String>,
-    pub faults: Option<String>,
-    pub calls_per_second: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub queue: Option<u64>,
-    pub slowest: Option<Slowest>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct Slowest {
-    pub ms: Option<f64>,
-}
-
-/// `/api/status`: each backend's health per replica, its policy, Redis.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct StatusView {
-    #[serde(default)]
-    pub rng: BackendStatus,
-    #[serde(default)]
-    pub hasher: BackendStatus,
-    #[serde(default)]
-    pub redis: RedisStatus,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct BackendStatus {
-    #[serde(default)]
-    pub url: String,
-    /// Absent from a webui older than `top`.
-    pub policy: Option<String>,
-    #[serde(default)]
-    pub replicas: Vec<ReplicaStatus>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct ReplicaStatus {
-    #[serde(default)]
-    pub address: String,
-    #[serde(default)]
-    pub status: String,
-    pub error: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct RedisStatus {
-    #[serde(default)]
-    pub url: String,
-    #[serde(default)]
-    pub state: RedisState,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct RedisState {
-    #[serde(default)]
-    pub status: String,
-    pub error: Option<String>,
-}
 
 /// What `top` shows, at one moment. Its JSON is `--once --json`'s output:
 /// the field names are documented in docs/top.md and kept stable.
@@ -180,7 +96,7 @@ pub struct HopRow {
 pub struct Board {
     webui: String,
     /// The last [`HISTORY_LEN`] scores, oldest first.
-    scores: VecDeque<Score>,
+    scores: VecDeque<TimedScore>,
     /// The last `/json` that carried an error instead of a score.
     score_error: Option<String>,
     /// Why the last attempt to reach webui failed; cleared by an answer.
@@ -197,7 +113,7 @@ impl Board {
         }
     }
 
-    pub fn record_score(&mut self, score: Result<Score, String>) {
+    pub fn record_score(&mut self, score: Result<TimedScore, String>) {
         self.unreachable = None;
         match score {
             Ok(score) => {
@@ -275,7 +191,7 @@ impl Board {
 
     /// The page's chart: each reading's rate over the last few readings.
     fn history(&self) -> Vec<HistoryPoint> {
-        let scores: Vec<&Score> = self.scores.iter().collect();
+        let scores: Vec<&TimedScore> = self.scores.iter().collect();
         scores
             .windows(HISTORY_SMOOTHING + 1)
             .filter_map(|pair| {
@@ -363,10 +279,10 @@ fn row(
         instance: r.instance.clone(),
         state,
         calls_per_second: r.calls_per_second,
-        p50_ms: r.p50_ms,
-        p99_ms: r.p99_ms,
+        p50_ms: r.p50_ms.flatten(),
+        p99_ms: r.p99_ms.flatten(),
         queue: r.queue,
-        slowest_ms: r.slowest.as_ref().and_then(|s| s.ms),
+        slowest_ms: r.slowest.as_ref().map(|s| s.ms),
         faults: r.faults.clone(),
         error,
     }
@@ -395,8 +311,8 @@ fn rng_queue(rows: &[HopRow]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn score(now: f64, hashes: u64) -> Result<Score, String> {
-        Ok(Score {
+    fn score(now: f64, hashes: u64) -> Result<TimedScore, String> {
+        Ok(TimedScore {
             coins: hashes / 16,
             hashes,
             now,

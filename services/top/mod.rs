@@ -19,6 +19,7 @@ pub mod webui_api;
 
 pub use board::Snapshot;
 
+use crate::protocol::webui::{HopsView, StatusView, TimedScore};
 use board::{Board, RATE_WINDOW_SECONDS};
 use crossterm::event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use futures_util::StreamExt;
@@ -160,9 +161,10 @@ fn quits(key: &KeyEvent) -> bool {
 
 /// One of webui's answers, as it comes.
 enum Answer {
-    Score(Result<Result<board::Score, String>, Unreachable>),
-    Hops(Result<board::HopsView, Unreachable>),
-    Status(Result<board::StatusView, Unreachable>),
+    Score(Result<Result<TimedScore, String>, Unreachable>),
+    Hops(Result<HopsView, Unreachable>),
+    // Boxed: the status of two backends outweighs the other answers.
+    Status(Result<Box<StatusView>, Unreachable>),
 }
 
 impl Answer {
@@ -171,7 +173,7 @@ impl Answer {
             Self::Score(Ok(score)) => board.record_score(score),
             Self::Score(Err(error)) => board.record_unreachable(error.0),
             Self::Hops(Ok(hops)) => board.record_hops(hops),
-            Self::Status(Ok(status)) => board.record_status(status),
+            Self::Status(Ok(status)) => board.record_status(*status),
             // As on the page: the score's failure already says webui is
             // not answering, and the last hops stay on screen meanwhile.
             Self::Hops(Err(_)) | Self::Status(Err(_)) => {}
@@ -196,7 +198,7 @@ fn spawn_readers(config: &TopConfig, sender: mpsc::Sender<Answer>) -> JoinSet<()
     let webui = config.webui.clone();
     readers.spawn(read_forever(config.interval, sender, move || {
         let webui = webui.clone();
-        async move { Answer::Status(webui_api::status(&webui).await) }
+        async move { Answer::Status(webui_api::status(&webui).await.map(Box::new)) }
     }));
     readers
 }

@@ -3,8 +3,8 @@
 //! replica, the policy). Each GET is bounded, so a webui that hangs is
 //! shown as not answering instead of freezing the screen.
 
-use super::board::{HopsView, Score, StatusView};
 use crate::client::http_get;
+use crate::protocol::webui::{HopsView, ScoreUnavailable, StatusView, TimedScore};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -19,16 +19,13 @@ pub struct Unreachable(pub String);
 
 /// `GET /json`: `Ok(Err(text))` when webui answers with an error (503 while
 /// Redis is down), which is a reading, not a failure to read.
-pub async fn score(webui: &str) -> Result<Result<Score, String>, Unreachable> {
+pub async fn score(webui: &str) -> Result<Result<TimedScore, String>, Unreachable> {
     let (status, body) = get(webui, "/json").await?;
     if status.is_success() {
         return parse(&body, "/json").map(Ok);
     }
-    let said: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-    let error = said
-        .as_ref()
-        .and_then(|body| body["error"].as_str())
-        .map_or_else(|| format!("/json answered {status}"), str::to_owned);
+    let error = serde_json::from_slice::<ScoreUnavailable>(&body)
+        .map_or_else(|_| format!("/json answered {status}"), |said| said.error);
     Ok(Err(error))
 }
 

@@ -94,7 +94,7 @@ pub struct UpConfig {
     /// How the last hasher replica differs from the others (default: not).
     pub hasher_last_replica: ReplicaSettings,
     pub worker: WorkerConfig,
-    pub pool: BalancerSettings,
+    pub balancer: BalancerSettings,
     pub redis_timeout: Duration,
     /// `None`: a private redis-server if on PATH, else the in-process store.
     pub redis_url: Option<String>,
@@ -276,11 +276,11 @@ fn spawn_clients(
     let mut webui_metrics = Registry::default();
     let webui_pool = BalancerSettings {
         metrics: ClientCalls::register(&mut webui_metrics),
-        ..config.pool.clone()
+        ..config.balancer.clone()
     };
     let worker_pool = BalancerSettings {
         metrics: ClientCalls::register(webui_metrics.sub_registry_with_prefix("worker")),
-        ..config.pool.clone()
+        ..config.balancer.clone()
     };
     let (rng, hasher) = clients(&webui_pool)?;
     let webui = Webui::new(store.clone(), rng, hasher).with_metrics(webui_metrics);

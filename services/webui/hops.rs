@@ -12,10 +12,10 @@
 use crate::{
     client::balancer::Balancer,
     pb::{InfoRequest, InfoResponse, MethodCalls, replica_client::ReplicaClient as ReplicaStub},
+    protocol::webui::{HopsView, ReplicaHop, SlowestCall},
     store::{Store, UpdateStats},
     telemetry::latency::Window,
 };
-use serde_json::{Value, json};
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{Arc, Mutex},
@@ -121,61 +121,65 @@ impl Hops {
     }
 
     /// `/api/hops`: per hop, per replica, what the last [`WINDOW`] held.
-    pub fn view(&self) -> Value {
+    pub fn view(&self) -> HopsView {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let replicas = |hop: &BTreeMap<String, History<InfoResponse>>, queue: bool| -> Vec<Value> {
+        let replicas = |hop: &BTreeMap<String, History<InfoResponse>>, queue: bool| {
             hop.iter()
                 .map(|(address, history)| self.replica(address, history, queue))
                 .collect()
         };
-        json!({
-            "window_seconds": WINDOW.as_secs_f64(),
-            "rng": replicas(&seen.rng, true),
-            "hasher": replicas(&seen.hasher, false),
-            "redis": redis_view(&seen.redis),
-        })
+        HopsView {
+            window_seconds: WINDOW.as_secs_f64(),
+            rng: replicas(&seen.rng, true),
+            hasher: replicas(&seen.hasher, false),
+            redis: redis_view(&seen.redis),
+        }
     }
 
-    fn replica(&self, address: &str, history: &History<InfoResponse>, queue: bool) -> Value {
-        let mut view = json!({"address": address});
-        if let Some(error) = &history.error {
-            view["error"] = json!(error);
-        }
+    fn replica(&self, address: &str, history: &History<InfoResponse>, queue: bool) -> ReplicaHop {
+        let mut view = ReplicaHop {
+            address: address.to_owned(),
+            error: history.error.clone(),
+            ..ReplicaHop::default()
+        };
         // What the replica was told to inject, from its first answer on: a
         // misbehaving replica is named on the page before it has a rate.
         if let Some(latest) = history.samples.back()
             && !latest.answer.faults.is_empty()
         {
-            view["faults"] = json!(latest.answer.faults);
+            view.faults = Some(latest.answer.faults.clone());
         }
         let Some((first, last, seconds)) = history.ends() else {
             return view;
         };
-        view["instance"] = json!(last.instance);
+        view.instance = Some(last.instance.clone());
         let window = Window::between(
             merged(first).as_ref(),
             &merged(last).unwrap_or_default(),
             seconds,
         );
-        view["calls_per_second"] = json!(round(window.calls_per_second, 10.0));
-        view["p50_ms"] = json!(window.p50.map(ms));
-        view["p99_ms"] = json!(window.p99.map(ms));
+        view.calls_per_second = Some(round(window.calls_per_second, 10.0));
+        view.p50_ms = Some(window.p50.map(ms));
+        view.p99_ms = Some(window.p99.map(ms));
         if queue {
-            view["queue"] = json!(last.lane_queue);
+            view.queue = Some(last.lane_queue);
         }
-        if let Some(slowest) = last
+        view.slowest = last
             .methods
             .iter()
             .max_by(|a, b| a.slowest_seconds.total_cmp(&b.slowest_seconds))
             .filter(|m| !m.slowest_trace_id.is_empty())
-        {
-            view["slowest"] = json!({
-                "ms": round(slowest.slowest_seconds * 1e3, 100.0),
-                "trace_id": slowest.slowest_trace_id,
-                "url": self.jaeger_url.as_ref().map(|jaeger| format!("{jaeger}/trace/{}", slowest.slowest_trace_id)),
-            });
-        }
+            .map(|slowest| self.slowest(slowest));
         view
+    }
+
+    fn slowest(&self, method: &MethodCalls) -> SlowestCall {
+        let trace_id = &method.slowest_trace_id;
+        SlowestCall {
+            ms: round(method.slowest_seconds * 1e3, 100.0),
+            trace_id: trace_id.clone(),
+            url: (self.jaeger_url.as_ref()).map(|jaeger| format!("{jaeger}/trace/{trace_id}")),
+        }
     }
 }
 
@@ -193,18 +197,18 @@ fn merged(info: &InfoResponse) -> Option<MethodCalls> {
     Some(total)
 }
 
-fn redis_view(history: &History<UpdateStats>) -> Vec<Value> {
-    let mut view = json!({});
-    if let Some(error) = &history.error {
-        view["error"] = json!(error);
-    }
+fn redis_view(history: &History<UpdateStats>) -> Vec<ReplicaHop> {
+    let mut view = ReplicaHop {
+        error: history.error.clone(),
+        ..ReplicaHop::default()
+    };
     if let Some((first, last, seconds)) = history.ends() {
         let calls = last.calls.saturating_sub(first.calls);
-        view["calls_per_second"] = json!(round(calls as f64 / seconds, 10.0));
+        view.calls_per_second = Some(round(calls as f64 / seconds, 10.0));
         // Redis keeps these since it started: not a window, said so.
-        view["p50_ms"] = json!(last.p50.map(ms));
-        view["p99_ms"] = json!(last.p99.map(ms));
-        view["latency_since"] = json!("start");
+        view.p50_ms = Some(last.p50.map(ms));
+        view.p99_ms = Some(last.p99.map(ms));
+        view.latency_since = Some("start".to_owned());
     } else if history.error.is_none() {
         return Vec::new();
     }

@@ -17,6 +17,10 @@ use crate::{
     client::{HasherClient, RngClient},
     pb::{InfoRequest, replica_client::ReplicaClient as ReplicaStub},
     protocol::WEBUI_PORT,
+    protocol::webui::{
+        BackendStatus, RedisState, RedisStatus, ReplicaStatus, ScoreUnavailable, StatusView,
+        TimedScore,
+    },
     rng::parse_size,
     server::connections::{Activity, ConnectionLimits, Connections, InFlight},
     server::limits::{HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES},
@@ -287,14 +291,21 @@ async fn score_json(State(webui): State<Webui>) -> Response {
             if webui.redis_failing.swap(false, Ordering::Relaxed) {
                 tracing::info!("Redis is answering again");
             }
-            Json(json!({"coins": score.coins, "hashes": score.hashes, "now": unix_now()}))
-                .into_response()
+            Json(TimedScore {
+                coins: score.coins,
+                hashes: score.hashes,
+                now: unix_now(),
+            })
+            .into_response()
         }
         Err(error) => {
             if !webui.redis_failing.swap(true, Ordering::Relaxed) {
                 tracing::warn!(%error, store = %webui.store.describe(), "cannot read the score");
             }
-            let body = json!({"error": format!("Redis unavailable: {error}"), "now": unix_now()});
+            let body = ScoreUnavailable {
+                error: format!("Redis unavailable: {error}"),
+                now: unix_now(),
+            };
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
@@ -302,21 +313,32 @@ async fn score_json(State(webui): State<Webui>) -> Response {
 
 /// `GET /api/status`: each backend's gRPC health and Redis, with the latency
 /// webui sees.
-async fn status(State(webui): State<Webui>) -> Json<Value> {
+async fn status(State(webui): State<Webui>) -> Json<StatusView> {
     let (rng, hasher, redis) = tokio::join!(
         grpc_health(webui.rng.balancer()),
         grpc_health(webui.hasher.balancer()),
         webui.store.ping(),
     );
-    let redis = match redis {
-        Ok(latency) => json!({"status": "UP", "latency_ms": ms(latency)}),
-        Err(error) => json!({"status": "DOWN", "error": error.to_string()}),
+    let state = match redis {
+        Ok(latency) => RedisState {
+            status: "UP".to_owned(),
+            latency_ms: Some(ms(latency)),
+            error: None,
+        },
+        Err(error) => RedisState {
+            status: "DOWN".to_owned(),
+            latency_ms: None,
+            error: Some(error.to_string()),
+        },
     };
-    Json(json!({
-        "rng": rng,
-        "hasher": hasher,
-        "redis": {"url": webui.store.describe(), "state": redis},
-    }))
+    Json(StatusView {
+        rng,
+        hasher,
+        redis: RedisStatus {
+            url: webui.store.describe(),
+            state,
+        },
+    })
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -327,53 +349,67 @@ fn ms(duration: Duration) -> f64 {
 /// calls served; the backend's own status is its best replica's; and the
 /// policy webui's clients spread calls with (`up` and the compose file give
 /// the workers the same one), for `dockercoins top`.
-async fn grpc_health(backend: &Balancer) -> Value {
-    let service = backend.service().grpc;
+async fn grpc_health(backend: &Balancer) -> BackendStatus {
     let replicas = backend.replica_channels().await;
-    let checks = replicas.into_iter().map(|(address, channel)| async move {
-        let start = Instant::now();
-        let request = HealthCheckRequest {
-            service: service.into(),
-        };
-        let check = async {
-            let health = HealthClient::new(channel.clone()).check(request).await?;
-            let info = ReplicaStub::new(channel).info(InfoRequest {}).await.ok();
-            Ok::<_, tonic::Status>((health.into_inner().status(), info))
-        };
-        match tokio::time::timeout(BACKEND_TIMEOUT, check).await {
-            Ok(Ok((status, info))) => {
-                let info = info.map(tonic::Response::into_inner);
-                json!({
-                    "address": address,
-                    "status": status.as_str_name(),
-                    "latency_ms": ms(start.elapsed()),
-                    "instance": info.as_ref().map(|i| i.instance.clone()),
-                    "calls": info.map(|i| i.calls),
-                })
-            }
-            Ok(Err(status)) => {
-                json!({"address": address, "status": "UNREACHABLE", "error": status.message()})
-            }
-            Err(_) => {
-                json!({"address": address, "status": "UNREACHABLE", "error": "no answer in 2 s"})
-            }
-        }
-    });
-    let replicas: Vec<Value> = futures_util::future::join_all(checks).await;
+    let checks = replicas
+        .into_iter()
+        .map(|(address, channel)| replica_health(backend.service().grpc, address, channel));
+    let replicas: Vec<ReplicaStatus> = futures_util::future::join_all(checks).await;
     let best = replicas
         .iter()
-        .find(|r| r["status"] == "SERVING")
+        .find(|r| r.status == "SERVING")
         .or_else(|| replicas.first())
         .cloned()
-        .unwrap_or_else(|| json!({"status": "UNREACHABLE", "error": "no address"}));
-    json!({
-        "url": backend.url(),
-        "policy": backend.policy().name(),
-        "status": best["status"],
-        "latency_ms": best.get("latency_ms"),
-        "error": best.get("error"),
-        "replicas": replicas,
-    })
+        .unwrap_or_else(|| unreachable(String::new(), "no address".to_owned()));
+    BackendStatus {
+        url: backend.url().to_string(),
+        policy: Some(backend.policy().name().to_owned()),
+        status: best.status,
+        latency_ms: best.latency_ms,
+        error: best.error,
+        replicas,
+    }
+}
+
+/// One replica's gRPC health, and its identity and calls when it tells them.
+async fn replica_health(
+    service: &'static str,
+    address: String,
+    channel: tonic::transport::Channel,
+) -> ReplicaStatus {
+    let start = Instant::now();
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    let check = async {
+        let health = HealthClient::new(channel.clone()).check(request).await?;
+        let info = ReplicaStub::new(channel).info(InfoRequest {}).await.ok();
+        Ok::<_, tonic::Status>((health.into_inner().status(), info))
+    };
+    match tokio::time::timeout(BACKEND_TIMEOUT, check).await {
+        Ok(Ok((status, info))) => {
+            let info = info.map(tonic::Response::into_inner);
+            ReplicaStatus {
+                address,
+                status: status.as_str_name().to_owned(),
+                latency_ms: Some(ms(start.elapsed())),
+                instance: Some(info.as_ref().map(|i| i.instance.clone())),
+                calls: Some(info.map(|i| i.calls)),
+                error: None,
+            }
+        }
+        Ok(Err(status)) => unreachable(address, status.message().to_owned()),
+        Err(_) => unreachable(address, "no answer in 2 s".to_owned()),
+    }
+}
+
+fn unreachable(address: String, error: String) -> ReplicaStatus {
+    ReplicaStatus {
+        address,
+        status: "UNREACHABLE".to_owned(),
+        error: Some(error),
+        ..ReplicaStatus::default()
+    }
 }
 
 /// A gateway failure, answered as JSON.

@@ -221,18 +221,22 @@ fn each_services_defaults_are_what_up_runs() {
     let Command::Worker(worker) = parse(&["worker"]) else {
         unreachable!()
     };
-    let pool = worker.client.pool().unwrap();
+    let balancer = worker.client.balancer().unwrap();
     let worker = worker.config();
     assert_eq!(
         (worker.delay, worker.concurrency, worker.batch),
         (up.worker.delay, up.worker.concurrency, up.worker.batch)
     );
     assert_eq!(
-        (pool.channels, pool.call_timeout, pool.policy),
-        (up.pool.channels, up.pool.call_timeout, up.pool.policy)
+        (balancer.channels, balancer.call_timeout, balancer.policy),
+        (
+            up.balancer.channels,
+            up.balancer.call_timeout,
+            up.balancer.policy
+        )
     );
     assert_eq!(
-        (pool.connect_timeout, pool.resolve_interval),
-        (up.pool.connect_timeout, up.pool.resolve_interval)
+        (balancer.connect_timeout, balancer.resolve_interval),
+        (up.balancer.connect_timeout, up.balancer.resolve_interval)
     );
 }

@@ -164,7 +164,11 @@ fn plumbing_imports_no_program_and_programs_import_no_command() {
             }
         }
     }
-    assert!(wrong.is_empty(), "layers pointing the wrong way:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "layers pointing the wrong way:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

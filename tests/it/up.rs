@@ -47,7 +47,7 @@ fn turbo_up() -> UpConfig {
             concurrency: 1,
             ..WorkerConfig::turbo()
         },
-        pool: BalancerSettings {
+        balancer: BalancerSettings {
             connect_timeout: Duration::from_millis(500),
             ..BalancerSettings::default()
         },
@@ -70,7 +70,7 @@ async fn up_runs_the_mesh_and_json_grows() {
     // The private redis-server path (redis-server is on PATH in CI).
     let config = UpConfig {
         workers: 2,
-        pool: BalancerSettings::default(),
+        balancer: BalancerSettings::default(),
         ..turbo_up()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,7 +1,10 @@
 //! What clients and servers of the mesh agree on beyond the protobuf API:
 //! the well-known ports, the sizes of a unit of work, and the header that
 //! names the replica that served a call. Both sides import these; neither
-//! side's module is imported by the other for them.
+//! side's module is imported by the other for them. [`webui`] holds the
+//! JSON shapes webui answers with, which `top` reads.
+
+pub mod webui;
 
 /// rng's port, as in the original lab (`httping 127.0.0.1:8001`).
 pub const RNG_PORT: u16 = 8001;
