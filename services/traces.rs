@@ -8,6 +8,7 @@
 //! and their p50 and p99 durations, then how complete the traces are.
 
 use crate::client::http_get::{self, GetError};
+use crate::telemetry::latency::nearest_rank;
 use serde_json::Value;
 use std::{
     collections::{HashMap, HashSet},
@@ -202,11 +203,6 @@ pub struct Report {
     pub orphans: usize,
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
 /// The report of `spans`, or the reason the pipeline is broken.
 fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> {
     let mut durations: HashMap<&'static str, Vec<Duration>> = HashMap::new();
@@ -252,8 +248,9 @@ fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> 
         hops.push(HopStats {
             hop,
             count: found.len(),
-            p50: quantile(&found, 0.5),
-            p99: quantile(&found, 0.99),
+            // `found` has at least the span that made its entry.
+            p50: nearest_rank(&found, 0.5).unwrap_or_default(),
+            p99: nearest_rank(&found, 0.99).unwrap_or_default(),
         });
     }
     let needed = [Hop::Rng, Hop::LaneWait, Hop::Hasher].map(Hop::label);
