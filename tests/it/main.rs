@@ -18,6 +18,7 @@ mod injection;
 mod jaeger;
 mod k8s;
 mod metrics;
+mod metrics_doc;
 mod pty;
 mod resilience;
 mod rng;
