@@ -248,7 +248,6 @@ fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> 
         hops.push(HopStats {
             hop,
             count: found.len(),
-            // `found` has at least the span that made its entry.
             p50: nearest_rank(&found, 0.5).unwrap_or_default(),
             p99: nearest_rank(&found, 0.99).unwrap_or_default(),
         });

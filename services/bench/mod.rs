@@ -31,7 +31,7 @@ use crate::{
 };
 use child::Process;
 use procfs::{cpu_seconds, status_kb};
-use report::{Against, Hop, Report};
+use report::{Against, HopLatency, Report};
 use serde::Serialize;
 use std::{
     collections::BTreeMap,
@@ -427,10 +427,10 @@ fn make_report(
     let processes = report::usages(seen.idle_rss, seen.peak_rss, &window.cpu);
     let cpu: f64 = window.cpu.iter().sum();
     let hops = BTreeMap::from([
-        ("rng", Hop::of(seen.rng_light, window.rng_saturated)),
+        ("rng", HopLatency::of(seen.rng_light, window.rng_saturated)),
         (
             "hasher",
-            Hop::of(seen.hasher_light, window.hasher_saturated),
+            HopLatency::of(seen.hasher_light, window.hasher_saturated),
         ),
     ]);
     let slower_p50 = hops.values().map(|hop| hop.p50_us).fold(0.0, f64::max);

@@ -30,7 +30,7 @@ impl Latency {
 
 /// One hop at light load and at saturation.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Hop {
+pub struct HopLatency {
     pub light: Latency,
     pub saturated: Latency,
     /// The light-load numbers, at the top for scripts.
@@ -38,7 +38,7 @@ pub struct Hop {
     pub p99_us: f64,
 }
 
-impl Hop {
+impl HopLatency {
     pub(super) fn of(light: Vec<Duration>, saturated: Vec<Duration>) -> Self {
         let light = Latency::of(light);
         Self {
@@ -102,7 +102,7 @@ pub struct Report {
     /// `counted_hashes == redis_hashes == flushed_hashes` and
     /// `counted_coins == redis_coins`.
     pub cross_check: bool,
-    pub hops: BTreeMap<&'static str, Hop>,
+    pub hops: BTreeMap<&'static str, HopLatency>,
     pub processes: BTreeMap<&'static str, Usage>,
     /// CPU of rng, hasher, worker and Redis over the window, per million
     /// hashes done in it.
