@@ -7,6 +7,7 @@
 //! API v3 (what Jaeger's UI reads) and prints, for each hop, how many spans
 //! and their p50 and p99 durations, then how complete the traces are.
 
+use crate::telemetry::latency::nearest_rank;
 use crate::{
     client::http_get::{self, GetError},
     pb::{hasher_server::SERVICE_NAME as HASHER_SERVICE, rng_server::SERVICE_NAME as RNG_SERVICE},
@@ -217,11 +218,6 @@ pub struct Report {
     pub orphans: usize,
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
 /// Spans whose parent is not among `spans`.
 fn orphans(spans: &[Span]) -> usize {
     let ids: HashSet<(&str, &str)> = spans
@@ -271,8 +267,8 @@ fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> 
         hops.push(HopStats {
             hop,
             count: found.len(),
-            p50: quantile(&found, 0.5),
-            p99: quantile(&found, 0.99),
+            p50: nearest_rank(&found, 0.5).unwrap_or_default(),
+            p99: nearest_rank(&found, 0.99).unwrap_or_default(),
         });
     }
     let needed = [TracedHop::Rng, TracedHop::LaneWait, TracedHop::Hasher].map(TracedHop::label);

@@ -21,13 +21,16 @@
 //! memory under 128 MB (the compose file's limit), every probe served
 //! within a second, exit 0 on SIGTERM.
 
-use super::{BenchError, Service, failed, spawn, status_kb};
-use crate::{
-    pb::{
-        GenerateRequest, HashRequest, hasher_client::HasherClient as HasherStub,
-        rng_client::RngClient as RngStub,
-    },
-    shutdown::terminate,
+use super::{
+    BenchError,
+    child::{Process, sigterm},
+    failed,
+    procfs::status_kb,
+    spawn,
+};
+use crate::pb::{
+    GenerateRequest, HashRequest, hasher_client::HasherClient as HasherStub,
+    rng_client::RngClient as RngStub,
 };
 use bytes::Bytes;
 use serde::Serialize;
@@ -160,9 +163,9 @@ fn check_open_files(config: &FloodConfig) -> Result<(), BenchError> {
 
 /// The target and the children it stands on, killed when dropped.
 struct Running {
-    target: Service,
+    target: Process,
     addr: SocketAddr,
-    _backends: Vec<Service>,
+    _backends: Vec<Process>,
 }
 
 async fn start(target: Target) -> Result<Running, BenchError> {
@@ -262,7 +265,7 @@ async fn flood(target: Target, config: &FloodConfig) -> Result<TargetReport, Ben
         .fold(0.0, f64::max);
     report.peak_rss_kb = status_kb(pid, "VmHWM:");
     let stopping = Instant::now();
-    terminate(pid).map_err(failed)?;
+    sigterm(&running.target.child).map_err(failed)?;
     let status = tokio::time::timeout(Duration::from_secs(10), running.target.child.wait()).await;
     report.stop_ms = stopping.elapsed().as_secs_f64() * 1000.0;
     report.exit_code = status.ok().and_then(Result::ok).and_then(|s| s.code());

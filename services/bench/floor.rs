@@ -10,7 +10,7 @@
 //! each way. A hash costs the mesh two such calls (rng, then hasher), so
 //! unary hashes/s can reach at most half the floor's calls/s.
 
-use super::{BenchConfig, BenchError, Latency, failed, spawn};
+use super::{BenchConfig, BenchError, failed, report::Latency, spawn};
 use crate::{client::balancer, protocol::BLOCK_BYTES, server::http2_settings, telemetry::fields};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

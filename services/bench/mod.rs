@@ -11,31 +11,37 @@
 //! result reads as a share of what the machine allows rather than as an
 //! absolute that does not travel: [`floor`], a bare tonic unary call, and
 //! [`limit`], SHA-256 on one core.
+//!
+//! The run is here; [`child`] starts the children and reads their readiness
+//! line (for `floor` and `flood` too), [`procfs`] reads their CPU and memory,
+//! [`report`] holds what `bench` prints.
 
+pub mod child;
 pub mod flood;
 pub mod floor;
 pub mod limit;
+pub mod procfs;
+pub mod report;
 
 use crate::{
     pb::{
         GenerateRequest, HashRequest, hasher_client::HasherClient as HasherStub,
         rng_client::RngClient as RngStub,
     },
-    store::Store,
     store::private_redis::PrivateRedis,
+    store::{Score, Store},
     telemetry::fields,
 };
+use child::Process;
+use procfs::{cpu_seconds, status_kb};
+use report::{Against, HopLatency, Report};
 use serde::Serialize;
 use std::{
     collections::BTreeMap,
     process::Stdio,
     time::{Duration, Instant},
 };
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    sync::oneshot,
-};
+use tokio::{process::Command, sync::oneshot};
 use tonic::transport::Channel;
 
 /// Unary (two RPCs per hash) or batch (streams).
@@ -95,184 +101,30 @@ fn failed(what: impl std::fmt::Display) -> BenchError {
     BenchError::Failed(what.to_string())
 }
 
-/// Latency percentiles of one hop, client-observed, in microseconds.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Latency {
-    pub calls: usize,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-}
+/// How long a child of `bench` may take to say it is ready.
+const START_WITHIN: Duration = Duration::from_secs(20);
 
-impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Self {
-        samples.sort();
-        let at = |q: f64| {
-            if samples.is_empty() {
-                return 0.0;
-            }
-            let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
-            samples[i].as_secs_f64() * 1e6
-        };
-        Self {
-            calls: samples.len(),
-            p50_us: at(0.50),
-            p99_us: at(0.99),
-            p999_us: at(0.999),
-        }
-    }
-}
-
-/// One hop at light load and at saturation.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Hop {
-    pub light: Latency,
-    pub saturated: Latency,
-    /// The light-load numbers, at the top for scripts.
-    pub p50_us: f64,
-    pub p99_us: f64,
-}
-
-/// One process's memory (kB, from /proc: VmRSS idle, VmHWM peak) and CPU.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Usage {
-    pub idle_rss_kb: u64,
-    pub peak_rss_kb: u64,
-    pub cpu_seconds: f64,
-}
-
-/// What `bench` prints.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub mode: Mode,
-    pub batch: usize,
-    pub concurrency: usize,
-    pub seconds: f64,
-    /// Redis `hashes` delta over the window, per second.
-    pub hashes_per_second: f64,
-    /// The worker's own count of hashes done, read from its last log line.
-    pub counted_hashes: u64,
-    /// Of those, what it saw Redis acknowledge.
-    pub flushed_hashes: u64,
-    /// Redis `hashes` after the worker stopped.
-    pub redis_hashes: u64,
-    /// The worker's own count of coins found, from its last log line.
-    pub counted_coins: u64,
-    /// Redis `coins` after the worker stopped (the wallet is capped at
-    /// `worker::TURBO_WALLET_CAP`: a sample).
-    pub redis_coins: u64,
-    /// `counted_hashes == redis_hashes == flushed_hashes` and
-    /// `counted_coins == redis_coins`.
-    pub cross_check: bool,
-    pub hops: BTreeMap<&'static str, Hop>,
-    pub processes: BTreeMap<&'static str, Usage>,
-    /// CPU of rng, hasher, worker and Redis over the window, per million
-    /// hashes done in it.
-    pub cpu_seconds_per_million_hashes: f64,
-    pub machine: String,
-    /// The machine's floor and limit, and the mesh against them (top-level
-    /// fields in the JSON).
-    #[serde(flatten)]
-    pub against: Against,
-}
-
-/// The reference lines of one run, and the mesh's ratios to them.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Against {
-    /// The floor: a bare tonic unary echo, client and server processes, with
-    /// the unary worker's concurrency and connections; calls per second.
-    pub floor_rpc_per_second: f64,
-    /// The floor's p50 at light load (sequential calls), in microseconds.
-    pub floor_p50_us: f64,
-    /// Calls in flight in the floor's load.
-    pub floor_concurrency: usize,
-    /// The limit: SHA-256 digests of 32-byte blocks per second, one core.
-    pub sha256_per_second_one_core: f64,
-    pub cores: usize,
-    /// `hashes_per_second / floor_rpc_per_second`. A hash costs two calls,
-    /// so 0.5 is the ceiling; unary mode's measure.
-    pub floor_ratio: f64,
-    /// `hashes_per_second / (sha256_per_second_one_core * cores)`; batch
-    /// mode's measure.
-    pub sha256_ratio: f64,
-    /// The slower hop's light-load p50 over the floor's p50.
-    pub light_p50_over_floor: f64,
-}
-
-/// A child `dockercoins` process, its pid and the address it listens on.
-struct Service {
-    child: Child,
-    /// stderr lines after the start-up line.
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-async fn spawn(args: &[&str]) -> Result<(Service, String), BenchError> {
-    let exe = std::env::current_exe().map_err(failed)?;
-    let mut child = Command::new(exe)
+/// `dockercoins <args>` as a child logging JSON, read to its readiness line;
+/// the address it listens on (empty for the worker).
+async fn spawn(args: &[&str]) -> Result<(Process, String), BenchError> {
+    let mut command = Command::new(std::env::current_exe().map_err(failed)?);
+    command
         .args(args)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         // OTEL_* pass through: `OTEL_EXPORTER_OTLP_ENDPOINT=... dockercoins
         // bench` measures what tracing costs.
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(failed)?;
-    let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
-    let started = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            let logged = &value["fields"];
-            if let Some(listen) = logged[fields::LISTEN].as_str() {
-                return Some(listen.to_owned());
-            }
-            if logged["message"].as_str() == Some(fields::WORKER_MINING) {
-                return Some(String::new());
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .ok_or_else(|| failed(format!("`dockercoins {}` did not start", args.join(" "))))?;
-    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    Ok((Service { child, lines }, started))
+        .stdout(Stdio::null());
+    let process = child::start(command, START_WITHIN)
+        .await
+        .map_err(|error| match error {
+            child::StartError::Spawn(error) => failed(error),
+            _ => failed(format!("`dockercoins {}` did not start", args.join(" "))),
+        })?;
+    let listen = process.listen.clone();
+    Ok((process, listen))
 }
-
-/// (utime + stime) in seconds, from /proc/<pid>/stat (USER_HZ = 100 on Linux).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// A `/proc/<pid>/status` field in kB (`VmRSS:`, `VmHWM:`...); 0 when the
-/// process or the field is not there.
-pub fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Sequential calls to rng and hasher, each timed, until `stop` or `count`.
 async fn probe(
     rng: Channel,
@@ -316,25 +168,11 @@ async fn channel(addr: &str) -> Result<Channel, BenchError> {
         .map_err(failed)
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{} cores, {cpu}", limit::cores())
-}
-
 /// rng and hasher as child processes in turbo, and the private Redis.
 struct Mesh {
     redis: PrivateRedis,
-    rng: Service,
-    hasher: Service,
-    rng_addr: String,
-    hasher_addr: String,
+    rng: Process,
+    hasher: Process,
 }
 
 impl Mesh {
@@ -343,7 +181,7 @@ impl Mesh {
             .await
             .map_err(failed)?
             .ok_or(BenchError::NoRedis)?;
-        let (rng, rng_addr) = spawn(&[
+        let (rng, _) = spawn(&[
             "rng",
             "--listen",
             "127.0.0.1:0",
@@ -353,26 +191,19 @@ impl Mesh {
             "0",
         ])
         .await?;
-        let (hasher, hasher_addr) =
-            spawn(&["hasher", "--listen", "127.0.0.1:0", "--delay-ms", "0"]).await?;
-        Ok(Self {
-            redis,
-            rng,
-            hasher,
-            rng_addr,
-            hasher_addr,
-        })
+        let (hasher, _) = spawn(&["hasher", "--listen", "127.0.0.1:0", "--delay-ms", "0"]).await?;
+        Ok(Self { redis, rng, hasher })
     }
 
     /// The worker under test, mining flat out.
-    async fn start_worker(&self, config: &BenchConfig) -> Result<Service, BenchError> {
+    async fn start_worker(&self, config: &BenchConfig) -> Result<Process, BenchError> {
         let batch = match config.mode {
             Mode::Unary => "0".to_owned(),
             Mode::Batch => config.batch.to_string(),
         };
         let (rng_url, hasher_url) = (
-            format!("http://{}", self.rng_addr),
-            format!("http://{}", self.hasher_addr),
+            format!("http://{}", self.rng.listen),
+            format!("http://{}", self.hasher.listen),
         );
         let (worker, _) = spawn(&[
             "worker",
@@ -448,9 +279,9 @@ struct LastWords {
 
 /// Stops the worker as docker would, and reads its last words: the hashes
 /// it did, those Redis acknowledged, and the coins it found.
-async fn stop_worker(mut worker: Service, pid: u32) -> Result<LastWords, BenchError> {
+async fn stop_worker(mut worker: Process) -> Result<LastWords, BenchError> {
     // Already gone is what the lines below find out: no error of its own.
-    let _ = crate::shutdown::terminate(pid);
+    let _ = child::sigterm(&worker.child);
     let mut counted = None;
     // Every line up to the end of its stderr, which comes when it exits: a
     // line still in the pipe when it exits is read, not missed.
@@ -480,16 +311,6 @@ async fn stop_worker(mut worker: Service, pid: u32) -> Result<LastWords, BenchEr
             fields::HASHES_DONE
         ))
     })
-}
-
-fn hop(light: Vec<Duration>, saturated: Vec<Duration>) -> Hop {
-    let light = Latency::of(light);
-    Hop {
-        p50_us: light.p50_us,
-        p99_us: light.p99_us,
-        light,
-        saturated: Latency::of(saturated),
-    }
 }
 
 /// How long the SHA-256 limit is measured.
@@ -545,6 +366,17 @@ fn ratio(part: f64, whole: f64) -> f64 {
     if whole > 0.0 { part / whole } else { 0.0 }
 }
 
+/// What the run saw, besides the window.
+struct Observed {
+    rng_light: Vec<Duration>,
+    hasher_light: Vec<Duration>,
+    idle_rss: [u64; 4],
+    peak_rss: [u64; 4],
+    last_words: LastWords,
+    /// The score once the worker stopped.
+    held: Score,
+}
+
 /// Runs the bench and returns its report.
 pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let references = References::measure(config).await?;
@@ -553,8 +385,8 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let hasher_pid = mesh.hasher.child.id().unwrap_or(0);
     let redis_pid = mesh.redis.pid().unwrap_or(0);
     let channels = (
-        channel(&mesh.rng_addr).await?,
-        channel(&mesh.hasher_addr).await?,
+        channel(&mesh.rng.listen).await?,
+        channel(&mesh.hasher.listen).await?,
     );
 
     // Light load: the probe alone.
@@ -572,24 +404,44 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let window = measure(config, &store, channels, pids).await?;
     let peak_rss = pids.map(|pid| status_kb(pid, "VmHWM:"));
 
-    let last_words = stop_worker(worker, worker_pid).await?;
+    let last_words = stop_worker(worker).await?;
     let held = store.score().await.map_err(failed)?;
-    let (counted_hashes, flushed_hashes) = (last_words.hashes_done, last_words.hashes_flushed);
-    let Mesh {
-        redis, rng, hasher, ..
-    } = mesh;
+    let Mesh { redis, rng, hasher } = mesh;
     drop((rng, hasher));
     redis.stop().await;
+    let observed = Observed {
+        rng_light,
+        hasher_light,
+        idle_rss,
+        peak_rss,
+        last_words,
+        held,
+    };
+    Ok(make_report(config, &references, window, observed))
+}
 
-    let processes = usages(idle_rss, peak_rss, &window.cpu);
+/// The report of a run: its numbers, and its numbers against the references.
+fn make_report(
+    config: &BenchConfig,
+    references: &References,
+    window: Window,
+    seen: Observed,
+) -> Report {
+    let processes = report::usages(seen.idle_rss, seen.peak_rss, &window.cpu);
     let cpu: f64 = window.cpu.iter().sum();
     let hops = BTreeMap::from([
-        ("rng", hop(rng_light, window.rng_saturated)),
-        ("hasher", hop(hasher_light, window.hasher_saturated)),
+        ("rng", HopLatency::of(seen.rng_light, window.rng_saturated)),
+        (
+            "hasher",
+            HopLatency::of(seen.hasher_light, window.hasher_saturated),
+        ),
     ]);
     let slower_p50 = hops.values().map(|hop| hop.p50_us).fold(0.0, f64::max);
     let hashes_per_second = window.hashes as f64 / window.seconds;
-    Ok(Report {
+    let (counted_hashes, flushed_hashes) =
+        (seen.last_words.hashes_done, seen.last_words.hashes_flushed);
+    let (held, counted_coins) = (seen.held, seen.last_words.coins_found);
+    Report {
         mode: config.mode,
         batch: if config.mode == Mode::Batch {
             config.batch
@@ -602,11 +454,11 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         counted_hashes,
         flushed_hashes,
         redis_hashes: held.hashes,
-        counted_coins: last_words.coins_found,
+        counted_coins,
         redis_coins: held.coins,
         cross_check: counted_hashes == held.hashes
             && counted_hashes == flushed_hashes
-            && last_words.coins_found == held.coins,
+            && counted_coins == held.coins,
         hops,
         processes,
         cpu_seconds_per_million_hashes: if window.hashes > 0 {
@@ -614,106 +466,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         } else {
             0.0
         },
-        machine: machine(),
+        machine: procfs::machine(),
         against: references.against(hashes_per_second, slower_p50),
-    })
-}
-
-/// Each process's memory and CPU, by name.
-fn usages(idle_rss: [u64; 4], peak_rss: [u64; 4], cpu: &[f64]) -> BTreeMap<&'static str, Usage> {
-    let names = ["rng", "hasher", "worker", "redis"];
-    (0..names.len())
-        .map(|i| {
-            let usage = Usage {
-                idle_rss_kb: idle_rss[i],
-                peak_rss_kb: peak_rss[i],
-                cpu_seconds: cpu[i],
-            };
-            (names[i], usage)
-        })
-        .collect()
-}
-
-impl Report {
-    /// The table for humans.
-    pub fn table(&self) -> String {
-        let mut out = String::new();
-        let mode = match self.mode {
-            Mode::Unary => format!("unary, {} in flight", self.concurrency),
-            Mode::Batch => format!("batch of {}, {} in flight", self.batch, self.concurrency),
-        };
-        out += &format!(
-            "dockercoins bench: {mode}, {:.1} s on {}\n\n",
-            self.seconds, self.machine
-        );
-        out += &format!(
-            "  floor           {:>14.0} calls/s   bare tonic echo, {} in flight; light p50 {:.0} us\n",
-            self.against.floor_rpc_per_second,
-            self.against.floor_concurrency,
-            self.against.floor_p50_us
-        );
-        out += &format!(
-            "  SHA-256 limit   {:>14.0} digests/s one core, x {} cores\n",
-            self.against.sha256_per_second_one_core, self.against.cores
-        );
-        out += &format!(
-            "  end to end      {:>14.0} hashes/s\n",
-            self.hashes_per_second
-        );
-        // Each mode against its own reference; `--json` has both.
-        let against = match self.mode {
-            Mode::Unary => format!(
-                "{:.3} of the floor (ceiling 0.5: two calls a hash; goal 0.35)",
-                self.against.floor_ratio
-            ),
-            Mode::Batch => format!(
-                "{:.1}% of the SHA-256 limit of {} cores (goal 50%)",
-                self.against.sha256_ratio * 100.0,
-                self.against.cores
-            ),
-        };
-        out += &format!("  against them    {against}\n");
-        out += &format!(
-            "                  light-load p50 {:.2}x the floor's (goal 1.5x)\n",
-            self.against.light_p50_over_floor
-        );
-        out += &format!(
-            "  cross-check     worker counted {} hashes and {} coins, Redis holds {} and {}: {}\n",
-            self.counted_hashes,
-            self.counted_coins,
-            self.redis_hashes,
-            self.redis_coins,
-            if self.cross_check {
-                "equal"
-            } else {
-                "MISMATCH"
-            }
-        );
-        out += &format!(
-            "  CPU             {:.3} s per million hashes (rng + hasher + worker + Redis)\n\n",
-            self.cpu_seconds_per_million_hashes
-        );
-        out += "  hop (unary call)  load        p50 us   p99 us  p99.9 us   calls\n";
-        for (name, hop) in &self.hops {
-            for (load, l) in [("light", hop.light), ("saturated", hop.saturated)] {
-                out += &format!(
-                    "  {name:<17} {load:<10} {:>7.0}  {:>7.0}  {:>8.0}  {:>6}\n",
-                    l.p50_us, l.p99_us, l.p999_us, l.calls
-                );
-            }
-        }
-        out += "\n  process   idle RSS MB   peak RSS MB   CPU s\n";
-        for (name, usage) in &self.processes {
-            let idle = match usage.idle_rss_kb {
-                0 => "-".to_owned(),
-                kb => format!("{:.1}", kb as f64 / 1024.0),
-            };
-            out += &format!(
-                "  {name:<9} {idle:>11}   {:>11.1}   {:>5.2}\n",
-                usage.peak_rss_kb as f64 / 1024.0,
-                usage.cpu_seconds
-            );
-        }
-        out
     }
 }

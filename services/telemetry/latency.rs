@@ -259,6 +259,14 @@ pub fn quantile(q: f64, cumulative: &[(f64, u64)]) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds))
 }
 
+/// The nearest-rank `q` quantile of `sorted` samples: the smallest sample
+/// with at least `q` of them at or below it (no interpolation: a quantile of
+/// measured calls is a call that happened). `None` when there are none.
+pub fn nearest_rank(sorted: &[Duration], q: f64) -> Option<Duration> {
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +287,17 @@ mod tests {
         // Each bound prints as its shortest decimal form.
         assert_eq!(buckets[33].to_string(), "0.02");
         assert_eq!(buckets[38].to_string(), "0.063");
+    }
+
+    #[test]
+    fn nearest_rank_is_a_sample_that_happened() {
+        let sorted: Vec<Duration> = (1..=1000).map(ms).collect();
+        assert_eq!(nearest_rank(&sorted, 0.5), Some(ms(500)));
+        assert_eq!(nearest_rank(&sorted, 0.99), Some(ms(990)));
+        assert_eq!(nearest_rank(&sorted, 0.999), Some(ms(999)));
+        assert_eq!(nearest_rank(&sorted[..1], 0.99), Some(ms(1)));
+        assert_eq!(nearest_rank(&sorted[..3], 0.0), Some(ms(1)));
+        assert_eq!(nearest_rank(&[], 0.5), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! resolver answers what the test says, while a worker mines against three
 //! rng servers. And the system resolver, on a name that resolves to loopback.
 
-use crate::helpers::{
+use crate::support::{
     RedisServer, RunningWorker, Spawned, generate_through, spawn_hasher, spawn_rng,
 };
 use dockercoins::{

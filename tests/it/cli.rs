@@ -2,7 +2,7 @@
 //! settings table (docs/settings.md) matches the CLI, and the grpcurl lines
 //! of the README and docs/services.md work.
 
-use crate::helpers::{
+use crate::support::{
     have, run_readme_line, sha256_hex, sigterm, spawn_hasher, spawn_rng, start_binary,
 };
 use clap::CommandFactory;

@@ -1135,7 +1135,7 @@ fn offline_saves_the_images_doctor_checks() {
         .args(["compose", "version"])
         .output()
         .is_ok_and(|out| out.status.success());
-    if !compose_v2 && !crate::helpers::have("docker-compose", "version") {
+    if !compose_v2 && !crate::support::have("docker-compose", "version") {
         return;
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/offline.sh");

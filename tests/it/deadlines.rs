@@ -2,7 +2,7 @@
 //! refused with DEADLINE_EXCEEDED, before it is served, and leaves rng's
 //! queue; streams are bounded as a whole; HTTP states no deadline.
 
-use crate::helpers::{hasher_client, http1, metric, rng_client, spawn_hasher, spawn_rng};
+use crate::support::{hasher_client, http1, metric, rng_client, spawn_hasher, spawn_rng};
 use dockercoins::{
     hasher::{HasherConfig, HasherService},
     pb::{

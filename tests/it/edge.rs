@@ -1,7 +1,7 @@
 //! `edge`, Compose's published ports: each connection goes to one replica,
 //! in turn; a dead replica is skipped; plain HTTP and gRPC both pass.
 
-use crate::helpers::{Spawned, http1, spawn_rng};
+use crate::support::{Spawned, http1, spawn_rng};
 use dockercoins::{
     client::balancer::Resolver,
     edge::{self, Route},

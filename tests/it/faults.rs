@@ -3,7 +3,7 @@
 //! timeout, and 200 clients at once. Each test bounds its own time and stops
 //! what it started. RELIABILITY.md says what each one shows.
 
-use crate::helpers::{
+use crate::support::{
     Log, RedisServer, RunningWorker, one_lane_no_queue, restartable_port, sha256_hex, spawn_hasher,
     spawn_rng, spawn_webui, start_binary, start_binary_logged,
 };
@@ -60,7 +60,7 @@ async fn wallet_holds_only_real_coins(redis: &RedisServer) -> usize {
 
 /// The webui's `/json` status code, on a fresh connection.
 async fn json_status(webui: SocketAddr) -> u16 {
-    crate::helpers::http1(webui, "GET", "/json", "")
+    crate::support::http1(webui, "GET", "/json", "")
         .await
         .0
         .as_u16()
@@ -243,13 +243,13 @@ async fn rng_and_hasher_killed_and_restarted_the_worker_comes_back() {
 
 /// Resident memory of a process, in bytes, from /proc.
 fn rss(pid: u32) -> u64 {
-    dockercoins::bench::status_kb(pid, "VmRSS:") * 1024
+    dockercoins::bench::procfs::status_kb(pid, "VmRSS:") * 1024
 }
 
 /// SIGTERM, then how long the process took to exit, and its exit code.
 async fn stop_timed(child: &mut Child) -> (Duration, Option<i32>) {
     let start = Instant::now();
-    crate::helpers::sigterm(child).await;
+    crate::support::sigterm(child).await;
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("no exit within 10 s of SIGTERM")
@@ -447,7 +447,7 @@ async fn a_backend_slower_than_the_call_timeout_costs_bounded_calls() {
         "{calls} calls: the worker does not back off"
     );
     let start = Instant::now();
-    let mut client = crate::helpers::rng_client(&rng).await;
+    let mut client = crate::support::rng_client(&rng).await;
     client.generate(GenerateRequest { size: 32 }).await.unwrap();
     let waited = start.elapsed();
     println!("a fresh call after the worker gave up: {waited:?}");
@@ -632,7 +632,7 @@ async fn a_worker_refused_by_a_full_lane_counts_exactly_what_it_did() {
     let report = worker.stop().await;
     assert_eq!(report.hashes_done, report.hashes_flushed, "{report:?}");
     assert_eq!(redis.hashes().await, report.hashes_done);
-    let refused = crate::helpers::metric(rng.addr, "rng_lane_refused_total")
+    let refused = crate::support::metric(rng.addr, "rng_lane_refused_total")
         .await
         .expect("rng_lane_refused_total on rng's /metrics");
     assert!(

@@ -1,6 +1,6 @@
 //! hasher over gRPC and legacy HTTP: digests, batches, concurrency, bad input.
 
-use crate::helpers::{
+use crate::support::{
     assert_pushed_back, assert_told_to_retry, hasher_client, http1, sha256_hex, spawn_hasher,
 };
 use dockercoins::{

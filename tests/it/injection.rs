@@ -3,7 +3,7 @@
 //! says so (start-up line, `/metrics`, `Replica/Info`, webui's page); bad
 //! knob values are refused at start-up with the setting named.
 
-use crate::helpers::{RedisServer, hasher_client, http1, rng_client, spawn_hasher, spawn_rng};
+use crate::support::{RedisServer, hasher_client, http1, rng_client, spawn_hasher, spawn_rng};
 use dockercoins::{
     hasher::HasherConfig,
     pb::{
@@ -165,7 +165,7 @@ async fn replica_info_and_the_webui_json_show_the_knobs() {
 
     let redis = RedisServer::start_ephemeral().await;
     let store = Store::redis(&redis.url(), Duration::from_millis(500)).unwrap();
-    let webui = crate::helpers::spawn_webui(store, &rng.url(), &hasher.url()).await;
+    let webui = crate::support::spawn_webui(store, &rng.url(), &hasher.url()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let hops = loop {
         let (_, _, body) = http1(webui.addr, "GET", "/api/hops", "").await;
@@ -192,7 +192,7 @@ async fn replica_info_and_the_webui_json_show_the_knobs() {
 /// values refused (exit 2) naming the flag and showing an example.
 #[tokio::test]
 async fn the_knobs_are_flags_and_variables_said_at_start_and_checked() {
-    let (mut child, _, log) = crate::helpers::start_binary_logged(
+    let (mut child, _, log) = crate::support::start_binary_logged(
         &["rng", "--listen", "127.0.0.1:0", "--fail-rate", "0.25"],
         &[("RNG_EXTRA_DELAY", "10%=300ms")],
     )
@@ -208,7 +208,7 @@ async fn the_knobs_are_flags_and_variables_said_at_start_and_checked() {
         serving.contains("injected faults: fails 25% UNAVAILABLE; +300ms for 10%"),
         "{serving}"
     );
-    crate::helpers::sigterm(&child).await;
+    crate::support::sigterm(&child).await;
     child.wait().await.unwrap();
 
     for (args, env, flag, hint) in [

@@ -6,7 +6,7 @@
 //! v3, what its UI shows. `tests/build-otel-tools.sh` builds both; without
 //! them the test skips with a message, under CI it fails.
 
-use crate::helpers::{
+use crate::support::{
     Prometheus, RedisServer, have, http1, restartable_port, sigterm, start_binary, urlencode,
 };
 use serde_json::Value;
@@ -50,17 +50,12 @@ struct Backend {
     _jaeger: Child,
     _collector: Child,
     prometheus: Option<Prometheus>,
-    dir: PathBuf,
+    /// The configs and logs, removed when dropped.
+    _dir: tempfile::TempDir,
     /// Jaeger's query API (the UI's port, 16686 in compose).
     query: SocketAddr,
     /// Where the services send their spans: the Collector's OTLP/gRPC.
     otlp: String,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Waits until `GET http://addr/path` answers 200: bounded, and the failure
@@ -87,8 +82,11 @@ async fn wait_healthy(what: &str, addr: SocketAddr, path: &str) {
 }
 
 async fn start_backend(jaeger: &Path, otelcol: &Path) -> Backend {
-    let dir = std::env::temp_dir().join(format!("dockercoins-jaeger-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = tempfile::Builder::new()
+        .prefix("dockercoins-jaeger-")
+        .tempdir()
+        .unwrap();
+    let dir = temp.path().to_owned();
     let [
         otlp,
         otlp_http,
@@ -156,7 +154,7 @@ async fn start_backend(jaeger: &Path, otelcol: &Path) -> Backend {
         prometheus,
         query: SocketAddr::from(([127, 0, 0, 1], http)),
         otlp: format!("http://127.0.0.1:{in_grpc}"),
-        dir,
+        _dir: temp,
     };
     wait_healthy(
         "jaeger",

@@ -1,4 +1,5 @@
-//! dockercoins' black-box tests, all in one binary (one link, shared helpers).
+//! dockercoins' black-box tests, all in one binary (one link, one
+//! `support` module they all stand on).
 //! Servers are spawned in-process on port 0; nothing sleeps to wait for
 //! readiness (a bound listener already accepts).
 
@@ -12,17 +13,18 @@ mod doctor;
 mod edge;
 mod faults;
 mod hasher;
-mod helpers;
 mod hostile;
 mod injection;
 mod jaeger;
 mod k8s;
 mod layout;
 mod metrics;
+mod metrics_doc;
 mod pty;
 mod resilience;
 mod rng;
 mod server;
+mod support;
 mod tls;
 mod top;
 mod tracing;

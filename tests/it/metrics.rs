@@ -2,7 +2,7 @@
 //! scrapes (the independent parser), with rng's lane, every hop's calls,
 //! the worker's tally, and exemplars that name a trace.
 
-use crate::helpers::{
+use crate::support::{
     Prometheus, RedisServer, RunningWorker, have, http1, spawn_hasher, spawn_rng, spawn_webui,
     start_binary, urlencode,
 };

@@ -3,7 +3,7 @@
 //! replica, hedging, the retry budget, draining by health watch, outlier
 //! ejection, deadlines that travel, and a rolling restart that loses nothing.
 
-use crate::helpers::{
+use crate::support::{
     RedisServer, RunningWorker, Spawned, one_lane_no_queue, restartable_port, spawn_hasher,
     spawn_rng, spawn_rng_on, wait_for_a_call_in_rngs_lane,
 };
@@ -388,7 +388,7 @@ async fn deadlines_travel_with_the_calls_and_rng_drops_what_cannot_fit() {
         .count();
     assert_eq!((ok, late), (2, 4), "{results:?}");
     // What rng says it served is what the client received.
-    let (_, _, metrics) = crate::helpers::http1(rng_server.addr, "GET", "/metrics", "").await;
+    let (_, _, metrics) = crate::support::http1(rng_server.addr, "GET", "/metrics", "").await;
     let metrics = String::from_utf8_lossy(&metrics);
     let line = |name: &str| {
         metrics
@@ -504,7 +504,7 @@ async fn a_full_lane_sends_calls_elsewhere_for_the_pause_it_asks() {
     let free = spawn_rng(RngConfig::turbo()).await;
     let mut registry = Registry::default();
     let (rng, _) = client(&[&busy, &free], BalancerSettings::default(), &mut registry);
-    let mut holder = crate::helpers::rng_client(&busy).await;
+    let mut holder = crate::support::rng_client(&busy).await;
     let holding = tokio::spawn(async move { holder.generate(GenerateRequest { size: 32 }).await });
     wait_for_a_call_in_rngs_lane(busy.addr, Duration::from_secs(2)).await;
     let started = Instant::now();

@@ -1,6 +1,6 @@
 //! rng over gRPC and legacy HTTP: sizes, streams, the classroom lane, bad input.
 
-use crate::helpers::{assert_pushed_back, assert_told_to_retry, http1, rng_client, spawn_rng};
+use crate::support::{assert_pushed_back, assert_told_to_retry, http1, rng_client, spawn_rng};
 use dockercoins::{
     pb::{GenerateRequest, GenerateStreamRequest, rng_server::Rng},
     rng::RngConfig,

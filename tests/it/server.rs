@@ -1,7 +1,7 @@
 //! What every server shares: health, reflection, garbage on the port, and
 //! graceful shutdown.
 
-use crate::helpers::{Spawned, rng_client, spawn_hasher, spawn_rng, watch_rng_health};
+use crate::support::{Spawned, rng_client, spawn_hasher, spawn_rng, watch_rng_health};
 use dockercoins::{
     hasher::HasherConfig,
     pb::{GenerateRequest, GenerateStreamRequest},

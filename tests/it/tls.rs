@@ -2,7 +2,7 @@
 //! test time and written to PEM files, so the files are loaded the way the
 //! binary loads them. Servers run in-process on 127.0.0.1:0.
 
-use crate::helpers::{Spawned, generate_through, have, run_readme_line, sha256_hex};
+use crate::support::{Spawned, generate_through, have, run_readme_line, sha256_hex};
 use dockercoins::{
     client::balancer::{BalancerSettings, Policy, Resolver},
     client::{HasherClient, RngClient},
@@ -25,12 +25,7 @@ use std::{
 /// A directory of PEM files, removed when dropped.
 struct Pki {
     dir: PathBuf,
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _removed_on_drop: tempfile::TempDir,
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -62,12 +57,14 @@ fn leaf(
 impl Pki {
     /// An empty directory of this test's own.
     fn empty() -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("dockercoins-test-tls-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self { dir }
+        let temp = tempfile::Builder::new()
+            .prefix("dockercoins-test-tls-")
+            .tempdir()
+            .unwrap();
+        Self {
+            dir: temp.path().to_owned(),
+            _removed_on_drop: temp,
+        }
     }
 
     /// A CA; a server certificate for `rng`, `localhost` and `127.0.0.1`; a

@@ -4,11 +4,11 @@
 //! screen and a one-line error for `--once`.
 
 use crate::{
-    helpers::{
+    pty::Pty,
+    support::{
         RedisServer, RunningWorker, Spawned, http1, restartable_port, spawn_hasher, spawn_rng,
         spawn_webui, spawn_webui_on,
     },
-    pty::Pty,
 };
 use dockercoins::{
     hasher::HasherConfig, rng::RngConfig, store::Store, webui::WebuiError, worker::WorkerConfig,

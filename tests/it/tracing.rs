@@ -2,7 +2,7 @@
 //! OTLP/gRPC to a receiver started here (opentelemetry-proto's tonic server:
 //! a real OTLP endpoint, not a mock of the exporter), with a real Redis.
 
-use crate::helpers::{RedisServer, sigterm, start_binary};
+use crate::support::{RedisServer, sigterm, start_binary};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,

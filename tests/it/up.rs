@@ -27,7 +27,7 @@ use tonic_health::pb::{
 };
 
 async fn hashes(webui: std::net::SocketAddr) -> u64 {
-    let (status, _, body) = crate::helpers::http1(webui, "GET", "/json", "").await;
+    let (status, _, body) = crate::support::http1(webui, "GET", "/json", "").await;
     assert_eq!(status, 200, "{body:?}");
     let score: Value = serde_json::from_slice(&body).unwrap();
     score["hashes"].as_u64().unwrap()
@@ -100,7 +100,7 @@ async fn up_runs_the_mesh_and_json_grows() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Both rng replicas serve: the workers balance over them.
-    let (status, _, body) = crate::helpers::http1(webui, "GET", "/api/status", "").await;
+    let (status, _, body) = crate::support::http1(webui, "GET", "/api/status", "").await;
     assert_eq!(status, 200);
     let report: Value = serde_json::from_slice(&body).unwrap();
     let replicas = report["rng"]["replicas"].as_array().unwrap();
@@ -240,7 +240,7 @@ async fn a_rolling_restart_brings_every_replica_back_on_its_port() {
     let up = RunningUp::start(3, |_| {}).await;
     let before = up.hashes_above(0).await;
     // A watcher of the second replica, as a health-checking client would.
-    let mut watch = crate::helpers::watch_rng_health(channel(up.rng[1]).await).await;
+    let mut watch = crate::support::watch_rng_health(channel(up.rng[1]).await).await;
     let report = tokio::time::timeout(Duration::from_secs(30), up.restart.restart())
         .await
         .expect("the rolling restart did not end within 30 s")

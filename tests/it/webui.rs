@@ -1,7 +1,7 @@
 //! webui: `/json` as the original, its 503 path, the page and its embedded
 //! assets, the status endpoint, and the HTTP-to-gRPC gateway.
 
-use crate::helpers::{
+use crate::support::{
     RedisServer, one_lane_no_queue, sha256_hex, spawn_hasher, spawn_rng,
     wait_for_a_call_in_rngs_lane,
 };
@@ -255,8 +255,11 @@ async fn the_gateway_passes_an_overloaded_backends_pause_on() {
 /// refused at start-up, naming the setting.
 #[tokio::test]
 async fn an_edited_stylesheet_in_the_assets_dir_is_served_without_a_rebuild() {
-    let dir = std::env::temp_dir().join(format!("dockercoins-assets-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = tempfile::Builder::new()
+        .prefix("dockercoins-assets-")
+        .tempdir()
+        .unwrap();
+    let dir = temp.path().to_owned();
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/webui");
     for file in ["index.html", "app.js", "style.css"] {
         std::fs::copy(source.join(file), dir.join(file)).unwrap();
@@ -307,5 +310,4 @@ async fn an_edited_stylesheet_in_the_assets_dir_is_served_without_a_rebuild() {
         error.contains("WEBUI_ASSETS_DIR") && error.contains("not a directory"),
         "{error}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

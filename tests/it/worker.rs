@@ -1,7 +1,7 @@
 //! The worker against spawned rng and hasher and a real redis-server of the
 //! test's own: counts, coins, the original keys, and faults survived.
 
-use crate::helpers::{RedisServer, RunningWorker, sha256_hex, spawn_hasher, spawn_rng};
+use crate::support::{RedisServer, RunningWorker, sha256_hex, spawn_hasher, spawn_rng};
 use dockercoins::{
     hasher::HasherConfig,
     rng::RngConfig,
@@ -374,7 +374,7 @@ async fn an_update_sent_again_counts_once() {
 /// appears in a log line or in `--help`.
 #[tokio::test]
 async fn a_redis_password_works_and_never_reaches_the_logs() {
-    use crate::helpers::{sigterm, start_binary_logged};
+    use crate::support::{sigterm, start_binary_logged};
     let redis = RedisServer::start().await;
     let mut admin = redis.connection().await.unwrap();
     let () = redis::cmd("CONFIG")
@@ -467,7 +467,7 @@ async fn a_redis_password_works_and_never_reaches_the_logs() {
 /// to restart it).
 #[tokio::test]
 async fn the_worker_answers_its_liveness_probe() {
-    use crate::helpers::{http1, sigterm, start_binary};
+    use crate::support::{http1, sigterm, start_binary};
     let redis = RedisServer::start().await;
     let rng = spawn_rng(RngConfig::turbo()).await;
     let hasher = spawn_hasher(HasherConfig::turbo()).await;

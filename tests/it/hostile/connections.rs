@@ -5,7 +5,7 @@
 //! bound, and one with a call in flight is not.
 
 use super::http_wire::{get_request, parse_response};
-use crate::helpers::{
+use crate::support::{
     Spawned, assert_pushed_back, hasher_client, http1, metric, rng_client, spawn_hasher, spawn_rng,
     spawn_webui_limited, watch_rng_health,
 };

@@ -1,7 +1,7 @@
 //! A fake rng and hasher, one server serving both, that tells one [`Lie`],
 //! and counts what the worker asked of it.
 
-use crate::helpers::sha256_hex;
+use crate::support::sha256_hex;
 use dockercoins::pb::{
     DigestBatch, GenerateRequest, GenerateResponse, GenerateStreamRequest, GenerateStreamResponse,
     HashBatch, HashRequest, HashResponse,

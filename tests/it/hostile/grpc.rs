@@ -6,7 +6,7 @@ use super::{
     cases::{check_cases, runtime},
     grpc_wire::{GrpcBody, HASHER_METHODS, RNG_METHODS, grpc_body, raw_grpc},
 };
-use crate::helpers::{sha256_hex, spawn_hasher, spawn_rng};
+use crate::support::{sha256_hex, spawn_hasher, spawn_rng};
 use dockercoins::{hasher::HasherConfig, rng::RngConfig};
 use proptest::{prelude::*, test_runner::TestCaseError};
 
@@ -114,7 +114,7 @@ async fn made_up_methods_are_counted_as_other_not_by_name() {
             assert_eq!(outcome.code, tonic::Code::Unimplemented, "{path}");
         }
     }
-    let (status, _, body) = crate::helpers::http1(rng.addr, "GET", "/metrics", "").await;
+    let (status, _, body) = crate::support::http1(rng.addr, "GET", "/metrics", "").await;
     assert_eq!(status, 200);
     let text = String::from_utf8(body.to_vec()).unwrap();
     assert!(

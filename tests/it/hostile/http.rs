@@ -5,7 +5,7 @@ use super::{
     http_wire::{get_request, percent_decode, post, raw_http},
     mesh::{mesh, stop_mesh},
 };
-use crate::helpers::{sha256_hex, spawn_rng};
+use crate::support::{sha256_hex, spawn_rng};
 use axum::http::StatusCode;
 use dockercoins::{rng::RngConfig, server::limits::MAX_BLOCK_BYTES};
 use proptest::{prelude::*, test_runner::TestCaseError};

@@ -18,7 +18,7 @@ use super::{
     http_wire::{get_request, parse_response, post, raw_http},
     mesh::{mesh, stop_mesh},
 };
-use crate::helpers::{hasher_client, http1, rng_client, sha256_hex, spawn_hasher, spawn_rng};
+use crate::support::{hasher_client, http1, rng_client, sha256_hex, spawn_hasher, spawn_rng};
 use dockercoins::{
     hasher::HasherConfig,
     pb::{GenerateRequest, HashBatch, HashRequest},

@@ -1,7 +1,7 @@
 //! rng and hasher without delays, and a webui in front of them, each on a
 //! real socket.
 
-use crate::helpers::{Spawned, spawn_hasher, spawn_rng, spawn_webui};
+use crate::support::{Spawned, spawn_hasher, spawn_rng, spawn_webui};
 use dockercoins::{hasher::HasherConfig, rng::RngConfig, store::Store, webui::WebuiError};
 
 /// rng and hasher without delays, and a webui in front of them.

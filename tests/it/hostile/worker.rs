@@ -6,7 +6,7 @@ use super::{
     cases::sample,
     fake_backend::{Lie, spawn_fake},
 };
-use crate::helpers::{RedisServer, RunningWorker};
+use crate::support::{RedisServer, RunningWorker};
 use dockercoins::store::Store;
 use proptest::prelude::*;
 use std::{sync::atomic::Ordering, time::Duration};
