@@ -103,7 +103,7 @@ impl WorkerConfig {
 
 /// What a worker did, reported when it stops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Report {
+pub struct Mined {
     /// Hashes done, each with a valid digest.
     pub hashes_done: u64,
     /// Of those, how many Redis acknowledged.
@@ -140,7 +140,7 @@ pub async fn run(
     backends: Backends,
     status: Option<StatusPort>,
     shutdown: impl Future<Output = ()>,
-) -> Report {
+) -> Mined {
     let Backends { rng, hasher, store } = backends;
     let turns = Arc::new(Liveness::default());
     let (tally, probe) = match status {
@@ -196,7 +196,7 @@ pub async fn run(
     flusher
         .close_books(FINAL_FLUSH_TIMEOUT.saturating_sub(stop_began.elapsed()))
         .await;
-    let report = Report {
+    let report = Mined {
         hashes_done: tally.done.load(Ordering::Relaxed),
         hashes_flushed: flusher.flushed,
         coins_found: tally.coins_found.load(Ordering::Relaxed),
@@ -210,7 +210,7 @@ pub async fn run(
     report
 }
 
-impl Report {
+impl Mined {
     /// The worker's last line: what `bench` and the tests read back.
     fn log(&self, miner: &Miner) {
         if self.hashes_done == self.hashes_flushed

@@ -12,7 +12,7 @@ use dockercoins::{
     store::Store,
     telemetry::fields,
     webui::{Webui, WebuiError},
-    worker::{Backends, Report, WorkerConfig},
+    worker::{Backends, Mined, WorkerConfig},
 };
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Request, StatusCode};
@@ -469,7 +469,7 @@ pub fn test_pool() -> PoolSettings {
 /// A worker running in this test's runtime, stopped by `stop`.
 pub struct RunningWorker {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Report>,
+    task: JoinHandle<Mined>,
 }
 
 impl RunningWorker {
@@ -497,7 +497,7 @@ impl RunningWorker {
 
     /// Stops the worker (as SIGTERM would) and returns its report; a stop
     /// takes well under a second.
-    pub async fn stop(self) -> Report {
+    pub async fn stop(self) -> Mined {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(2), self.task)
             .await
