@@ -9,6 +9,8 @@
 //! (`hasher_deadline_expired_total`). Injected faults (`--fail-rate`,
 //! `--extra-delay`) strike before the work too, see [`HasherService`].
 
+pub mod metrics;
+
 use crate::{
     pb::{
         DigestBatch, HashBatch, HashRequest, HashResponse,
@@ -16,13 +18,14 @@ use crate::{
     },
     protocol::{DIGEST_BYTES, HASHER_PORT},
     server::connections::ConnectionLimits,
+    server::deadline::DeadlineMetrics,
     server::deadline::{self, Expired},
     server::faults::{Faults, Injector},
     server::limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
     server::overload::{self, Refusals},
     server::{GrpcServer, ServeError},
     telemetry::hostname,
-    telemetry::metrics::{Counter, DeadlineMetrics, FaultMetrics, Registry},
+    telemetry::metrics::{Counter, Registry},
     tls::ServerTls,
 };
 use axum::{
@@ -33,6 +36,7 @@ use axum::{
     routing::get,
 };
 use bytes::BytesMut;
+use metrics::HasherMetrics;
 use sha2::{Digest, Sha256};
 use std::{
     future::Future,
@@ -125,15 +129,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut registry = Registry::default();
-    let expired = DeadlineMetrics::register(&mut registry, "hasher");
-    let faults = FaultMetrics::register(&mut registry);
-    let refused = Counter::default();
-    registry.register(
-        "hasher_refused",
-        "Requests refused at once (RESOURCE_EXHAUSTED, HTTP 503) because hasher's work budget was spent",
-        refused.clone(),
-    );
-    let service = HasherService::measured(&config, expired, faults, refused);
+    let metrics = HasherMetrics::register(&mut registry);
+    let service = HasherService::measured(&config, metrics);
     GrpcServer::new(
         "hasher",
         service.legacy_routes(hostname()),
@@ -258,28 +255,19 @@ const DURING_THE_WORK: &str = "deadline passed during the work (an injected extr
 impl HasherService {
     /// The service, measured for nobody (tests, benches).
     pub fn new(config: &HasherConfig) -> Self {
-        Self::measured(
-            config,
-            DeadlineMetrics::unregistered(),
-            FaultMetrics::unregistered(),
-            Counter::default(),
-        )
+        Self::measured(config, HasherMetrics::unregistered())
     }
 
-    /// The service, its expired deadlines, faults and refusals counted.
-    pub fn measured(
-        config: &HasherConfig,
-        expired: DeadlineMetrics,
-        faults: FaultMetrics,
-        refused: Counter,
-    ) -> Self {
+    /// The service, its expired deadlines, faults and refusals counted in
+    /// `metrics`.
+    pub fn measured(config: &HasherConfig, metrics: HasherMetrics) -> Self {
         Self {
             delay: config.delay,
-            expired,
-            faults: Injector::new(&config.faults, faults),
+            expired: metrics.expired,
+            faults: Injector::new(&config.faults, metrics.faults),
             budget: Arc::new(Semaphore::new(config.max_work_mib as usize * 1024)),
             budget_mib: config.max_work_mib,
-            refused,
+            refused: metrics.refused,
             refusals: Arc::default(),
         }
     }

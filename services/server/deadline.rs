@@ -10,6 +10,8 @@
 //! traces. What to do with a deadline (rng's lane, hasher's work) lives with
 //! each service; only the reading and the arithmetic live here.
 
+use crate::telemetry::metrics::{Counter, Registry, enabled};
+use prometheus_client::{encoding::EncodeLabelSet, metrics::family::Family};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Status;
@@ -76,6 +78,53 @@ pub struct Expired {
 impl From<Expired> for Status {
     fn from(expired: Expired) -> Self {
         Status::deadline_exceeded(expired.to_string())
+    }
+}
+
+/// Where a request was given up on for its deadline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `waiting`: before its work began, never served (rng: in its lane's
+    /// queue or at its turn; hasher: before its work). `working`: cut off
+    /// during its work, which an injected extra delay made too long.
+    pub stage: &'static str,
+}
+
+/// Requests a service gave up on because their deadline would pass first
+/// (`<service>_deadline_expired_total`).
+#[derive(Clone)]
+pub struct DeadlineMetrics {
+    expired: Family<StageLabels, Counter>,
+}
+
+impl std::fmt::Debug for DeadlineMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeadlineMetrics")
+    }
+}
+
+impl DeadlineMetrics {
+    pub fn unregistered() -> Self {
+        Self {
+            expired: Family::default(),
+        }
+    }
+
+    /// `service` (`rng`, `hasher`) prefixes the name.
+    pub fn register(registry: &mut Registry, service: &str) -> Self {
+        let this = Self::unregistered();
+        registry.register(
+            format!("{service}_deadline_expired"),
+            "Requests given up on, with DEADLINE_EXCEEDED, because their deadline would pass first",
+            this.expired.clone(),
+        );
+        this
+    }
+
+    pub fn expired(&self, stage: &'static str) {
+        if enabled() {
+            self.expired.get_or_create(&StageLabels { stage }).inc();
+        }
     }
 }
 

@@ -25,8 +25,10 @@ use crate::{
         rng_server::SERVICE_NAME as RNG_SERVICE,
     },
     protocol::SERVED_BY,
+    server::call_meter::metrics::ServerCalls,
+    server::connections::metrics::ConnectionMetrics,
     shutdown::DRAIN_TIMEOUT,
-    telemetry::metrics::{ConnectionMetrics, Exposition, Registry, ServerCalls},
+    telemetry::metrics::{Exposition, Registry},
     telemetry::{fields, hostname, is_grpc, record_response, record_trailers, server_span},
     tls::ServerTls,
 };

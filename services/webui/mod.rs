@@ -18,12 +18,13 @@ use crate::{
     pb::{InfoRequest, replica_client::ReplicaClient},
     protocol::WEBUI_PORT,
     rng::parse_size,
+    server::connections::metrics::ConnectionMetrics,
     server::connections::{Activity, ConnectionLimits, Connections, InFlight},
     server::limits::{HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES},
     server::overload,
     shutdown::DRAIN_TIMEOUT,
     store::Store,
-    telemetry::metrics::{ConnectionMetrics, Exposition, Registry},
+    telemetry::metrics::{Exposition, Registry},
     telemetry::{fields, record_response, server_span},
 };
 use axum::{

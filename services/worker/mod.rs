@@ -16,6 +16,7 @@
 //! and [`run`], which ties them together.
 
 mod liveness;
+pub mod metrics;
 mod mining;
 mod tally;
 
@@ -29,8 +30,9 @@ use crate::{
     client::{HasherClient, RngClient},
     store::Store,
     telemetry::fields,
-    telemetry::metrics::{Exposition, Registry, TallyMetrics},
+    telemetry::metrics::{Exposition, Registry},
 };
+use metrics::TallyMetrics;
 use mining::Miner;
 use std::{
     future::Future,

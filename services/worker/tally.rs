@@ -9,7 +9,7 @@
 use crate::{
     store::{Coin, Counter, Store, StoreError, Totals},
     telemetry::hostname,
-    telemetry::metrics::TallyMetrics,
+    worker::metrics::TallyMetrics,
 };
 use std::{
     future::Future,

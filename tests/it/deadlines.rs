@@ -9,7 +9,7 @@ use dockercoins::{
         GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest, hasher_server::Hasher,
         rng_server::Rng,
     },
-    rng::{RngConfig, RngMetrics, RngService},
+    rng::{RngConfig, RngService, metrics::RngMetrics},
     telemetry::metrics::{Exposition, Registry},
 };
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The layer under every gRPC server that measures each call it serves into
-//! [`ServerCalls`]: from the request's arrival to the end of its response
+//! [`ServerCalls`] (in [`metrics`], beside it): from the request's arrival to the end of its response
 //! body, so a stream counts whole and rng's calls include their wait in the
 //! lane; the status read from the response headers (a trailers-only error) or
 //! from the trailers.
@@ -8,12 +8,12 @@
 //! (UNIMPLEMENTED) is counted as `_OTHER`: a client choosing paths must not
 //! choose how many series the server keeps.
 
-use crate::{
-    telemetry::metrics::{self, ServerCall, ServerCalls, TraceExemplar},
-    telemetry::{code_name, is_grpc},
-};
+pub mod metrics;
+
+use crate::telemetry::{code_name, is_grpc, metrics::TraceExemplar};
 use axum::http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use metrics::{ServerCall, ServerCalls};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
 use std::{
@@ -81,7 +81,7 @@ where
 
 impl<S> CallMeter<S> {
     fn start<B>(&self, request: &Request<B>) -> Option<ServerCall> {
-        if !metrics::enabled() || !is_grpc(request.headers()) {
+        if !crate::telemetry::metrics::enabled() || !is_grpc(request.headers()) {
             return None;
         }
         let method = request.uri().path().trim_start_matches('/');
