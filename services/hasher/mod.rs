@@ -330,20 +330,11 @@ impl HasherService {
             return Err(expired(BEFORE_THE_WORK, "waiting"));
         }
         let extra = self.faults.extra_delay();
-        let done = started + self.delay + extra;
         // The delay fits (checked above); only an extra delay can make the
         // work overrun, and then it takes until it is too late.
-        if let Some(cut) = deadline.and_then(|d| d.checked_sub(deadline::MARGIN))
-            && !extra.is_zero()
-            && done > cut
-        {
-            tokio::time::sleep_until(cut).await;
-            return Err(expired(DURING_THE_WORK, "working"));
-        }
-        if done > started {
-            tokio::time::sleep_until(done).await;
-        }
-        Ok(())
+        deadline::pay(self.delay, extra, deadline)
+            .await
+            .map_err(|_| expired(DURING_THE_WORK, "working"))
     }
 
     /// The service wrapped for tonic, with explicit message limits: a request

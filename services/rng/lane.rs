@@ -244,21 +244,12 @@ impl Lane {
     ) -> Result<T, Refused> {
         let _turn = self.wait_turn(deadline).await?;
         let extra = self.faults.extra_delay();
-        let started = Instant::now();
-        let done = started + self.delay + extra;
         // Its turn came in time for the delay; only an extra delay can make
         // it overrun, and then it holds the lane until it is too late.
-        if let Some(cut) = deadline.and_then(|d| d.checked_sub(deadline::MARGIN))
-            && !extra.is_zero()
-            && done > cut
-        {
-            tokio::time::sleep_until(cut).await;
+        if let Err(overran) = deadline::pay(self.delay, extra, deadline).await {
             return Err(self
-                .give_up(&tracing::Span::current(), started, WHILE_SERVED)
+                .give_up(&tracing::Span::current(), overran.started, WHILE_SERVED)
                 .into());
-        }
-        if done > started {
-            tokio::time::sleep_until(done).await;
         }
         Ok(work())
     }
