@@ -22,7 +22,7 @@ use crate::{
     server::deadline::{self, Expired},
     server::faults::{Faults, Injector},
     server::limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
-    server::overload::{self, Refusals},
+    server::overload::{self, Overloaded, Refusals},
     server::{GrpcServer, ServeError},
     telemetry::hostname,
     telemetry::metrics::{Counter, Registry},
@@ -163,28 +163,6 @@ impl From<HasherError> for Status {
     }
 }
 
-/// A request refused because the data being worked on would pass the
-/// budget: answered at once, never worked on; not the caller's mistake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("hasher is overloaded: its {budget_mib} MiB of work in flight are taken; retry in {} ms", .retry_after.as_millis())]
-pub struct HasherBusy {
-    pub budget_mib: u32,
-    /// About when the work in flight is done: one delay.
-    pub retry_after: Duration,
-}
-
-impl From<HasherBusy> for Status {
-    fn from(busy: HasherBusy) -> Self {
-        overload::status(busy.to_string(), busy.retry_after)
-    }
-}
-
-impl IntoResponse for HasherBusy {
-    fn into_response(self) -> Response {
-        overload::response(self.to_string(), self.retry_after)
-    }
-}
-
 /// Lowercase hex SHA-256 of `data`: what the original hasher answered.
 pub fn hex_digest(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -274,17 +252,22 @@ impl HasherService {
 
     /// Takes `bytes` of data from the work budget until the permit is
     /// dropped, or refuses at once when they do not fit.
-    fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, HasherBusy> {
+    fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Overloaded> {
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         Arc::clone(&self.budget)
             .try_acquire_many_owned(kib)
             .map_err(|_| self.refuse())
     }
 
-    fn refuse(&self) -> HasherBusy {
+    /// Counts and logs (at a bounded rate) a request refused for a spent
+    /// budget; the work in flight is done in about one delay.
+    fn refuse(&self) -> Overloaded {
         self.refused.inc();
-        let busy = HasherBusy {
-            budget_mib: self.budget_mib,
+        let busy = Overloaded {
+            why: format!(
+                "hasher is overloaded: its {} MiB of work in flight are taken",
+                self.budget_mib
+            ),
             retry_after: self.delay.max(LEAST_PUSHBACK),
         };
         if let Some(refused) = self.refusals.note() {

@@ -1,6 +1,6 @@
 //! rng's lane: a bounded queue that knows about deadlines. At most `lanes`
 //! requests are served at once, in the order they arrived; at most `queue`
-//! more wait, and the next are refused at once ([`LaneFull`]); a request
+//! more wait, and the next are refused at once ([`Overloaded`]); a request
 //! whose deadline would pass before it is served is given up on and leaves
 //! the queue. Whatever the protocol a request came by, it waits here.
 //!
@@ -12,48 +12,25 @@ use super::{RngConfig, metrics::LaneMetrics, metrics::RngMetrics};
 use crate::{
     server::deadline::{self, DeadlineMetrics, Expired},
     server::faults::Injector,
-    server::overload::{self, Refusals},
+    server::overload::{self, Overloaded, Refusals},
     telemetry::metrics::TraceExemplar,
 };
-use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::gauge::Gauge;
 use std::time::Duration;
 use tokio::{
     sync::{Semaphore, SemaphorePermit},
     time::Instant,
 };
-use tonic::Status;
 use tracing::Instrument;
-
-/// A request refused because the lane's queue was full: answered at once,
-/// never queued, never served; the caller is told when to ask again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("rng is overloaded: {waiting} requests already wait for its lane; retry in {} ms", .retry_after.as_millis())]
-pub struct LaneFull {
-    pub waiting: usize,
-    /// About how long the queue takes to drain.
-    pub retry_after: Duration,
-}
-
-impl From<LaneFull> for Status {
-    fn from(full: LaneFull) -> Self {
-        overload::status(full.to_string(), full.retry_after)
-    }
-}
-
-impl IntoResponse for LaneFull {
-    fn into_response(self) -> Response {
-        overload::response(self.to_string(), self.retry_after)
-    }
-}
 
 /// Why the lane did not serve a request.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
     #[error(transparent)]
     Expired(#[from] Expired),
+    /// The queue was full.
     #[error(transparent)]
-    Full(#[from] LaneFull),
+    Full(#[from] Overloaded),
 }
 
 /// Where rng's requests queue: at most `lanes` of them are served at once, in
@@ -114,7 +91,7 @@ impl Lane {
     /// returned turn is dropped.
     ///
     /// A request that finds the queue full is refused at once
-    /// ([`LaneFull`]): an overloaded rng tells its callers to back off
+    /// ([`Overloaded`]): an overloaded rng tells its callers to back off
     /// instead of answering nobody in time.
     ///
     /// With a `deadline`, waits only while the request can still be served
@@ -186,14 +163,17 @@ impl Lane {
 
     /// Counts and logs (at a bounded rate) a request refused for a full
     /// queue, and says how long the queue takes to drain.
-    fn refuse(&self) -> LaneFull {
+    fn refuse(&self) -> Overloaded {
         self.metrics.refused.inc();
         // Everyone waiting, and everyone served, must pass before it.
         let turns = u32::try_from(self.queue / self.lanes.max(1))
             .unwrap_or(u32::MAX)
             .saturating_add(1);
-        let full = LaneFull {
-            waiting: self.queue,
+        let full = Overloaded {
+            why: format!(
+                "rng is overloaded: {} requests already wait for its lane",
+                self.queue
+            ),
             retry_after: overload::pushback(self.delay.saturating_mul(turns)),
         };
         if let Some(refused) = self.refusals.note() {

@@ -18,7 +18,7 @@
 mod lane;
 pub mod metrics;
 
-pub use lane::{Lane, LaneFull, Refused, Turn};
+pub use lane::{Lane, Refused, Turn};
 use metrics::RngMetrics;
 
 use crate::{
@@ -31,6 +31,7 @@ use crate::{
     server::deadline::{self, Expired},
     server::faults::{Faults, Injector},
     server::limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
+    server::overload::Overloaded,
     server::{GrpcServer, ServeError},
     telemetry::hostname,
     telemetry::metrics::Registry,
@@ -173,7 +174,7 @@ pub enum RngError {
     /// Not the caller's mistake: rng is overloaded, and says when to ask
     /// again.
     #[error(transparent)]
-    Full(#[from] LaneFull),
+    Full(#[from] Overloaded),
 }
 
 impl From<Refused> for RngError {

@@ -27,6 +27,31 @@ pub const MAX_PUSHBACK: Duration = Duration::from_secs(30);
 /// How often a server's refusals are logged, at most.
 pub const SAY_REFUSALS_EVERY: Duration = Duration::from_secs(5);
 
+/// A request refused for overload: answered at once, never queued, never
+/// served; not the caller's mistake, and it is told when to ask again. rng
+/// refuses with one when its lane's queue is full, hasher when its work
+/// budget is spent: each says `why` its own way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}; retry in {} ms", .retry_after.as_millis())]
+pub struct Overloaded {
+    /// `rng is overloaded: 256 requests already wait for its lane`.
+    pub why: String,
+    /// About how long the server takes to have room again.
+    pub retry_after: Duration,
+}
+
+impl From<Overloaded> for Status {
+    fn from(overloaded: Overloaded) -> Self {
+        status(overloaded.to_string(), overloaded.retry_after)
+    }
+}
+
+impl IntoResponse for Overloaded {
+    fn into_response(self) -> Response {
+        response(self.to_string(), self.retry_after)
+    }
+}
+
 /// `retry_after` as a pushback: at least 1 ms, at most [`MAX_PUSHBACK`].
 pub fn pushback(retry_after: Duration) -> Duration {
     retry_after.clamp(Duration::from_millis(1), MAX_PUSHBACK)
