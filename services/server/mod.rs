@@ -10,6 +10,7 @@ pub mod call_meter;
 pub mod connections;
 pub mod deadline;
 pub mod faults;
+pub mod guarded;
 pub mod limits;
 pub mod overload;
 

@@ -1,8 +1,8 @@
 //! The layer under every gRPC server that measures each call it serves into
-//! [`ServerCalls`] (in [`metrics`], beside it): from the request's arrival to the end of its response
-//! body, so a stream counts whole and rng's calls include their wait in the
-//! lane; the status read from the response headers (a trailers-only error) or
-//! from the trailers.
+//! [`ServerCalls`] (in [`metrics`], beside it): from the request's arrival
+//! to the end of its response body (held by a [`Guard`]), so a stream counts
+//! whole and rng's calls include their wait in the lane; the status read
+//! from the response headers (a trailers-only error) or from the trailers.
 //!
 //! Only the server's own services are measured, and a method they do not have
 //! (UNIMPLEMENTED) is counted as `_OTHER`: a client choosing paths must not
@@ -10,17 +10,16 @@
 
 pub mod metrics;
 
-use crate::telemetry::{code_name, is_grpc, metrics::TraceExemplar};
+use crate::{
+    server::guarded::{Guard, GuardedBody, GuardedFuture},
+    telemetry::{code_name, is_grpc, metrics::TraceExemplar},
+};
 use axum::http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use metrics::{ServerCall, ServerCalls};
-use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
 use std::{
-    future::Future,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 /// Measures the calls to `services` (gRPC service names) into `calls`.
@@ -62,9 +61,9 @@ impl<S, B, R> tower::Service<Request<B>> for CallMeter<S>
 where
     S: tower::Service<Request<B>, Response = Response<R>>,
 {
-    type Response = Response<MeteredBody<R>>;
+    type Response = Response<GuardedBody<R, ServerCall>>;
     type Error = S::Error;
-    type Future = MeteredFuture<S::Future>;
+    type Future = GuardedFuture<S::Future, ServerCall>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -72,10 +71,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let call = self.start(&request);
-        MeteredFuture {
-            inner: self.inner.call(request),
-            call,
-        }
+        GuardedFuture::new(self.inner.call(request), call)
     }
 }
 
@@ -97,75 +93,21 @@ impl<S> CallMeter<S> {
     }
 }
 
-pin_project! {
-    /// The response of a measured call, until its headers arrive.
-    pub struct MeteredFuture<F> {
-        #[pin]
-        inner: F,
-        call: Option<ServerCall>,
-    }
-}
-
-impl<F, R, E> Future for MeteredFuture<F>
-where
-    F: Future<Output = Result<Response<R>, E>>,
-{
-    type Output = Result<Response<MeteredBody<R>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        let mut call = this.call.take();
-        if let Some(call) = &mut call {
-            // A trailers-only response (an error) has its status here.
-            note_status(call, response.headers());
-        }
-        Poll::Ready(Ok(response.map(|inner| MeteredBody { inner, call })))
-    }
-}
-
-pin_project! {
-    /// A measured call's response body: the call ends with its last frame.
-    pub struct MeteredBody<B> {
-        #[pin]
-        inner: B,
-        call: Option<ServerCall>,
-    }
-}
-
-impl<B: Body> Body for MeteredBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let (Some(trailers), Some(call)) = (frame.trailers_ref(), this.call.as_mut()) {
-                    note_status(call, trailers);
-                }
-            }
-            // The end (or a broken body): the call is observed now, with
-            // the status it has (UNKNOWN if the trailers never came).
-            None | Some(Err(_)) => {
-                if let Some(mut call) = this.call.take() {
-                    call.set_status_if_unknown("UNKNOWN");
-                }
-            }
-        }
-        Poll::Ready(frame)
+/// A call's [`ServerCall`] is observed when its response body ends, with
+/// the status its headers or trailers said.
+impl Guard for ServerCall {
+    fn headers(&mut self, headers: &HeaderMap) {
+        // A trailers-only response (an error) has its status here.
+        note_status(self, headers);
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        note_status(self, trailers);
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn ended(&mut self) {
+        // UNKNOWN if the trailers never came (a broken body).
+        self.set_status_if_unknown("UNKNOWN");
     }
 }
 
