@@ -4,7 +4,7 @@
 //! The layer that feeds it, call by call, is the module above.
 
 use crate::telemetry::{
-    latency::{Latencies, MethodLatency},
+    latency::{ByMethod, Latencies, MethodLatency},
     metrics::{
         DurationFamily, DurationHistogram, Registry, ServiceLabels, TraceExemplar, duration_family,
     },
@@ -14,11 +14,7 @@ use prometheus_client::{
     metrics::{family::Family, gauge::Gauge},
     registry::Unit,
 };
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 /// A server call's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,7 +38,7 @@ pub struct ServerCalls {
     /// once a call of it ended other than UNIMPLEMENTED), with the handles
     /// its calls are observed through: found again by name, without
     /// building and hashing labels on every call.
-    methods: Arc<RwLock<HashMap<String, Arc<MethodSeries>>>>,
+    methods: Arc<ByMethod<MethodSeries>>,
 }
 
 /// A method's OK series and its readable durations.
@@ -93,12 +89,7 @@ impl ServerCalls {
         trace: Option<TraceExemplar>,
     ) -> ServerCall {
         in_flight.inc();
-        let known = self
-            .methods
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(method)
-            .cloned();
+        let known = self.methods.get(method);
         ServerCall {
             calls: self.clone(),
             method: known.map_or_else(|| Method::New(method.to_owned()), Method::Known),
@@ -110,21 +101,15 @@ impl ServerCalls {
     }
 
     /// `name`'s series, made on its first call.
-    fn method(&self, name: String) -> Arc<MethodSeries> {
-        let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
-        methods
-            .entry(name)
-            .or_insert_with_key(|name| {
-                Arc::new(MethodSeries {
-                    name: name.clone(),
-                    ok: self.durations.get_or_create_owned(&ServerCallLabels {
-                        rpc_method: name.clone(),
-                        rpc_response_status_code: "OK",
-                    }),
-                    latency: self.latencies.method(name),
-                })
-            })
-            .clone()
+    fn method(&self, name: &str) -> Arc<MethodSeries> {
+        self.methods.get_or_make(name, |name| MethodSeries {
+            name: name.to_owned(),
+            ok: self.durations.get_or_create_owned(&ServerCallLabels {
+                rpc_method: name.to_owned(),
+                rpc_response_status_code: "OK",
+            }),
+            latency: self.latencies.method(name),
+        })
     }
 
     /// The durations of the calls served so far, by method.
@@ -162,7 +147,7 @@ impl ServerCalls {
         }
         let series = match method {
             Method::Known(series) => series,
-            Method::New(name) => self.method(name),
+            Method::New(name) => self.method(&name),
         };
         let trace_id = trace.as_ref().map(|t| t.trace_id.as_str());
         series.latency.observe(elapsed, trace_id);
