@@ -220,6 +220,21 @@ impl GrpcServer {
         Ok(self)
     }
 
+    /// The `Replica` service every server answers (who it is, what it
+    /// served), as `instance`, counting its calls in `calls_served`.
+    fn with_replica(self, instance: &str, calls_served: Arc<AtomicU64>) -> Self {
+        let replica = ReplicaService {
+            instance: instance.to_owned(),
+            calls: calls_served,
+            measured: self.calls.clone(),
+            queue: self.queue.clone(),
+            faults: self.faults.clone(),
+        };
+        self.add_service(
+            ReplicaServer::new(replica).max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES),
+        )
+    }
+
     /// Serves gRPC (HTTP/2) and the legacy routes (HTTP/1.1) on `listener`
     /// until `shutdown` resolves; then reports NOT_SERVING, keeps serving for
     /// [`DRAIN_NOTICE`], stops accepting, lets in-flight calls finish, and
@@ -234,18 +249,8 @@ impl GrpcServer {
         let local = listener.local_addr()?;
         let instance = format!("{}:{}", hostname(), local.port());
         let calls_served = Arc::new(AtomicU64::new(0));
-        let replica = ReplicaService {
-            instance: instance.clone(),
-            calls: calls_served.clone(),
-            measured: self.calls.clone(),
-            queue: self.queue.clone(),
-            faults: self.faults.clone(),
-        };
         let this = self
-            .add_service(
-                ReplicaServer::new(replica)
-                    .max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES),
-            )
+            .with_replica(&instance, calls_served.clone())
             .with_reflection()?;
         let connections = Connections::new(
             this.name,

@@ -40,7 +40,11 @@ use std::{
     time::Duration,
 };
 use tally::{Flusher, Tally};
-use tokio::{net::TcpListener, task::JoinSet, time::Instant};
+use tokio::{
+    net::TcpListener,
+    task::{JoinHandle, JoinSet},
+    time::Instant,
+};
 use tracing::Instrument;
 
 /// The original worker's sleep before each unit: `time.sleep(0.1)`.
@@ -145,21 +149,7 @@ pub async fn run(
 ) -> Mined {
     let Backends { rng, hasher, store } = backends;
     let turns = Arc::new(Liveness::default());
-    let (tally, probe) = match status {
-        Some(StatusPort {
-            listener,
-            mut metrics,
-        }) => {
-            let tally = Tally::new(TallyMetrics::register(&mut metrics), config.wallet_cap);
-            let exposition = Exposition::new(metrics);
-            let probe = liveness::start(listener, turns.clone(), exposition);
-            (tally, Some(probe))
-        }
-        None => (
-            Tally::new(TallyMetrics::unregistered(), config.wallet_cap),
-            None,
-        ),
-    };
+    let (tally, probe) = open_books(status, &turns, config.wallet_cap);
     tracing::info!(
         rng = %rng.backend().url(),
         hasher = %hasher.backend().url(),
@@ -210,6 +200,25 @@ pub async fn run(
         probe.abort();
     }
     report
+}
+
+/// The tally, measured on the `status` port if there is one, and the task
+/// that serves that port (its liveness from `turns`).
+fn open_books(
+    status: Option<StatusPort>,
+    turns: &Arc<Liveness>,
+    wallet_cap: usize,
+) -> (Tally, Option<JoinHandle<()>>) {
+    let Some(StatusPort {
+        listener,
+        mut metrics,
+    }) = status
+    else {
+        return (Tally::new(TallyMetrics::unregistered(), wallet_cap), None);
+    };
+    let tally = Tally::new(TallyMetrics::register(&mut metrics), wallet_cap);
+    let probe = liveness::start(listener, turns.clone(), Exposition::new(metrics));
+    (tally, Some(probe))
 }
 
 impl Mined {
