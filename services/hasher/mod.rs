@@ -8,6 +8,7 @@
 //! with DEADLINE_EXCEEDED before its delay is paid
 //! (`hasher_deadline_expired_total`). Injected faults (`--fail-rate`,
 //! `--extra-delay`) strike before the work too, see [`HasherService`].
+//! What hasher measures of its own is in [`metrics`].
 
 pub mod metrics;
 

@@ -14,6 +14,10 @@
 //! (`rng_deadline_expired_total`). Injected faults (`--fail-rate`,
 //! `--extra-delay`) strike here too, see [`Lane::serve`] and
 //! [`RngService`].
+//!
+//! Layout: `lane.rs` is the lane (the queue, its deadlines, its refusals),
+//! [`metrics`] what rng measures of its own; this file holds the config,
+//! [`serve`], the gRPC service and the legacy HTTP routes.
 
 mod lane;
 pub mod metrics;

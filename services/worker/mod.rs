@@ -11,9 +11,10 @@
 //! stop flushes before it returns.
 //!
 //! Layout: [`mining`] is a mining loop and the checks on every reply,
-//! [`tally`] the books and their updates to Redis, [`liveness`] the optional
-//! status port (liveness and metrics); this file holds the config, the report
-//! and [`run`], which ties them together.
+//! [`tally`] the books and their updates to Redis, [`metrics`] what the
+//! tally measures, [`liveness`] the optional status port (liveness and
+//! metrics); this file holds the config, what a worker [`Mined`], and
+//! [`run`], which ties them together.
 
 mod liveness;
 pub mod metrics;
