@@ -16,6 +16,7 @@ use crate::{
     hasher::{self, HasherConfig},
     healthcheck::Probe,
     rng::{self, RngConfig},
+    server::ServerSettings,
     server::connections::{self, ConnectionLimits},
     server::faults::{self, ExtraDelay, FailCode, FailRate, Faults},
     store,
@@ -250,13 +251,15 @@ impl RngArgs {
             delay: Duration::from_millis(self.delay_ms),
             lanes: (self.lanes > 0).then_some(self.lanes),
             queue: self.lane_queue,
-            tls: self.tls.load()?,
-            faults: Faults {
-                fail_rate: self.fail_rate,
-                fail_code: self.fail_code,
-                extra_delay: self.extra_delay.clone(),
+            server: ServerSettings {
+                tls: self.tls.load()?,
+                faults: Faults {
+                    fail_rate: self.fail_rate,
+                    fail_code: self.fail_code,
+                    extra_delay: self.extra_delay.clone(),
+                },
+                connections: ConnectionLimits::at_most(self.max_connections),
             },
-            connections: ConnectionLimits::at_most(self.max_connections),
         })
     }
 }
@@ -267,13 +270,15 @@ impl HasherArgs {
         Ok(HasherConfig {
             delay: Duration::from_millis(self.delay_ms),
             max_work_mib: self.max_work_mib,
-            tls: self.tls.load()?,
-            faults: Faults {
-                fail_rate: self.fail_rate,
-                fail_code: self.fail_code,
-                extra_delay: self.extra_delay.clone(),
+            server: ServerSettings {
+                tls: self.tls.load()?,
+                faults: Faults {
+                    fail_rate: self.fail_rate,
+                    fail_code: self.fail_code,
+                    extra_delay: self.extra_delay.clone(),
+                },
+                connections: ConnectionLimits::at_most(self.max_connections),
             },
-            connections: ConnectionLimits::at_most(self.max_connections),
         })
     }
 }

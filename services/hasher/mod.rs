@@ -18,16 +18,14 @@ use crate::{
         hasher_server::{Hasher as HasherApi, HasherServer},
     },
     protocol::{DIGEST_BYTES, HASHER_PORT},
-    server::connections::ConnectionLimits,
     server::deadline::DeadlineMetrics,
     server::deadline::{self, Expired},
-    server::faults::{Faults, Injector},
+    server::faults::Injector,
     server::limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
     server::overload::{self, Overloaded, Refusals},
-    server::{GrpcServer, ServeError},
+    server::{GrpcServer, ServeError, ServerSettings},
     telemetry::hostname,
     telemetry::metrics::{Counter, Registry},
-    tls::ServerTls,
 };
 use axum::{
     body::Bytes,
@@ -78,14 +76,8 @@ pub struct HasherConfig {
     /// Data worked on at once, in MiB; past it requests are refused at once
     /// (RESOURCE_EXHAUSTED, HTTP 503).
     pub max_work_mib: u32,
-    /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
-    /// otherwise.
-    pub tls: Option<ServerTls>,
-    /// Failures and extra delays to inject, for the resilience lab; none
-    /// by default.
-    pub faults: Faults,
-    /// How many connections it holds at once, and for how long.
-    pub connections: ConnectionLimits,
+    /// TLS, injected faults and connection bounds, as rng has them.
+    pub server: ServerSettings,
 }
 
 impl HasherConfig {
@@ -94,9 +86,7 @@ impl HasherConfig {
         Self {
             delay: Duration::from_millis(DEFAULT_DELAY_MS),
             max_work_mib: DEFAULT_MAX_WORK_MIB,
-            tls: None,
-            faults: Faults::default(),
-            connections: ConnectionLimits::default(),
+            server: ServerSettings::default(),
         }
     }
 
@@ -105,9 +95,7 @@ impl HasherConfig {
         Self {
             delay: Duration::ZERO,
             max_work_mib: DEFAULT_MAX_WORK_MIB,
-            tls: None,
-            faults: Faults::default(),
-            connections: ConnectionLimits::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -115,10 +103,7 @@ impl HasherConfig {
 impl std::fmt::Display for HasherConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ms a request, concurrent", self.delay.as_millis())?;
-        if !self.faults.is_none() {
-            write!(f, "; injected faults: {}", self.faults)?;
-        }
-        Ok(())
+        write!(f, "{}", self.server)
     }
 }
 
@@ -132,17 +117,11 @@ pub async fn serve(
     let mut registry = Registry::default();
     let metrics = HasherMetrics::register(&mut registry);
     let service = HasherService::measured(&config, metrics);
-    GrpcServer::new(
-        "hasher",
-        service.legacy_routes(hostname()),
-        config.tls.clone(),
-        registry,
-    )
-    .with_faults(config.faults.to_string())
-    .with_connection_limits(config.connections)
-    .add_service(service.into_server())
-    .serve(listener, config.to_string(), shutdown)
-    .await
+    let legacy = service.legacy_routes(hostname());
+    GrpcServer::new("hasher", legacy, &config.server, registry)
+        .add_service(service.into_server())
+        .serve(listener, config.to_string(), shutdown)
+        .await
 }
 
 /// Why a hash batch is refused. Every variant is the caller's mistake.
@@ -243,7 +222,7 @@ impl HasherService {
         Self {
             delay: config.delay,
             expired: metrics.expired,
-            faults: Injector::new(&config.faults, metrics.faults),
+            faults: Injector::new(&config.server.faults, metrics.faults),
             budget: Arc::new(Semaphore::new(config.max_work_mib as usize * 1024)),
             budget_mib: config.max_work_mib,
             refused: metrics.refused,

@@ -83,7 +83,7 @@ impl Lane {
             delay: config.delay,
             metrics: metrics.lane,
             expired: metrics.expired,
-            faults: Injector::new(&config.faults, metrics.faults),
+            faults: Injector::new(&config.server.faults, metrics.faults),
         }
     }
 

@@ -31,15 +31,13 @@ use crate::{
         rng_server::{Rng as RngApi, RngServer},
     },
     protocol::RNG_PORT,
-    server::connections::ConnectionLimits,
     server::deadline::{self, Expired},
-    server::faults::{Faults, Injector},
+    server::faults::Injector,
     server::limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
     server::overload::Overloaded,
-    server::{GrpcServer, ServeError},
+    server::{GrpcServer, ServeError, ServerSettings},
     telemetry::hostname,
     telemetry::metrics::Registry,
-    tls::ServerTls,
 };
 use axum::{
     extract::{Path, State},
@@ -85,14 +83,8 @@ pub struct RngConfig {
     /// How many may wait for a lane; the next are refused at once
     /// (RESOURCE_EXHAUSTED, HTTP 503). Unused when lanes are unlimited.
     pub queue: usize,
-    /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
-    /// otherwise.
-    pub tls: Option<ServerTls>,
-    /// Failures and extra delays to inject, for the resilience lab; none
-    /// by default.
-    pub faults: Faults,
-    /// How many connections it holds at once, and for how long.
-    pub connections: ConnectionLimits,
+    /// TLS, injected faults and connection bounds, as hasher has them.
+    pub server: ServerSettings,
 }
 
 impl RngConfig {
@@ -102,9 +94,7 @@ impl RngConfig {
             delay: Duration::from_millis(DEFAULT_DELAY_MS),
             lanes: Some(DEFAULT_LANES),
             queue: DEFAULT_LANE_QUEUE,
-            tls: None,
-            faults: Faults::default(),
-            connections: ConnectionLimits::default(),
+            server: ServerSettings::default(),
         }
     }
 
@@ -114,9 +104,7 @@ impl RngConfig {
             delay: Duration::ZERO,
             lanes: None,
             queue: DEFAULT_LANE_QUEUE,
-            tls: None,
-            faults: Faults::default(),
-            connections: ConnectionLimits::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -132,10 +120,7 @@ impl std::fmt::Display for RngConfig {
         if self.lanes.is_some() {
             write!(f, ", at most {} waiting", self.queue)?;
         }
-        if !self.faults.is_none() {
-            write!(f, "; injected faults: {}", self.faults)?;
-        }
-        Ok(())
+        write!(f, "{}", self.server)
     }
 }
 
@@ -151,10 +136,8 @@ pub async fn serve(
     let queue = metrics.lane.queue.clone();
     let service = RngService::measured(&config, metrics);
     let legacy = service.legacy_routes(hostname());
-    GrpcServer::new("rng", legacy, config.tls.clone(), registry)
+    GrpcServer::new("rng", legacy, &config.server, registry)
         .with_queue(queue)
-        .with_faults(config.faults.to_string())
-        .with_connection_limits(config.connections)
         .add_service(service.into_server())
         .serve(listener, config.to_string(), shutdown)
         .await

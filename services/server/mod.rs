@@ -17,6 +17,7 @@ pub mod overload;
 use self::{
     call_meter::CallMeterLayer,
     connections::{Activity, ConnectionLimits, Connections, InFlightLayer},
+    faults::Faults,
 };
 use crate::{
     pb::{
@@ -67,6 +68,33 @@ pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
 /// most that long (`docker stop` users expect about a second).
 pub const DRAIN_NOTICE: Duration = Duration::from_millis(250);
 
+/// What rng and hasher are told alike, beside their own work: TLS, the
+/// faults to inject, and their bounds on connections. Each one's config
+/// holds one, as `server`; [`GrpcServer::new`] takes it whole.
+#[derive(Clone, Debug, Default)]
+pub struct ServerSettings {
+    /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
+    /// otherwise.
+    pub tls: Option<ServerTls>,
+    /// Failures and extra delays to inject, for the resilience lab; none
+    /// by default.
+    pub faults: Faults,
+    /// How many connections it holds at once, and for how long.
+    pub connections: ConnectionLimits,
+}
+
+/// What the settings add to a service's own, on the line that says it
+/// serves: its injected faults, if any (TLS and the connection bound are
+/// fields of that line).
+impl std::fmt::Display for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.faults.is_none() {
+            write!(f, "; injected faults: {}", self.faults)?;
+        }
+        Ok(())
+    }
+}
+
 /// Why a server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -111,7 +139,8 @@ const COUNTED_SERVICES: [&str; 2] = [RNG_SERVICE, HASHER_SERVICE];
 impl GrpcServer {
     /// The server of `name`, whose non-gRPC requests go to `legacy` (HTTP/1.1
     /// routes of the original lab; request bodies there are capped at
-    /// [`limits::MAX_BLOCK_BYTES`]), over TLS when `tls` is set. Over TLS the
+    /// [`limits::MAX_BLOCK_BYTES`]), as `settings` say: over TLS when set,
+    /// its faults said in `Replica/Info`, its connections bounded. Over TLS the
     /// port negotiates HTTP/2 only (tonic's acceptor offers ALPN `h2` alone),
     /// so the legacy routes answer HTTP/2 clients there, not HTTP/1.1 ones.
     /// `GET /metrics` serves `registry`, the server's calls added to what
@@ -119,9 +148,10 @@ impl GrpcServer {
     pub fn new(
         name: &'static str,
         legacy: axum::Router,
-        tls: Option<ServerTls>,
+        settings: &ServerSettings,
         mut registry: Registry,
     ) -> Self {
+        let tls = settings.tls.clone();
         let calls = ServerCalls::register(&mut registry);
         let connection_metrics = ConnectionMetrics::register(&mut registry);
         let legacy = legacy
@@ -143,8 +173,8 @@ impl GrpcServer {
             tls,
             calls,
             queue: None,
-            faults: String::new(),
-            connection_limits: ConnectionLimits::default(),
+            faults: settings.faults.to_string(),
+            connection_limits: settings.connections,
             connection_metrics,
         }
         .add_service(health_service)
@@ -173,19 +203,6 @@ impl GrpcServer {
     /// `Replica/Info`.
     pub fn with_queue(mut self, depth: Gauge) -> Self {
         self.queue = Some(depth);
-        self
-    }
-
-    /// Says `faults` (what the service was told to inject, for people;
-    /// empty for none) in `Replica/Info`.
-    pub fn with_faults(mut self, faults: String) -> Self {
-        self.faults = faults;
-        self
-    }
-
-    /// Holds connections within `limits` (the defaults otherwise).
-    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
-        self.connection_limits = limits;
         self
     }
 
