@@ -26,9 +26,9 @@ use tokio::{
 
 use crate::{
     client::balancer::Resolver,
+    server::connections::metrics::ConnectionMetrics,
     server::connections::{Activity, Admitted, ConnectionLimits, Connections},
     shutdown::DRAIN_TIMEOUT,
-    telemetry::metrics::ConnectionMetrics,
 };
 
 /// How long `edge` tries one replica before it tries the next.

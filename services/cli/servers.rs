@@ -6,6 +6,7 @@ use super::env;
 use crate::{
     hasher::{self, HasherConfig},
     rng::{self, RngConfig},
+    server::ServerSettings,
     server::connections::{self, ConnectionLimits},
     server::faults::{self, ExtraDelay, FailCode, FailRate, Faults},
     tls::{ServerTls, TlsError},
@@ -127,9 +128,11 @@ impl RngArgs {
             delay: Duration::from_millis(self.delay_ms),
             lanes: (self.lanes > 0).then_some(self.lanes),
             queue: self.lane_queue,
-            tls: self.tls.load()?,
-            faults: faults(self.fail_rate, self.fail_code, &self.extra_delay),
-            connections: ConnectionLimits::at_most(self.max_connections),
+            server: server_settings(
+                &self.tls,
+                faults(self.fail_rate, self.fail_code, &self.extra_delay),
+                self.max_connections,
+            )?,
         })
     }
 }
@@ -140,11 +143,27 @@ impl HasherArgs {
         Ok(HasherConfig {
             delay: Duration::from_millis(self.delay_ms),
             max_work_mib: self.max_work_mib,
-            tls: self.tls.load()?,
-            faults: faults(self.fail_rate, self.fail_code, &self.extra_delay),
-            connections: ConnectionLimits::at_most(self.max_connections),
+            server: server_settings(
+                &self.tls,
+                faults(self.fail_rate, self.fail_code, &self.extra_delay),
+                self.max_connections,
+            )?,
         })
     }
+}
+
+/// What rng and hasher each set of the server they run on: TLS, faults
+/// and the connection bound, under their own flags.
+fn server_settings(
+    tls: &ServerTlsArgs,
+    faults: Faults,
+    max_connections: usize,
+) -> Result<ServerSettings, TlsError> {
+    Ok(ServerSettings {
+        tls: tls.load()?,
+        faults,
+        connections: ConnectionLimits::at_most(max_connections),
+    })
 }
 
 /// The faults rng or hasher injects: each has the three settings under its

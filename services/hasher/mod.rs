@@ -8,6 +8,9 @@
 //! with DEADLINE_EXCEEDED before its delay is paid
 //! (`hasher_deadline_expired_total`). Injected faults (`--fail-rate`,
 //! `--extra-delay`) strike before the work too, see [`HasherService`].
+//! What hasher measures of its own is in [`metrics`].
+
+pub mod metrics;
 
 use crate::{
     pb::{
@@ -15,15 +18,14 @@ use crate::{
         hasher_server::{Hasher as HasherApi, HasherServer},
     },
     protocol::{DIGEST_BYTES, HASHER_PORT},
-    server::connections::ConnectionLimits,
+    server::deadline::DeadlineMetrics,
     server::deadline::{self, Expired},
-    server::faults::{Faults, Injector},
+    server::faults::Injector,
     server::limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
-    server::overload::{self, Refusals},
-    server::{GrpcServer, ServeError},
+    server::overload::{self, Overloaded, Refusals},
+    server::{GrpcServer, ServeError, ServerSettings},
     telemetry::hostname,
-    telemetry::metrics::{Counter, DeadlineMetrics, FaultMetrics, Registry},
-    tls::ServerTls,
+    telemetry::metrics::{Counter, Registry},
 };
 use axum::{
     body::Bytes,
@@ -33,6 +35,7 @@ use axum::{
     routing::get,
 };
 use bytes::BytesMut;
+use metrics::HasherMetrics;
 use sha2::{Digest, Sha256};
 use std::{
     future::Future,
@@ -73,14 +76,8 @@ pub struct HasherConfig {
     /// Data worked on at once, in MiB; past it requests are refused at once
     /// (RESOURCE_EXHAUSTED, HTTP 503).
     pub max_work_mib: u32,
-    /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
-    /// otherwise.
-    pub tls: Option<ServerTls>,
-    /// Failures and extra delays to inject, for the resilience lab; none
-    /// by default.
-    pub faults: Faults,
-    /// How many connections it holds at once, and for how long.
-    pub connections: ConnectionLimits,
+    /// TLS, injected faults and connection bounds, as rng has them.
+    pub server: ServerSettings,
 }
 
 impl HasherConfig {
@@ -89,9 +86,7 @@ impl HasherConfig {
         Self {
             delay: Duration::from_millis(DEFAULT_DELAY_MS),
             max_work_mib: DEFAULT_MAX_WORK_MIB,
-            tls: None,
-            faults: Faults::default(),
-            connections: ConnectionLimits::default(),
+            server: ServerSettings::default(),
         }
     }
 
@@ -100,9 +95,7 @@ impl HasherConfig {
         Self {
             delay: Duration::ZERO,
             max_work_mib: DEFAULT_MAX_WORK_MIB,
-            tls: None,
-            faults: Faults::default(),
-            connections: ConnectionLimits::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -110,10 +103,7 @@ impl HasherConfig {
 impl std::fmt::Display for HasherConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ms a request, concurrent", self.delay.as_millis())?;
-        if !self.faults.is_none() {
-            write!(f, "; injected faults: {}", self.faults)?;
-        }
-        Ok(())
+        write!(f, "{}", self.server)
     }
 }
 
@@ -125,26 +115,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut registry = Registry::default();
-    let expired = DeadlineMetrics::register(&mut registry, "hasher");
-    let faults = FaultMetrics::register(&mut registry);
-    let refused = Counter::default();
-    registry.register(
-        "hasher_refused",
-        "Requests refused at once (RESOURCE_EXHAUSTED, HTTP 503) because hasher's work budget was spent",
-        refused.clone(),
-    );
-    let service = HasherService::measured(&config, expired, faults, refused);
-    GrpcServer::new(
-        "hasher",
-        service.legacy_routes(hostname()),
-        config.tls.clone(),
-        registry,
-    )
-    .with_faults(config.faults.to_string())
-    .with_connection_limits(config.connections)
-    .add_service(service.into_server())
-    .serve(listener, config.to_string(), shutdown)
-    .await
+    let metrics = HasherMetrics::register(&mut registry);
+    let service = HasherService::measured(&config, metrics);
+    let legacy = service.legacy_routes(hostname());
+    GrpcServer::new("hasher", legacy, &config.server, registry)
+        .add_service(service.into_server())
+        .serve(listener, config.to_string(), shutdown)
+        .await
 }
 
 /// Why a hash batch is refused. Every variant is the caller's mistake.
@@ -163,28 +140,6 @@ pub enum HasherError {
 impl From<HasherError> for Status {
     fn from(error: HasherError) -> Self {
         Status::invalid_argument(error.to_string())
-    }
-}
-
-/// A request refused because the data being worked on would pass the
-/// budget: answered at once, never worked on; not the caller's mistake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("hasher is overloaded: its {budget_mib} MiB of work in flight are taken; retry in {} ms", .retry_after.as_millis())]
-pub struct HasherBusy {
-    pub budget_mib: u32,
-    /// About when the work in flight is done: one delay.
-    pub retry_after: Duration,
-}
-
-impl From<HasherBusy> for Status {
-    fn from(busy: HasherBusy) -> Self {
-        overload::status(busy.to_string(), busy.retry_after)
-    }
-}
-
-impl IntoResponse for HasherBusy {
-    fn into_response(self) -> Response {
-        overload::response(self.to_string(), self.retry_after)
     }
 }
 
@@ -258,45 +213,41 @@ const DURING_THE_WORK: &str = "deadline passed during the work (an injected extr
 impl HasherService {
     /// The service, measured for nobody (tests, benches).
     pub fn new(config: &HasherConfig) -> Self {
-        Self::measured(
-            config,
-            DeadlineMetrics::unregistered(),
-            FaultMetrics::unregistered(),
-            Counter::default(),
-        )
+        Self::measured(config, HasherMetrics::unregistered())
     }
 
-    /// The service, its expired deadlines, faults and refusals counted.
-    pub fn measured(
-        config: &HasherConfig,
-        expired: DeadlineMetrics,
-        faults: FaultMetrics,
-        refused: Counter,
-    ) -> Self {
+    /// The service, its expired deadlines, faults and refusals counted in
+    /// `metrics`.
+    pub fn measured(config: &HasherConfig, metrics: HasherMetrics) -> Self {
         Self {
             delay: config.delay,
-            expired,
-            faults: Injector::new(&config.faults, faults),
+            expired: metrics.expired,
+            faults: Injector::new(&config.server.faults, metrics.faults),
             budget: Arc::new(Semaphore::new(config.max_work_mib as usize * 1024)),
             budget_mib: config.max_work_mib,
-            refused,
+            refused: metrics.refused,
             refusals: Arc::default(),
         }
     }
 
     /// Takes `bytes` of data from the work budget until the permit is
     /// dropped, or refuses at once when they do not fit.
-    fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, HasherBusy> {
+    fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Overloaded> {
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         Arc::clone(&self.budget)
             .try_acquire_many_owned(kib)
             .map_err(|_| self.refuse())
     }
 
-    fn refuse(&self) -> HasherBusy {
+    /// Counts and logs (at a bounded rate) a request refused for a spent
+    /// budget; the work in flight is done in about one delay.
+    fn refuse(&self) -> Overloaded {
         self.refused.inc();
-        let busy = HasherBusy {
-            budget_mib: self.budget_mib,
+        let busy = Overloaded {
+            why: format!(
+                "hasher is overloaded: its {} MiB of work in flight are taken",
+                self.budget_mib
+            ),
             retry_after: self.delay.max(LEAST_PUSHBACK),
         };
         if let Some(refused) = self.refusals.note() {
@@ -342,20 +293,11 @@ impl HasherService {
             return Err(expired(BEFORE_THE_WORK, "waiting"));
         }
         let extra = self.faults.extra_delay();
-        let done = started + self.delay + extra;
         // The delay fits (checked above); only an extra delay can make the
         // work overrun, and then it takes until it is too late.
-        if let Some(cut) = deadline.and_then(|d| d.checked_sub(deadline::MARGIN))
-            && !extra.is_zero()
-            && done > cut
-        {
-            tokio::time::sleep_until(cut).await;
-            return Err(expired(DURING_THE_WORK, "working"));
-        }
-        if done > started {
-            tokio::time::sleep_until(done).await;
-        }
-        Ok(())
+        deadline::pay(self.delay, extra, deadline)
+            .await
+            .map_err(|_| expired(DURING_THE_WORK, "working"))
     }
 
     /// The service wrapped for tonic, with explicit message limits: a request

@@ -14,6 +14,16 @@
 //! (`rng_deadline_expired_total`). Injected faults (`--fail-rate`,
 //! `--extra-delay`) strike here too, see [`Lane::serve`] and
 //! [`RngService`].
+//!
+//! Layout: `lane.rs` is the lane (the queue, its deadlines, its refusals),
+//! [`metrics`] what rng measures of its own; this file holds the config,
+//! [`serve`], the gRPC service and the legacy HTTP routes.
+
+mod lane;
+pub mod metrics;
+
+pub use lane::{Lane, Refused, Turn};
+use metrics::RngMetrics;
 
 use crate::{
     pb::{
@@ -21,15 +31,13 @@ use crate::{
         rng_server::{Rng as RngApi, RngServer},
     },
     protocol::RNG_PORT,
-    server::connections::ConnectionLimits,
     server::deadline::{self, Expired},
-    server::faults::{Faults, Injector},
+    server::faults::Injector,
     server::limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
-    server::overload::{self, Refusals},
-    server::{GrpcServer, ServeError},
+    server::overload::Overloaded,
+    server::{GrpcServer, ServeError, ServerSettings},
     telemetry::hostname,
-    telemetry::metrics::{DeadlineMetrics, FaultMetrics, LaneMetrics, Registry, TraceExemplar},
-    tls::ServerTls,
+    telemetry::metrics::Registry,
 };
 use axum::{
     extract::{Path, State},
@@ -38,7 +46,6 @@ use axum::{
     routing::get,
 };
 use bytes::{Bytes, BytesMut};
-use prometheus_client::metrics::gauge::Gauge;
 use rand::RngCore;
 use std::{
     future::Future,
@@ -46,14 +53,9 @@ use std::{
     sync::Arc,
     time::Duration,
 };
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, SemaphorePermit, mpsc},
-    time::Instant,
-};
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status};
-use tracing::Instrument;
 
 /// Where `dockercoins rng` listens unless told otherwise.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -81,14 +83,8 @@ pub struct RngConfig {
     /// How many may wait for a lane; the next are refused at once
     /// (RESOURCE_EXHAUSTED, HTTP 503). Unused when lanes are unlimited.
     pub queue: usize,
-    /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
-    /// otherwise.
-    pub tls: Option<ServerTls>,
-    /// Failures and extra delays to inject, for the resilience lab; none
-    /// by default.
-    pub faults: Faults,
-    /// How many connections it holds at once, and for how long.
-    pub connections: ConnectionLimits,
+    /// TLS, injected faults and connection bounds, as hasher has them.
+    pub server: ServerSettings,
 }
 
 impl RngConfig {
@@ -98,9 +94,7 @@ impl RngConfig {
             delay: Duration::from_millis(DEFAULT_DELAY_MS),
             lanes: Some(DEFAULT_LANES),
             queue: DEFAULT_LANE_QUEUE,
-            tls: None,
-            faults: Faults::default(),
-            connections: ConnectionLimits::default(),
+            server: ServerSettings::default(),
         }
     }
 
@@ -110,9 +104,7 @@ impl RngConfig {
             delay: Duration::ZERO,
             lanes: None,
             queue: DEFAULT_LANE_QUEUE,
-            tls: None,
-            faults: Faults::default(),
-            connections: ConnectionLimits::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -128,10 +120,7 @@ impl std::fmt::Display for RngConfig {
         if self.lanes.is_some() {
             write!(f, ", at most {} waiting", self.queue)?;
         }
-        if !self.faults.is_none() {
-            write!(f, "; injected faults: {}", self.faults)?;
-        }
-        Ok(())
+        write!(f, "{}", self.server)
     }
 }
 
@@ -147,10 +136,8 @@ pub async fn serve(
     let queue = metrics.lane.queue.clone();
     let service = RngService::measured(&config, metrics);
     let legacy = service.legacy_routes(hostname());
-    GrpcServer::new("rng", legacy, config.tls.clone(), registry)
+    GrpcServer::new("rng", legacy, &config.server, registry)
         .with_queue(queue)
-        .with_faults(config.faults.to_string())
-        .with_connection_limits(config.connections)
         .add_service(service.into_server())
         .serve(listener, config.to_string(), shutdown)
         .await
@@ -174,7 +161,7 @@ pub enum RngError {
     /// Not the caller's mistake: rng is overloaded, and says when to ask
     /// again.
     #[error(transparent)]
-    Full(#[from] LaneFull),
+    Full(#[from] Overloaded),
 }
 
 impl From<Refused> for RngError {
@@ -211,37 +198,6 @@ impl IntoResponse for RngError {
         };
         (status, format!("{self}\n")).into_response()
     }
-}
-
-/// A request refused because the lane's queue was full: answered at once,
-/// never queued, never served; the caller is told when to ask again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("rng is overloaded: {waiting} requests already wait for its lane; retry in {} ms", .retry_after.as_millis())]
-pub struct LaneFull {
-    pub waiting: usize,
-    /// About how long the queue takes to drain.
-    pub retry_after: Duration,
-}
-
-impl From<LaneFull> for Status {
-    fn from(full: LaneFull) -> Self {
-        overload::status(full.to_string(), full.retry_after)
-    }
-}
-
-impl IntoResponse for LaneFull {
-    fn into_response(self) -> Response {
-        overload::response(self.to_string(), self.retry_after)
-    }
-}
-
-/// Why the lane did not serve a request.
-#[derive(Debug, thiserror::Error)]
-pub enum Refused {
-    #[error(transparent)]
-    Expired(#[from] Expired),
-    #[error(transparent)]
-    Full(#[from] LaneFull),
 }
 
 /// Checks a block size asked for by a client.
@@ -304,269 +260,6 @@ pub fn random_bytes(len: usize) -> Bytes {
     let mut buf = BytesMut::zeroed(len);
     rand::rng().fill_bytes(&mut buf);
     buf.freeze()
-}
-
-/// What rng measures of its own, beside its calls.
-#[derive(Clone)]
-pub struct RngMetrics {
-    /// The lane's queue and each request's wait.
-    pub lane: LaneMetrics,
-    /// Requests given up on for their deadline.
-    pub expired: DeadlineMetrics,
-    /// Faults injected, and the knobs.
-    pub faults: FaultMetrics,
-}
-
-impl RngMetrics {
-    /// Measures nothing anyone reads (tests, benches).
-    pub fn unregistered() -> Self {
-        Self {
-            lane: LaneMetrics::unregistered(),
-            expired: DeadlineMetrics::unregistered(),
-            faults: FaultMetrics::unregistered(),
-        }
-    }
-
-    /// rng's measures, registered in `registry` for its `/metrics`.
-    pub fn register(registry: &mut Registry) -> Self {
-        Self {
-            lane: LaneMetrics::register(registry),
-            expired: DeadlineMetrics::register(registry, "rng"),
-            faults: FaultMetrics::register(registry),
-        }
-    }
-}
-
-/// Where rng's requests queue: at most `lanes` of them are served at once, in
-/// the order they arrived (tokio's semaphore is fair), each paying `delay`.
-pub struct Lane {
-    /// `None` when lanes are unlimited: nothing to wait for.
-    permits: Option<Semaphore>,
-    /// Places in the lanes and their queue (`lanes + queue`): a request
-    /// that finds none is refused at once. `None` with unlimited lanes.
-    places: Option<Semaphore>,
-    /// How many lanes, for the traces.
-    lanes: usize,
-    /// How many may wait, for the refusal's message and hint.
-    queue: usize,
-    /// Refusals not yet logged.
-    refusals: Refusals,
-    /// Cost of one request once it holds a lane.
-    delay: Duration,
-    /// How many wait, and how long each waited.
-    metrics: LaneMetrics,
-    /// Requests given up on because their deadline would pass.
-    expired: DeadlineMetrics,
-    /// The extra delays to pay in the lane.
-    faults: Injector,
-}
-
-impl std::fmt::Debug for Lane {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lane({} lanes, {:?})", self.lanes, self.delay)
-    }
-}
-
-/// Where a request was given up on, for its error and its trace.
-const ON_ARRIVAL: &str = "deadline too near to be served";
-const IN_THE_QUEUE: &str = "deadline passed in the lane";
-const AT_ITS_TURN: &str = "deadline passed at its turn in the lane";
-const WHILE_SERVED: &str = "deadline passed while served (an injected extra delay)";
-
-impl Lane {
-    pub fn new(config: &RngConfig, metrics: RngMetrics) -> Self {
-        Self {
-            permits: config.lanes.map(Semaphore::new),
-            places: config
-                .lanes
-                .map(|lanes| Semaphore::new(lanes.saturating_add(config.queue))),
-            lanes: config.lanes.unwrap_or(0),
-            queue: config.queue,
-            refusals: Refusals::default(),
-            delay: config.delay,
-            metrics: metrics.lane,
-            expired: metrics.expired,
-            faults: Injector::new(&config.faults, metrics.faults),
-        }
-    }
-
-    /// Waits until this caller holds a lane; the lane is free again when the
-    /// returned turn is dropped.
-    ///
-    /// A request that finds the queue full is refused at once
-    /// ([`LaneFull`]): an overloaded rng tells its callers to back off
-    /// instead of answering nobody in time.
-    ///
-    /// With a `deadline`, waits only while the request can still be served
-    /// in time (its turn, then the delay, [`deadline::MARGIN`] before the
-    /// deadline), and checks again when its turn comes: a request that
-    /// cannot make it is given up on, leaves the queue, and is never served.
-    ///
-    /// The wait is a span of its own, `rng.lane.wait`: in Jaeger it is where
-    /// ten workers' time goes, and where a request's deadline passed.
-    pub async fn wait_turn(&self, deadline: Option<Instant>) -> Result<Turn<'_>, Refused> {
-        let arrived = Instant::now();
-        // The last moment the request may get its turn; none without a
-        // deadline.
-        let latest = match deadline {
-            Some(deadline) => match deadline::latest_start(deadline, self.delay) {
-                Some(latest) => Some(latest),
-                None => {
-                    return Err(self
-                        .give_up(&tracing::Span::current(), arrived, ON_ARRIVAL)
-                        .into());
-                }
-            },
-            None => None,
-        };
-        let (Some(permits), Some(places)) = (self.permits.as_ref(), self.places.as_ref()) else {
-            return Ok(Turn::default());
-        };
-        let Ok(place) = places.try_acquire() else {
-            return Err(self.refuse().into());
-        };
-        let span = tracing::info_span!(
-            target: crate::telemetry::TARGET,
-            "rng.lane.wait",
-            rng.lanes = self.lanes,
-        );
-        let measured = crate::telemetry::metrics::enabled();
-        // Counted in the queue's depth until it leaves, whichever way.
-        let queued = measured.then(|| Queued::join(&self.metrics.queue));
-        // The semaphore is never closed, so acquire cannot fail.
-        let acquire = permits.acquire().instrument(span.clone());
-        let permit = match latest {
-            None => acquire.await.ok(),
-            Some(latest) => match tokio::time::timeout_at(latest, acquire).await {
-                Ok(permit) => permit.ok(),
-                Err(_) => {
-                    drop(queued);
-                    return Err(self.give_up(&span, arrived, IN_THE_QUEUE).into());
-                }
-            },
-        };
-        drop(queued);
-        if measured {
-            self.metrics.wait.observe(
-                arrived.elapsed().as_secs_f64(),
-                TraceExemplar::of(&span),
-                None,
-            );
-        }
-        // The turn may come just after the last moment: not served either.
-        if latest.is_some_and(|latest| Instant::now() > latest) {
-            drop(permit);
-            return Err(self.give_up(&span, arrived, AT_ITS_TURN).into());
-        }
-        Ok(Turn {
-            _lane: permit,
-            _place: Some(place),
-        })
-    }
-
-    /// Counts and logs (at a bounded rate) a request refused for a full
-    /// queue, and says how long the queue takes to drain.
-    fn refuse(&self) -> LaneFull {
-        self.metrics.refused.inc();
-        // Everyone waiting, and everyone served, must pass before it.
-        let turns = u32::try_from(self.queue / self.lanes.max(1))
-            .unwrap_or(u32::MAX)
-            .saturating_add(1);
-        let full = LaneFull {
-            waiting: self.queue,
-            retry_after: overload::pushback(self.delay.saturating_mul(turns)),
-        };
-        if let Some(refused) = self.refusals.note() {
-            tracing::warn!(
-                refused,
-                waiting = self.queue,
-                retry_after_ms = full.retry_after.as_millis() as u64,
-                "rng's lane is full: refusing requests with RESOURCE_EXHAUSTED (HTTP 503); `refused` counts those since the last line like this, rng_lane_refused_total all of them"
-            );
-        }
-        full
-    }
-
-    /// Counts and traces a request given up on, and says why.
-    fn give_up(&self, span: &tracing::Span, since: Instant, reason: &'static str) -> Expired {
-        let stage = if reason == WHILE_SERVED {
-            "working"
-        } else {
-            "waiting"
-        };
-        self.expired.expired(stage);
-        let waited = since.elapsed();
-        tracing::info!(
-            target: crate::telemetry::TARGET,
-            parent: span,
-            waited_ms = waited.as_millis() as u64,
-            "{reason}"
-        );
-        Expired { reason, waited }
-    }
-
-    /// Waits for a lane, pays the delay in it, and runs `work` before letting
-    /// the next request in; with a `deadline`, only if that can be done in
-    /// time.
-    ///
-    /// An injected extra delay is paid here, inside the lane, on top of the
-    /// delay: a slow replica holds its lane longer, so it is slow for every
-    /// request queued behind it too, as a real one is (a GC pause, a noisy
-    /// neighbour). It is not counted when deciding whether a request can be
-    /// served in time (a slow replica does not know it will be slow), so a
-    /// client sees its deadline eaten; the request is still answered
-    /// DEADLINE_EXCEEDED, [`deadline::MARGIN`] before its deadline, rather
-    /// than cut off by tonic.
-    pub async fn serve<T>(
-        &self,
-        deadline: Option<Instant>,
-        work: impl FnOnce() -> T,
-    ) -> Result<T, Refused> {
-        let _turn = self.wait_turn(deadline).await?;
-        let extra = self.faults.extra_delay();
-        let started = Instant::now();
-        let done = started + self.delay + extra;
-        // Its turn came in time for the delay; only an extra delay can make
-        // it overrun, and then it holds the lane until it is too late.
-        if let Some(cut) = deadline.and_then(|d| d.checked_sub(deadline::MARGIN))
-            && !extra.is_zero()
-            && done > cut
-        {
-            tokio::time::sleep_until(cut).await;
-            return Err(self
-                .give_up(&tracing::Span::current(), started, WHILE_SERVED)
-                .into());
-        }
-        if done > started {
-            tokio::time::sleep_until(done).await;
-        }
-        Ok(work())
-    }
-}
-
-/// A request's turn in the lane: its place and its lane, both given back
-/// when it is dropped. Empty when lanes are unlimited.
-#[derive(Default)]
-pub struct Turn<'a> {
-    _lane: Option<SemaphorePermit<'a>>,
-    _place: Option<SemaphorePermit<'a>>,
-}
-
-/// A place in the lane's queue, counted in its depth until it is left (a
-/// turn taken, or a caller gone).
-struct Queued<'a>(&'a Gauge);
-
-impl<'a> Queued<'a> {
-    fn join(depth: &'a Gauge) -> Self {
-        depth.inc();
-        Self(depth)
-    }
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// The `dockercoins.v1.Rng` gRPC service.

@@ -10,6 +10,8 @@
 //! traces. What to do with a deadline (rng's lane, hasher's work) lives with
 //! each service; only the reading and the arithmetic live here.
 
+use crate::telemetry::metrics::{Counter, Registry, enabled};
+use prometheus_client::{encoding::EncodeLabelSet, metrics::family::Family};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Status;
@@ -63,6 +65,41 @@ pub fn latest_start(deadline: Instant, cost: Duration) -> Option<Instant> {
     (Instant::now() <= latest).then_some(latest)
 }
 
+/// Pays a request's cost, `delay` and an injected `extra` delay, before
+/// `deadline` if it can. Only `extra` can make it overrun (the caller has
+/// checked that `delay` fits: a slow replica does not know it is slow);
+/// then it is paid until [`MARGIN`] before the deadline and given up on, so
+/// the request is answered DEADLINE_EXCEEDED in time rather than cut off by
+/// tonic. rng pays it holding a lane, hasher holding its share of the work
+/// budget: each says for itself what an overrun costs.
+pub async fn pay(
+    delay: Duration,
+    extra: Duration,
+    deadline: Option<Instant>,
+) -> Result<(), Overran> {
+    let started = Instant::now();
+    let done = started + delay + extra;
+    if let Some(cut) = deadline.and_then(|d| d.checked_sub(MARGIN))
+        && !extra.is_zero()
+        && done > cut
+    {
+        tokio::time::sleep_until(cut).await;
+        return Err(Overran { started });
+    }
+    if done > started {
+        tokio::time::sleep_until(done).await;
+    }
+    Ok(())
+}
+
+/// Work [`pay`] gave up on: an injected extra delay would have ended it
+/// after its deadline. The caller turns it into its own [`Expired`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overran {
+    /// When the work began.
+    pub started: Instant,
+}
+
 /// A request given up on because its deadline would pass first.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{reason} after {} ms", waited.as_millis())]
@@ -76,6 +113,53 @@ pub struct Expired {
 impl From<Expired> for Status {
     fn from(expired: Expired) -> Self {
         Status::deadline_exceeded(expired.to_string())
+    }
+}
+
+/// Where a request was given up on for its deadline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `waiting`: before its work began, never served (rng: in its lane's
+    /// queue or at its turn; hasher: before its work). `working`: cut off
+    /// during its work, which an injected extra delay made too long.
+    pub stage: &'static str,
+}
+
+/// Requests a service gave up on because their deadline would pass first
+/// (`<service>_deadline_expired_total`).
+#[derive(Clone)]
+pub struct DeadlineMetrics {
+    expired: Family<StageLabels, Counter>,
+}
+
+impl std::fmt::Debug for DeadlineMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeadlineMetrics")
+    }
+}
+
+impl DeadlineMetrics {
+    pub fn unregistered() -> Self {
+        Self {
+            expired: Family::default(),
+        }
+    }
+
+    /// `service` (`rng`, `hasher`) prefixes the name.
+    pub fn register(registry: &mut Registry, service: &str) -> Self {
+        let this = Self::unregistered();
+        registry.register(
+            format!("{service}_deadline_expired"),
+            "Requests given up on, with DEADLINE_EXCEEDED, because their deadline would pass first",
+            this.expired.clone(),
+        );
+        this
+    }
+
+    pub fn expired(&self, stage: &'static str) {
+        if enabled() {
+            self.expired.get_or_create(&StageLabels { stage }).inc();
+        }
     }
 }
 
@@ -148,5 +232,22 @@ mod tests {
         assert_eq!(latest_start(deadline, Duration::from_millis(95)), Some(now));
         assert_eq!(latest_start(deadline, Duration::from_millis(96)), None);
         assert_eq!(latest_start(now, Duration::ZERO), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_an_extra_delay_that_would_overrun_is_cut_a_margin_before() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(100);
+        let delay = Duration::from_millis(50);
+        assert_eq!(pay(delay, Duration::ZERO, Some(deadline)).await, Ok(()));
+        assert_eq!(Instant::now(), start + delay);
+        let started = Instant::now();
+        let overran = pay(Duration::ZERO, Duration::from_millis(100), Some(deadline)).await;
+        assert_eq!(overran, Err(Overran { started }));
+        assert_eq!(Instant::now(), deadline - MARGIN);
+        // No deadline: the whole cost is paid.
+        let started = Instant::now();
+        assert_eq!(pay(delay, delay, None).await, Ok(()));
+        assert_eq!(Instant::now(), started + 2 * delay);
     }
 }

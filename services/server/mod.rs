@@ -10,12 +10,14 @@ pub mod call_meter;
 pub mod connections;
 pub mod deadline;
 pub mod faults;
+pub mod guarded;
 pub mod limits;
 pub mod overload;
 
 use self::{
     call_meter::CallMeterLayer,
     connections::{Activity, ConnectionLimits, Connections, InFlightLayer},
+    faults::Faults,
 };
 use crate::{
     pb::{
@@ -25,8 +27,10 @@ use crate::{
         rng_server::SERVICE_NAME as RNG_SERVICE,
     },
     protocol::SERVED_BY,
+    server::call_meter::metrics::ServerCalls,
+    server::connections::metrics::ConnectionMetrics,
     shutdown::DRAIN_TIMEOUT,
-    telemetry::metrics::{ConnectionMetrics, Exposition, Registry, ServerCalls},
+    telemetry::metrics::{Exposition, Registry},
     telemetry::{fields, hostname, is_grpc, record_response, record_trailers, server_span},
     tls::ServerTls,
 };
@@ -63,6 +67,33 @@ pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
 /// Short, because it counts against [`DRAIN_TIMEOUT`]: a stop still takes at
 /// most that long (`docker stop` users expect about a second).
 pub const DRAIN_NOTICE: Duration = Duration::from_millis(250);
+
+/// What rng and hasher are told alike, beside their own work: TLS, the
+/// faults to inject, and their bounds on connections. Each one's config
+/// holds one, as `server`; [`GrpcServer::new`] takes it whole.
+#[derive(Clone, Debug, Default)]
+pub struct ServerSettings {
+    /// TLS (and mutual TLS) when set; plaintext, HTTP/1.1 routes included,
+    /// otherwise.
+    pub tls: Option<ServerTls>,
+    /// Failures and extra delays to inject, for the resilience lab; none
+    /// by default.
+    pub faults: Faults,
+    /// How many connections it holds at once, and for how long.
+    pub connections: ConnectionLimits,
+}
+
+/// What the settings add to a service's own, on the line that says it
+/// serves: its injected faults, if any (TLS and the connection bound are
+/// fields of that line).
+impl std::fmt::Display for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.faults.is_none() {
+            write!(f, "; injected faults: {}", self.faults)?;
+        }
+        Ok(())
+    }
+}
 
 /// Why a server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +139,8 @@ const COUNTED_SERVICES: [&str; 2] = [RNG_SERVICE, HASHER_SERVICE];
 impl GrpcServer {
     /// The server of `name`, whose non-gRPC requests go to `legacy` (HTTP/1.1
     /// routes of the original lab; request bodies there are capped at
-    /// [`limits::MAX_BLOCK_BYTES`]), over TLS when `tls` is set. Over TLS the
+    /// [`limits::MAX_BLOCK_BYTES`]), as `settings` say: over TLS when set,
+    /// its faults said in `Replica/Info`, its connections bounded. Over TLS the
     /// port negotiates HTTP/2 only (tonic's acceptor offers ALPN `h2` alone),
     /// so the legacy routes answer HTTP/2 clients there, not HTTP/1.1 ones.
     /// `GET /metrics` serves `registry`, the server's calls added to what
@@ -116,9 +148,10 @@ impl GrpcServer {
     pub fn new(
         name: &'static str,
         legacy: axum::Router,
-        tls: Option<ServerTls>,
+        settings: &ServerSettings,
         mut registry: Registry,
     ) -> Self {
+        let tls = settings.tls.clone();
         let calls = ServerCalls::register(&mut registry);
         let connection_metrics = ConnectionMetrics::register(&mut registry);
         let legacy = legacy
@@ -140,8 +173,8 @@ impl GrpcServer {
             tls,
             calls,
             queue: None,
-            faults: String::new(),
-            connection_limits: ConnectionLimits::default(),
+            faults: settings.faults.to_string(),
+            connection_limits: settings.connections,
             connection_metrics,
         }
         .add_service(health_service)
@@ -170,19 +203,6 @@ impl GrpcServer {
     /// `Replica/Info`.
     pub fn with_queue(mut self, depth: Gauge) -> Self {
         self.queue = Some(depth);
-        self
-    }
-
-    /// Says `faults` (what the service was told to inject, for people;
-    /// empty for none) in `Replica/Info`.
-    pub fn with_faults(mut self, faults: String) -> Self {
-        self.faults = faults;
-        self
-    }
-
-    /// Holds connections within `limits` (the defaults otherwise).
-    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
-        self.connection_limits = limits;
         self
     }
 
@@ -217,6 +237,21 @@ impl GrpcServer {
         Ok(self)
     }
 
+    /// The `Replica` service every server answers (who it is, what it
+    /// served), as `instance`, counting its calls in `calls_served`.
+    fn with_replica(self, instance: &str, calls_served: Arc<AtomicU64>) -> Self {
+        let replica = ReplicaService {
+            instance: instance.to_owned(),
+            calls: calls_served,
+            measured: self.calls.clone(),
+            queue: self.queue.clone(),
+            faults: self.faults.clone(),
+        };
+        self.add_service(
+            ReplicaServer::new(replica).max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES),
+        )
+    }
+
     /// Serves gRPC (HTTP/2) and the legacy routes (HTTP/1.1) on `listener`
     /// until `shutdown` resolves; then reports NOT_SERVING, keeps serving for
     /// [`DRAIN_NOTICE`], stops accepting, lets in-flight calls finish, and
@@ -231,18 +266,8 @@ impl GrpcServer {
         let local = listener.local_addr()?;
         let instance = format!("{}:{}", hostname(), local.port());
         let calls_served = Arc::new(AtomicU64::new(0));
-        let replica = ReplicaService {
-            instance: instance.clone(),
-            calls: calls_served.clone(),
-            measured: self.calls.clone(),
-            queue: self.queue.clone(),
-            faults: self.faults.clone(),
-        };
         let this = self
-            .add_service(
-                ReplicaServer::new(replica)
-                    .max_decoding_message_size(limits::MAX_SMALL_REQUEST_BYTES),
-            )
+            .with_replica(&instance, calls_served.clone())
             .with_reflection()?;
         let connections = Connections::new(
             this.name,

@@ -5,14 +5,14 @@
 //! with `Retry-After`; it is counted by the server and logged at a bounded
 //! rate, since a flood is refused thousands of times a second.
 
+use crate::telemetry::throttle::Throttle;
 use axum::{
     body::Bytes,
     extract::rejection::BytesRejection,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use std::{sync::Mutex, time::Duration};
-use tokio::time::Instant;
+use std::time::Duration;
 use tonic::Status;
 
 /// gRFC A6's pushback, in a refusal's trailers: the milliseconds a client
@@ -26,6 +26,31 @@ pub const MAX_PUSHBACK: Duration = Duration::from_secs(30);
 
 /// How often a server's refusals are logged, at most.
 pub const SAY_REFUSALS_EVERY: Duration = Duration::from_secs(5);
+
+/// A request refused for overload: answered at once, never queued, never
+/// served; not the caller's mistake, and it is told when to ask again. rng
+/// refuses with one when its lane's queue is full, hasher when its work
+/// budget is spent: each says `why` its own way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}; retry in {} ms", .retry_after.as_millis())]
+pub struct Overloaded {
+    /// `rng is overloaded: 256 requests already wait for its lane`.
+    pub why: String,
+    /// About how long the server takes to have room again.
+    pub retry_after: Duration,
+}
+
+impl From<Overloaded> for Status {
+    fn from(overloaded: Overloaded) -> Self {
+        status(overloaded.to_string(), overloaded.retry_after)
+    }
+}
+
+impl IntoResponse for Overloaded {
+    fn into_response(self) -> Response {
+        response(self.to_string(), self.retry_after)
+    }
+}
 
 /// `retry_after` as a pushback: at least 1 ms, at most [`MAX_PUSHBACK`].
 pub fn pushback(retry_after: Duration) -> Duration {
@@ -118,26 +143,23 @@ fn refusal_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a St
     None
 }
 
-/// Refusals since the last line about them, and when that line was.
-#[derive(Debug, Default)]
-pub struct Refusals(Mutex<(u64, Option<Instant>)>);
+/// A server's line about its refusals, said at most every
+/// [`SAY_REFUSALS_EVERY`] with how many there were since the last one.
+#[derive(Debug)]
+pub struct Refusals(Throttle);
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self(Throttle::new(SAY_REFUSALS_EVERY))
+    }
+}
 
 impl Refusals {
     /// Notes one refusal; `Some(count)` when it is time to say how many
-    /// there were since the last line (the first is said at once, then at
-    /// most every [`SAY_REFUSALS_EVERY`]).
+    /// there were since the last line, this one included (the first is
+    /// said at once, then at most every [`SAY_REFUSALS_EVERY`]).
     pub fn note(&self) -> Option<u64> {
-        let mut said = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        said.0 += 1;
-        if said.1.is_some_and(|at| at.elapsed() < SAY_REFUSALS_EVERY) {
-            return None;
-        }
-        let count = said.0;
-        *said = (0, Some(Instant::now()));
-        Some(count)
+        self.0.note().map(|unsaid| unsaid + 1)
     }
 }
 

@@ -35,10 +35,44 @@ pub fn duration_buckets() -> impl Iterator<Item = f64> {
 /// second or so sees the slowest of the last 5 to 10 seconds.
 pub const SLOWEST_WINDOW: Duration = Duration::from_secs(5);
 
+/// Something kept per method, by full method name: found under a read lock
+/// on every call, made under the write lock on the method's first. A server
+/// serves a handful of methods, so the map stops growing at once.
+pub struct ByMethod<V>(RwLock<BTreeMap<String, Arc<V>>>);
+
+impl<V> Default for ByMethod<V> {
+    fn default() -> Self {
+        Self(RwLock::default())
+    }
+}
+
+impl<V> ByMethod<V> {
+    /// `method`'s, if it has been made.
+    pub fn get(&self, method: &str) -> Option<Arc<V>> {
+        self.read().get(method).cloned()
+    }
+
+    /// `method`'s, made by `make` on its first call.
+    pub fn get_or_make(&self, method: &str, make: impl FnOnce(&str) -> V) -> Arc<V> {
+        self.get(method).unwrap_or_else(|| {
+            let mut methods = self.0.write().unwrap_or_else(|p| p.into_inner());
+            methods
+                .entry(method.to_owned())
+                .or_insert_with_key(|method| Arc::new(make(method)))
+                .clone()
+        })
+    }
+
+    /// Every method's, by name.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<V>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Every method's durations, by full method name.
 #[derive(Default)]
 pub struct Latencies {
-    methods: RwLock<BTreeMap<String, Arc<MethodLatency>>>,
+    methods: ByMethod<MethodLatency>,
 }
 
 impl Latencies {
@@ -49,22 +83,14 @@ impl Latencies {
 
     /// Where `method`'s calls are counted, made on its first call.
     pub fn method(&self, method: &str) -> Arc<MethodLatency> {
-        let known = self
-            .methods
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(method)
-            .cloned();
-        known.unwrap_or_else(|| {
-            let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
-            methods.entry(method.to_owned()).or_default().clone()
-        })
+        self.methods
+            .get_or_make(method, |_| MethodLatency::default())
     }
 
     /// What `Replica/Info` says of the methods whose name starts with one of
     /// `services` (their service's full name).
     pub fn report(&self, services: &[&str]) -> Vec<MethodCalls> {
-        let methods = self.methods.read().unwrap_or_else(|p| p.into_inner());
+        let methods = self.methods.read();
         methods
             .iter()
             .filter(|(method, _)| {

@@ -140,7 +140,7 @@ impl ReplicaSettings {
         if let Some(lanes) = self.lanes {
             config.lanes = lanes;
         }
-        self.faults(&mut config.faults);
+        self.faults(&mut config.server.faults);
         config
     }
 
@@ -150,7 +150,7 @@ impl ReplicaSettings {
         if let Some(delay) = self.delay {
             config.delay = delay;
         }
-        self.faults(&mut config.faults);
+        self.faults(&mut config.server.faults);
         config
     }
 
@@ -207,14 +207,17 @@ mod tests {
         let rng = settings.rng(&RngConfig::classroom());
         assert_eq!(rng.delay, Duration::from_millis(300));
         assert_eq!(rng.lanes, None);
-        assert_eq!(rng.faults.fail_code, FailCode::Internal);
-        assert_eq!(rng.faults.extra_delay.buckets().len(), 2);
+        assert_eq!(rng.server.faults.fail_code, FailCode::Internal);
+        assert_eq!(rng.server.faults.extra_delay.buckets().len(), 2);
         // The extra delay may come first, its commas and all.
         let first =
             ReplicaSettings::parse_hasher("extra-delay=10%=300ms,1%=2s,delay-ms=5").unwrap();
         let hasher = first.hasher(&HasherConfig::classroom());
         assert_eq!(hasher.delay, Duration::from_millis(5));
-        assert_eq!(hasher.faults.extra_delay.to_string(), "10%=300ms,1%=2s");
+        assert_eq!(
+            hasher.server.faults.extra_delay.to_string(),
+            "10%=300ms,1%=2s"
+        );
         // Nothing given: the others' settings.
         let none = ReplicaSettings::parse_rng("").unwrap();
         assert!(none.is_empty());

@@ -22,12 +22,13 @@ use crate::{
         TimedScore,
     },
     rng::parse_size,
+    server::connections::metrics::ConnectionMetrics,
     server::connections::{Activity, ConnectionLimits, Connections, InFlight},
     server::limits::{HTTP1_HEADER_READ_TIMEOUT, MAX_BLOCK_BYTES},
     server::overload,
     shutdown::DRAIN_TIMEOUT,
     store::Store,
-    telemetry::metrics::{ConnectionMetrics, Exposition, Registry},
+    telemetry::metrics::{Exposition, Registry},
     telemetry::{fields, record_response, server_span},
 };
 use axum::{

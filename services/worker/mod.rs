@@ -11,11 +11,13 @@
 //! stop flushes before it returns.
 //!
 //! Layout: [`mining`] is a mining loop and the checks on every reply,
-//! [`tally`] the books and their updates to Redis, [`liveness`] the optional
-//! status port (liveness and metrics); this file holds the config, the report
-//! and [`run`], which ties them together.
+//! [`tally`] the books and their updates to Redis, [`metrics`] what the
+//! tally measures, [`liveness`] the optional status port (liveness and
+//! metrics); this file holds the config, what a worker [`Mined`], and
+//! [`run`], which ties them together.
 
 mod liveness;
+pub mod metrics;
 mod mining;
 mod tally;
 
@@ -29,8 +31,9 @@ use crate::{
     client::{HasherClient, RngClient},
     store::Store,
     telemetry::fields,
-    telemetry::metrics::{Exposition, Registry, TallyMetrics},
+    telemetry::metrics::{Exposition, Registry},
 };
+use metrics::TallyMetrics;
 use mining::Miner;
 use std::{
     future::Future,
@@ -38,7 +41,11 @@ use std::{
     time::Duration,
 };
 use tally::{Flusher, Tally};
-use tokio::{net::TcpListener, task::JoinSet, time::Instant};
+use tokio::{
+    net::TcpListener,
+    task::{JoinHandle, JoinSet},
+    time::Instant,
+};
 use tracing::Instrument;
 
 /// The original worker's sleep before each unit: `time.sleep(0.1)`.
@@ -103,7 +110,7 @@ impl WorkerConfig {
 
 /// What a worker did, reported when it stops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Report {
+pub struct Mined {
     /// Hashes done, each with a valid digest.
     pub hashes_done: u64,
     /// Of those, how many Redis acknowledged.
@@ -140,24 +147,10 @@ pub async fn run(
     backends: Backends,
     status: Option<StatusPort>,
     shutdown: impl Future<Output = ()>,
-) -> Report {
+) -> Mined {
     let Backends { rng, hasher, store } = backends;
     let turns = Arc::new(Liveness::default());
-    let (tally, probe) = match status {
-        Some(StatusPort {
-            listener,
-            mut metrics,
-        }) => {
-            let tally = Tally::new(TallyMetrics::register(&mut metrics), config.wallet_cap);
-            let exposition = Exposition::new(metrics);
-            let probe = liveness::start(listener, turns.clone(), exposition);
-            (tally, Some(probe))
-        }
-        None => (
-            Tally::new(TallyMetrics::unregistered(), config.wallet_cap),
-            None,
-        ),
-    };
+    let (tally, probe) = open_books(status, &turns, config.wallet_cap);
     tracing::info!(
         rng = %rng.balancer().url(),
         hasher = %hasher.balancer().url(),
@@ -196,7 +189,7 @@ pub async fn run(
     flusher
         .close_books(FINAL_FLUSH_TIMEOUT.saturating_sub(stop_began.elapsed()))
         .await;
-    let report = Report {
+    let report = Mined {
         hashes_done: tally.done.load(Ordering::Relaxed),
         hashes_flushed: flusher.flushed,
         coins_found: tally.coins_found.load(Ordering::Relaxed),
@@ -210,7 +203,26 @@ pub async fn run(
     report
 }
 
-impl Report {
+/// The tally, measured on the `status` port if there is one, and the task
+/// that serves that port (its liveness from `turns`).
+fn open_books(
+    status: Option<StatusPort>,
+    turns: &Arc<Liveness>,
+    wallet_cap: usize,
+) -> (Tally, Option<JoinHandle<()>>) {
+    let Some(StatusPort {
+        listener,
+        mut metrics,
+    }) = status
+    else {
+        return (Tally::new(TallyMetrics::unregistered(), wallet_cap), None);
+    };
+    let tally = Tally::new(TallyMetrics::register(&mut metrics), wallet_cap);
+    let probe = liveness::start(listener, turns.clone(), Exposition::new(metrics));
+    (tally, Some(probe))
+}
+
+impl Mined {
     /// The worker's last line: what `bench` and the tests read back.
     fn log(&self, miner: &Miner) {
         if self.hashes_done == self.hashes_flushed

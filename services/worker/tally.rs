@@ -9,7 +9,8 @@
 use crate::{
     store::{Coin, Counter, Store, StoreError, Totals},
     telemetry::hostname,
-    telemetry::metrics::TallyMetrics,
+    telemetry::throttle::Throttle,
+    worker::metrics::TallyMetrics,
 };
 use std::{
     future::Future,
@@ -153,8 +154,8 @@ pub(super) struct Flusher {
     pub(super) coins_flushed: u64,
     /// Whether the last flush failed: log a streak once...
     failing: bool,
-    /// ...and remind every [`FAILING_REMINDER`] while it lasts.
-    last_warning: Option<Instant>,
+    /// ...and remind at most every [`FAILING_REMINDER`] while it lasts.
+    reminder: Throttle,
 }
 
 /// How often a worker that cannot update Redis says so again.
@@ -234,12 +235,15 @@ impl Flusher {
                 // Keep them for the next update: nothing counted is lost.
                 self.tally.put_back(coins);
                 let coins_waiting = self.tally.coins_held.load(Ordering::Relaxed);
-                let remind = self
-                    .last_warning
-                    .is_none_or(|at| at.elapsed() >= FAILING_REMINDER);
-                if !self.failing || remind {
+                // A new streak is said at once, whatever the period.
+                let said = if self.failing {
+                    self.reminder.note().is_some()
+                } else {
+                    self.reminder.say();
+                    true
+                };
+                if said {
                     self.failing = true;
-                    self.last_warning = Some(Instant::now());
                     tracing::warn!(%error, store = %self.store.describe(), hashes_waiting = hashes, coins_waiting, "cannot update Redis; keeping the work for the next update");
                 } else {
                     tracing::debug!(%error, "Redis still unavailable");
@@ -259,7 +263,7 @@ impl Flusher {
             flushed: 0,
             coins_flushed: 0,
             failing: false,
-            last_warning: None,
+            reminder: Throttle::new(FAILING_REMINDER),
         }
     }
 

@@ -210,14 +210,14 @@ fn each_services_defaults_are_what_up_runs() {
         (Duration::from_millis(100), Some(1))
     );
     // No fault injected anywhere unless asked.
-    assert!(rng.faults.is_none() && up.rng.faults.is_none());
+    assert!(rng.server.faults.is_none() && up.rng.server.faults.is_none());
     assert!(up.rng_last_replica.is_empty() && up.hasher_last_replica.is_empty());
     let Command::Hasher(hasher) = parse(&["hasher"]) else {
         unreachable!()
     };
     let hasher = hasher.config().unwrap();
     assert_eq!(hasher.delay, up.hasher.delay);
-    assert!(hasher.faults.is_none() && up.hasher.faults.is_none());
+    assert!(hasher.server.faults.is_none() && up.hasher.server.faults.is_none());
     let Command::Worker(worker) = parse(&["worker"]) else {
         unreachable!()
     };

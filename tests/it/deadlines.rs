@@ -9,7 +9,7 @@ use dockercoins::{
         GenerateRequest, GenerateStreamRequest, HashBatch, HashRequest, hasher_server::Hasher,
         rng_server::Rng,
     },
-    rng::{RngConfig, RngMetrics, RngService},
+    rng::{RngConfig, RngService, metrics::RngMetrics},
     telemetry::metrics::{Exposition, Registry},
 };
 use std::time::Duration;
@@ -213,8 +213,11 @@ async fn an_extra_delay_eats_the_deadline_and_holds_the_lane_until_then() {
     let config = RngConfig {
         delay: Duration::ZERO,
         lanes: Some(1),
-        faults: dockercoins::server::faults::Faults {
-            extra_delay: "100%=500ms".parse().unwrap(),
+        server: dockercoins::server::ServerSettings {
+            faults: dockercoins::server::faults::Faults {
+                extra_delay: "100%=500ms".parse().unwrap(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..RngConfig::classroom()

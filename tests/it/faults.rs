@@ -18,7 +18,7 @@ use dockercoins::{
     server::limits,
     store::Store,
     telemetry::fields,
-    worker::{Report, WorkerConfig},
+    worker::{Mined, WorkerConfig},
 };
 use std::{
     net::SocketAddr,
@@ -103,7 +103,7 @@ async fn redis_killed_twice_nothing_lost_nothing_counted_twice() {
     let mut done = 0;
     let mut coins = 0;
     for worker in workers {
-        let report: Report = worker.stop().await;
+        let report: Mined = worker.stop().await;
         assert_eq!(report.hashes_done, report.hashes_flushed, "{report:?}");
         assert_eq!(report.coins_unflushed, 0, "{report:?}");
         done += report.hashes_done;

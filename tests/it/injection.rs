@@ -28,7 +28,10 @@ fn faults(fail_rate: &str, extra_delay: &str) -> Faults {
 
 fn rng_with(faults: Faults) -> RngConfig {
     RngConfig {
-        faults,
+        server: dockercoins::server::ServerSettings {
+            faults,
+            ..Default::default()
+        },
         ..RngConfig::turbo()
     }
 }
@@ -74,9 +77,12 @@ async fn a_fail_rate_of_1_fails_every_call_at_once_and_counts_them() {
 #[tokio::test]
 async fn a_fail_rate_of_half_fails_about_half_the_calls_with_the_chosen_code() {
     let config = HasherConfig {
-        faults: Faults {
-            fail_code: FailCode::Internal,
-            ..faults("50%", "none")
+        server: dockercoins::server::ServerSettings {
+            faults: Faults {
+                fail_code: FailCode::Internal,
+                ..faults("50%", "none")
+            },
+            ..Default::default()
         },
         ..HasherConfig::turbo()
     };
@@ -106,7 +112,10 @@ async fn a_fail_rate_of_half_fails_about_half_the_calls_with_the_chosen_code() {
 async fn an_extra_delay_for_every_call_makes_each_take_that_long() {
     let rng = spawn_rng(rng_with(faults("0", "100%=200ms"))).await;
     let hasher = spawn_hasher(HasherConfig {
-        faults: faults("0", "100%=200ms"),
+        server: dockercoins::server::ServerSettings {
+            faults: faults("0", "100%=200ms"),
+            ..Default::default()
+        },
         ..HasherConfig::turbo()
     })
     .await;

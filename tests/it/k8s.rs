@@ -495,7 +495,7 @@ fn the_autoscale_overlay_scales_rng_on_its_lane_wait() {
             && query.contains("rng_lane_wait_seconds_count")
     );
     // ...which rng serves...
-    let metrics_rs = include_str!("../../services/telemetry/metrics.rs");
+    let metrics_rs = include_str!("../../services/rng/metrics.rs");
     assert!(
         metrics_rs.contains("\"rng_lane_wait\""),
         "rng no longer serves rng_lane_wait_seconds"

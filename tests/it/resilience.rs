@@ -307,9 +307,12 @@ async fn a_replica_failing_every_call_is_ejected_and_comes_back_after_its_time()
     let good = spawn_rng(RngConfig::turbo()).await;
     let also_good = spawn_rng(RngConfig::turbo()).await;
     let failing = spawn_rng(RngConfig {
-        faults: Faults {
-            fail_rate: "1".parse().unwrap(),
-            ..Faults::default()
+        server: dockercoins::server::ServerSettings {
+            faults: Faults {
+                fail_rate: "1".parse().unwrap(),
+                ..Faults::default()
+            },
+            ..Default::default()
         },
         ..RngConfig::turbo()
     })

@@ -132,7 +132,10 @@ fn ca_other() -> CertifiedIssuer<'static, KeyPair> {
 async fn spawn_tls_hasher(tls: ServerTls) -> Spawned {
     Spawned::start(|listener, stop| async move {
         let config = HasherConfig {
-            tls: Some(tls),
+            server: dockercoins::server::ServerSettings {
+                tls: Some(tls),
+                ..Default::default()
+            },
             ..HasherConfig::turbo()
         };
         dockercoins::hasher::serve(listener, config, async {
@@ -146,7 +149,10 @@ async fn spawn_tls_hasher(tls: ServerTls) -> Spawned {
 async fn spawn_tls_rng(tls: ServerTls) -> Spawned {
     Spawned::start(|listener, stop| async move {
         let config = RngConfig {
-            tls: Some(tls),
+            server: dockercoins::server::ServerSettings {
+                tls: Some(tls),
+                ..Default::default()
+            },
             ..RngConfig::turbo()
         };
         dockercoins::rng::serve(listener, config, async {

@@ -6,7 +6,7 @@ use dockercoins::{
     hasher::HasherConfig,
     rng::RngConfig,
     store::Store,
-    worker::{Report, WorkerConfig},
+    worker::{Mined, WorkerConfig},
 };
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ fn store(redis: &RedisServer) -> Store {
 
 /// Every hash the worker did is in `hashes`, every coin in `wallet` is real,
 /// and the only other key is the worker's running total.
-async fn check_books(redis: &RedisServer, report: Report) {
+async fn check_books(redis: &RedisServer, report: Mined) {
     assert_eq!(report.hashes_done, report.hashes_flushed, "{report:?}");
     assert_eq!(report.coins_unflushed, 0, "{report:?}");
     assert_eq!(redis.hashes().await, report.hashes_done);

@@ -7,18 +7,19 @@
 //! [`Received`], which counts its data against the server's bound.
 
 use super::{CALLS_PUSHBACK, Connection, admitted::ConnectedOn, received::Received};
-use crate::{server::overload, telemetry::is_grpc};
+use crate::{
+    server::guarded::{Guard, GuardedBody, GuardedFuture},
+    server::overload,
+    telemetry::is_grpc,
+};
 use axum::http::{Request, Response, StatusCode};
 use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready as ready_now};
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
+use http_body::Body;
 use std::{
-    future::Future,
-    pin::Pin,
     sync::Arc,
     sync::atomic::{AtomicUsize, Ordering},
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 /// A health check is never refused for the calls in flight: a probe
@@ -68,9 +69,10 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = Response<InFlightBody<R>>;
+    type Response = Response<GuardedBody<R, Arc<Call>>>;
     type Error = S::Error;
-    type Future = Either<InFlightFuture<S::Future>, Ready<Result<Self::Response, S::Error>>>;
+    type Future =
+        Either<GuardedFuture<S::Future, Arc<Call>>, Ready<Result<Self::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -85,10 +87,7 @@ where
         });
         let Some(connection) = connection else {
             let request = request.map(tonic::body::Body::new);
-            return Either::Left(InFlightFuture {
-                inner: self.inner.call(request),
-                call: None,
-            });
+            return Either::Left(GuardedFuture::new(self.inner.call(request), None));
         };
         let always = request.uri().path() == HEALTH_CHECK;
         let Some(call) = Call::begin(connection, always) else {
@@ -100,17 +99,14 @@ where
         let grpc = is_grpc(request.headers());
         let request =
             request.map(|body| tonic::body::Body::new(Received::new(body, call.clone(), grpc)));
-        Either::Left(InFlightFuture {
-            inner: self.inner.call(request),
-            call: Some(call),
-        })
+        Either::Left(GuardedFuture::new(self.inner.call(request), Some(call)))
     }
 }
 
 /// The answer to a call refused because the server holds its most calls:
 /// RESOURCE_EXHAUSTED with a pushback for gRPC, 503 with `Retry-After`
 /// otherwise.
-fn refusal<B, R>(request: &Request<B>, why: &str) -> Response<InFlightBody<R>> {
+fn refusal<B, R>(request: &Request<B>, why: &str) -> Response<GuardedBody<R, Arc<Call>>> {
     let response = if is_grpc(request.headers()) {
         overload::status(why.into(), CALLS_PUSHBACK).into_http::<()>()
     } else {
@@ -122,12 +118,13 @@ fn refusal<B, R>(request: &Request<B>, why: &str) -> Response<InFlightBody<R>> {
         }
         response
     };
-    response.map(|()| InFlightBody::Refused)
+    response.map(|()| GuardedBody::Empty)
 }
 
 /// One call in flight on a connection, and the request data it holds,
-/// until its request body and its response are both done.
-pub(super) struct Call {
+/// until its request body and its response are both done. Public only as
+/// the guard in the layer's response type; only this module makes one.
+pub struct Call {
     connection: Arc<Connection>,
     /// Request bytes it holds against the server's bound.
     held: AtomicUsize,
@@ -182,76 +179,5 @@ impl Drop for Call {
     }
 }
 
-pin_project! {
-    /// A counted call, until its response headers.
-    pub struct InFlightFuture<F> {
-        #[pin]
-        inner: F,
-        call: Option<Arc<Call>>,
-    }
-}
-
-impl<F, R, E> Future for InFlightFuture<F>
-where
-    F: Future<Output = Result<Response<R>, E>>,
-{
-    type Output = Result<Response<InFlightBody<R>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        let call = this.call.take();
-        Poll::Ready(Ok(
-            response.map(|inner| InFlightBody::Served { inner, call })
-        ))
-    }
-}
-
-pin_project! {
-    /// A counted call's response body: the call ends with its last frame.
-    /// A refused call's has no frame.
-    #[project = InFlightBodyProjection]
-    pub enum InFlightBody<B> {
-        Served {
-            #[pin]
-            inner: B,
-            call: Option<Arc<Call>>,
-        },
-        Refused,
-    }
-}
-
-impl<B: Body> Body for InFlightBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project() {
-            InFlightBodyProjection::Served { inner, call } => {
-                let frame = ready!(inner.poll_frame(cx));
-                if matches!(frame, None | Some(Err(_))) {
-                    call.take();
-                }
-                Poll::Ready(frame)
-            }
-            InFlightBodyProjection::Refused => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Served { inner, .. } => inner.is_end_stream(),
-            Self::Refused => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Served { inner, .. } => inner.size_hint(),
-            Self::Refused => SizeHint::with_exact(0),
-        }
-    }
-}
+/// A call is in flight until its response body ends: dropping it is all.
+impl Guard for Arc<Call> {}

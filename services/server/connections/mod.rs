@@ -31,16 +31,15 @@
 
 mod admitted;
 mod in_flight;
+pub mod metrics;
 mod received;
 
 pub use admitted::Admitted;
 pub use in_flight::{InFlight, InFlightLayer};
 
-use crate::{
-    server::overload::Refusals,
-    telemetry::metrics::{ConnectionMetrics, Counter},
-};
+use crate::{server::overload::Refusals, telemetry::metrics::Counter};
 use futures_util::task::AtomicWaker;
+use metrics::ConnectionMetrics;
 use std::{
     collections::BTreeMap,
     sync::{

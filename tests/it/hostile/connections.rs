@@ -87,14 +87,20 @@ async fn silent_connections(addr: SocketAddr, count: usize, opening: &[u8]) -> V
 
 fn rng_limited(limits: ConnectionLimits) -> RngConfig {
     RngConfig {
-        connections: limits,
+        server: dockercoins::server::ServerSettings {
+            connections: limits,
+            ..Default::default()
+        },
         ..RngConfig::turbo()
     }
 }
 
 fn hasher_limited(limits: ConnectionLimits) -> HasherConfig {
     HasherConfig {
-        connections: limits,
+        server: dockercoins::server::ServerSettings {
+            connections: limits,
+            ..Default::default()
+        },
         ..HasherConfig::turbo()
     }
 }

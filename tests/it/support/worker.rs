@@ -5,7 +5,7 @@ use dockercoins::{
     client::balancer::BalancerSettings,
     client::{HasherClient, RngClient},
     store::Store,
-    worker::{Backends, Report, WorkerConfig},
+    worker::{Backends, Mined, WorkerConfig},
 };
 use std::time::Duration;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -23,7 +23,7 @@ fn test_pool() -> BalancerSettings {
 /// A worker running in this test's runtime, stopped by `stop`.
 pub struct RunningWorker {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Report>,
+    task: JoinHandle<Mined>,
 }
 
 impl RunningWorker {
@@ -51,7 +51,7 @@ impl RunningWorker {
 
     /// Stops the worker (as SIGTERM would) and returns its report; a stop
     /// takes well under a second.
-    pub async fn stop(self) -> Report {
+    pub async fn stop(self) -> Mined {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(2), self.task)
             .await

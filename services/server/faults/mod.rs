@@ -8,7 +8,9 @@
 //! [`Injector`] that draws them, call by call, and counts what it injected.
 //! Not here: where in a service a fault strikes (rng's lane, hasher's work).
 
-use crate::telemetry::metrics::{CodeLabels, ExtraDelayLabels, FaultMetrics};
+pub mod metrics;
+
+use metrics::{CodeLabels, ExtraDelayLabels, FaultMetrics};
 use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 use tonic::Status;
 
