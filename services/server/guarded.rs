@@ -4,7 +4,7 @@
 //! its last message, not until its headers; so the call meter measures it
 //! whole and the connection it came on stays busy.
 //!
-//! The guard is told what goes by ([`Guard`]): the call meter reads the
+//! The guard is told what goes by ([`ResponseGuard`]): the call meter reads the
 //! status from the headers or the trailers; a call in flight needs only to
 //! be dropped. Not here: what either guard does, which lives with its layer.
 
@@ -18,7 +18,7 @@ use std::{
 };
 
 /// What a guard is told of the response it holds; then it is dropped.
-pub trait Guard {
+pub trait ResponseGuard {
     /// The response's headers (a trailers-only gRPC answer's status is here).
     fn headers(&mut self, _headers: &HeaderMap) {}
 
@@ -49,7 +49,7 @@ impl<F, G> GuardedFuture<F, G> {
 impl<F, G, R, E> Future for GuardedFuture<F, G>
 where
     F: Future<Output = Result<Response<R>, E>>,
-    G: Guard,
+    G: ResponseGuard,
 {
     type Output = Result<Response<GuardedBody<R, G>>, E>;
 
@@ -81,7 +81,7 @@ pin_project! {
     }
 }
 
-impl<B: Body, G: Guard> Body for GuardedBody<B, G> {
+impl<B: Body, G: ResponseGuard> Body for GuardedBody<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

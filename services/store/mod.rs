@@ -5,7 +5,7 @@
 //! wallet it equals `HLEN wallet`; with a capped wallet (turbo, see
 //! [`Store::record`]) it carries the total the wallet no longer can. Two more
 //! keys per running worker, `dockercoins:worker:<id>` and `...:coins`, make
-//! sending an update twice harmless (see [`Counter`]); they expire a day
+//! sending an update twice harmless (see [`WorkerTotals`]); they expire a day
 //! after the worker's last update.
 //!
 //! [`Store::Redis`] is a real Redis through deadpool-redis, with a timeout on
@@ -58,7 +58,7 @@ pub const WORKER_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// `total - acknowledged`: what the worker did since the last update Redis
 /// confirmed.
 #[derive(Clone, Copy, Debug)]
-pub struct Counter<'a> {
+pub struct WorkerTotals<'a> {
     /// Unique per worker process.
     pub worker: &'a str,
     /// Hashes done, for `hashes`.
@@ -90,7 +90,7 @@ impl Totals {
     }
 }
 
-impl Counter<'_> {
+impl WorkerTotals<'_> {
     fn hashes_key(&self) -> String {
         format!("{WORKER_KEY_PREFIX}{}", self.worker)
     }
@@ -249,7 +249,7 @@ impl Store {
     /// totals.
     pub async fn record(
         &self,
-        counter: &Counter<'_>,
+        counter: &WorkerTotals<'_>,
         coins: &[Coin],
         wallet_cap: usize,
     ) -> Result<(), StoreError> {
@@ -366,7 +366,7 @@ impl RedisStore {
 
     async fn record(
         &self,
-        counter: &Counter<'_>,
+        counter: &WorkerTotals<'_>,
         coins: &[Coin],
         wallet_cap: usize,
     ) -> Result<(), StoreError> {
@@ -491,7 +491,7 @@ fn apply(counter: &mut u64, applied: &mut Option<u64>, totals: Totals) {
 }
 
 impl MemoryStore {
-    fn record(&self, counter: &Counter<'_>, coins: &[Coin], wallet_cap: usize) {
+    fn record(&self, counter: &WorkerTotals<'_>, coins: &[Coin], wallet_cap: usize) {
         let mut data = self
             .inner
             .lock()
@@ -574,7 +574,7 @@ mod tests {
             digest: [0; 32],
             bytes: [7; 32],
         };
-        let counter = |acknowledged, total, coins| Counter {
+        let counter = |acknowledged, total, coins| WorkerTotals {
             worker: "w1",
             hashes: Totals {
                 acknowledged,

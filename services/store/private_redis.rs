@@ -8,6 +8,7 @@ use tokio::{
     io::{AsyncBufReadExt, BufReader},
     net::{TcpListener, TcpStream},
     process::{Child, Command},
+    sync::mpsc,
 };
 
 /// How long a private redis-server may take to accept connections.
@@ -61,54 +62,9 @@ impl PrivateRedis {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(error.into()),
         };
-        let mut output = Vec::new();
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            output.push(rx);
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::debug!(target: "redis-server", "{line}");
-                    let _ = tx.send(line);
-                }
-            });
-        }
+        let output = forward_output(&mut child);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
-        loop {
-            if let Some(status) = child.try_wait()? {
-                let mut said = Vec::new();
-                for mut rx in output {
-                    while let Some(line) = rx.recv().await {
-                        said.push(line);
-                    }
-                }
-                return Err(RedisStartError::Exited {
-                    status,
-                    said: said.join(" / "),
-                });
-            }
-            if TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(RedisStartError::NotAccepting(addr));
-            }
-            backoff.wait().await;
-        }
+        wait_accepting(&mut child, output, addr).await?;
         Ok(Some(Self {
             child,
             port,
@@ -151,5 +107,67 @@ impl PrivateRedis {
             }
         }
         let _ = self.child.kill().await;
+    }
+}
+
+/// Each line the child writes, logged at debug and kept for an error that
+/// says why it exited.
+fn forward_output(child: &mut Child) -> Vec<mpsc::UnboundedReceiver<String>> {
+    let mut output = Vec::new();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        output.push(rx);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(target: "redis-server", "{line}");
+                let _ = tx.send(line);
+            }
+        });
+    }
+    output
+}
+
+/// Waits (at most [`START_TIMEOUT`]) until the child accepts on `addr`, or
+/// says why it exited first.
+async fn wait_accepting(
+    child: &mut Child,
+    output: Vec<mpsc::UnboundedReceiver<String>>,
+    addr: SocketAddr,
+) -> Result<(), RedisStartError> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut said = Vec::new();
+            for mut rx in output {
+                while let Some(line) = rx.recv().await {
+                    said.push(line);
+                }
+            }
+            return Err(RedisStartError::Exited {
+                status,
+                said: said.join(" / "),
+            });
+        }
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(RedisStartError::NotAccepting(addr));
+        }
+        backoff.wait().await;
     }
 }

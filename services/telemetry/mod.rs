@@ -109,29 +109,7 @@ pub fn init(format: LogFormat, service: &str) -> Guard {
     // OTEL_SDK_DISABLED=true (the standard switch): no spans at all, so no
     // trace ids in the logs and no traceparent sent on; what tracing costs.
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-    // Off is a layer that enables nothing, not an absent (`None`) one: an
-    // absent layer declares an interest in every callsite, which had every
-    // library's debug span made, so "off" cost more than on (callgrind: 198k
-    // instructions per rng call against 103k).
-    let traces = if disabled {
-        Identity::new().with_filter(filter_fn(|_| false)).boxed()
-    } else {
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_threads(false)
-            .with_location(false)
-            // Not conventions, and not what a reader of a trace looks for:
-            // every span here has the same target, and busy/idle times cost
-            // two clock reads per poll.
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_filter(filter_fn(|meta| {
-                // Our spans, and warnings and errors as span events.
-                meta.target() == TARGET
-                    || (meta.is_event() && *meta.level() <= tracing::Level::WARN)
-            }))
-            .boxed()
-    };
+    let traces = trace_layer(tracer, disabled);
     // Logs see the spans that frame an HTTP request (their trace_id prefixes
     // the lines inside), not the per-call ones that no
     // line is written in: the formatter writes a span's fields when it opens
@@ -152,6 +130,43 @@ pub fn init(format: LogFormat, service: &str) -> Guard {
         tracing::info!(%endpoint, "exporting traces over OTLP/gRPC");
     }
     Guard { provider }
+}
+
+/// The layer that makes spans for OpenTelemetry, or one that enables
+/// nothing when tracing is off.
+fn trace_layer<S>(
+    tracer: opentelemetry_sdk::trace::Tracer,
+    disabled: bool,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber
+        + Send
+        + Sync
+        + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    // Off is a layer that enables nothing, not an absent (`None`) one: an
+    // absent layer declares an interest in every callsite, which had every
+    // library's debug span made, so "off" cost more than on (callgrind: 198k
+    // instructions per rng call against 103k).
+    if disabled {
+        Identity::new().with_filter(filter_fn(|_| false)).boxed()
+    } else {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_threads(false)
+            .with_location(false)
+            // Not conventions, and not what a reader of a trace looks for:
+            // every span here has the same target, and busy/idle times cost
+            // two clock reads per poll.
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(filter_fn(|meta| {
+                // Our spans, and warnings and errors as span events.
+                meta.target() == TARGET
+                    || (meta.is_event() && *meta.level() <= tracing::Level::WARN)
+            }))
+            .boxed()
+    }
 }
 
 fn provider(service: &str, endpoint: Option<&str>) -> SdkTracerProvider {

@@ -242,7 +242,19 @@ pub async fn serve(
         Activity::Calls,
         webui.connection_metrics.clone(),
     );
-    let app = router(webui);
+    serve_connections(listener, connections, router(webui), shutdown).await;
+    tracing::info!("webui stopped");
+    Ok(())
+}
+
+/// Serves each admitted connection over HTTP/1 until `shutdown`, then
+/// drains them (bounded).
+async fn serve_connections(
+    listener: TcpListener,
+    connections: Connections,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HTTP1_HEADER_READ_TIMEOUT);
@@ -274,8 +286,6 @@ pub async fn serve(
     }
     // Dropping the set aborts the connections still open.
     drop(open);
-    tracing::info!("webui stopped");
-    Ok(())
 }
 
 fn unix_now() -> f64 {

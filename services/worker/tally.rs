@@ -7,7 +7,7 @@
 //! counted.
 
 use crate::{
-    store::{Coin, Counter, Store, StoreError, Totals},
+    store::{Coin, Store, StoreError, Totals, WorkerTotals},
     telemetry::hostname,
     telemetry::throttle::Throttle,
     worker::metrics::TallyMetrics,
@@ -146,7 +146,7 @@ pub(super) struct Flusher {
     tally: Arc<Tally>,
     store: Store,
     /// This worker's name in the store, unique per process: its updates are
-    /// running totals (see [`Counter`]), so one sent again counts once.
+    /// running totals (see [`WorkerTotals`]), so one sent again counts once.
     id: String,
     /// Hashes Redis acknowledged.
     pub(super) flushed: u64,
@@ -163,7 +163,7 @@ const FAILING_REMINDER: Duration = Duration::from_secs(30);
 
 impl Flusher {
     /// One update of Redis, its duration measured.
-    async fn record(&self, counter: &Counter<'_>, coins: &[Coin]) -> Result<(), StoreError> {
+    async fn record(&self, counter: &WorkerTotals<'_>, coins: &[Coin]) -> Result<(), StoreError> {
         let started = Instant::now();
         let result = self
             .store
@@ -182,7 +182,7 @@ impl Flusher {
         if coins.is_empty() {
             return Ok(());
         }
-        let counter = Counter {
+        let counter = WorkerTotals {
             worker: &self.id,
             hashes: Totals::settled(self.flushed),
             coins: Totals::settled(self.coins_flushed),
@@ -209,7 +209,7 @@ impl Flusher {
         } else {
             tracing::info!("{hashes} units of work done, updating hash counter");
         }
-        let counter = Counter {
+        let counter = WorkerTotals {
             worker: &self.id,
             hashes: Totals {
                 acknowledged: self.flushed,

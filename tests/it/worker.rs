@@ -257,10 +257,10 @@ async fn ten_workers_are_capped_by_rngs_lane() {
 /// through, the update waits.
 #[tokio::test]
 async fn a_slow_redis_answer_is_not_a_failure_and_counts_once() {
-    use dockercoins::store::{Coin, Counter, Totals};
+    use dockercoins::store::{Coin, Totals, WorkerTotals};
     let redis = RedisServer::start().await;
     let store = store(&redis);
-    let counter = |acknowledged, total, coins| Counter {
+    let counter = |acknowledged, total, coins| WorkerTotals {
         worker: "slow",
         hashes: Totals {
             acknowledged,
@@ -308,11 +308,11 @@ async fn a_slow_redis_answer_is_not_a_failure_and_counts_once() {
 /// empty, only what the worker had not seen confirmed is counted.
 #[tokio::test]
 async fn an_update_sent_again_counts_once() {
-    use dockercoins::store::{Coin, Counter, Totals, WORKER_KEY_PREFIX};
+    use dockercoins::store::{Coin, Totals, WORKER_KEY_PREFIX, WorkerTotals};
     let mut redis = RedisServer::start_ephemeral().await;
     let store = store(&redis);
     // One coin found with hashes 10 to 25, none before or after.
-    let counter = |acknowledged: u64, total: u64| Counter {
+    let counter = |acknowledged: u64, total: u64| WorkerTotals {
         worker: "w-1",
         hashes: Totals {
             acknowledged,
@@ -338,7 +338,7 @@ async fn an_update_sent_again_counts_once() {
     assert_eq!(redis.wallet().await.len(), 1);
     assert_eq!(redis.number("coins").await, 1, "the coin counted once");
     // Another worker's totals are its own.
-    let other = Counter {
+    let other = WorkerTotals {
         worker: "w-2",
         hashes: Totals {
             acknowledged: 0,

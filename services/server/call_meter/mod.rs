@@ -1,6 +1,6 @@
 //! The layer under every gRPC server that measures each call it serves into
 //! [`ServerCalls`] (in [`metrics`], beside it): from the request's arrival
-//! to the end of its response body (held by a [`Guard`]), so a stream counts
+//! to the end of its response body (held by a [`ResponseGuard`]), so a stream counts
 //! whole and rng's calls include their wait in the lane; the status read
 //! from the response headers (a trailers-only error) or from the trailers.
 //!
@@ -11,7 +11,7 @@
 pub mod metrics;
 
 use crate::{
-    server::guarded::{Guard, GuardedBody, GuardedFuture},
+    server::guarded::{GuardedBody, GuardedFuture, ResponseGuard},
     telemetry::{code_name, is_grpc, metrics::TraceExemplar},
 };
 use axum::http::{HeaderMap, Request, Response};
@@ -95,7 +95,7 @@ impl<S> CallMeter<S> {
 
 /// A call's [`ServerCall`] is observed when its response body ends, with
 /// the status its headers or trailers said.
-impl Guard for ServerCall {
+impl ResponseGuard for ServerCall {
     fn headers(&mut self, headers: &HeaderMap) {
         // A trailers-only response (an error) has its status here.
         note_status(self, headers);

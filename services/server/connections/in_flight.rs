@@ -8,7 +8,7 @@
 
 use super::{CALLS_PUSHBACK, Connection, admitted::ConnectedOn, received::Received};
 use crate::{
-    server::guarded::{Guard, GuardedBody, GuardedFuture},
+    server::guarded::{GuardedBody, GuardedFuture, ResponseGuard},
     server::overload,
     telemetry::is_grpc,
 };
@@ -180,4 +180,4 @@ impl Drop for Call {
 }
 
 /// A call is in flight until its response body ends: dropping it is all.
-impl Guard for Arc<Call> {}
+impl ResponseGuard for Arc<Call> {}
