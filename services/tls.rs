@@ -337,7 +337,7 @@ impl ClientTls {
 
     /// tonic's configuration for a server whose certificate must name
     /// `domain` (a DNS name or an IP address), whatever address is dialled.
-    /// The handshake is unbounded here: the caller bounds it (the pool with
+    /// The handshake is unbounded here: the caller bounds it (the balancer with
     /// its connect timeout).
     pub fn config(&self, domain: &str) -> ClientTlsConfig {
         let config = ClientTlsConfig::new()

@@ -87,7 +87,7 @@ pub struct Load {
     pub failed: u64,
 }
 
-/// An endpoint set up as the worker's pool sets up each connection.
+/// An endpoint set up as the worker's balancer sets up each connection.
 fn endpoint(target: &str) -> Result<Endpoint, BenchError> {
     let endpoint = Channel::from_shared(format!("http://{target}")).map_err(failed)?;
     Ok(balancer::configure(
@@ -113,7 +113,7 @@ pub async fn load(config: &LoadConfig) -> Result<Load, BenchError> {
         units.spawn(async move {
             let data = Bytes::from_static(&[0x5a; BLOCK_BYTES]);
             loop {
-                // Round robin per call, as the pool's replica picks a channel.
+                // Round robin per call, as the balancer's replica picks a channel.
                 let i = next.fetch_add(1, Ordering::Relaxed) % channels.len();
                 let mut client = EchoStub::new(channels[i].clone());
                 if client.echo(Payload { data: data.clone() }).await.is_err() {

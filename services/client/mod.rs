@@ -7,6 +7,11 @@
 //! failures is logged once, its end once). A streamed reply bounds the wait
 //! for each message by the call timeout, as a unary call is bounded as a
 //! whole, and notes each message's success or failure the same way.
+//!
+//! Beside them: [`balancer`], the replicas behind each client and how a
+//! call is spread, tried again and measured; [`backoff`], the waits between
+//! tries; [`http_get`], one plain HTTP GET for the commands that read an
+//! HTTP API (traces, top, the healthcheck).
 
 pub mod backoff;
 pub mod balancer;

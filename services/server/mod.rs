@@ -5,6 +5,14 @@
 //!
 //! The services themselves (`rng`, `hasher`) only bring their gRPC service and
 //! their legacy HTTP routes.
+//!
+//! Here, [`GrpcServer`] assembles them; beside it, the layers in front of a
+//! service, one idea each: [`connections`] (how many a server holds, and for
+//! how long), [`call_meter`] (every call measured), [`guarded`] (a guard held
+//! until a response body ends, which both use), [`deadline`] (a call's
+//! deadline and the delay paid before it), [`overload`] (how a full server
+//! says no), [`faults`] (what the resilience lab injects) and [`limits`]
+//! (every size limit on outside input).
 
 pub mod call_meter;
 pub mod connections;

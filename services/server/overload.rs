@@ -16,7 +16,7 @@ use std::time::Duration;
 use tonic::Status;
 
 /// gRFC A6's pushback, in a refusal's trailers: the milliseconds a client
-/// should wait before it asks this replica again (the pool honours it).
+/// should wait before it asks this replica again (the balancer honours it).
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
 /// The longest pushback said or honoured: a full queue can take long to

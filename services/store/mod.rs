@@ -12,6 +12,9 @@
 //! every checkout and every command. [`Store::Memory`] is an in-process store
 //! with the same semantics, used only by `dockercoins up` on a machine with
 //! neither `REDIS_URL` nor `redis-server`.
+//!
+//! [`private_redis`] is the redis-server child that `up` and `bench` start
+//! when no Redis is given.
 
 pub mod private_redis;
 

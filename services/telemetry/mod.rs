@@ -14,6 +14,12 @@
 //!
 //! The helpers below make the spans of this project: one shape for a gRPC
 //! client call, a gRPC or HTTP server request, a Redis command.
+//!
+//! Beside them: [`metrics`], the core every metric family registers in
+//! (each family lives beside what it measures); [`latency`], the buckets and
+//! durations read back as rates and quantiles; [`throttle`], the one
+//! rate-limited log line; [`error_chain`], an error and its causes on one
+//! line.
 
 pub mod error_chain;
 pub mod latency;

@@ -256,16 +256,16 @@ fn spawn_clients(
     store: &Store,
 ) -> Result<(), UpError> {
     // Balanced clients see every replica (pinned ones keep the first).
-    let clients = |pool: &BalancerSettings| -> Result<(RngClient, HasherClient), UpError> {
+    let clients = |balancer: &BalancerSettings| -> Result<(RngClient, HasherClient), UpError> {
         Ok((
             RngClient::with_resolver(
                 &local_url(addrs.rng[0]),
-                pool,
+                balancer,
                 fixed_resolver(addrs.rng.clone()),
             )?,
             HasherClient::with_resolver(
                 &local_url(addrs.hasher[0]),
-                pool,
+                balancer,
                 fixed_resolver(addrs.hasher.clone()),
             )?,
         ))
@@ -274,21 +274,21 @@ fn spawn_clients(
     // `worker_` prefix, every worker's calls together (in Compose each worker
     // serves its own): what the lab and `benches/policies.sh` read.
     let mut webui_metrics = Registry::default();
-    let webui_pool = BalancerSettings {
+    let webui_balancer = BalancerSettings {
         metrics: ClientCalls::register(&mut webui_metrics),
         ..config.balancer.clone()
     };
-    let worker_pool = BalancerSettings {
+    let worker_balancer = BalancerSettings {
         metrics: ClientCalls::register(webui_metrics.sub_registry_with_prefix("worker")),
         ..config.balancer.clone()
     };
-    let (rng, hasher) = clients(&webui_pool)?;
+    let (rng, hasher) = clients(&webui_balancer)?;
     let webui = Webui::new(store.clone(), rng, hasher).with_metrics(webui_metrics);
     services.spawn_webui(webui_listener, webui);
-    // One pool for every worker, as one process shares its channels: its
+    // One balancer for every worker, as one process shares its channels: its
     // balancer sees all their calls in flight (what `least_request`
     // compares), where in Compose each worker sees only its own one.
-    let (rng, hasher) = clients(&worker_pool)?;
+    let (rng, hasher) = clients(&worker_balancer)?;
     for n in 1..=config.workers.max(1) {
         let backends = Backends {
             rng: rng.clone(),

@@ -17,14 +17,14 @@
 //!   request, half an HTTP/1.1 head, a TLS handshake never finished.
 //! - a connection with no call in flight for `idle` is closed. A call is in
 //!   flight from its request to the end of its response body, so a gRPC
-//!   stream (the pool's health `Watch`) keeps its connection open however
+//!   stream (the balancer's health `Watch`) keeps its connection open however
 //!   quiet it is.
 //!
 //! The close is abrupt (the socket is shut, no GOAWAY), as tonic has no
 //! per-connection graceful close. It only ever meets a connection with
 //! nothing in flight; a client that sends its next call at that moment sees
 //! the connection fail before the call started, which every gRPC client
-//! retries (the pool on another replica).
+//! retries (the balancer on another replica).
 //!
 //! `edge`, which forwards bytes and sees no calls, counts bytes instead:
 //! a connection is idle when none moved either way.
@@ -67,7 +67,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Time a connection may stay with no call in flight. nginx keeps an idle
 /// keep-alive connection 75 s, hyper an idle HTTP/1.1 one 30 s (its header
-/// timeout); the pool's connections are never idle (their health stream),
+/// timeout); the balancer's connections are never idle (their health stream),
 /// and grpcurl or curl reconnect.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -76,7 +76,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// (measured with heaptrack: tonic's decode buffer, the call's future,
 /// its headers and span), whether the service then takes it or refuses it:
 /// 2,048 of them pin about 30 MiB. Past it a call is refused on its
-/// headers, before its body is read. Room for every pool's health stream
+/// headers, before its body is read. Room for every balancer's health stream
 /// on a full server (1,024) and a thousand calls besides.
 pub const DEFAULT_MAX_CALLS: usize = 2048;
 
