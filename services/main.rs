@@ -10,7 +10,7 @@ use dockercoins::{
         TopArgs, TracesArgs, UpArgs,
     },
     client::balancer::{self, ClientCalls},
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     edge, hasher, healthcheck, rng,
     server::connections::ConnectionLimits,
     shutdown,
@@ -167,8 +167,8 @@ fn backends(args: &ClientArgs, metrics: &mut Registry) -> anyhow::Result<worker:
     let mut balancer = args.balancer()?;
     balancer.metrics = ClientCalls::register(metrics);
     Ok(worker::Backends {
-        rng: RngClient::new(&args.rng_url, &balancer)?,
-        hasher: HasherClient::new(&args.hasher_url, &balancer)?,
+        rng: BalancedRng::new(&args.rng_url, &balancer)?,
+        hasher: BalancedHasher::new(&args.hasher_url, &balancer)?,
         store: Store::redis(&args.redis_url, args.connections.redis_timeout())?,
     })
 }

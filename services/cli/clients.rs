@@ -6,7 +6,7 @@
 use super::env;
 use crate::{
     client::balancer::{self, BalancerSettings},
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     server::connections,
     store,
     tls::{ClientTls, TlsError},
@@ -47,10 +47,10 @@ impl ClientTlsArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClientArgs {
     /// rng's gRPC address; `https://` for TLS (needs --tls-ca).
-    #[arg(long = "rng", env = env::RNG_URL, default_value_t = RngClient::default_url())]
+    #[arg(long = "rng", env = env::RNG_URL, default_value_t = BalancedRng::default_url())]
     pub rng_url: String,
     /// hasher's gRPC address; `https://` for TLS (needs --tls-ca).
-    #[arg(long = "hasher", env = env::HASHER_URL, default_value_t = HasherClient::default_url())]
+    #[arg(long = "hasher", env = env::HASHER_URL, default_value_t = BalancedHasher::default_url())]
     pub hasher_url: String,
     #[command(flatten)]
     pub tls: ClientTlsArgs,

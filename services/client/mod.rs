@@ -40,12 +40,12 @@ pub trait Api {
     const SERVICE: Service;
 }
 
-/// `dockercoins.v1.Rng`, as [`RngClient`] speaks it.
+/// `dockercoins.v1.Rng`, as [`BalancedRng`] speaks it.
 ///
 /// Named for what it is, the protocol a [`Client`] speaks, because the
 /// shorter names are taken: `Rng` is the generated server trait
 /// (`pb::rng_server::Rng`), `RngApi` rng's alias of it, `RngService` rng's
-/// server, and `RngClient` both the generated stub and the typed client.
+/// server, and `RngClient` the generated stub (imported here as `RngStub`).
 #[derive(Clone, Copy, Debug)]
 pub struct RngProtocol;
 
@@ -57,7 +57,7 @@ impl Api for RngProtocol {
     };
 }
 
-/// `dockercoins.v1.Hasher`, as [`HasherClient`] speaks it (named as
+/// `dockercoins.v1.Hasher`, as [`BalancedHasher`] speaks it (named as
 /// [`RngProtocol`] is, for the same reason).
 #[derive(Clone, Copy, Debug)]
 pub struct HasherProtocol;
@@ -78,11 +78,12 @@ pub struct Client<A> {
     api: PhantomData<A>,
 }
 
-/// rng's client: `generate`, `generate_stream`.
-pub type RngClient = Client<RngProtocol>;
+/// rng's client, balanced over its replicas: `generate`, `generate_stream`.
+/// Not `RngClient`, the generated stub's name: one name, one type.
+pub type BalancedRng = Client<RngProtocol>;
 
-/// hasher's client: `hash`, `hash_stream`.
-pub type HasherClient = Client<HasherProtocol>;
+/// hasher's client, balanced over its replicas: `hash`, `hash_stream`.
+pub type BalancedHasher = Client<HasherProtocol>;
 
 impl<A: Api> Client<A> {
     /// The service at `url`, its replicas found by the system's resolver.

@@ -16,7 +16,7 @@ pub mod restart;
 
 use crate::{
     client::balancer::{BalancerSettings, ClientCalls, InvalidUrl, Resolver},
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     hasher::HasherConfig,
     protocol::{HASHER_PORT, RNG_PORT, WEBUI_PORT},
     rng::RngConfig,
@@ -256,14 +256,14 @@ fn spawn_clients(
     store: &Store,
 ) -> Result<(), UpError> {
     // Balanced clients see every replica (pinned ones keep the first).
-    let clients = |balancer: &BalancerSettings| -> Result<(RngClient, HasherClient), UpError> {
+    let clients = |balancer: &BalancerSettings| -> Result<(BalancedRng, BalancedHasher), UpError> {
         Ok((
-            RngClient::with_resolver(
+            BalancedRng::with_resolver(
                 &local_url(addrs.rng[0]),
                 balancer,
                 fixed_resolver(addrs.rng.clone()),
             )?,
-            HasherClient::with_resolver(
+            BalancedHasher::with_resolver(
                 &local_url(addrs.hasher[0]),
                 balancer,
                 fixed_resolver(addrs.hasher.clone()),

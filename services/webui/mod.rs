@@ -14,7 +14,7 @@ pub use assets::{Assets, AssetsError};
 
 use crate::{
     client::balancer::Balancer,
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     pb::{InfoRequest, replica_client::ReplicaClient as ReplicaStub},
     protocol::WEBUI_PORT,
     protocol::webui::{
@@ -105,8 +105,8 @@ const BACKEND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Webui {
     pub store: Store,
-    pub rng: RngClient,
-    pub hasher: HasherClient,
+    pub rng: BalancedRng,
+    pub hasher: BalancedHasher,
     /// Whether the last `/json` failed on Redis: log a streak once.
     redis_failing: Arc<AtomicBool>,
     /// What `/metrics` serves: the gateway's calls, when registered.
@@ -121,7 +121,7 @@ pub struct Webui {
 }
 
 impl Webui {
-    pub fn new(store: Store, rng: RngClient, hasher: HasherClient) -> Self {
+    pub fn new(store: Store, rng: BalancedRng, hasher: BalancedHasher) -> Self {
         let mut registry = Registry::default();
         let connection_metrics = ConnectionMetrics::register(&mut registry);
         Self {

@@ -6,7 +6,7 @@
 use super::{WorkerConfig, liveness::Liveness, tally::Tally};
 use crate::{
     client::backoff::Backoff,
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     pb::HashBatch,
     protocol::{BLOCK_BYTES, DIGEST_BYTES},
     store::Coin,
@@ -123,8 +123,8 @@ pub fn coins_in_batch(blocks: &Bytes, digests: &[u8]) -> Result<Vec<Coin>, UnitE
 /// One mining loop's view of the world.
 pub(super) struct Miner {
     pub(super) config: WorkerConfig,
-    pub(super) rng: RngClient,
-    pub(super) hasher: HasherClient,
+    pub(super) rng: BalancedRng,
+    pub(super) hasher: BalancedHasher,
     pub(super) tally: Arc<Tally>,
     pub(super) liveness: Arc<Liveness>,
 }

@@ -28,7 +28,7 @@ pub use tally::{
 };
 
 use crate::{
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     store::Store,
     telemetry::fields,
     telemetry::metrics::{Exposition, Registry},
@@ -125,8 +125,8 @@ pub struct Mined {
 
 /// What a worker talks to, made by the caller.
 pub struct Backends {
-    pub rng: RngClient,
-    pub hasher: HasherClient,
+    pub rng: BalancedRng,
+    pub hasher: BalancedHasher,
     pub store: Store,
 }
 

@@ -7,7 +7,7 @@ use crate::support::{
 };
 use dockercoins::{
     client::balancer::{BalancerSettings, Policy, Resolver},
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     hasher::HasherConfig,
     rng::RngConfig,
     store::Store,
@@ -42,7 +42,7 @@ async fn three_rng_replicas() -> (Vec<Spawned>, Arc<Mutex<Vec<SocketAddr>>>) {
 }
 
 /// `calls` Rng/Generate calls through the client, one after the other.
-async fn generate(rng: &RngClient, calls: usize) {
+async fn generate(rng: &BalancedRng, calls: usize) {
     for _ in 0..calls {
         generate_through(rng).await.unwrap();
     }
@@ -92,13 +92,13 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
     let hasher = spawn_hasher(HasherConfig::turbo()).await;
     let (mut replicas, addrs) = three_rng_replicas().await;
     // The name in the URL is never looked up: the resolver answers.
-    let rng = RngClient::with_resolver(
+    let rng = BalancedRng::with_resolver(
         "http://rng:8001",
         &settings(Policy::RoundRobin),
         resolver(&addrs),
     )
     .unwrap();
-    let hasher_backend = HasherClient::new(&hasher.url(), &BalancerSettings::default()).unwrap();
+    let hasher_backend = BalancedHasher::new(&hasher.url(), &BalancerSettings::default()).unwrap();
     let store = Store::redis(&redis.url(), Duration::from_millis(500)).unwrap();
     let worker = RunningWorker::with_backends(unary(), rng.clone(), hasher_backend, store);
 
@@ -176,7 +176,7 @@ async fn balanced_calls_spread_follow_the_replicas_and_survive_a_dead_one() {
 #[tokio::test]
 async fn pinned_stays_on_one_replica() {
     let (replicas, addrs) = three_rng_replicas().await;
-    let rng = RngClient::with_resolver(
+    let rng = BalancedRng::with_resolver(
         &replicas[0].url(),
         &settings(Policy::Pinned),
         resolver(&addrs),
@@ -198,7 +198,7 @@ async fn pinned_stays_on_one_replica() {
 async fn the_system_resolver_finds_replicas_by_name() {
     let rng_server = spawn_rng(RngConfig::turbo()).await;
     let url = format!("http://localhost:{}", rng_server.addr.port());
-    let rng = RngClient::new(&url, &settings(Policy::RoundRobin)).unwrap();
+    let rng = BalancedRng::new(&url, &settings(Policy::RoundRobin)).unwrap();
     generate(&rng, 20).await;
     assert!(
         rng.balancer()

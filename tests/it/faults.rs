@@ -429,8 +429,8 @@ async fn a_backend_slower_than_the_call_timeout_costs_bounded_calls() {
     };
     let worker = RunningWorker::with_backends(
         config,
-        dockercoins::client::RngClient::new(&rng.url(), &pool).unwrap(),
-        dockercoins::client::HasherClient::new(&hasher.url(), &pool).unwrap(),
+        dockercoins::client::BalancedRng::new(&rng.url(), &pool).unwrap(),
+        dockercoins::client::BalancedHasher::new(&hasher.url(), &pool).unwrap(),
         store(&redis),
     );
     let run = Duration::from_secs(3);

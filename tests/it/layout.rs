@@ -209,3 +209,80 @@ fn imports_are_read_from_paths_and_groups() {
     let found: Vec<String> = crate_modules(source).into_iter().collect();
     assert_eq!(found, ["client", "pb", "store"]);
 }
+
+/// `pub struct|enum|type|trait NAME` in every source below `services/`,
+/// with the file each is in.
+fn public_types() -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    for file in sources(&services()) {
+        let source = fs::read_to_string(&file).unwrap();
+        for line in source.lines() {
+            let line = line.trim_start();
+            for kind in ["pub struct ", "pub enum ", "pub type ", "pub trait "] {
+                if let Some(rest) = line.strip_prefix(kind) {
+                    found.push((ident(rest).to_owned(), file.clone()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// What `build.rs` generates from `proto/`: each message, each service as
+/// a server trait, and its `...Client` and `...Server`.
+fn generated_names() -> BTreeSet<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let mut names = BTreeSet::new();
+    let mut protos = vec![root];
+    while let Some(path) = protos.pop() {
+        if path.is_dir() {
+            protos.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        for line in fs::read_to_string(&path).unwrap().lines() {
+            let line = line.trim_start();
+            if let Some(rest) = line.strip_prefix("message ") {
+                names.insert(ident(rest).to_owned());
+            } else if let Some(rest) = line.strip_prefix("service ") {
+                let service = ident(rest);
+                names.extend([
+                    service.to_owned(),
+                    format!("{service}Client"),
+                    format!("{service}Server"),
+                ]);
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn no_type_of_ours_is_named_like_a_generated_one_or_like_another() {
+    let generated = generated_names();
+    assert!(
+        generated.contains("RngClient"),
+        "read no service from proto/"
+    );
+    let ours = public_types();
+    let like_generated: Vec<_> = ours
+        .iter()
+        .filter(|(name, _)| generated.contains(name))
+        .map(|(name, file)| format!("{name} in {}", file.display()))
+        .collect();
+    assert!(
+        like_generated.is_empty(),
+        "named like a generated type (import the stub under an alias, e.g. RngStub, and name ours for what it is): {like_generated:?}"
+    );
+    // A command's own Config and Report are the one exception.
+    let mut seen = std::collections::BTreeMap::<&str, Vec<String>>::new();
+    for (name, file) in &ours {
+        seen.entry(name)
+            .or_default()
+            .push(file.display().to_string());
+    }
+    let twice: Vec<_> = seen
+        .iter()
+        .filter(|(name, files)| files.len() > 1 && !["Config", "Report"].contains(name))
+        .collect();
+    assert!(twice.is_empty(), "public types with one name: {twice:?}");
+}

@@ -11,7 +11,7 @@ use dockercoins::{
     client::balancer::{
         BalancerSettings, ClientCalls, OutlierSettings, Policy, Resolver, RetrySettings,
     },
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     hasher::HasherConfig,
     pb::GenerateRequest,
     rng::RngConfig,
@@ -50,14 +50,14 @@ fn client(
     servers: &[&Spawned],
     settings: BalancerSettings,
     registry: &mut Registry,
-) -> (RngClient, Arc<Mutex<Vec<SocketAddr>>>) {
+) -> (BalancedRng, Arc<Mutex<Vec<SocketAddr>>>) {
     let addrs = Arc::new(Mutex::new(servers.iter().map(|s| s.addr).collect()));
     let settings = BalancerSettings {
         metrics: ClientCalls::register(registry),
         connect_timeout: Duration::from_millis(500),
         ..settings
     };
-    let rng = RngClient::with_resolver("http://rng:8001", &settings, resolver(&addrs)).unwrap();
+    let rng = BalancedRng::with_resolver("http://rng:8001", &settings, resolver(&addrs)).unwrap();
     (rng, addrs)
 }
 
@@ -81,7 +81,11 @@ fn counter(registry: Registry, name: &str, labels: &str) -> u64 {
 }
 
 /// `callers` tasks making `calls` Generate calls each, one after the other.
-async fn load(rng: &RngClient, callers: usize, calls: usize) -> Vec<Result<usize, tonic::Status>> {
+async fn load(
+    rng: &BalancedRng,
+    callers: usize,
+    calls: usize,
+) -> Vec<Result<usize, tonic::Status>> {
     let tasks: Vec<_> = (0..callers)
         .map(|_| {
             let rng = rng.clone();
@@ -188,7 +192,7 @@ async fn the_retry_budget_caps_retries() {
         connect_timeout: Duration::from_millis(200),
         ..BalancerSettings::default()
     };
-    let rng = RngClient::with_resolver("http://rng:8001", &settings, resolver(&addrs)).unwrap();
+    let rng = BalancedRng::with_resolver("http://rng:8001", &settings, resolver(&addrs)).unwrap();
     let calls = 200;
     for _ in 0..calls {
         assert!(rng.generate(32).await.is_err());
@@ -224,7 +228,7 @@ async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool
 
 /// Calls rng one after the other until told to stop; the failures seen.
 fn keep_calling(
-    rng: &RngClient,
+    rng: &BalancedRng,
 ) -> (
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<u64>,
@@ -334,7 +338,7 @@ async fn a_replica_failing_every_call_is_ejected_and_comes_back_after_its_time()
     let mut registry = Registry::default();
     let (rng, _) = client(&[&good, &also_good, &failing], settings, &mut registry);
     let address = failing.addr.to_string();
-    let ejected = |rng: &RngClient| {
+    let ejected = |rng: &BalancedRng| {
         rng.balancer()
             .replica_states()
             .iter()
@@ -433,7 +437,7 @@ async fn a_rolling_restart_loses_no_unit_of_work() {
         BalancerSettings::default(),
         &mut Registry::default(),
     );
-    let hasher_client = HasherClient::new(&hasher.url(), &BalancerSettings::default()).unwrap();
+    let hasher_client = BalancedHasher::new(&hasher.url(), &BalancerSettings::default()).unwrap();
     let store = Store::redis(&redis.url(), Duration::from_millis(500)).unwrap();
     let config = WorkerConfig {
         delay: Duration::ZERO,

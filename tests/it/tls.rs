@@ -5,7 +5,7 @@
 use crate::support::{Spawned, generate_through, have, run_readme_line, sha256_hex};
 use dockercoins::{
     client::balancer::{BalancerSettings, Policy, Resolver},
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     hasher::HasherConfig,
     healthcheck::{Probe, Unhealthy, check},
     rng::RngConfig,
@@ -181,8 +181,8 @@ fn settings(policy: Policy, tls: Option<ClientTls>) -> BalancerSettings {
 
 /// A balanced rng client whose URL is `url` and whose every name resolves
 /// to `addr`.
-fn backend(url: &str, addr: SocketAddr, tls: Option<ClientTls>) -> RngClient {
-    RngClient::with_resolver(url, &settings(Policy::RoundRobin, tls), resolver(addr)).unwrap()
+fn backend(url: &str, addr: SocketAddr, tls: Option<ClientTls>) -> BalancedRng {
+    BalancedRng::with_resolver(url, &settings(Policy::RoundRobin, tls), resolver(addr)).unwrap()
 }
 
 /// A healthcheck of `target` over TLS with `tls`, the certificate checked
@@ -246,7 +246,7 @@ async fn https_backends_call_a_tls_server_and_check_the_url_host() {
     );
 
     // Pinned: one connection to the URL itself, over TLS too.
-    let pinned = RngClient::new(
+    let pinned = BalancedRng::new(
         &format!("https://localhost:{port}"),
         &settings(Policy::Pinned, Some(tls)),
     )
@@ -546,7 +546,7 @@ fn bad_tls_settings_are_clear_errors() {
 /// the setting (there are no system roots to fall back on).
 #[tokio::test]
 async fn an_https_backend_without_a_ca_is_refused() {
-    let error = RngClient::new("https://rng:8001", &BalancerSettings::default()).unwrap_err();
+    let error = BalancedRng::new("https://rng:8001", &BalancerSettings::default()).unwrap_err();
     let error = error.to_string();
     assert!(error.contains("rng") && error.contains("TLS_CA"), "{error}");
 }
@@ -675,7 +675,7 @@ async fn make_certs_sh_makes_what_the_services_accept() {
         Some(client.clone()),
     );
     assert_eq!(generate_through(&rng_backend).await.unwrap(), 32);
-    let hasher_backend = HasherClient::with_resolver(
+    let hasher_backend = BalancedHasher::with_resolver(
         &format!("https://hasher:{}", hasher.addr.port()),
         &settings(Policy::RoundRobin, Some(client.clone())),
         resolver(hasher.addr),

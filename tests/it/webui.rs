@@ -11,7 +11,7 @@ use axum::{
 };
 use dockercoins::{
     client::balancer::BalancerSettings,
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     hasher::HasherConfig,
     rng::RngConfig,
     store::Store,
@@ -29,8 +29,8 @@ fn webui(store: Store, rng_url: &str, hasher_url: &str) -> Webui {
     };
     Webui::new(
         store,
-        RngClient::new(rng_url, &pool).unwrap(),
-        HasherClient::new(hasher_url, &pool).unwrap(),
+        BalancedRng::new(rng_url, &pool).unwrap(),
+        BalancedHasher::new(hasher_url, &pool).unwrap(),
     )
 }
 

@@ -4,7 +4,7 @@
 use super::http::metric;
 use dockercoins::{
     client::balancer::BalancerSettings,
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     hasher::HasherConfig,
     pb::{hasher_client::HasherClient as HasherStub, rng_client::RngClient as RngStub},
     rng::RngConfig,
@@ -156,8 +156,8 @@ fn webui_of(store: Store, rng: &str, hasher: &str) -> Webui {
     };
     Webui::new(
         store,
-        RngClient::new(rng, &balancer).unwrap(),
-        HasherClient::new(hasher, &balancer).unwrap(),
+        BalancedRng::new(rng, &balancer).unwrap(),
+        BalancedHasher::new(hasher, &balancer).unwrap(),
     )
 }
 
@@ -205,7 +205,7 @@ pub async fn hasher_client(server: &Spawned) -> HasherStub<Channel> {
 
 /// One Rng/Generate call of 32 bytes through a client (balancing, retries,
 /// TLS: whatever its backend does); the number of bytes it returned.
-pub async fn generate_through(rng: &RngClient) -> Result<usize, tonic::Status> {
+pub async fn generate_through(rng: &BalancedRng) -> Result<usize, tonic::Status> {
     rng.generate(32).await.map(|data| data.len())
 }
 

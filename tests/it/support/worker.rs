@@ -3,7 +3,7 @@
 
 use dockercoins::{
     client::balancer::BalancerSettings,
-    client::{HasherClient, RngClient},
+    client::{BalancedHasher, BalancedRng},
     store::Store,
     worker::{Backends, Mined, WorkerConfig},
 };
@@ -29,16 +29,16 @@ pub struct RunningWorker {
 impl RunningWorker {
     pub fn start(config: WorkerConfig, rng_url: &str, hasher_url: &str, store: Store) -> Self {
         let pool = test_pool();
-        let rng = RngClient::new(rng_url, &pool).unwrap();
-        let hasher = HasherClient::new(hasher_url, &pool).unwrap();
+        let rng = BalancedRng::new(rng_url, &pool).unwrap();
+        let hasher = BalancedHasher::new(hasher_url, &pool).unwrap();
         Self::with_backends(config, rng, hasher, store)
     }
 
     /// A worker on clients made by the test (a resolver of its own...).
     pub fn with_backends(
         config: WorkerConfig,
-        rng: RngClient,
-        hasher: HasherClient,
+        rng: BalancedRng,
+        hasher: BalancedHasher,
         store: Store,
     ) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
