@@ -23,6 +23,7 @@ use crate::{
     server::faults::Injector,
     server::limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
     server::overload::{self, Overloaded, Refusals},
+    server::streamed::{Streamed, streamed},
     server::{GrpcServer, ServeError, ServerSettings},
     telemetry::hostname,
     telemetry::metrics::{Counter, Registry},
@@ -45,10 +46,9 @@ use std::{
 };
 use tokio::{
     net::TcpListener,
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
 /// Where `dockercoins hasher` listens unless told otherwise.
@@ -335,7 +335,7 @@ impl HasherApi for HasherService {
         Ok(tonic::Response::new(HashResponse { hex }))
     }
 
-    type HashStreamStream = ReceiverStream<Result<DigestBatch, Status>>;
+    type HashStreamStream = Streamed<DigestBatch>;
 
     async fn hash_stream(
         &self,
@@ -346,9 +346,8 @@ impl HasherApi for HasherService {
         let deadline = deadline::of(&request);
         self.faults.failure()?;
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(2);
         let service = self.clone();
-        tokio::spawn(async move {
+        Ok(streamed(move |tx| async move {
             loop {
                 let batch = tokio::select! {
                     batch = inbound.message() => batch,
@@ -369,8 +368,7 @@ impl HasherApi for HasherService {
                     return;
                 }
             }
-        });
-        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        }))
     }
 }
 

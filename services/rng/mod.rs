@@ -35,6 +35,7 @@ use crate::{
     server::faults::Injector,
     server::limits::{MAX_BLOCK_BYTES, MAX_STREAM_BLOCKS, MAX_STREAM_BYTES, STREAM_MESSAGE_BYTES},
     server::overload::Overloaded,
+    server::streamed::{Streamed, streamed},
     server::{GrpcServer, ServeError, ServerSettings},
     telemetry::hostname,
     telemetry::metrics::Registry,
@@ -53,8 +54,7 @@ use std::{
     sync::Arc,
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpListener;
 use tonic::{Request, Status};
 
 /// Where `dockercoins rng` listens unless told otherwise.
@@ -327,7 +327,7 @@ impl RngApi for RngService {
         Ok(tonic::Response::new(GenerateResponse { data }))
     }
 
-    type GenerateStreamStream = ReceiverStream<Result<GenerateStreamResponse, Status>>;
+    type GenerateStreamStream = Streamed<GenerateStreamResponse>;
 
     async fn generate_stream(
         &self,
@@ -339,11 +339,8 @@ impl RngApi for RngService {
         self.faults.failure()?;
         let request = request.get_ref();
         let plan = StreamPlan::new(request.size.into(), request.count.into())?;
-        // Two messages of look-ahead: enough to keep the pipe full, and the
-        // memory a slow reader can pin stays two messages.
-        let (tx, rx) = mpsc::channel(2);
         let lane = self.lane.clone();
-        tokio::spawn(async move {
+        Ok(streamed(move |tx| async move {
             for blocks in plan.messages() {
                 let work = lane.serve(deadline, || random_bytes(blocks * plan.size));
                 // A client that goes away gives its place in the lane back.
@@ -367,8 +364,7 @@ impl RngApi for RngService {
                     return;
                 }
             }
-        });
-        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        }))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod faults;
 pub mod guarded;
 pub mod limits;
 pub mod overload;
+pub mod streamed;
 
 use self::{
     call_meter::CallMeterLayer,
