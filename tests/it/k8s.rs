@@ -227,8 +227,11 @@ fn check_common(objects: &[Value], what: &str, extra: &[&str]) {
         );
     }
     // Headless: the name resolves to every pod, and balanced clients reach
-    // them all (a ClusterIP pins each HTTP/2 connection to one pod).
-    for name in ["rng", "hasher"] {
+    // them all (a ClusterIP pins each HTTP/2 connection to one pod); and
+    // the backends of long-lived connections (spans, queries) are reached
+    // only once their pod is there, never through a ClusterIP that
+    // kube-proxy has not routed yet (deploy/k8s/base/jaeger.yaml says why).
+    for name in ["rng", "hasher", "jaeger", "otel-collector", "prometheus"] {
         assert_eq!(
             services[name]["spec"]["clusterIP"].as_str(),
             Some("None"),
