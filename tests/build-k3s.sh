@@ -61,6 +61,8 @@ command -v gcc >/dev/null || {
 work=$(mktemp -d "${TMPDIR:-/tmp}/build-k3s.XXXXXX")
 cleanup() { chmod -R u+w "$work" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # fail NAME LOG WHAT: say what failed, with the tail of its log, and stop.
 fail() {
