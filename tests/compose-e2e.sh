@@ -148,30 +148,16 @@ HAD_DOCKER0=0
 ip link show docker0 >/dev/null 2>&1 && HAD_DOCKER0=1
 COMPOSE_UP=0
 # dockerd adds iptables chains, sets FORWARD's policy to DROP and turns on IP
-# forwarding, and leaves all that behind. Undone on exit when they were not
-# there before and no other dockerd runs.
-NET_BEFORE=none
-if command -v iptables >/dev/null && ! pgrep -x dockerd >/dev/null &&
-    ! iptables -S DOCKER-USER >/dev/null 2>&1; then
-    NET_BEFORE="$(iptables -S FORWARD 2>/dev/null | sed -n 's/^-P FORWARD //p') $(sysctl -n net.ipv4.ip_forward 2>/dev/null)"
+# forwarding; Swarm adds docker_gwbridge's and the ingress's rules; each
+# leaves all that behind. The machine's state is noted now, put back on exit
+# and compared (tests/machine-state.sh), when no other dockerd runs: with
+# one, what changed cannot be told apart.
+. tests/machine-state.sh
+OWN_NETWORK=0
+if ! pgrep -x dockerd >/dev/null; then
+    OWN_NETWORK=1
+    machine_note "$WORK"
 fi
-
-undo_dockerd_network() {
-    [ "$NET_BEFORE" != none ] || return 0
-    pgrep -x dockerd >/dev/null && return 0
-    local policy=${NET_BEFORE% *} forward=${NET_BEFORE#* } chain
-    iptables -t nat -D PREROUTING -m addrtype --dst-type LOCAL -j DOCKER 2>/dev/null
-    iptables -t nat -D OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER 2>/dev/null
-    iptables -t nat -F DOCKER 2>/dev/null && iptables -t nat -X DOCKER 2>/dev/null
-    iptables -D FORWARD -j DOCKER-USER 2>/dev/null
-    iptables -D FORWARD -j DOCKER-ISOLATION-STAGE-1 2>/dev/null
-    for chain in DOCKER DOCKER-ISOLATION-STAGE-1 DOCKER-ISOLATION-STAGE-2 DOCKER-USER; do
-        iptables -F "$chain" 2>/dev/null && iptables -X "$chain" 2>/dev/null
-    done
-    [ -n "$policy" ] && iptables -P FORWARD "$policy" 2>/dev/null
-    [ -n "$forward" ] && sysctl -qw net.ipv4.ip_forward="$forward" 2>/dev/null
-    return 0
-}
 
 # v1 --compatibility warns on every call about the deploy keys it ignores
 # (update_config, endpoint_mode): said once below, not on every poll.
@@ -213,10 +199,19 @@ cleanup() {
     if [ "${SWARM_UP:-0}" != 0 ] && ip link show docker_gwbridge >/dev/null 2>&1; then
         ip link delete docker_gwbridge 2>/dev/null
     fi
-    undo_dockerd_network
     # Mounts the daemon may have left under its directories (it unmounts on a
     # clean stop; this is for a SIGKILL).
     grep -o " $WORK/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m"; done
+    if [ "$OWN_NETWORK" = 1 ] && ! pgrep -x dockerd >/dev/null; then
+        machine_restore "$WORK"
+        if machine_compare "$WORK"; then
+            MACHINE_OK=yes
+            log "cleanup: the machine is as it was (iptables v4 and v6, ${#MACHINE_SYSCTLS[@]} sysctls, mounts, links)"
+        else
+            log "cleanup: the machine is NOT as it was (the differences above)"
+            [ "$rc" = 0 ] && rc=1
+        fi
+    fi
     if [ "${E2E_KEEP:-0}" = 1 ]; then
         log "cleanup: kept $WORK"
     else
