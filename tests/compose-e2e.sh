@@ -146,6 +146,8 @@ WORK=$(mktemp -d /tmp/dockercoins-e2e.XXXXXX)
 DOCKERD_PID=
 HAD_DOCKER0=0
 ip link show docker0 >/dev/null 2>&1 && HAD_DOCKER0=1
+HAD_GWBRIDGE=0
+ip link show docker_gwbridge >/dev/null 2>&1 && HAD_GWBRIDGE=1
 COMPOSE_UP=0
 # dockerd adds iptables chains, sets FORWARD's policy to DROP and turns on IP
 # forwarding; Swarm adds docker_gwbridge's and the ingress's rules; each
@@ -196,7 +198,8 @@ cleanup() {
         ip link delete docker0 2>/dev/null
     fi
     # Swarm's bridge, left behind like docker0.
-    if [ "${SWARM_UP:-0}" != 0 ] && ip link show docker_gwbridge >/dev/null 2>&1; then
+    # (SWARM_UP is 0 again once the swarm is left: the bridge stays anyway.)
+    if [ "$HAD_GWBRIDGE" = 0 ] && ip link show docker_gwbridge >/dev/null 2>&1; then
         ip link delete docker_gwbridge 2>/dev/null
     fi
     # Mounts the daemon may have left under its directories (it unmounts on a
