@@ -194,16 +194,50 @@ fn provider(service: &str, endpoint: Option<&str>) -> SdkTracerProvider {
         resource = resource.with_attribute(KeyValue::new("service.instance.id", instance));
     }
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
-    if endpoint.is_some() {
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-        {
+    if let Some(endpoint) = endpoint {
+        use opentelemetry_otlp::WithTonicConfig;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(channel) = collector_channel(endpoint) {
+            exporter = exporter.with_channel(channel);
+        }
+        match exporter.build() {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
             Err(error) => eprintln!("dockercoins: traces will not be exported: {error}"),
         }
     }
     builder.build()
+}
+
+/// How long a connection to the Collector may take to open.
+const COLLECTOR_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an HTTP/2 PING asks whether the Collector is still there, and
+/// how long its answer may take.
+const COLLECTOR_KEEPALIVE: (Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(10));
+
+/// The exporter's connection to a plain-HTTP Collector, or `None` to leave
+/// it to the SDK (which then says what it cannot do, e.g. https).
+///
+/// The SDK's own has neither a connect timeout nor HTTP/2 keepalive, so
+/// when the Collector's pod goes (a rolling restart, a reschedule) an
+/// exporter could wait on a dead address or a silent connection for
+/// minutes, every export failing meanwhile: on a live cluster, rng's spans
+/// were missing from Jaeger for over a minute after the Collector was
+/// restarted. The Collector's receiver allows these pings
+/// (`keepalive.enforcement_policy` in deploy/otel/collector.yaml).
+fn collector_channel(endpoint: &str) -> Option<tonic::transport::Channel> {
+    if !endpoint.starts_with("http://") {
+        return None;
+    }
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).ok()?;
+    Some(
+        endpoint
+            .connect_timeout(COLLECTOR_CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(COLLECTOR_KEEPALIVE.0)
+            .keep_alive_timeout(COLLECTOR_KEEPALIVE.1)
+            .keep_alive_while_idle(true)
+            .connect_lazy(),
+    )
 }
 
 /// Writes `span`'s context into outgoing gRPC metadata: the call's server
