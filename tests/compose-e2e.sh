@@ -55,11 +55,8 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 SECONDS=0
 
-log() { printf '[compose-e2e %3ds] %s\n' "$SECONDS" "$*"; }
-fail() {
-    printf '[compose-e2e %3ds] FAIL: %s\n' "$SECONDS" "$*" >&2
-    exit 1
-}
+E2E_NAME=compose-e2e
+. tests/e2e-lib.sh
 
 [ "$(id -u)" = 0 ] || fail "run as root: it starts its own dockerd"
 
@@ -82,14 +79,7 @@ fi
 DOCKER=docker
 [ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker
 
-# The machine's Debian mirror (for trixie's Compose and for debootstrap).
-MIRROR=$(
-    {
-        sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n'
-        sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) bookworm .*/\2/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
-    } | grep -E '^https?://' | grep -v -- '-security' | grep -i debian | sed -n 1p || true
-)
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+MIRROR=$(debian_mirror)
 
 # Compose v2, what the README's commands are. Bookworm packages only v1; the
 # plugin binary of trixie's docker-compose package needs nothing but libc
@@ -274,29 +264,7 @@ PROMETHEUS_IMAGE=$(sed -n 's/^ *image: *\(prom\/prometheus:[^ ]*\).*/\1/p' docke
     fail "no collector, Jaeger or Prometheus image in docker-compose.yaml"
 
 # ------------------------------------------------------ base image, local --
-CACHE=${E2E_CACHE-/var/cache/dockercoins-e2e}
-ROOTFS_TAR="$WORK/rootfs.tar"
-# Bump the name when the package set changes. wget: Jaeger's healthcheck.
-CACHED_TAR="${CACHE:+$CACHE/bookworm-minbase-redis-wget-v2.tar}"
-if [ -n "$CACHED_TAR" ] && [ -s "$CACHED_TAR" ]; then
-    log "base rootfs from cache $CACHED_TAR"
-    ROOTFS_TAR=$CACHED_TAR
-else
-    log "debootstrap bookworm minbase + redis-server, wget from $MIRROR (about 30-60 s)"
-    mkdir -p "$WORK/rootfs"
-    if ! timeout 300 debootstrap --variant=minbase --include=redis-server,wget bookworm "$WORK/rootfs" "$MIRROR" \
-        >"$WORK/debootstrap.log" 2>&1; then
-        tail -20 "$WORK/debootstrap.log" >&2
-        fail "debootstrap failed"
-    fi
-    rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
-    tar --numeric-owner -C "$WORK/rootfs" -cf "$ROOTFS_TAR" .
-    rm -rf "$WORK/rootfs"
-    if [ -n "$CACHED_TAR" ] && mkdir -p "$CACHE" && cp "$ROOTFS_TAR" "$CACHED_TAR.tmp"; then
-        mv "$CACHED_TAR.tmp" "$CACHED_TAR"
-        log "cached the rootfs in $CACHED_TAR"
-    fi
-fi
+ROOTFS_TAR=$(base_rootfs "$WORK" "${E2E_CACHE-/var/cache/dockercoins-e2e}" "$MIRROR")
 "$DOCKER" import "$ROOTFS_TAR" "$STANDIN" >/dev/null || fail "docker import failed"
 "$DOCKER" tag "$STANDIN" "$REDIS_IMAGE"
 log "imported the rootfs as $STANDIN and $REDIS_IMAGE"
@@ -517,22 +485,7 @@ jaeger_rng_p95() {
 }
 
 # ------------------------------------------------------------ the numbers --
-hashes() {
-    local j
-    j=$(curl -s --max-time 3 http://127.0.0.1:8000/json) || { echo -1; return; }
-    j=$(sed -n 's/.*"hashes": *\([0-9][0-9]*\).*/\1/p' <<<"$j")
-    echo "${j:-0}"
-}
-# rate SECONDS -> hashes/s with two decimals, measured through webui's /json.
-rate() {
-    local secs=$1 h0 h1 t0 t1
-    h0=$(hashes); t0=$(date +%s%N)
-    sleep "$secs"
-    h1=$(hashes); t1=$(date +%s%N)
-    [ "$h0" -ge 0 ] && [ "$h1" -ge 0 ] || { echo "-1"; return; }
-    awk -v d="$((h1 - h0))" -v ns="$((t1 - t0))" 'BEGIN { printf "%.2f", d / (ns / 1e9) }'
-}
-in_range() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x >= lo && x <= hi) }'; }
+WEBUI_URL=http://127.0.0.1:8000
 
 log "webui /json: $(curl -s --max-time 3 http://127.0.0.1:8000/json)"
 # The worker flushes its count about once a second; let it settle first.

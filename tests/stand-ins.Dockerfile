@@ -48,3 +48,11 @@ VOLUME ["/prometheus"]
 EXPOSE 9090
 ENTRYPOINT ["/bin/prometheus"]
 CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+
+# registry.k8s.io/prometheus-adapter/prometheus-adapter (tests/k8s-e2e.sh):
+# the binary at /adapter, as released, user nobody; deploy/k8s gives it
+# every argument.
+FROM ${BASE} AS prometheus-adapter
+COPY adapter /adapter
+USER 65534
+ENTRYPOINT ["/adapter"]
