@@ -82,12 +82,16 @@ machine_restore() {
         [ "${line#*=}" = absent ] || sysctl -qw "$line" 2>/dev/null || true
     done
     # `mount --make-rshared /` changes every mount's propagation: each gets
-    # its own back (a target mounted twice takes the last).
+    # its own back. A path reaches only the top of mounts stacked on one
+    # target (/dev/pts, /dev/shm here), so first the whole tree goes private
+    # (what it was here, usually), then the shared and slave ones are made
+    # so again.
+    mount --make-rprivate / 2>/dev/null
     sed -n '/^## mounts$/,/^## /p' "$dir/machine.before" | grep -v '^## ' | while read -r target tag; do
         case "$tag" in
             shared) mount --make-shared "$target" 2>/dev/null ;;
             master) mount --make-slave "$target" 2>/dev/null ;;
-            *) mount --make-private "$target" 2>/dev/null ;;
+            *) ;;
         esac
     done
     return 0
