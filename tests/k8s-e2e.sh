@@ -77,6 +77,8 @@ done
 WORK=$(mktemp -d /tmp/dockercoins-k8s.XXXXXX)
 chmod 755 "$WORK"
 machine_note "$WORK"
+machine_links >"$WORK/links.before"
+ls -d /run/netns/cni-* >"$WORK/netns.before" 2>/dev/null || true
 MADE_DIRS=()
 for dir in /etc/rancher /var/lib/rancher /run/k3s /var/lib/cni /var/log/pods /var/log/containers /run/netns /var/lib/kubelet; do
     [ -e "$dir" ] || MADE_DIRS+=("$dir")
@@ -109,17 +111,28 @@ stop_shims() {
     done
 }
 undo_machine() {
-    # Mounts under this run's directories and the pods' network namespaces,
-    # deepest first.
-    awk '{print $5}' /proc/self/mountinfo | grep -E "^($WORK|/run/k3s|/run/netns/cni-|/var/lib/kubelet)" |
+    # Mounts under this run's directories and the network namespaces of its
+    # pods (those that were not there before), deepest first.
+    local m ns link
+    awk '{print $5}' /proc/self/mountinfo | grep -E "^($WORK|/run/k3s)(/|$)" |
         sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+    for ns in /run/netns/cni-*; do
+        [ -e "$ns" ] && ! grep -qxF "$ns" "$WORK/netns.before" || continue
+        umount -l "$ns" 2>/dev/null
+        rm -f "$ns"
+    done
+    # The bridge and the pods' veths this run made (cni0 was not there).
     for link in $(machine_links); do
-        case "$link" in cni0 | veth* | flannel* | kube-ipvs0) ip link delete "$link" 2>/dev/null ;; esac
+        case "$link" in cni0 | veth*) grep -qxF "$link" "$WORK/links.before" || ip link delete "$link" 2>/dev/null ;; esac
     done
     machine_restore "$WORK"
     local dir
     for dir in "${MADE_DIRS[@]}"; do rm -rf "$dir"; done
-    conntrack -F >/dev/null 2>&1 || true
+    # Connection tracking of the pods' and Services' addresses only.
+    for net in 10.42.0.0/24 10.43.0.0/16; do
+        conntrack -D -s "$net" >/dev/null 2>&1 || true
+        conntrack -D -d "$net" >/dev/null 2>&1 || true
+    done
 }
 
 cleanup() {
