@@ -44,7 +44,8 @@ pub struct Snapshot {
     /// The span `hops` cover (webui's window).
     pub hops_window_seconds: Option<f64>,
     pub hops: Vec<HopRow>,
-    /// The hop with the highest p50, as the page's verdict names it.
+    /// The hop with the highest p50 when it stands out, as the page's
+    /// verdict names it.
     pub slow_hop: Option<String>,
     /// Requests waiting in rng's lanes, all replicas together.
     pub rng_queue: Option<u64>,
@@ -293,11 +294,45 @@ fn tenths(rate: f64) -> f64 {
     (rate * 10.0).round() / 10.0
 }
 
-/// The page's verdict: of the rows with calls, the one with the highest p50.
+/// How many times the next hop's p50 the slowest hop's must be to be named:
+/// the page's `STANDS_OUT`, so both say the same. Below it no hop is the
+/// bottleneck (one classroom worker: rng and hasher both take about 100 ms).
+pub const STANDS_OUT: f64 = 1.5;
+
+/// The page's verdict on the rows with calls.
+#[derive(Debug, PartialEq)]
+pub enum HopVerdict<'a> {
+    /// This hop's p50 is at least [`STANDS_OUT`] times every other hop's.
+    Slow(&'a HopRow),
+    /// The slowest and the next slowest hop, too close to name either.
+    Even(&'a HopRow, &'a HopRow),
+}
+
+/// Of the rows with calls, the one with the highest p50, if it stands out.
+pub fn hop_verdict(rows: &[HopRow]) -> Option<HopVerdict<'_>> {
+    let (worst, worst_p50) = slowest(rows.iter())?;
+    let next = slowest(rows.iter().filter(|r| r.hop != worst.hop));
+    match next {
+        Some((next, next_p50)) if worst_p50 < STANDS_OUT * next_p50 => {
+            Some(HopVerdict::Even(worst, next))
+        }
+        _ => Some(HopVerdict::Slow(worst)),
+    }
+}
+
+/// Of `rows` with calls, the one with the highest p50, and that p50.
+fn slowest<'a>(rows: impl Iterator<Item = &'a HopRow>) -> Option<(&'a HopRow, f64)> {
+    rows.filter(|r| r.calls_per_second.is_some_and(|c| c > 0.0))
+        .filter_map(|r| Some((r, r.p50_ms?)))
+        .reduce(|a, b| if b.1 > a.1 { b } else { a })
+}
+
+/// The hop the verdict names, if it names one.
 pub fn slow_hop(rows: &[HopRow]) -> Option<&HopRow> {
-    rows.iter()
-        .filter(|r| r.p50_ms.is_some() && r.calls_per_second.is_some_and(|c| c > 0.0))
-        .reduce(|a, b| if b.p50_ms > a.p50_ms { b } else { a })
+    match hop_verdict(rows)? {
+        HopVerdict::Slow(row) => Some(row),
+        HopVerdict::Even(..) => None,
+    }
 }
 
 fn rng_queue(rows: &[HopRow]) -> Option<u64> {
@@ -380,6 +415,43 @@ mod tests {
                        "latency_since": "start"}]
         }))
         .unwrap()
+    }
+
+    fn row(hop: &'static str, p50_ms: f64) -> HopRow {
+        HopRow {
+            hop,
+            calls_per_second: Some(3.3),
+            p50_ms: Some(p50_ms),
+            ..HopRow::default()
+        }
+    }
+
+    #[test]
+    fn a_hop_is_named_only_when_it_stands_out() {
+        // One classroom worker: rng and hasher both about 100 ms.
+        let even = [row("rng", 104.0), row("hasher", 101.0), row("redis", 0.2)];
+        assert_eq!(
+            hop_verdict(&even),
+            Some(HopVerdict::Even(&even[0], &even[1]))
+        );
+        assert_eq!(slow_hop(&even), None);
+        // Just under and at STANDS_OUT times the next hop.
+        let close = [row("rng", 149.0), row("hasher", 100.0)];
+        assert_eq!(slow_hop(&close), None);
+        let apart = [row("rng", 150.0), row("hasher", 100.0)];
+        assert_eq!(slow_hop(&apart).map(|r| r.hop), Some("rng"));
+        // Replicas of one hop are not compared with each other.
+        let replicas = [row("rng", 700.0), row("rng", 650.0), row("hasher", 100.0)];
+        assert_eq!(slow_hop(&replicas).map(|r| r.p50_ms), Some(Some(700.0)));
+        // Rows without calls do not count; one hop alone is named.
+        let idle = [
+            row("rng", 100.0),
+            HopRow {
+                calls_per_second: Some(0.0),
+                ..row("hasher", 90.0)
+            },
+        ];
+        assert_eq!(slow_hop(&idle).map(|r| r.hop), Some("rng"));
     }
 
     #[test]

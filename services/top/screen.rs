@@ -6,7 +6,7 @@
 //! Pure functions: the terminal (`super::terminal`) writes the lines,
 //! `--once` prints them.
 
-use super::board::{HopRow, Snapshot, slow_hop};
+use super::board::{HopRow, HopVerdict, Snapshot, hop_verdict};
 use std::time::Duration;
 
 /// The chart's levels within one line, from empty to full.
@@ -191,18 +191,27 @@ fn scale_label(rate: f64) -> String {
 
 /// The page's one line for the back of the room.
 fn verdict(rows: &[HopRow]) -> String {
-    let Some(worst) = slow_hop(rows) else {
-        return String::new();
-    };
-    let waiting = match worst.queue {
-        Some(queue) if queue > 0 => format!(", {queue} requests waiting"),
-        _ => String::new(),
-    };
-    format!(
-        "{} is the slow hop: half its calls take over {}{waiting}.",
-        worst.hop,
-        ms(worst.p50_ms)
-    )
+    match hop_verdict(rows) {
+        None => String::new(),
+        Some(HopVerdict::Even(worst, next)) => format!(
+            "No hop stands out: {} and {} take about as long ({}, {}).",
+            worst.hop,
+            next.hop,
+            ms(worst.p50_ms),
+            ms(next.p50_ms)
+        ),
+        Some(HopVerdict::Slow(worst)) => {
+            let waiting = match worst.queue {
+                Some(queue) if queue > 0 => format!(", {queue} requests waiting"),
+                _ => String::new(),
+            };
+            format!(
+                "{} is the slow hop: half its calls take over {}{waiting}.",
+                worst.hop,
+                ms(worst.p50_ms)
+            )
+        }
+    }
 }
 
 /// Each row, and under it what the replica injects and why it fails.

@@ -50,11 +50,33 @@ async function pollScore() {
   }
 }
 
+// The chart's vertical axis: at most 5 steps on round numbers (1, 2, 2.5 or 5
+// times a power of ten) above the highest rate, so a reader can say "about
+// 10 hashes/s" at a glance.
+function roundAxis(highest) {
+  const reach = Math.max(highest * 1.1, 1);
+  const power = 10 ** Math.floor(Math.log10(reach / 5));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => reach / s <= 5);
+  let decimals = 0;
+  while (decimals < 3 && Math.abs(step * 10 ** decimals - Math.round(step * 10 ** decimals)) > 1e-9) decimals++;
+  return { step, lines: Math.ceil(reach / step), decimals };
+}
+
+// Drawn at the size the canvas is shown, in CSS pixels (sharp at any pixel
+// ratio), so its labels stay legible on a phone as on a projector.
 function draw() {
   const canvas = $("chart");
+  const ratio = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || 1200;
+  const h = Math.max(180, Math.round(w * 0.35));
+  if (canvas.width !== Math.round(w * ratio) || canvas.height !== Math.round(h * ratio)) {
+    canvas.width = Math.round(w * ratio);
+    canvas.height = Math.round(h * ratio);
+  }
   const ctx = canvas.getContext("2d");
-  const w = canvas.width, h = canvas.height;
-  const pad = { left: 90, right: 20, top: 20, bottom: 40 };
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  const small = w < 600;
+  const pad = { left: small ? 44 : 70, right: 14, top: 14, bottom: small ? 28 : 34 };
   ctx.clearRect(0, 0, w, h);
 
   // Per-second rates, smoothed over 3 samples so the once-a-second updates
@@ -65,28 +87,30 @@ function draw() {
     if (b.t > a.t) points.push({ t: b.t, r: (b.h - a.h) / (b.t - a.t) });
   }
   const now = samples.length ? samples[samples.length - 1].t : 0;
-  const max = Math.max(1, ...points.map((p) => p.r)) * 1.15;
+  const axis = roundAxis(Math.max(0, ...points.map((p) => p.r)));
   const x = (t) => pad.left + (w - pad.left - pad.right) * (1 - (now - t) / WINDOW);
-  const y = (r) => h - pad.bottom - (h - pad.top - pad.bottom) * (r / max);
+  const y = (r) => h - pad.bottom - (h - pad.top - pad.bottom) * (r / (axis.step * axis.lines));
 
-  ctx.font = "22px system-ui, sans-serif";
+  ctx.font = `${small ? 14 : 18}px system-ui, sans-serif`;
   ctx.fillStyle = "#a9b8cc";
   ctx.strokeStyle = "#2a4060";
   ctx.lineWidth = 1;
-  for (let i = 0; i <= 4; i++) {
-    const r = (max / 4) * i;
+  for (let i = 0; i <= axis.lines; i++) {
+    const r = i * axis.step;
     ctx.beginPath();
     ctx.moveTo(pad.left, y(r));
     ctx.lineTo(w - pad.right, y(r));
     ctx.stroke();
-    ctx.fillText(r < 10 ? r.toFixed(1) : fmt(r), 8, y(r) + 7);
+    ctx.fillText(r.toLocaleString("en-US", { maximumFractionDigits: axis.decimals }), 6, y(r) + 6);
   }
   ctx.fillText("−2 min", pad.left, h - 8);
-  ctx.fillText("now", w - pad.right - 45, h - 8);
+  ctx.textAlign = "right";
+  ctx.fillText("now", w - pad.right, h - 8);
+  ctx.textAlign = "left";
 
   if (points.length < 2) return;
   ctx.strokeStyle = "#2496ed";
-  ctx.lineWidth = 4;
+  ctx.lineWidth = 3;
   ctx.beginPath();
   points.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p.r)) : ctx.moveTo(x(p.t), y(p.r))));
   ctx.stroke();
@@ -131,11 +155,21 @@ function hopRows(name, replicas) {
   });
 }
 
-// One line for the back of the room: the hop with the highest p50.
+// One line for the back of the room: the hop with the highest p50, named
+// only when it stands out, at least STANDS_OUT times the p50 of every other
+// hop; otherwise no hop is the bottleneck (one classroom worker: rng and
+// hasher both take about 100 ms). dockercoins top applies the same rule.
+const STANDS_OUT = 1.5;
+
 function verdict(rows) {
   const measured = rows.filter((r) => r.p50 != null && r.rate > 0);
-  if (!measured.length) return "";
+  if (!measured.length) return null;
   const worst = measured.reduce((a, b) => (b.p50 > a.p50 ? b : a));
+  const others = measured.filter((r) => r.name !== worst.name);
+  const next = others.length ? others.reduce((a, b) => (b.p50 > a.p50 ? b : a)) : null;
+  if (next && worst.p50 < STANDS_OUT * next.p50) {
+    return [null, `No hop stands out: ${worst.name} and ${next.name} take about as long (${ms(worst.p50)}, ${ms(next.p50)}).`];
+  }
   const waiting = worst.queue ? `, ${worst.queue} requests waiting` : "";
   return [worst.name, ` is the slow hop: half its calls take over ${ms(worst.p50)}${waiting}.`];
 }
@@ -166,10 +200,12 @@ async function pollHops() {
     const rows = [...hopRows("rng", body.rng), ...hopRows("hasher", body.hasher), ...redis];
     const worst = verdict(rows);
     const line = $("verdict");
-    if (worst) {
+    if (worst && worst[0]) {
       const strong = document.createElement("strong");
       strong.textContent = worst[0];
       line.replaceChildren(strong, worst[1]);
+    } else if (worst) {
+      line.replaceChildren(worst[1]);
     } else {
       line.replaceChildren();
     }
@@ -179,10 +215,11 @@ async function pollHops() {
         const tr = document.createElement("tr");
         const state = cell(r.state, `state-${r.state}`);
         if (r.error) state.title = r.error;
-        const slow = r.p50 != null && r.p50 === slowest && rows.length > 1 ? "num slow" : "num";
+        const named = worst && worst[0] === r.name;
+        const slow = named && r.p50 != null && r.p50 === slowest ? "num slow" : "num";
         const p50 = cell(ms(r.p50), slow);
         if (r.since) p50.title = "Redis's own numbers, since it started";
-        const last = document.createElement("td");
+        const last = cell("", "wide");
         if (r.slowest && r.slowest.url) {
           const link = document.createElement("a");
           link.href = r.slowest.url;
@@ -196,7 +233,7 @@ async function pollHops() {
           last.textContent = "–";
         }
         // A replica told to misbehave says so next to its address.
-        const where = cell(r.where);
+        const where = cell(r.where, "wide");
         if (r.faults) {
           const faults = document.createElement("span");
           faults.className = "faults";
@@ -207,9 +244,9 @@ async function pollHops() {
           cell(r.name),
           where,
           state,
-          cell(r.rate == null ? "–" : r.rate.toFixed(1), "num"),
+          cell(r.rate == null ? "–" : r.rate.toFixed(1), "num wide"),
           p50,
-          cell(ms(r.p99), "num"),
+          cell(ms(r.p99), "num wide"),
           cell(r.queue == null ? "" : String(r.queue), "num"),
           last,
         );
@@ -222,6 +259,7 @@ async function pollHops() {
 }
 
 draw();
+window.addEventListener("resize", draw);
 pollScore();
 pollStatus().then(pollHops);
 setInterval(pollScore, 1000);
