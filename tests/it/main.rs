@@ -5,6 +5,7 @@
 
 mod balance;
 mod bench;
+mod browser;
 mod cli;
 mod compose;
 mod deadlines;
