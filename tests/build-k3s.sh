@@ -10,8 +10,6 @@
 #   target/k8s-tools/coredns                  CoreDNS 1.14.1 (one static file,
 #                                             for the rancher/mirrored-coredns image)
 #   target/k8s-tools/pause                    the pod sandbox (tests/k3s/pause.c)
-#   target/k8s-tools/prometheus               Prometheus 3.6.0 (API and
-#                                             kubernetes_sd_configs; no web UI)
 #   target/k8s-tools/adapter                  prometheus-adapter v0.12.0
 # No image, release binary or git repository can be fetched on the project's
 # machines, but the Go module proxy is reachable. Go's module and build caches
@@ -23,6 +21,8 @@
 # `containerd` through PATH, and containerd looks up the shim and runc there
 # too; Debian's containerd 1.6 and runc 1.1.5 (docker.io) must not be found
 # first (runc 1.1.5 fails every sandbox here).
+#
+# Prometheus 3.6.0, which the cluster runs too, is tests/build-stack-tools.sh's.
 #
 # Versions: k3s is whatever the module proxy serves (one pseudo-version of
 # its master: Kubernetes v1.35.1-k3s1, containerd v2.1.5-k3s1); the others are
@@ -38,9 +38,6 @@ RUNC_VERSION=v1.4.0
 COREDNS_VERSION=v1.14.1
 ADAPTER_MODULE=sigs.k8s.io/prometheus-adapter
 ADAPTER_VERSION=v0.12.0
-PROMETHEUS_MODULE=github.com/prometheus/prometheus
-PROMETHEUS_RELEASE=3.6.0
-PROMETHEUS_VERSION=v0.306.0   # its Go module version
 out=target/k8s-tools
 logs=$out/logs
 mkdir -p "$out" "$logs"
@@ -64,36 +61,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# fail NAME LOG WHAT: say what failed, with the tail of its log, and stop.
-fail() {
-    echo "--- last 30 lines of $2:" >&2
-    tail -30 "$2" >&2
-    echo "build-k3s: $1: $3 (whole log: $2)" >&2
-    exit 1
-}
-# fresh NAME STAMP: the binary exists and was built with exactly this stamp.
-fresh() { [ -x "$out/$1" ] && [ "$(cat "$out/$1.version" 2>/dev/null)" = "$2" ]; }
-# stamp VERSION FLAGS...: the version and a short hash of the build flags.
-stamp() { local v=$1; shift; printf '%s %s\n' "$v" "$(printf '%s\n' "$@" "$(go env GOVERSION)" | sha256sum | cut -c1-12)"; }
-# srccopy MODULE VERSION DIR: a writable copy of a module's source, through
-# the module cache (the proxy's zip, checked against go.sum's database).
-srccopy() {
-    local json dir
-    json=$(go mod download -json "$1@$2" 2>&1) || {
-        printf '%s\n' "$json" >"$logs/download-${1##*/}.log"
-        fail "${1##*/}" "$logs/download-${1##*/}.log" "cannot download $1@$2 from the Go module proxy"
-    }
-    dir=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
-    [ -d "$dir" ] || {
-        printf '%s\n' "$json" >"$logs/download-${1##*/}.log"
-        fail "${1##*/}" "$logs/download-${1##*/}.log" "go mod download gave no source folder for $1@$2"
-    }
-    cp -r "$dir" "$3"
-    chmod -R u+w "$3"
-}
-# Every Go build: -trimpath, so the build cache does not depend on the
-# folder of the copy (a new temporary one each run) and a fresh clone reuses it.
-gobuild() { nice -n 10 go build -trimpath -buildvcs=false -mod=mod "$@"; }
+BUILD_NAME=build-k3s
+# fail, fresh, stamp, srccopy, gobuild.
+source tests/go-build-lib.sh
 
 # --- k3s and the shim, inside a writable copy of k3s' own module source. ---
 # `go install` refuses k3s (71 replace directives), and scripts/build first
@@ -241,38 +211,6 @@ if ! fresh pause "$PAUSE_STAMP"; then
     echo "$PAUSE_STAMP" >"$out/pause.version"
 fi
 log "pause: $(stat -c %s "$out/pause") bytes, static"
-
-# --- Prometheus, inside a writable copy of its module source. ---
-# `go install .../cmd/prometheus@v0.306.0` is refused (replace directives).
-# Built without -tags builtinassets: the web UI's assets are not in the module
-# zip and are not needed (the API and kubernetes_sd_configs are). promtool is
-# not built: nothing here needs it.
-PROMETHEUS_LDFLAGS="-w -s -X github.com/prometheus/common/version.Version=$PROMETHEUS_RELEASE -X github.com/prometheus/common/version.Branch=release-${PROMETHEUS_RELEASE%.*} -X github.com/prometheus/common/version.BuildUser=dockercoins -X github.com/prometheus/common/version.BuildDate=module-$PROMETHEUS_VERSION"
-PROMETHEUS_STAMP=$(stamp "$PROMETHEUS_RELEASE/$PROMETHEUS_VERSION" netgo "$PROMETHEUS_LDFLAGS")
-if ! fresh prometheus "$PROMETHEUS_STAMP"; then
-    t=$SECONDS
-    log "Prometheus $PROMETHEUS_RELEASE (module $PROMETHEUS_VERSION): go build ./cmd/prometheus in a copy of its source"
-    rm -f "$out/prometheus.version"
-    src=$work/prometheus
-    srccopy "$PROMETHEUS_MODULE" "$PROMETHEUS_VERSION" "$src"
-    # The revision, if the proxy says which commit the version is.
-    rev=$(go mod download -json "$PROMETHEUS_MODULE@$PROMETHEUS_VERSION" | sed -n 's/^[[:space:]]*"Hash": "\([0-9a-f]*\)",*$/\1/p' | head -1)
-    (
-        cd "$src"
-        CGO_ENABLED=0 gobuild -tags netgo \
-            -ldflags "$PROMETHEUS_LDFLAGS -X github.com/prometheus/common/version.Revision=${rev:-$PROMETHEUS_VERSION}" \
-            -o "$out/prometheus" ./cmd/prometheus
-    ) >"$logs/prometheus.log" 2>&1 || fail prometheus "$logs/prometheus.log" "go build ./cmd/prometheus failed"
-    chmod -R u+w "$src"
-    rm -rf "$src"
-    echo "$PROMETHEUS_STAMP" >"$out/prometheus.version"
-    log "prometheus: built in $((SECONDS - t))s"
-fi
-"$out/prometheus" --version >"$logs/prometheus-version.log" 2>&1 ||
-    fail prometheus "$logs/prometheus-version.log" "$out/prometheus --version does not run"
-grep -q "version $PROMETHEUS_RELEASE" "$logs/prometheus-version.log" ||
-    fail prometheus "$logs/prometheus-version.log" "$out/prometheus does not say version $PROMETHEUS_RELEASE"
-log "prometheus: $(head -1 "$logs/prometheus-version.log")"
 
 # --- prometheus-adapter, inside a writable copy of its module source. ---
 # The proxy refuses its @v/list, so `go install ...@v0.12.0` cannot resolve

@@ -18,8 +18,8 @@
 #      image and as the dockercoins runtime stand-in;
 #   4. builds target/release/dockercoins (cargo: a no-op when up to date), then
 #      the image through deploy/Dockerfile's `prebuilt` target; builds the
-#      Collector and Jaeger images from tests/build-otel-tools.sh's binaries
-#      and Prometheus from Debian's package (tests/stand-ins.Dockerfile)
+#      Collector, Jaeger and Prometheus images from tests/build-stack-tools.sh's
+#      binaries (tests/stand-ins.Dockerfile)
 #      under the names the compose file pins;
 #   5. the offline round trip: `deploy/offline.sh save` to a temporary file,
 #      `docker rmi` of every image of the stack (and of the base), then
@@ -282,22 +282,16 @@ version=$("$DOCKER" run --rm --network none "$DOCKERCOINS_IMAGE" --version) || f
 log "image ok: $version, user $("$DOCKER" image inspect -f '{{.Config.User}}' "$DOCKERCOINS_IMAGE")"
 
 # ----------------------------------- the Collector, Jaeger and Prometheus --
-# The Collector and Jaeger built from their Go modules (seconds when cached,
-# as after .ci/run's own call), at the versions the compose file pins;
-# Prometheus from Debian's package (the binary alone: the package would
-# start a service). Each wrapped in an image that behaves like the released
-# one (tests/stand-ins.Dockerfile).
-bash tests/build-otel-tools.sh || fail "tests/build-otel-tools.sh failed (it needs go and the Go module proxy)"
+# The Collector, Jaeger and Prometheus built from their Go modules (seconds
+# when cached, as after .ci/run's own call), at the versions the compose file
+# pins, each wrapped in an image that behaves like the released one
+# (tests/stand-ins.Dockerfile).
+bash tests/build-stack-tools.sh || fail "tests/build-stack-tools.sh failed (it needs go and the Go module proxy)"
+PROMETHEUS_VERSION_RAN=$(target/stack-tools/prometheus --version 2>&1 | sed -n 's/^prometheus, version \([^ ]*\).*/\1/p')
+[ "prom/prometheus:v$PROMETHEUS_VERSION_RAN" = "$PROMETHEUS_IMAGE" ] ||
+    fail "tests/build-stack-tools.sh built Prometheus '$PROMETHEUS_VERSION_RAN', the compose file pins $PROMETHEUS_IMAGE"
 mkdir -p "$WORK/stand-ins"
-cp target/otel-tools/otelcol target/otel-tools/jaeger "$WORK/stand-ins/"
-if command -v prometheus >/dev/null; then
-    cp "$(command -v prometheus)" "$WORK/stand-ins/prometheus"
-else
-    (cd "$WORK" && chmod 755 . && timeout 300 apt-get download -q prometheus >"$WORK/apt-prometheus.log" 2>&1) ||
-        { cat "$WORK/apt-prometheus.log" >&2; fail "apt-get download prometheus failed"; }
-    dpkg-deb -x "$WORK"/prometheus_*.deb "$WORK/prometheus-deb"
-    cp "$WORK/prometheus-deb/usr/bin/prometheus" "$WORK/stand-ins/prometheus"
-fi
+cp target/stack-tools/otelcol target/stack-tools/jaeger target/stack-tools/prometheus "$WORK/stand-ins/"
 for target in otelcol jaeger prometheus; do
     case $target in
         otelcol) image=$OTELCOL_IMAGE ;;
@@ -309,7 +303,7 @@ for target in otelcol jaeger prometheus; do
         --build-arg BASE="$STANDIN" -t "$image" "$WORK/stand-ins" >"$WORK/build-$target.log" 2>&1 ||
         { cat "$WORK/build-$target.log" >&2; fail "docker build of the $target image failed"; }
 done
-rm -rf "$WORK/stand-ins" "$WORK/prometheus-deb"
+rm -rf "$WORK/stand-ins"
 
 # ------------------------------------------- offline: save, remove, load --
 # deploy/offline.sh, as a trainer uses it for a room without a registry: save

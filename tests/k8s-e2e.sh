@@ -10,8 +10,8 @@
 #   1. notes the machine's state: iptables (every table, v4 and v6), the
 #      sysctls k3s, kubelet and kube-proxy set, the mounts and their
 #      propagation, the network links;
-#   2. builds or reuses k3s and its parts (tests/build-k3s.sh), Jaeger and
-#      the Collector (tests/build-otel-tools.sh);
+#   2. builds or reuses k3s and its parts (tests/build-k3s.sh), Jaeger,
+#      the Collector and Prometheus (tests/build-stack-tools.sh);
 #   3. builds the stack's images on a private dockerd that changes no network
 #      state (no bridge, no iptables, no forwarding), as tests/compose-e2e.sh
 #      does, plus the cluster's own (pause, CoreDNS, prometheus-adapter), and
@@ -179,7 +179,7 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------ the tools --
 bash tests/build-k3s.sh || fail "tests/build-k3s.sh failed (it needs go, gcc and the Go module proxy)"
-bash tests/build-otel-tools.sh >/dev/null || fail "tests/build-otel-tools.sh failed"
+bash tests/build-stack-tools.sh >/dev/null || fail "tests/build-stack-tools.sh failed"
 export PATH="$K3S_BIN:$PATH"
 [ "$(command -v kubectl)" = "$K3S_BIN/kubectl" ] || fail "kubectl is $(command -v kubectl), not $K3S_BIN/kubectl"
 log "$(k3s --version | sed -n 1p); runc $(runc --version | sed -n 's/^runc version //p')"
@@ -221,7 +221,7 @@ timeout 300 "$DOCKER" build -q -f deploy/Dockerfile --target prebuilt --build-ar
     -t "$DOCKERCOINS_IMAGE" . >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; fail "docker build of $DOCKERCOINS_IMAGE failed"; }
 
 mkdir -p "$WORK/stand-ins"
-cp target/otel-tools/otelcol target/otel-tools/jaeger "$K3S_BIN/prometheus" "$K3S_BIN/adapter" "$WORK/stand-ins/"
+cp target/stack-tools/otelcol target/stack-tools/jaeger target/stack-tools/prometheus "$K3S_BIN/adapter" "$WORK/stand-ins/"
 for target in otelcol:$OTELCOL_IMAGE jaeger:$JAEGER_IMAGE prometheus:$PROMETHEUS_IMAGE prometheus-adapter:$ADAPTER_IMAGE; do
     timeout 300 "$DOCKER" build -q -f tests/stand-ins.Dockerfile --target "${target%%:*}" \
         --build-arg BASE="$STANDIN" -t "${target#*:}" "$WORK/stand-ins" >"$WORK/build-${target%%:*}.log" 2>&1 ||

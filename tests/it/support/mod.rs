@@ -20,7 +20,7 @@ pub use binary::{Log, sigterm, start_binary, start_binary_logged};
 pub use checks::{assert_pushed_back, assert_told_to_retry, sha256_hex};
 pub use http::{http1, metric};
 pub use ports::restartable_port;
-pub use prometheus::{Prometheus, urlencode};
+pub use prometheus::{Prometheus, prometheus_built, urlencode};
 pub use redis::RedisServer;
 pub use servers::{
     Spawned, generate_through, hasher_client, one_lane_no_queue, rng_client, spawn_hasher,

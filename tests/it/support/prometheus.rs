@@ -1,8 +1,28 @@
-//! A Prometheus of the test's own, scraping the test's servers.
+//! A Prometheus of the test's own, scraping the test's servers: the 3.6.0
+//! that the stack pins, built by `tests/build-stack-tools.sh`.
 
 use super::{http::http1, ports::restartable_port};
 use std::{net::SocketAddr, time::Duration};
 use tokio::process::{Child, Command};
+
+/// Where `tests/build-stack-tools.sh` puts Prometheus.
+const BINARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/stack-tools/prometheus");
+
+/// Whether the pinned Prometheus is built; under CI its absence fails the
+/// test (`.ci/run` builds it through `tests/run.sh`).
+pub fn prometheus_built() -> bool {
+    let built = std::path::Path::new(BINARY).exists();
+    if !built {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no {BINARY}: run tests/build-stack-tools.sh (.ci/run does)"
+        );
+        eprintln!(
+            "no Prometheus in target/stack-tools (bash tests/build-stack-tools.sh builds it): skipping"
+        );
+    }
+    built
+}
 
 /// A Prometheus of the test's own, on a free port, scraping `targets` (job
 /// name and address) every second, with exemplar storage on; killed and its
@@ -31,7 +51,7 @@ impl Prometheus {
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], restartable_port()));
-        let child = Command::new("prometheus")
+        let child = Command::new(BINARY)
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
