@@ -287,6 +287,13 @@ fn report(config: &TracesConfig, spans: &[Span]) -> Result<Report, TracesError> 
     })
 }
 
+/// The most traces one search asks Jaeger for. Its in-memory store refuses
+/// a search as deep as the traces it keeps (`max_traces`: 5,000 in
+/// deploy/otel/jaeger.yaml, "search depth must be ... less than max
+/// traces"); 4,000 is ten classroom workers' last six minutes, more than the
+/// lab's `--since` ever covers.
+pub const SEARCH_DEPTH: usize = 4000;
+
 /// Reads the worker's traces of the last `config.since` from Jaeger.
 pub async fn run(config: &TracesConfig) -> Result<Report, TracesError> {
     let now = OffsetDateTime::now_utc();
@@ -294,7 +301,7 @@ pub async fn run(config: &TracesConfig) -> Result<Report, TracesError> {
     let stamp = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
     let url = format!(
         "{}/api/v3/traces?query.service_name={WORKER_SERVICE}&query.start_time_min={}\
-         &query.start_time_max={}&query.num_traces=100000",
+         &query.start_time_max={}&query.num_traces={SEARCH_DEPTH}",
         config.jaeger.trim_end_matches('/'),
         stamp(now - since),
         stamp(now),

@@ -9,6 +9,7 @@
 use crate::support::{
     Prometheus, RedisServer, have, http1, restartable_port, sigterm, start_binary, urlencode,
 };
+use dockercoins::traces::SEARCH_DEPTH;
 use serde_json::Value;
 use std::{
     collections::{BTreeMap, HashMap},
@@ -188,7 +189,7 @@ async fn spans_of(query: SocketAddr, service: &str) -> Vec<JaegerSpan> {
     // A fresh Jaeger holds only this test's spans: any window will do.
     let path = format!(
         "/api/v3/traces?query.service_name={service}&query.start_time_min=2020-01-01T00:00:00Z\
-         &query.start_time_max=2100-01-01T00:00:00Z&query.num_traces=100000"
+         &query.start_time_max=2100-01-01T00:00:00Z&query.num_traces={SEARCH_DEPTH}"
     );
     let (status, _, body) = http1(query, "GET", &path, "").await;
     if status == 404 {
@@ -556,6 +557,20 @@ async fn monitor_tab_shows_rng_slower_than_hasher(query: SocketAddr, prometheus:
         values["rng"] > 400.0 && values["hasher"] < 400.0,
         "{values:?}"
     );
+}
+
+/// `dockercoins traces` searches less deep than the traces Jaeger keeps:
+/// its memory store refuses a search as deep as its `max_traces`.
+#[test]
+fn traces_search_less_deep_than_jaeger_keeps() {
+    let max_traces: usize = JAEGER_CONFIG
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("max_traces:"))
+        .expect("deploy/otel/jaeger.yaml sets max_traces")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(SEARCH_DEPTH < max_traces, "{SEARCH_DEPTH} >= {max_traces}");
 }
 
 /// One Jaeger release and one Collector release everywhere: what compose
