@@ -16,8 +16,10 @@
 #   3. builds a Debian bookworm minbase rootfs with redis-server and wget
 #      (cached in /var/cache/dockercoins-e2e), imports it, tags it as the redis
 #      image and as the dockercoins runtime stand-in;
-#   4. builds target/release/dockercoins (cargo: a no-op when up to date), then
-#      the image through deploy/Dockerfile's `prebuilt` target; builds the
+#   4. builds the dockercoins image as `docker compose up --build` does, the
+#      whole of deploy/Dockerfile FROM local stand-ins of its Rust image (this
+#      machine's Rust release, which must be the pinned one) and runtime
+#      image, timed cold and cached; builds the
 #      Collector, Jaeger and Prometheus images from tests/build-stack-tools.sh's
 #      binaries (tests/stand-ins.Dockerfile)
 #      under the names the compose file pins;
@@ -270,14 +272,74 @@ ROOTFS_TAR=$(base_rootfs "$WORK" "${E2E_CACHE-/var/cache/dockercoins-e2e}" "$MIR
 log "imported the rootfs as $STANDIN and $REDIS_IMAGE"
 
 # ---------------------------------------------------- the dockercoins image --
-# Always through cargo: it rebuilds only what changed, and a stale binary
-# would test yesterday's code.
-log "cargo build --release --locked (target/release/dockercoins)"
-cargo build --release --locked
-log "docker build --target prebuilt (RUNTIME_IMAGE=$STANDIN) -> $DOCKERCOINS_IMAGE"
-timeout 300 "$DOCKER" build -q -f deploy/Dockerfile --target prebuilt \
-    --build-arg RUNTIME_IMAGE="$STANDIN" -t "$DOCKERCOINS_IMAGE" . >"$WORK/build.log" 2>&1 ||
-    { cat "$WORK/build.log" >&2; fail "docker build failed"; }
+# As a user's `docker compose up --build` makes it: the compose file's build
+# section, the whole of deploy/Dockerfile (default target: runtime), with
+# crates from crates.io. Its two base images are made here: the runtime one
+# from the rootfs above, the Rust one from bookworm with what the official
+# image installs plus this machine's own Rust release, which must be the one
+# the Dockerfile pins (tests/rust-stand-in.Dockerfile).
+BUILDER_PIN=$(sed -n 's/^ARG BUILDER_IMAGE=//p' deploy/Dockerfile)
+RUNTIME_PIN=$(sed -n 's/^ARG RUNTIME_IMAGE=//p' deploy/Dockerfile)
+[ -n "$BUILDER_PIN" ] && [ -n "$RUNTIME_PIN" ] || fail "no BUILDER_IMAGE or RUNTIME_IMAGE argument in deploy/Dockerfile"
+command -v rustc >/dev/null || fail "no rustc: the Rust image's stand-in carries this machine's Rust"
+RUST_RELEASE=$(rustc --version | awk '{print $2}')
+pinned=${BUILDER_PIN#rust:}
+pinned=${pinned%%-*}
+case $RUST_RELEASE in
+    "$pinned" | "$pinned".*) ;;
+    *) fail "deploy/Dockerfile builds with $BUILDER_PIN, this machine has Rust $RUST_RELEASE: a stand-in under that name would lie (move the pin, or install Rust $pinned)" ;;
+esac
+BUILDER_BASE=dockercoins-e2e/bookworm-gcc:local
+"$DOCKER" import "$(builder_rootfs "$WORK" "${E2E_CACHE-/var/cache/dockercoins-e2e}" "$MIRROR")" "$BUILDER_BASE" >/dev/null ||
+    fail "docker import of the builder rootfs failed"
+# rustc, cargo, rustdoc and std: the official image's minimal profile (no
+# docs, clippy or rustfmt). Hard links when the toolchain shares the disk.
+sysroot=$(rustc --print sysroot)
+mkdir -p "$WORK/rust/toolchain/bin"
+for tool in cargo rustc rustdoc; do
+    cp -al "$sysroot/bin/$tool" "$WORK/rust/toolchain/bin/" 2>/dev/null || cp -a "$sysroot/bin/$tool" "$WORK/rust/toolchain/bin/"
+done
+for part in lib libexec etc; do
+    [ -e "$sysroot/$part" ] || continue
+    cp -al "$sysroot/$part" "$WORK/rust/toolchain/" 2>/dev/null || cp -a "$sysroot/$part" "$WORK/rust/toolchain/"
+done
+mkdir -p "$WORK/rust/local-ca"
+cp /usr/local/share/ca-certificates/*.crt "$WORK/rust/local-ca/" 2>/dev/null || true
+log "docker build tests/rust-stand-in.Dockerfile (Rust $RUST_RELEASE) -> $BUILDER_PIN; $STANDIN -> $RUNTIME_PIN"
+timeout 600 "$DOCKER" build -q -f tests/rust-stand-in.Dockerfile --build-arg BASE="$BUILDER_BASE" \
+    --build-arg RUST_VERSION="$RUST_RELEASE" -t "$BUILDER_PIN" "$WORK/rust" >"$WORK/build-rust.log" 2>&1 ||
+    { cat "$WORK/build-rust.log" >&2; fail "docker build of the $BUILDER_PIN stand-in failed"; }
+rm -rf "$WORK/rust"
+"$DOCKER" tag "$STANDIN" "$RUNTIME_PIN"
+# The build's RUN steps reach crates.io through the host's network: this
+# engine has no bridge (--bridge=none), and a user's default bridge does not
+# exist here.
+cat >"$REPO/.e2e-stack-build.yaml" <<'YAML'
+x-host-network: &host-network
+  build:
+    network: host
+services:
+  rng: *host-network
+  hasher: *host-network
+  worker: *host-network
+  webui: *host-network
+  edge: *host-network
+YAML
+# build_image: sets BUILD_S to the seconds `docker compose build` took
+# (bounded: 30 minutes, a cold build on two cores takes about 10).
+build_image() {
+    local t0=$SECONDS
+    timeout 1800 "${COMPOSE_CMD[@]}" -f docker-compose.yaml -f .e2e-stack-build.yaml build >"$WORK/compose-build.log" 2>&1 ||
+        { tail -40 "$WORK/compose-build.log" >&2; fail "docker compose build failed or took over 30 minutes (last lines above; a first build needs crates.io)"; }
+    BUILD_S=$((SECONDS - t0))
+}
+log "docker compose build: deploy/Dockerfile in full, FROM $BUILDER_PIN (cold: the dependencies are compiled)"
+build_image
+BUILD_COLD_S=$BUILD_S
+build_image
+BUILD_CACHED_S=$BUILD_S
+log "built $DOCKERCOINS_IMAGE: cold ${BUILD_COLD_S}s, again (cached) ${BUILD_CACHED_S}s"
+rm -f "$REPO/.e2e-stack-build.yaml"
 version=$("$DOCKER" run --rm --network none "$DOCKERCOINS_IMAGE" --version) || fail "the image does not run"
 log "image ok: $version, user $("$DOCKER" image inspect -f '{{.Config.User}}' "$DOCKERCOINS_IMAGE")"
 
@@ -481,12 +543,36 @@ jaeger_rng_p95() {
 # ------------------------------------------------------------ the numbers --
 WEBUI_URL=http://127.0.0.1:8000
 
+# stack_memory: the engine's own memory count (docker stats: the cgroup's
+# usage less its inactive file cache) of every running container, per
+# service (replicas summed) and in total, in MiB; sets MEM_TOTAL.
+stack_memory() {
+    local stats services table
+    stats=$(timeout 60 "$DOCKER" stats --no-stream --format '{{.ID}} {{.MemUsage}}' 2>&1) ||
+        fail "docker stats did not answer within 60 s: $stats"
+    services=$("$DOCKER" ps --format '{{.ID}} {{.Label "com.docker.compose.service"}}')
+    table=$(awk '
+        function mib(v) {
+            if (v ~ /GiB$/) return v * 1024; if (v ~ /MiB$/) return v + 0
+            if (v ~ /KiB$/) return v / 1024; return v / 1048576
+        }
+        NR == FNR { service[$1] = $2; next }
+        { name = service[$1] ? service[$1] : $1
+          m[name] += mib($2); n[name]++; total += mib($2) }
+        END { for (k in m) printf "%s %.1f %d\n", k, m[k], n[k]; printf "TOTAL %.1f\n", total }' \
+        <(printf '%s\n' "$services") <(printf '%s\n' "$stats") | sort -k2 -nr)
+    MEM_TOTAL=$(awk '$1 == "TOTAL" { print $2 }' <<<"$table")
+    log "memory (docker stats): total $MEM_TOTAL MiB; $(awk '$1 != "TOTAL" { printf "%s%s %s, ", $1, ($3 > 1 ? " x" $3 : ""), $2 }' <<<"$table" | sed 's/, $//')"
+}
+
 log "webui /json: $(curl -s --max-time 3 http://127.0.0.1:8000/json)"
 # The worker flushes its count about once a second; let it settle first.
 sleep 3
 RATE1=$(rate 10)
 log "1 worker: $RATE1 hashes/s over 10 s (classroom: about 3.3)"
 in_range "$RATE1" 2.5 4.0 || fail "1 worker should do about 3.3 hashes/s, measured $RATE1"
+stack_memory
+MEM1=$MEM_TOTAL
 log "docker compose exec webui dockercoins traces --jaeger http://jaeger:16686 --since 10s (1 worker):"
 traces 10s
 WAIT1=$(lane_wait_p50_ms) || fail "dockercoins traces printed no rng lane wait"
@@ -509,6 +595,8 @@ sleep 4
 RATE10=$(rate 20)
 log "10 workers: $RATE10 hashes/s over 20 s (rng's single lane caps it near 10)"
 in_range "$RATE10" 7 11 || fail "10 workers should be capped near 10 hashes/s, measured $RATE10"
+stack_memory
+MEM10=$MEM_TOTAL
 
 # The lab's latency check, with curl for httping: rng's GET / waits in the lane.
 lat() { curl -s -o /dev/null --max-time 5 -w '%{time_total}' "$1"; }
@@ -786,4 +874,4 @@ STACK_RM_S=$(awk -v ms="$((($(date +%s%N) - t0) / 1000000))" 'BEGIN { printf "%.
 SWARM_UP=0
 log "swarm: every container gone $STACK_RM_S s after stack rm"
 
-log "summary: healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s (lane wait p50 ${WAIT1} ms), 10 workers ${RATE10}/s (lane wait p50 ${WAIT10} ms; Prometheus mean ${PROM_WAIT10} s, Jaeger Monitor p95 ${P95} ms; 3 balanced rng: ${PROM_WAIT3} s), rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers), TLS 1 worker ${RATE_TLS}/s, swarm 1 worker ${RATE_SWARM1}/s, 10 workers ${RATE_SWARM10}/s, global rng ${RATE_GLOBAL}/s"
+log "summary: image built cold ${BUILD_COLD_S}s, cached ${BUILD_CACHED_S}s, Prometheus ${PROMETHEUS_VERSION_RAN}, memory 1 worker ${MEM1} MiB, 10 workers ${MEM10} MiB, healthy ${HEALTHY_S}s, 1 worker ${RATE1}/s (lane wait p50 ${WAIT1} ms), 10 workers ${RATE10}/s (lane wait p50 ${WAIT10} ms; Prometheus mean ${PROM_WAIT10} s, Jaeger Monitor p95 ${P95} ms; 3 balanced rng: ${PROM_WAIT3} s), rng ${RNG_LAT}s vs hasher ${HASHER_LAT}s, 3 rng: pinned ${RATE_PINNED}/s, balanced ${RATE_BALANCED}/s (${RATIO}x), down ${DOWN_S}s ($NCONT containers), TLS 1 worker ${RATE_TLS}/s, swarm 1 worker ${RATE_SWARM1}/s, 10 workers ${RATE_SWARM10}/s, global rng ${RATE_GLOBAL}/s"

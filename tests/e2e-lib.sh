@@ -20,35 +20,42 @@ debian_mirror() {
     echo "${mirror:-http://deb.debian.org/debian}"
 }
 
-# base_rootfs WORK CACHE MIRROR: the path of a Debian bookworm minbase
-# rootfs tar with redis-server and wget, the stand-in for the Redis and
-# distroless images (wget: Jaeger's healthcheck). From CACHE when it holds
-# one (empty CACHE: no cache), else made with debootstrap (30-60 s) and kept
-# there. Bump the name when the package set changes.
-base_rootfs() {
-    local work=$1 cache=$2 mirror=$3 cached
-    cached="${cache:+$cache/bookworm-minbase-redis-wget-v2.tar}"
+# debian_rootfs WORK CACHE MIRROR NAME PACKAGES: the path of a Debian
+# bookworm minbase rootfs tar with PACKAGES (comma-separated) added. From
+# CACHE/NAME.tar when it is there (empty CACHE: no cache), else made with
+# debootstrap (30-90 s) and kept there. Bump NAME when PACKAGES change.
+debian_rootfs() {
+    local work=$1 cache=$2 mirror=$3 name=$4 packages=$5 cached
+    cached="${cache:+$cache/$name.tar}"
     if [ -n "$cached" ] && [ -s "$cached" ]; then
-        log "base rootfs from cache $cached" >&2
+        log "rootfs $name from cache $cached" >&2
         echo "$cached"
         return 0
     fi
-    log "debootstrap bookworm minbase + redis-server, wget from $mirror (about 30-60 s)" >&2
-    mkdir -p "$work/rootfs"
-    if ! timeout 300 debootstrap --variant=minbase --include=redis-server,wget bookworm "$work/rootfs" "$mirror" \
-        >"$work/debootstrap.log" 2>&1; then
-        tail -20 "$work/debootstrap.log" >&2
-        fail "debootstrap failed"
+    log "debootstrap bookworm minbase + $packages from $mirror (about 30-90 s)" >&2
+    mkdir -p "$work/rootfs-$name"
+    if ! timeout 300 debootstrap --variant=minbase --include="$packages" bookworm "$work/rootfs-$name" "$mirror" \
+        >"$work/debootstrap-$name.log" 2>&1; then
+        tail -20 "$work/debootstrap-$name.log" >&2
+        fail "debootstrap of $name failed"
     fi
-    rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
-    tar --numeric-owner -C "$work/rootfs" -cf "$work/rootfs.tar" .
-    rm -rf "$work/rootfs"
-    if [ -n "$cached" ] && mkdir -p "$cache" && cp "$work/rootfs.tar" "$cached.tmp"; then
+    rm -rf "$work/rootfs-$name/var/cache/apt/archives/"*.deb "$work/rootfs-$name/var/lib/apt/lists/"*
+    tar --numeric-owner -C "$work/rootfs-$name" -cf "$work/$name.tar" .
+    rm -rf "$work/rootfs-$name"
+    if [ -n "$cached" ] && mkdir -p "$cache" && cp "$work/$name.tar" "$cached.tmp"; then
         mv "$cached.tmp" "$cached"
         log "cached the rootfs in $cached" >&2
     fi
-    echo "$work/rootfs.tar"
+    echo "$work/$name.tar"
 }
+
+# base_rootfs WORK CACHE MIRROR: the rootfs with redis-server and wget, the
+# stand-in for the Redis and distroless images (wget: Jaeger's healthcheck).
+base_rootfs() { debian_rootfs "$1" "$2" "$3" bookworm-minbase-redis-wget-v2 redis-server,wget; }
+
+# builder_rootfs WORK CACHE MIRROR: the rootfs of rust:*-slim-bookworm
+# without Rust: what its Dockerfile installs on debian:bookworm-slim.
+builder_rootfs() { debian_rootfs "$1" "$2" "$3" bookworm-minbase-gcc-v1 ca-certificates,gcc,libc6-dev,wget; }
 
 # The score on webui's /json at WEBUI_URL (-1 when it does not answer).
 hashes() {
