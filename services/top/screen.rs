@@ -392,6 +392,18 @@ mod tests {
     }
 
     #[test]
+    fn one_worker_names_no_slow_hop() {
+        let rows = [
+            hop("rng", "127.0.0.1:8001", 104.0, Some(0)),
+            hop("hasher", "127.0.0.1:8002", 101.0, None),
+        ];
+        assert_eq!(
+            verdict(&rows),
+            "No hop stands out: rng and hasher take about as long (104 ms, 101 ms)."
+        );
+    }
+
+    #[test]
     fn a_short_terminal_says_what_it_hides() {
         let lines = render(&snapshot(), &frame(Some(15)));
         assert_eq!(lines.len(), 15, "{lines:#?}");
