@@ -13,9 +13,9 @@
 # per unit (worker, two calls). Needs valgrind and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target_dir=${CARGO_TARGET_DIR:-target}
+. benches/release-dir.sh
 binaries=("$@")
-[ ${#binaries[@]} -gt 0 ] || binaries=("$target_dir/release/dockercoins")
+[ ${#binaries[@]} -gt 0 ] || binaries=("$RELEASE/dockercoins")
 seconds=${CALLGRIND_SECONDS:-20}
 concurrency=${CALLGRIND_CONCURRENCY:-16}
 for tool in valgrind callgrind_control redis-server curl; do

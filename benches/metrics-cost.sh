@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-6} SECS=${2:-10} MODES=${MODES:-unary batch}
 cargo build --release --quiet --bin dockercoins
+. benches/release-dir.sh
 err=$(mktemp)
 trap 'rm -f "$err"' EXIT
 
@@ -26,7 +27,7 @@ run() {
     local mode=$1 metrics=$2 out rate cpu
     out=$(env OTEL_SDK_DISABLED=true OTEL_EXPORTER_OTLP_ENDPOINT= BENCH_PROBES=200 \
         METRICS_DISABLED=$([ "$metrics" = off ] && echo true || echo false) \
-        target/release/dockercoins bench --mode "$mode" --seconds "$SECS" --json 2>"$err") || true
+        "$RELEASE/dockercoins" bench --mode "$mode" --seconds "$SECS" --json 2>"$err") || true
     rate=$(sed -n 's/^ *"hashes_per_second": *\([0-9.]*\).*/\1/p' <<<"$out" | head -1)
     cpu=$(sed -n 's/^ *"cpu_seconds_per_million_hashes": *\([0-9.]*\).*/\1/p' <<<"$out" | head -1)
     [ -n "$rate" ] && [ -n "$cpu" ] || { echo "bench failed ($mode, metrics $metrics): $(grep -v '^ *$' "$err" | tail -1)" >&2; exit 1; }

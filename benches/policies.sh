@@ -16,7 +16,7 @@
 #
 #   benches/policies.sh [SECONDS] [--json]     # SECONDS per measure, default 20
 #
-# Uses target/release/dockercoins (built if missing), ports 8000-8022 and
+# Uses dockercoins from cargo's release folder (built if missing), ports 8000-8022 and
 # python3. Takes about 6 x (SECONDS + 8) s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,8 @@ for arg in "$@"; do
     *) seconds=$arg ;;
     esac
 done
-bin=target/release/dockercoins
+. benches/release-dir.sh
+bin=$RELEASE/dockercoins
 [ -x "$bin" ] || cargo build --release --locked
 results=$(mktemp)
 log=$(mktemp)

@@ -7,7 +7,7 @@
 #   benches/rate.sh 10 20 --rng-replicas 3                   # balanced: ~30/s
 #   benches/rate.sh 10 20 --rng-replicas 3 --grpc-policy pinned  # the trap: ~10/s
 #
-# Uses target/release/dockercoins (cargo build --release) and ports 8000-8021.
+# Uses dockercoins from cargo's release folder (cargo build --release) and ports 8000-8021.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers=$1 seconds=$2

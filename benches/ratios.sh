@@ -13,13 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3} SECS=${2:-10}
 cargo build --release --quiet --bin dockercoins
+. benches/release-dir.sh
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for round in $(seq 1 "$ROUNDS"); do
     modes="unary batch"
     [ $((round % 2)) = 0 ] && modes="batch unary"
     for mode in $modes; do
-        target/release/dockercoins bench --mode "$mode" --seconds "$SECS" --json \
+        "$RELEASE/dockercoins" bench --mode "$mode" --seconds "$SECS" --json \
             >"$out/$mode-$round.json" 2>"$out/$mode-$round.err" || {
             echo "bench --mode $mode failed (round $round): $(tail -1 "$out/$mode-$round.err")" >&2
             exit 1

@@ -13,8 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-batch} ROUNDS=${2:-3} SECS=${3:-10}
 cargo build --release --quiet --bin dockercoins --example otlp_sink
+. benches/release-dir.sh
 SINK_ADDR=127.0.0.1:${SINK_PORT:-43170}
-target/release/examples/otlp_sink "$SINK_ADDR" >/tmp/otlp_sink.$$.log 2>&1 &
+"$RELEASE/examples/otlp_sink" "$SINK_ADDR" >/tmp/otlp_sink.$$.log 2>&1 &
 SINK=$!
 trap 'kill $SINK 2>/dev/null; wait $SINK 2>/dev/null; rm -f /tmp/otlp_sink.$$.log /tmp/tracing-cost.$$.err' EXIT
 
@@ -30,7 +31,7 @@ run() {
         unreachable) env+=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9 OTEL_TRACES_SAMPLER_ARG=1.0) ;;
     esac
     local out rate
-    out=$(env "${env[@]}" target/release/dockercoins bench --mode "$MODE" --seconds "$SECS" --json 2>/tmp/tracing-cost.$$.err) || true
+    out=$(env "${env[@]}" "$RELEASE/dockercoins" bench --mode "$MODE" --seconds "$SECS" --json 2>/tmp/tracing-cost.$$.err) || true
     rate=$(sed -n 's/^ *"hashes_per_second": *\([0-9.]*\).*/\1/p' <<<"$out" | head -1)
     if [ -z "$rate" ]; then
         echo "bench failed ($config): $(grep -v '^ *$' /tmp/tracing-cost.$$.err | tail -1)" >&2

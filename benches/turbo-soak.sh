@@ -11,7 +11,7 @@
 # fails when `hashes` stood still for two reads in a row, or when Redis's
 # used_memory passed 256 MB. (One read in a row can find nothing new without
 # a stall: the workers update once a second, as the reads come, and a
-# second's jitter can put two reads between the same two updates.) Uses target/release/dockercoins (cargo build
+# second's jitter can put two reads between the same two updates.) Uses dockercoins from cargo's release folder (cargo build
 # --release), redis-server and redis-cli, and ports 8000-8002.
 set -euo pipefail
 cd "$(dirname "$0")/.."

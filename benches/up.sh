@@ -2,13 +2,14 @@
 #
 #   start_up LOG [up flags...]   # $up_pid is its pid; stopped (Ctrl-C) at exit
 #
-# Starts target/release/dockercoins (built if missing) with its log in LOG,
+# Starts dockercoins from cargo's release folder (built if missing) with its log in LOG,
 # and waits for webui's /json on port 8000: 10 s at most, then the log is
 # printed and the bench fails, saying which.
 start_up() {
     local log=$1
     shift
-    local bin=target/release/dockercoins
+    . benches/release-dir.sh
+    local bin=$RELEASE/dockercoins
     [ -x "$bin" ] || cargo build --release --locked
     "$bin" up "$@" >"$log" 2>&1 &
     up_pid=$!
