@@ -6,7 +6,7 @@
 #   benches/stack-memory.sh [MINUTES] [WORKERS]     # default: 60 minutes, 10 workers
 #
 # The processes are the compose file's, with its configurations: redis-server,
-# rng, hasher, webui and WORKERS workers (target/release/dockercoins,
+# rng, hasher, webui and WORKERS workers (the release build of dockercoins,
 # classroom timings, every trace sampled as in the compose file), the
 # Collector with deploy/otel/collector.yaml, Jaeger with deploy/otel/jaeger.yaml
 # (its in-memory store bounded by max_traces) and Prometheus 3.6 with
@@ -37,7 +37,8 @@ for tool in otelcol jaeger prometheus; do
 done
 command -v redis-server >/dev/null || { echo "stack-memory: no redis-server on PATH" >&2; exit 1; }
 cargo build --release --locked -q
-bin=$PWD/target/release/dockercoins
+. benches/release-dir.sh
+bin=$RELEASE/dockercoins
 
 work=$(mktemp -d /tmp/stack-memory.XXXXXX)
 pids=()
