@@ -5,7 +5,7 @@
 //! on a phone, an accessibility scan; then one worker, where no hop stands
 //! out. Screenshots are left in `target/browser/` for a person to look at.
 
-use crate::support::{RedisServer, have, http1, restartable_port, sigterm, start_binary};
+use crate::support::{RedisServer, built, have, http1, restartable_port, sigterm, start_binary};
 use serde_json::Value;
 use std::{
     net::SocketAddr,
@@ -21,15 +21,9 @@ const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 /// installs them); under CI their absence fails the test.
 fn browser_ready() -> bool {
     let installed = Path::new(MANIFEST_DIR).join("tests/browser/node_modules/playwright-core");
-    if !installed.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tests/browser has no node_modules (tests/run.sh runs npm ci there)"
-        );
-        eprintln!("tests/browser/node_modules is missing (bash tests/run.sh): skipping");
-        return false;
-    }
-    have("node", "--version") && have("chromium", "--version")
+    built(&installed, "npm ci in tests/browser (tests/run.sh)")
+        && have("node", "--version")
+        && have("chromium", "--version")
 }
 
 fn unix_now() -> f64 {

@@ -7,7 +7,8 @@
 //! them the test skips with a message, under CI it fails.
 
 use crate::support::{
-    Prometheus, RedisServer, have, http1, restartable_port, sigterm, start_binary, urlencode,
+    Prometheus, RedisServer, built, http1, prometheus_built, restartable_port, sigterm,
+    start_binary, urlencode,
 };
 use dockercoins::traces::SEARCH_DEPTH;
 use serde_json::Value;
@@ -31,22 +32,13 @@ fn tools() -> Option<(PathBuf, PathBuf)> {
         Path::new(TOOLS).join("jaeger"),
         Path::new(TOOLS).join("otelcol"),
     );
-    if jaeger.exists() && otelcol.exists() {
-        return Some((jaeger, otelcol));
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{TOOLS} has no jaeger or otelcol: run tests/build-stack-tools.sh (.ci/run does)"
-    );
-    eprintln!(
-        "no Jaeger or Collector in {TOOLS} (bash tests/build-stack-tools.sh builds them): skipping"
-    );
-    None
+    let made_by = "tests/build-stack-tools.sh";
+    (built(&jaeger, made_by) && built(&otelcol, made_by)).then_some((jaeger, otelcol))
 }
 
 /// Jaeger and the Collector, running on free ports, killed when dropped;
-/// with Prometheus scraping the Collector's span metrics when it is on PATH
-/// (required under CI), for Jaeger's Monitor tab.
+/// with Prometheus scraping the Collector's span metrics when
+/// tests/build-stack-tools.sh has built it (required under CI), for Jaeger's Monitor tab.
 struct Backend {
     _jaeger: Child,
     _collector: Child,
@@ -99,7 +91,7 @@ async fn start_backend(jaeger: &Path, otelcol: &Path) -> Backend {
         in_health,
         span_metrics,
     ] = std::array::from_fn(|_| restartable_port());
-    let prometheus = if have("prometheus", "--version") {
+    let prometheus = if prometheus_built() {
         let target = format!("127.0.0.1:{span_metrics}");
         Some(Prometheus::start(&[("spanmetrics", &target)]).await)
     } else {

@@ -27,5 +27,5 @@ pub use servers::{
     spawn_rng, spawn_rng_on, spawn_webui, spawn_webui_limited, spawn_webui_on,
     wait_for_a_call_in_rngs_lane, watch_rng_health,
 };
-pub use tools::{have, run_readme_line};
+pub use tools::{built, have, run_readme_line};
 pub use worker::RunningWorker;

@@ -11,17 +11,7 @@ const BINARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/stack-tools/pr
 /// Whether the pinned Prometheus is built; under CI its absence fails the
 /// test (`.ci/run` builds it through `tests/run.sh`).
 pub fn prometheus_built() -> bool {
-    let built = std::path::Path::new(BINARY).exists();
-    if !built {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "no {BINARY}: run tests/build-stack-tools.sh (.ci/run does)"
-        );
-        eprintln!(
-            "no Prometheus in target/stack-tools (bash tests/build-stack-tools.sh builds it): skipping"
-        );
-    }
-    built
+    super::tools::built(std::path::Path::new(BINARY), "tests/build-stack-tools.sh")
 }
 
 /// A Prometheus of the test's own, on a free port, scraping `targets` (job

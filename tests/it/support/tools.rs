@@ -1,6 +1,7 @@
-//! Outside tools the tests run: whether one is on PATH, and a line of the
-//! docs run with `sh`.
+//! Outside tools the tests run: whether one is on PATH or built where a
+//! script puts it, and a line of the docs run with `sh`.
 
+use std::path::Path;
 use tokio::process::Command;
 
 /// Whether `tool` is on PATH. Under CI its absence fails the test instead of
@@ -16,6 +17,21 @@ pub fn have(tool: &str, version_flag: &str) -> bool {
             "{tool} is not on PATH (.ci/run installs it)"
         );
         eprintln!("{tool} is not on PATH: skipping");
+    }
+    found
+}
+
+/// Whether `path`, which `made_by` makes (tests/run.sh runs it), is there.
+/// Under CI its absence fails the test instead of skipping it.
+pub fn built(path: &Path, made_by: &str) -> bool {
+    let found = path.exists();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no {}: run {made_by} (.ci/run does)",
+            path.display()
+        );
+        eprintln!("no {} ({made_by} makes it): skipping", path.display());
     }
     found
 }
