@@ -54,15 +54,8 @@ command -v gcc >/dev/null || {
     exit 1
 }
 
-# Writable copies of module sources live here, and go nowhere else.
-work=$(mktemp -d "${TMPDIR:-/tmp}/build-k3s.XXXXXX")
-cleanup() { chmod -R u+w "$work" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 BUILD_NAME=build-k3s
-# fail, fresh, stamp, srccopy, gobuild.
+# work (removed on exit); fail, fresh, stamp, srccopy, gobuild.
 source tests/go-build-lib.sh
 
 # --- k3s and the shim, inside a writable copy of k3s' own module source. ---

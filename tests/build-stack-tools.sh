@@ -36,12 +36,8 @@ command -v go >/dev/null || {
     echo "build-stack-tools: go is not on PATH (Go 1.24 or later builds Jaeger, the Collector and Prometheus)" >&2
     exit 1
 }
-# Writable copies of module sources live here, and go nowhere else.
-work=$(mktemp -d "${TMPDIR:-/tmp}/build-stack-tools.XXXXXX")
-cleanup() { chmod -R u+w "$work" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 BUILD_NAME=build-stack-tools
-# fail, fresh, stamp, srccopy, gobuild.
+# work (removed on exit); fail, fresh, stamp, srccopy, gobuild.
 source tests/go-build-lib.sh
 
 # Jaeger. `go install MODULE/cmd/jaeger@VERSION` refuses a module whose go.mod

@@ -3,8 +3,15 @@
 #   BUILD_NAME  the name its messages start with
 #   out         the folder of the binaries (absolute), with X.version stamps
 #   logs        the folder of the build logs (absolute)
-#   work        a temporary folder it removes on exit
+# and gets `work`, a temporary folder removed on exit (and on Ctrl-C).
 # shellcheck shell=bash
+
+# Writable copies of module sources live here, and go nowhere else.
+work=$(mktemp -d "${TMPDIR:-/tmp}/$BUILD_NAME.XXXXXX")
+cleanup() { chmod -R u+w "$work" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # fail NAME LOG WHAT: say what failed, with the tail of its log, and stop.
 fail() {
