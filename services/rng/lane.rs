@@ -122,11 +122,15 @@ impl Lane {
         let Ok(place) = places.try_acquire() else {
             return Err(self.refuse().into());
         };
-        let span = tracing::info_span!(
-            target: crate::telemetry::TARGET,
-            "rng.lane.wait",
-            rng.lanes = self.lanes,
-        );
+        let span = if crate::telemetry::sampling::in_sampled_trace() {
+            tracing::info_span!(
+                target: crate::telemetry::TARGET,
+                "rng.lane.wait",
+                rng.lanes = self.lanes,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let measured = crate::telemetry::metrics::enabled();
         // Counted in the queue's depth until it leaves, whichever way.
         let queued = measured.then(|| Queued::join(&self.metrics.queue));

@@ -40,7 +40,10 @@ use crate::{
     server::connections::metrics::ConnectionMetrics,
     shutdown::DRAIN_TIMEOUT,
     telemetry::metrics::{Exposition, Registry},
-    telemetry::{fields, hostname, is_grpc, record_response, record_trailers, server_span},
+    telemetry::{
+        fields, hostname, is_grpc, record_response, record_trailers, sampling::IncomingTraceLayer,
+        server_span,
+    },
     tls::ServerTls,
 };
 use axum::{
@@ -390,6 +393,8 @@ fn transport(
         // layer holds it.
         .layer(InFlightLayer)
         .layer(count_calls(layers.replica_calls))
+        // Whether the call's trace is kept, decided before its span is made.
+        .layer(IncomingTraceLayer)
         .layer(
             TraceLayer::new_for_grpc()
                 .make_span_with(server_span)

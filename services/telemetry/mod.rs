@@ -4,13 +4,15 @@
 //! text or JSON lines on stderr. A line written inside a traced span carries
 //! that span's `trace_id`.
 //!
-//! Traces: OpenTelemetry through `tracing-opentelemetry`. Spans are always
-//! created (so trace ids reach the logs and `traceparent` reaches the next
-//! hop), and exported over OTLP/gRPC only when `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! is set. The standard `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` are honoured by the
-//! SDK. Only spans with target [`TARGET`] become OpenTelemetry spans: h2,
-//! hyper, tonic and the exporter's own calls never do, health checks neither.
+//! Traces: OpenTelemetry through `tracing-opentelemetry`, exported over
+//! OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Whether a trace is
+//! kept is decided once, where it starts ([`sampling`], with the standard
+//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`), and only a kept
+//! trace makes spans; every trace has ids, so trace ids reach the logs and
+//! `traceparent` reaches the next hop. `OTEL_SERVICE_NAME` and
+//! `OTEL_RESOURCE_ATTRIBUTES` are honoured by the SDK. Only spans with
+//! target [`TARGET`] become OpenTelemetry spans: h2, hyper, tonic and the
+//! exporter's own calls never do, health checks neither.
 //!
 //! The helpers below make the spans of this project: one shape for a gRPC
 //! client call, a gRPC or HTTP server request, a Redis command.
@@ -24,6 +26,7 @@
 pub mod error_chain;
 pub mod latency;
 pub mod metrics;
+pub mod sampling;
 pub mod throttle;
 
 use opentelemetry::{
@@ -31,7 +34,12 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{TraceContextExt, TracerProvider as _},
 };
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::TraceContextPropagator,
+    trace::{Sampler, SdkTracerProvider},
+};
+use sampling::Head;
 use std::{io::IsTerminal, time::Duration};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -45,6 +53,9 @@ use tracing_subscriber::{
 
 /// The target of every span that becomes an OpenTelemetry span.
 pub const TARGET: &str = "dockercoins::trace";
+/// The target of a span made for the logs only: a plain HTTP request of a
+/// trace that is not sampled, whose lines still carry its `trace_id`.
+const LOG_TARGET: &str = "dockercoins::log";
 
 /// Log fields that other programs read from a service's output: `bench` and
 /// the tests start services as child processes and wait for these.
@@ -115,6 +126,7 @@ pub fn init(format: LogFormat, service: &str) -> Guard {
     // OTEL_SDK_DISABLED=true (the standard switch): no spans at all, so no
     // trace ids in the logs and no traceparent sent on; what tracing costs.
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    sampling::configure(disabled, endpoint.is_some());
     let traces = trace_layer(tracer, disabled);
     // Logs see the spans that frame an HTTP request (their trace_id prefixes
     // the lines inside), not the per-call ones that no
@@ -166,6 +178,10 @@ where
             // two clock reads per poll.
             .with_target(false)
             .with_tracked_inactivity(false)
+            // Entering a span would attach its OpenTelemetry context at every
+            // poll; nothing here reads it (children find their parent
+            // through tracing, unsampled traces carry their own).
+            .with_context_activation(false)
             .with_filter(filter_fn(|meta| {
                 // Our spans, and warnings and errors as span events.
                 meta.target() == TARGET
@@ -193,7 +209,11 @@ fn provider(service: &str, endpoint: Option<&str>) -> SdkTracerProvider {
         let instance = format!("{}-{}", hostname(), std::process::id());
         resource = resource.with_attribute(KeyValue::new("service.instance.id", instance));
     }
-    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    // Every span made is of a trace already decided as kept (see
+    // `sampling`): the provider's sampler must not decide again.
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOn)
+        .with_resource(resource.build());
     if let Some(endpoint) = endpoint {
         use opentelemetry_otlp::WithTonicConfig;
         let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
@@ -240,12 +260,21 @@ fn collector_channel(endpoint: &str) -> Option<tonic::transport::Channel> {
     )
 }
 
-/// Writes `span`'s context into outgoing gRPC metadata: the call's server
-/// span becomes its child.
+/// Writes the call's trace into outgoing gRPC metadata: `span`'s context
+/// (the call's server span becomes its child), or, with no span, the
+/// unsampled trace the call runs in (the server then makes no span).
 pub fn inject<T>(span: &Span, request: &mut tonic::Request<T>) {
-    let context = span.context();
-    TraceContextPropagator::new()
-        .inject_context(&context, &mut MetadataMap(request.metadata_mut()));
+    let propagator = TraceContextPropagator::new();
+    let metadata = &mut MetadataMap(request.metadata_mut());
+    if span.is_none() {
+        opentelemetry::Context::map_current(|context| {
+            if context.span().span_context().is_valid() {
+                propagator.inject_context(context, metadata);
+            }
+        });
+    } else {
+        propagator.inject_context(&span.context(), metadata);
+    }
 }
 
 struct MetadataMap<'a>(&'a mut tonic::metadata::MetadataMap);
@@ -262,7 +291,7 @@ impl Injector for MetadataMap<'_> {
 }
 
 /// Reads a trace context from HTTP headers (gRPC metadata included).
-struct Headers<'a>(&'a axum::http::HeaderMap);
+pub(crate) struct Headers<'a>(&'a axum::http::HeaderMap);
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -274,27 +303,14 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// Makes `span` a child of the trace context in `headers` (if any), and
-/// records its trace id for the logs when it has a `trace_id` field.
-pub fn continue_trace(span: &Span, headers: &axum::http::HeaderMap) {
-    let parent = TraceContextPropagator::new().extract(&Headers(headers));
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
-    }
-    record_trace_id(span);
-}
-
-/// Makes `span` the root of a new trace, whatever span encloses it, and
-/// records its trace id for the logs when it has a `trace_id` field.
-pub fn new_trace(span: &Span) {
-    let _ = span.set_parent(opentelemetry::Context::new());
-    record_trace_id(span);
-}
-
-/// The current span's trace id, for a log line to carry when the logs do
-/// not format its span (a worker's unit of work); `None` without tracing.
+/// The current trace's id, for a log line to carry when the logs do not
+/// format its span (a worker's unit of work); `None` without tracing.
 pub fn current_trace_id() -> Option<String> {
-    trace_id_of(&Span::current())
+    if sampling::in_sampled_trace() {
+        trace_id_of(&Span::current())
+    } else {
+        sampling::unsampled_trace_id().map(|id| id.to_string())
+    }
 }
 
 /// `span`'s trace id in hex; `None` when it has none (tracing off).
@@ -308,7 +324,7 @@ fn trace_id_of(span: &Span) -> Option<String> {
 
 /// Records `span`'s trace id in its `trace_id` field, for the logs; a span
 /// without that field (one the logs do not format) costs no lookup.
-fn record_trace_id(span: &Span) {
+pub(crate) fn record_trace_id(span: &Span) {
     let for_logs = span
         .metadata()
         .is_some_and(|meta| meta.fields().field("trace_id").is_some());
@@ -323,13 +339,16 @@ fn record_trace_id(span: &Span) {
 /// A gRPC client span: `service/method` to `address:port`, per the stable
 /// OpenTelemetry RPC conventions (semconv 1.45): the span is named after the
 /// full method, which `rpc.method` carries too. Record the outcome with
-/// [`record_grpc_result`].
+/// [`record_grpc_result`]. Outside a sampled trace: `Span::none()`.
 pub fn grpc_client_span(
     service: &'static str,
     method: &'static str,
     address: &str,
     port: u16,
 ) -> Span {
+    if !sampling::in_sampled_trace() {
+        return Span::none();
+    }
     let full_method = format!("{service}/{method}");
     tracing::info_span!(
         target: TARGET,
@@ -408,8 +427,11 @@ fn is_server_error(code: tonic::Code) -> bool {
     )
 }
 
-/// A Redis command span.
+/// A Redis command span; outside a sampled trace, `Span::none()`.
 pub fn redis_span(operation: &'static str, url: &str) -> Span {
+    if !sampling::in_sampled_trace() {
+        return Span::none();
+    }
     let (address, port) = server_address(url);
     tracing::info_span!(
         target: TARGET,
@@ -447,14 +469,36 @@ pub fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
         .is_some_and(|value| value.starts_with("application/grpc"))
 }
 
+/// Paths never traced: health checks and reflection.
+fn untraced_path(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
 /// The server span of a request: a child of the caller's `traceparent`, per
-/// the OpenTelemetry RPC (or HTTP) conventions. Health checks and reflection
-/// are not traced.
+/// the OpenTelemetry RPC (or HTTP) conventions, when the request's trace is
+/// sampled ([`sampling::IncomingTraceLayer`] decided). Otherwise none, or,
+/// for plain HTTP, a span for the logs only, with the trace id.
 pub fn server_span<B>(request: &axum::http::Request<B>) -> Span {
     let path = request.uri().path();
-    if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+    if untraced_path(path) {
         return Span::none();
     }
+    let head = match request.extensions().get::<Head>() {
+        Some(head) => head.clone(),
+        None => sampling::incoming(request.headers(), path),
+    };
+    let Head::Sampled(parent) = head else {
+        if is_grpc(request.headers()) {
+            return Span::none();
+        }
+        return tracing::info_span!(
+            target: LOG_TARGET,
+            "http.server",
+            http.request.method = %request.method(),
+            url.path = path,
+            trace_id = head.trace_id(),
+        );
+    };
     let span = if is_grpc(request.headers()) {
         let full_method = path.trim_start_matches('/');
         tracing::info_span!(
@@ -481,7 +525,8 @@ pub fn server_span<B>(request: &axum::http::Request<B>) -> Span {
             trace_id = tracing::field::Empty,
         )
     };
-    continue_trace(&span, request.headers());
+    let _ = span.set_parent(parent);
+    record_trace_id(&span);
     span
 }
 

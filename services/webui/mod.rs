@@ -29,7 +29,7 @@ use crate::{
     shutdown::DRAIN_TIMEOUT,
     store::Store,
     telemetry::metrics::{Exposition, Registry},
-    telemetry::{fields, record_response, server_span},
+    telemetry::{fields, record_response, sampling::IncomingTraceLayer, server_span},
 };
 use axum::{
     Json, Router,
@@ -205,6 +205,8 @@ pub fn router(webui: Webui) -> Router {
                 .on_response(record_response)
                 .on_failure(()),
         )
+        // Whether a request's trace is kept, decided before its span is made.
+        .layer(IncomingTraceLayer)
         .layer(axum::middleware::map_response(secure))
         .with_state(webui)
 }

@@ -10,11 +10,11 @@ use crate::{
     pb::HashBatch,
     protocol::{BLOCK_BYTES, DIGEST_BYTES},
     store::Coin,
+    telemetry::sampling,
 };
 use bytes::Bytes;
 use std::sync::Arc;
 use tonic::Status;
-use tracing::Instrument;
 
 /// Why a unit of work failed. Nothing of a failed unit is counted.
 #[derive(Debug, thiserror::Error)]
@@ -142,15 +142,23 @@ impl Miner {
                 backoff.wait().await;
                 continue;
             }
-            // One trace per unit of work: a root span, whatever encloses it.
-            let span = tracing::info_span!(
-                target: crate::telemetry::TARGET,
-                "worker.unit",
-                otel.name = if self.config.batch == 0 { "mine one block" } else { "mine a batch" },
-                worker.batch = self.config.batch,
-                otel.status_code = tracing::field::Empty,
-            );
-            crate::telemetry::new_trace(&span);
+            // One trace per unit of work: its root span (when the trace is
+            // sampled) is a root whatever encloses it.
+            let name = if self.config.batch == 0 {
+                "mine one block"
+            } else {
+                "mine a batch"
+            };
+            let head = sampling::new_trace(name);
+            let span = || {
+                tracing::info_span!(
+                    target: crate::telemetry::TARGET,
+                    "worker.unit",
+                    otel.name = name,
+                    worker.batch = self.config.batch,
+                    otel.status_code = tracing::field::Empty,
+                )
+            };
             let unit = async {
                 let result = if self.config.batch == 0 {
                     self.unary_unit().await
@@ -170,7 +178,7 @@ impl Miner {
                 }
                 result
             };
-            match unit.instrument(span).await {
+            match sampling::traced(head, span, unit).await {
                 Ok(()) => backoff.reset(),
                 Err(_) => backoff.wait().await,
             }

@@ -9,6 +9,7 @@
 use crate::{
     store::{Coin, Store, StoreError, Totals, WorkerTotals},
     telemetry::hostname,
+    telemetry::sampling,
     telemetry::throttle::Throttle,
     worker::metrics::TallyMetrics,
 };
@@ -21,7 +22,6 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
-use tracing::Instrument;
 
 /// Coins kept while Redis is away before mining pauses: bounds the memory a
 /// long Redis outage can take (64 bytes a coin, 12.8 MB in all).
@@ -295,8 +295,8 @@ impl Flusher {
                 } else {
                     self.flush_coins().await
                 }
-            }
-            .instrument(flush_span());
+            };
+            let update = traced_flush(update);
             tokio::pin!(update);
             tokio::select! {
                 // An error is logged by the flusher, and retried next time.
@@ -322,7 +322,7 @@ impl Flusher {
             }
             Ok::<(), StoreError>(())
         };
-        if tokio::time::timeout(bound, last_updates.instrument(flush_span()))
+        if tokio::time::timeout(bound, traced_flush(last_updates))
             .await
             .is_err()
         {
@@ -331,16 +331,18 @@ impl Flusher {
     }
 }
 
-/// The root span of an update to Redis: its own trace, with the Redis command.
-fn flush_span() -> tracing::Span {
-    let span = tracing::info_span!(
-        target: crate::telemetry::TARGET,
-        "worker.flush",
-        otel.name = "update the score",
-        trace_id = tracing::field::Empty,
-    );
-    crate::telemetry::new_trace(&span);
-    span
+/// An update to Redis as its own trace: when sampled, a root span with the
+/// Redis command under it.
+fn traced_flush<F: Future>(update: F) -> impl Future<Output = F::Output> {
+    let name = "update the score";
+    let span = || {
+        tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "worker.flush",
+            otel.name = name,
+        )
+    };
+    sampling::traced(sampling::new_trace(name), span, update)
 }
 
 #[cfg(test)]

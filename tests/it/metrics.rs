@@ -149,13 +149,23 @@ async fn prometheus_scrapes_every_service_and_keeps_the_traces_of_slow_calls() {
         return;
     }
     let redis = RedisServer::start().await;
-    let local = [("RUST_LOG", "warn,dockercoins=info")];
+    // Traces are sampled only where they are exported: an exporter pointed at
+    // a port nobody listens on (taken and let go here) is enough for the
+    // exemplars and links; no span needs to arrive.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let local = [
+        ("RUST_LOG", "warn,dockercoins=info"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()),
+    ];
     let (_rng, rng) = start_binary(&["rng", "--listen", "127.0.0.1:0"], &local).await;
     let (_hasher, hasher) = start_binary(&["hasher", "--listen", "127.0.0.1:0"], &local).await;
     let clients = [
         ("RNG_URL", format!("http://{rng}")),
         ("HASHER_URL", format!("http://{hasher}")),
         ("REDIS_URL", redis.url()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.clone()),
     ];
     let mut envs: Vec<(&str, &str)> = clients.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (_worker, worker) =

@@ -2,7 +2,7 @@
 //! OTLP/gRPC to a receiver started here (opentelemetry-proto's tonic server:
 //! a real OTLP endpoint, not a mock of the exporter), with a real Redis.
 
-use crate::support::{RedisServer, sigterm, start_binary};
+use crate::support::{Log, RedisServer, sigterm, start_binary, start_binary_logged};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -99,6 +99,8 @@ struct Mesh {
     rng: Child,
     hasher: Child,
     worker: Child,
+    /// The worker's log lines.
+    worker_log: Log,
 }
 
 impl Mesh {
@@ -146,11 +148,12 @@ impl Mesh {
             "--delay-ms",
             "20",
         ];
-        let (worker, _) = start_binary(&worker_args, &otel("worker")).await;
+        let (worker, _, worker_log) = start_binary_logged(&worker_args, &otel("worker")).await;
         Self {
             rng,
             hasher,
             worker,
+            worker_log,
         }
     }
 
@@ -315,15 +318,99 @@ async fn every_hop_is_one_trace_with_the_right_parents() {
     );
 }
 
+/// No trace kept: nothing exported, and the logs still say which trace a
+/// line belongs to (a coin's line carries its unit's trace id).
 #[tokio::test]
-async fn sampling_ratio_zero_exports_nothing() {
+async fn sampling_ratio_zero_exports_nothing_and_logs_keep_trace_ids() {
     let redis = RedisServer::start().await;
     let (receiver, addr, stop_receiver) = Receiver::start().await;
     let mesh = Mesh::start(&redis, &format!("http://{addr}"), "0").await;
-    redis.wait_for_hashes(5, Duration::from_secs(30)).await;
+    let log = mesh.worker_log.clone();
+    let coin_line = || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .find(|line| line.contains("Coin found"))
+            .cloned()
+    };
+    // A coin is one hash in 16: this waits for about 16 units at 20 ms.
+    let waited = std::time::Instant::now();
+    while coin_line().is_none() && waited.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     mesh.stop().await;
+    let line = coin_line().expect("no coin found by the worker within 30 s");
+    let trace_id = line
+        .split("trace_id=")
+        .nth(1)
+        .map(|rest| rest.trim_start_matches('"'))
+        .and_then(|rest| rest.get(..32))
+        .unwrap_or_else(|| panic!("no trace_id in {line:?}"));
+    assert!(
+        trace_id.chars().all(|c| c.is_ascii_hexdigit()) && trace_id != "0".repeat(32),
+        "{line:?}"
+    );
     assert_eq!(receiver.spans().len(), 0);
     let _ = stop_receiver.send(());
+}
+
+/// Half the traces kept, decided once at the head: every exported span
+/// belongs to a trace whose root the worker exported (rng and hasher follow
+/// the worker's decision, so an unsampled unit exports nothing anywhere),
+/// and the kept ones still have every hop.
+#[tokio::test]
+async fn an_unsampled_trace_exports_nothing_and_a_sampled_one_every_hop() {
+    let redis = RedisServer::start().await;
+    let (receiver, addr, stop_receiver) = Receiver::start().await;
+    let mesh = Mesh::start(&redis, &format!("http://{addr}"), "0.5").await;
+    redis.wait_for_hashes(40, Duration::from_secs(30)).await;
+    mesh.stop().await;
+    let units = redis.hashes().await;
+    let spans = receiver.spans();
+    let _ = stop_receiver.send(());
+
+    let roots = find(&spans, |r| r.span.parent_span_id.is_empty());
+    assert!(
+        roots.iter().all(|r| r.service == "worker"),
+        "a root span outside the worker: {:?}",
+        roots.iter().map(|r| (&r.service, &r.span.name)).collect::<Vec<_>>()
+    );
+    let kept: std::collections::HashSet<&[u8]> =
+        roots.iter().map(|r| r.span.trace_id.as_slice()).collect();
+    for span in &spans {
+        assert!(
+            kept.contains(span.span.trace_id.as_slice()),
+            "{} `{}` belongs to a trace whose root was not exported",
+            span.service,
+            span.span.name
+        );
+    }
+    let unit_roots: Vec<_> = roots
+        .iter()
+        .filter(|r| r.span.name == "mine one block")
+        .collect();
+    assert!(
+        !unit_roots.is_empty() && (unit_roots.len() as u64) < units,
+        "{} unit traces exported for {units} units at a ratio of 0.5",
+        unit_roots.len()
+    );
+    // A kept unit has its two calls, each with the server's span under it.
+    let whole = unit_roots.iter().filter(|root| {
+        let calls = find(&spans, |r| r.span.parent_span_id == root.span.span_id);
+        calls.len() == 2
+            && calls.iter().all(|call| {
+                spans
+                    .iter()
+                    .any(|r| r.span.parent_span_id == call.span.span_id && r.service != "worker")
+            })
+    });
+    // Bar the unit cut short when the worker stopped.
+    let whole = whole.count();
+    assert!(
+        whole + 1 >= unit_roots.len(),
+        "{whole} of {} kept units have every hop",
+        unit_roots.len()
+    );
 }
 
 /// A collector that is not there: the mesh mines as usual and still stops
