@@ -230,6 +230,23 @@ async fn run_edge(
 }
 
 async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(sweep) = args.sweep() {
+        let report = bench::open::sweep(&args.config(), &sweep).await?;
+        print_report(&report, args.json, || report.table())?;
+        anyhow::ensure!(report.cross_check(), "cross-check failed: see the steps");
+        return Ok(());
+    }
+    if let Some(rate) = args.rate {
+        let report = bench::open::rate(&args.config(), rate).await?;
+        print_report(&report, args.json, || report.table())?;
+        anyhow::ensure!(
+            report.cross_check(),
+            "cross-check failed: the worker counted {} hashes, Redis gained {}",
+            report.step.counted_hashes,
+            report.step.redis_hashes
+        );
+        return Ok(());
+    }
     let report = bench::run(&args.config()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -244,6 +261,20 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         report.redis_hashes,
         report.redis_coins
     );
+    Ok(())
+}
+
+/// A report as JSON, or as its table.
+fn print_report(
+    report: &impl serde::Serialize,
+    json: bool,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", table());
+    }
     Ok(())
 }
 

@@ -14,12 +14,15 @@
 //!
 //! The run is here; [`child`] starts the children and reads their readiness
 //! line (for `floor` and `flood` too), [`procfs`] reads their CPU and memory,
-//! [`report`] holds what `bench` prints.
+//! [`report`] holds what `bench` prints. [`open`] is the open-loop bench
+//! (`--rate`, `--sweep`: tail latency at a given load), [`plot`] its curve.
 
 pub mod child;
 pub mod flood;
 pub mod floor;
 pub mod limit;
+pub mod open;
+mod plot;
 pub mod procfs;
 pub mod report;
 
@@ -195,8 +198,14 @@ impl Mesh {
         Ok(Self { redis, rng, hasher })
     }
 
-    /// The worker under test, mining flat out.
-    async fn start_worker(&self, config: &BenchConfig) -> Result<Process, BenchError> {
+    /// The worker under test: mining flat out, or with `paced` = (rate,
+    /// units in flight at most), in open loop, timing units after the
+    /// warm-up.
+    async fn start_worker(
+        &self,
+        config: &BenchConfig,
+        paced: Option<(f64, usize)>,
+    ) -> Result<Process, BenchError> {
         let batch = match config.mode {
             Mode::Unary => "0".to_owned(),
             Mode::Batch => config.batch.to_string(),
@@ -205,7 +214,10 @@ impl Mesh {
             format!("http://{}", self.rng.listen),
             format!("http://{}", self.hasher.listen),
         );
-        let (worker, _) = spawn(&[
+        let channels = config.channels.to_string();
+        let wallet_cap = crate::worker::TURBO_WALLET_CAP.to_string();
+        let concurrency = paced.map_or(config.concurrency, |(_, cap)| cap).to_string();
+        let mut args = vec![
             "worker",
             "--rng",
             &rng_url,
@@ -216,16 +228,30 @@ impl Mesh {
             "--delay-ms",
             "0",
             "--concurrency",
-            &config.concurrency.to_string(),
+            &concurrency,
             "--batch",
             &batch,
             "--grpc-channels",
-            &config.channels.to_string(),
+            &channels,
             "--wallet-cap",
-            &crate::worker::TURBO_WALLET_CAP.to_string(),
-        ])
-        .await?;
+            &wallet_cap,
+        ];
+        let (rate, warmup) = (
+            paced.map(|(rate, _)| rate.to_string()).unwrap_or_default(),
+            config.warmup.as_millis().to_string(),
+        );
+        if paced.is_some() {
+            args.extend(["--rate", &rate, "--rate-warmup-ms", &warmup]);
+        }
+        let (worker, _) = spawn(&args).await?;
         Ok(worker)
+    }
+
+    /// Stops rng and hasher (dropped, they are killed) and Redis.
+    async fn stop(self) {
+        let Mesh { redis, rng, hasher } = self;
+        drop((rng, hasher));
+        redis.stop().await;
     }
 }
 
@@ -275,6 +301,8 @@ struct LastWords {
     hashes_done: u64,
     hashes_flushed: u64,
     coins_found: u64,
+    /// An open-loop worker's latency report.
+    open_loop: Option<crate::worker::OpenLoopReport>,
 }
 
 /// Stops the worker as docker would, and reads its last words: the hashes
@@ -283,33 +311,39 @@ async fn stop_worker(mut worker: Process) -> Result<LastWords, BenchError> {
     // Already gone is what the lines below find out: no error of its own.
     let _ = child::sigterm(&worker.child);
     let mut counted = None;
+    let mut open_loop = None;
     // Every line up to the end of its stderr, which comes when it exits: a
     // line still in the pipe when it exits is read, not missed.
     let last_words = async {
         while let Some(line) = worker.lines.recv().await {
             let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             let logged = &value["fields"];
+            if let Some(report) = logged[fields::OPEN_LOOP].as_str() {
+                open_loop = serde_json::from_str(report).ok();
+            }
             if let (Some(hashes_done), Some(hashes_flushed), Some(coins_found)) = (
                 logged[fields::HASHES_DONE].as_u64(),
                 logged[fields::HASHES_FLUSHED].as_u64(),
                 logged[fields::COINS_FOUND].as_u64(),
             ) {
-                counted = Some(LastWords {
-                    hashes_done,
-                    hashes_flushed,
-                    coins_found,
-                });
+                counted = Some((hashes_done, hashes_flushed, coins_found));
             }
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), last_words).await;
     // Its stderr closed: it has exited, or is about to; dropped, it is killed.
     let _ = tokio::time::timeout(Duration::from_secs(1), worker.child.wait()).await;
-    counted.ok_or_else(|| {
+    let (hashes_done, hashes_flushed, coins_found) = counted.ok_or_else(|| {
         failed(format!(
             "the worker's last log line has no {}",
             fields::HASHES_DONE
         ))
+    })?;
+    Ok(LastWords {
+        hashes_done,
+        hashes_flushed,
+        coins_found,
+        open_loop,
     })
 }
 
@@ -396,7 +430,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     // The worker is never idle: it mines from its first breath.
     let idle_rss = [idle(rng_pid), idle(hasher_pid), 0, idle(redis_pid)];
 
-    let worker = mesh.start_worker(config).await?;
+    let worker = mesh.start_worker(config, None).await?;
     let worker_pid = worker.child.id().unwrap_or(0);
     let store = Store::redis(&mesh.redis.url, Duration::from_secs(2)).map_err(failed)?;
     tokio::time::sleep(config.warmup).await;
@@ -406,9 +440,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
 
     let last_words = stop_worker(worker).await?;
     let held = store.score().await.map_err(failed)?;
-    let Mesh { redis, rng, hasher } = mesh;
-    drop((rng, hasher));
-    redis.stop().await;
+    mesh.stop().await;
     let observed = Observed {
         rng_light,
         hasher_light,

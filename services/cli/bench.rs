@@ -6,8 +6,9 @@ use super::env;
 use crate::bench::{
     self, BenchConfig,
     flood::{self, FloodConfig},
+    open,
 };
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// `dockercoins bench`: rng, hasher and a worker as child processes with
 /// turbo settings, and a private redis-server.
@@ -37,6 +38,23 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long, env = env::BENCH_JSON)]
     pub json: bool,
+    /// Open loop: start units of work at this rate (per second, Poisson
+    /// arrivals), each timed from when it was due, and report the latency
+    /// it gets (p50, p99, p99.9, max) and the rate achieved.
+    #[arg(long, env = env::BENCH_RATE, value_name = "UNITS_PER_SECOND", conflicts_with = "sweep",
+          value_parser = super::clients::positive_rate)]
+    pub rate: Option<f64>,
+    /// Open loop, rate after rate (each `--seconds` long), from a tenth of
+    /// the mode's ceiling up, to find the knee: the highest rate whose p99
+    /// stays under `--p99-target-ms`. Draws the curve to `--plot`.
+    #[arg(long, env = env::BENCH_SWEEP)]
+    pub sweep: bool,
+    /// The p99 a sweep's rate must stay under, in milliseconds.
+    #[arg(long, env = env::BENCH_P99_TARGET_MS, default_value_t = open::DEFAULT_P99_TARGET_MS)]
+    pub p99_target_ms: f64,
+    /// Where `--sweep` writes its plot (SVG).
+    #[arg(long, env = env::BENCH_PLOT, default_value = open::DEFAULT_PLOT)]
+    pub plot: PathBuf,
 }
 
 /// `dockercoins flood`: see `bench::flood`.
@@ -68,6 +86,14 @@ impl FloodArgs {
 }
 
 impl BenchArgs {
+    /// What `--sweep` looks for, when asked.
+    pub fn sweep(&self) -> Option<open::Sweep> {
+        self.sweep.then(|| open::Sweep {
+            p99_target: Duration::from_secs_f64(self.p99_target_ms.max(0.001) / 1e3),
+            plot: self.plot.clone(),
+        })
+    }
+
     pub fn config(&self) -> BenchConfig {
         let concurrency = match self.mode {
             bench::Mode::Unary => BenchConfig::UNARY_CONCURRENCY,

@@ -200,6 +200,25 @@ pub struct WorkerArgs {
     /// no listener, the worker serves nothing.
     #[arg(long, env = env::WORKER_HEALTH_LISTEN)]
     pub health_listen: Option<SocketAddr>,
+    /// Start units of work at this rate (per second, at random gaps as
+    /// independent arrivals), each timed from when it was due, instead of
+    /// loops that wait for the last one (open loop; `--concurrency` caps the
+    /// units in flight, `--delay-ms` is not used). Unset: the loops.
+    #[arg(long, env = env::WORKER_RATE, value_parser = positive_rate)]
+    pub rate: Option<f64>,
+    /// Open loop: units due in this first stretch are not timed.
+    #[arg(long, env = env::WORKER_RATE_WARMUP_MS, default_value_t = 0, requires = "rate")]
+    pub rate_warmup_ms: u64,
+}
+
+/// A rate of units per second: finite and above zero.
+pub(super) fn positive_rate(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{value:?} is not a rate above 0 (units per second)"
+        )),
+    }
 }
 
 impl WorkerArgs {
@@ -209,6 +228,10 @@ impl WorkerArgs {
             concurrency: self.concurrency,
             batch: self.batch,
             wallet_cap: self.wallet_cap,
+            pace: self.rate.map(|rate| worker::Pace {
+                rate,
+                warmup: Duration::from_millis(self.rate_warmup_ms),
+            }),
         }
     }
 }

@@ -71,6 +71,9 @@ pub mod fields {
     pub const COINS_FOUND: &str = "coins_found";
     /// The worker's last line: of those, how many Redis counted in `coins`.
     pub const COINS_FLUSHED: &str = "coins_flushed";
+    /// An open-loop worker's line before its last: its latency report, as
+    /// JSON.
+    pub const OPEN_LOOP: &str = "open_loop";
     /// The message of the worker's first line, once its loops run.
     pub const WORKER_MINING: &str = "worker mining";
 }

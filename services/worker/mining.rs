@@ -142,47 +142,63 @@ impl Miner {
                 backoff.wait().await;
                 continue;
             }
-            // One trace per unit of work: its root span (when the trace is
-            // sampled) is a root whatever encloses it.
-            let name = if self.config.batch == 0 {
-                "mine one block"
-            } else {
-                "mine a batch"
-            };
-            let head = sampling::new_trace(name);
-            let span = || {
-                tracing::info_span!(
-                    target: crate::telemetry::TARGET,
-                    "worker.unit",
-                    otel.name = name,
-                    worker.batch = self.config.batch,
-                    otel.status_code = tracing::field::Empty,
-                )
-            };
-            let unit = async {
-                let result = if self.config.batch == 0 {
-                    self.unary_unit().await
-                } else {
-                    self.batch_unit(self.config.batch).await
-                };
-                // The logs do not format the unit's span (see
-                // `telemetry::init`): its lines say its trace id themselves.
-                if let Err(error) = &result {
-                    tracing::Span::current().record("otel.status_code", "ERROR");
-                    // A failed call is noted (and logged once a streak) by
-                    // its client; a reply that lies is this loop's to say.
-                    if let UnitError::BadReply { .. } = error {
-                        let trace_id = crate::telemetry::current_trace_id();
-                        tracing::warn!(%error, trace_id, "unit of work refused, not counted");
-                    }
-                }
-                result
-            };
-            match sampling::traced(head, span, unit).await {
+            match self.traced_unit().await {
                 Ok(()) => backoff.reset(),
                 Err(_) => backoff.wait().await,
             }
         }
+    }
+
+    /// One unit of work in its own trace, paced by the open loop: whether it
+    /// was counted. Refused while the counts waiting for Redis are at their
+    /// bound, as the closed loop pauses then.
+    pub(super) async fn open_loop_unit(&self) -> bool {
+        self.liveness.turn();
+        if self.tally.backlog_full() {
+            return false;
+        }
+        self.traced_unit().await.is_ok()
+    }
+
+    /// One unit of work, as one trace: its root span when sampled.
+    async fn traced_unit(&self) -> Result<(), UnitError> {
+        // One trace per unit of work: its root span (when the trace is
+        // sampled) is a root whatever encloses it.
+        let name = if self.config.batch == 0 {
+            "mine one block"
+        } else {
+            "mine a batch"
+        };
+        let head = sampling::new_trace(name);
+        let span = || {
+            tracing::info_span!(
+                target: crate::telemetry::TARGET,
+                "worker.unit",
+                otel.name = name,
+                worker.batch = self.config.batch,
+                otel.status_code = tracing::field::Empty,
+            )
+        };
+        let unit = async {
+            let result = if self.config.batch == 0 {
+                self.unary_unit().await
+            } else {
+                self.batch_unit(self.config.batch).await
+            };
+            // The logs do not format the unit's span (see
+            // `telemetry::init`): its lines say its trace id themselves.
+            if let Err(error) = &result {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+                // A failed call is noted (and logged once a streak) by
+                // its client; a reply that lies is this loop's to say.
+                if let UnitError::BadReply { .. } = error {
+                    let trace_id = crate::telemetry::current_trace_id();
+                    tracing::warn!(%error, trace_id, "unit of work refused, not counted");
+                }
+            }
+            result
+        };
+        sampling::traced(head, span, unit).await
     }
 
     /// The original unit: 32 random bytes, their hash, maybe a coin.

@@ -13,16 +13,19 @@
 //! Layout: [`mining`] is a mining loop and the checks on every reply,
 //! [`tally`] the books and their updates to Redis, [`metrics`] what the
 //! tally measures, [`liveness`] the optional status port (liveness and
-//! metrics); this file holds the config, what a worker [`Mined`], and
+//! metrics), [`open_loop`] units started at a given rate instead of loops
+//! (`--rate`, for `bench`'s tail latency); this file holds the config, what a worker [`Mined`], and
 //! [`run`], which ties them together.
 
 mod liveness;
 pub mod metrics;
 mod mining;
+mod open_loop;
 mod tally;
 
 pub use liveness::{LIVENESS_STALE, Liveness};
 pub use mining::{UnitError, check_block, check_blocks, check_hex, coins_in_batch};
+pub use open_loop::{OpenLoopReport, Pace};
 pub use tally::{
     COIN_FLUSH_AT, COIN_FLUSH_MAX, FINAL_FLUSH_TIMEOUT, FLUSH_INTERVAL, MAX_PENDING_COINS,
 };
@@ -84,6 +87,10 @@ pub struct WorkerConfig {
     pub batch: usize,
     /// The most coins the wallet keeps (0: all, as the original).
     pub wallet_cap: usize,
+    /// `None`: `concurrency` loops, each starting a unit when its last one
+    /// ends. `Some`: units started at this rate instead (open loop), at
+    /// most `concurrency` at once.
+    pub pace: Option<Pace>,
 }
 
 impl WorkerConfig {
@@ -94,6 +101,7 @@ impl WorkerConfig {
             concurrency: DEFAULT_CONCURRENCY,
             batch: DEFAULT_BATCH,
             wallet_cap: DEFAULT_WALLET_CAP,
+            pace: None,
         }
     }
 
@@ -104,6 +112,7 @@ impl WorkerConfig {
             concurrency: TURBO_CONCURRENCY,
             batch: TURBO_BATCH,
             wallet_cap: TURBO_WALLET_CAP,
+            pace: None,
         }
     }
 }
@@ -159,6 +168,7 @@ pub async fn run(
         concurrency = config.concurrency,
         batch = config.batch,
         wallet_cap = config.wallet_cap,
+        rate = config.pace.map(|pace| pace.rate),
         "{}", fields::WORKER_MINING
     );
     let tally = Arc::new(tally);
@@ -170,9 +180,22 @@ pub async fn run(
         liveness: turns,
     });
     let mut loops = JoinSet::new();
-    for _ in 0..config.concurrency.max(1) {
-        loops.spawn(miner.clone().mine().in_current_span());
-    }
+    let (stop_pacing, pacing_stopped) = tokio::sync::oneshot::channel::<()>();
+    let open_loop = match config.pace {
+        None => {
+            for _ in 0..config.concurrency.max(1) {
+                loops.spawn(miner.clone().mine().in_current_span());
+            }
+            None
+        }
+        Some(pace) => {
+            let stop = async {
+                let _ = pacing_stopped.await;
+            };
+            let drive = open_loop::drive(miner.clone(), pace, config.concurrency, stop);
+            Some(tokio::spawn(drive.in_current_span()))
+        }
+    };
     let mut flusher = Flusher::new(tally.clone(), store);
     let mut ticks = 0u64;
     flusher
@@ -186,6 +209,12 @@ pub async fn run(
     let stop_began = Instant::now();
     loops.abort_all();
     while loops.join_next().await.is_some() {}
+    let _ = stop_pacing.send(());
+    if let Some(open_loop) = open_loop
+        && let Ok(report) = open_loop.await
+    {
+        report.log();
+    }
     flusher
         .close_books(FINAL_FLUSH_TIMEOUT.saturating_sub(stop_began.elapsed()))
         .await;

@@ -83,6 +83,7 @@ fn unary() -> WorkerConfig {
         concurrency: 6,
         batch: 0,
         wallet_cap: 0,
+        pace: None,
     }
 }
 

@@ -5,6 +5,10 @@
 use serde_json::Value;
 
 fn bench(mode: &str) -> Value {
+    bench_with(mode, &[])
+}
+
+fn bench_with(mode: &str, more: &[&str]) -> Value {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_dockercoins"))
         .args([
             "bench",
@@ -16,6 +20,7 @@ fn bench(mode: &str) -> Value {
             "300",
         ])
         .args(["--probes", "50", "--batch", "1024", "--json"])
+        .args(more)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .output()
         .unwrap();
@@ -92,4 +97,54 @@ fn references_and_ratios(report: &Value) {
         ),
         "{report}"
     );
+}
+
+/// Open loop at a light rate: the mesh keeps up, so the rate achieved is
+/// near the one asked; the percentiles are in order; and Redis holds what
+/// the worker counted. A second at 200 units/s: about 200 units, so the
+/// bounds are wide (a Poisson count's spread is 7% here, a debug build
+/// is slow to start).
+#[test]
+fn bench_rate_keeps_a_light_rate_with_ordered_percentiles() {
+    let report = bench_with("unary", &["--rate", "200"]);
+    let step = &report["step"];
+    let number = |field: &str| {
+        step[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {field} in {report}"))
+    };
+    assert_eq!(number("asked_per_second"), 200.0);
+    let achieved = number("achieved_per_second");
+    assert!((130.0..270.0).contains(&achieved), "{report}");
+    let (p50, p99, p999, max) = (
+        number("p50_ms"),
+        number("p99_ms"),
+        number("p999_ms"),
+        number("max_ms"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{report}");
+    assert_eq!(step["failed"], 0, "{report}");
+    assert!(step["units"].as_u64().unwrap() > 0, "{report}");
+    assert!(step["counted_hashes"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(step["redis_hashes"], step["counted_hashes"], "{report}");
+    assert_eq!(step["cross_check"], true, "{report}");
+}
+
+/// A rate that is not one is refused with the reason, by the worker and by
+/// bench, before anything starts.
+#[test]
+fn a_rate_that_is_not_one_is_refused() {
+    for args in [
+        &["worker", "--rate", "0"][..],
+        &["worker", "--rate", "fast"],
+        &["bench", "--rate=-5"],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dockercoins"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains("rate"), "{args:?}: {stderr}");
+    }
 }

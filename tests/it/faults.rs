@@ -37,6 +37,7 @@ fn turbo(concurrency: usize, batch: usize) -> WorkerConfig {
         concurrency,
         batch,
         wallet_cap: 0,
+        pace: None,
     }
 }
 

@@ -444,6 +444,7 @@ async fn a_rolling_restart_loses_no_unit_of_work() {
         concurrency: 6,
         batch: 0,
         wallet_cap: 0,
+        pace: None,
     };
     let worker = RunningWorker::with_backends(config, rng.clone(), hasher_client, store);
     redis.wait_for_hashes(100, Duration::from_secs(10)).await;

@@ -373,7 +373,10 @@ async fn an_unsampled_trace_exports_nothing_and_a_sampled_one_every_hop() {
     assert!(
         roots.iter().all(|r| r.service == "worker"),
         "a root span outside the worker: {:?}",
-        roots.iter().map(|r| (&r.service, &r.span.name)).collect::<Vec<_>>()
+        roots
+            .iter()
+            .map(|r| (&r.service, &r.span.name))
+            .collect::<Vec<_>>()
     );
     let kept: std::collections::HashSet<&[u8]> =
         roots.iter().map(|r| r.span.trace_id.as_slice()).collect();

@@ -16,6 +16,7 @@ fn turbo_unary() -> WorkerConfig {
         concurrency: 4,
         batch: 0,
         wallet_cap: 0,
+        pace: None,
     }
 }
 

@@ -44,6 +44,7 @@ async fn the_worker_counts_nothing_from_lying_backends() {
         concurrency: 1,
         batch: 0,
         wallet_cap: 0,
+        pace: None,
     };
     let batch = WorkerConfig {
         batch: 64,

@@ -1,0 +1,121 @@
+//! The sweep's curve as an SVG: latency (p50, p99, p99.9, on a log scale)
+//! against the rate asked, the target as a dashed line, the knee marked.
+//! Drawn by plotters' SVG backend: text stays text, no font files needed.
+
+use super::open::SweepReport;
+use plotters::prelude::*;
+use std::path::Path;
+
+const SIZE: (u32, u32) = (720, 420);
+
+/// Writes `report`'s curve to `path`.
+pub fn latency_against_rate(
+    report: &SweepReport,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut steps: Vec<_> = report.steps.iter().collect();
+    steps.sort_by(|a, b| a.asked_per_second.total_cmp(&b.asked_per_second));
+    let highest_rate = steps
+        .iter()
+        .map(|step| step.asked_per_second)
+        .fold(1.0, f64::max);
+    let (lowest_ms, highest_ms) = steps.iter().fold(
+        (report.p99_target_ms, report.p99_target_ms),
+        |(low, high), step| (low.min(step.p50_ms), high.max(step.p999_ms)),
+    );
+    let y_range = (lowest_ms.max(0.001) / 1.5)..(highest_ms * 1.5);
+
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let unit = match report.mode {
+        super::Mode::Unary => "units of work (one block, two calls)",
+        super::Mode::Batch => "batches",
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "dockercoins bench --sweep: latency against load ({})",
+                report.machine
+            ),
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..highest_rate * 1.05, y_range.log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc(format!(
+            "{unit} asked per second (open loop, Poisson arrivals)"
+        ))
+        .y_desc("latency from due time, ms")
+        .draw()?;
+
+    let series = [
+        (
+            "p50",
+            BLUE,
+            steps
+                .iter()
+                .map(|s| (s.asked_per_second, s.p50_ms))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "p99",
+            RED,
+            steps
+                .iter()
+                .map(|s| (s.asked_per_second, s.p99_ms))
+                .collect(),
+        ),
+        (
+            "p99.9",
+            MAGENTA,
+            steps
+                .iter()
+                .map(|s| (s.asked_per_second, s.p999_ms))
+                .collect(),
+        ),
+    ];
+    for (name, color, points) in series {
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|point| Circle::new(point, 3, color.filled())),
+        )?;
+    }
+    let target = report.p99_target_ms;
+    chart
+        .draw_series(DashedLineSeries::new(
+            vec![(0.0, target), (highest_rate * 1.05, target)],
+            6,
+            4,
+            BLACK.stroke_width(1),
+        ))?
+        .label(format!("target p99 {target} ms"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    if let Some(knee) = &report.knee {
+        chart
+            .draw_series(std::iter::once(TriangleMarker::new(
+                (knee.asked_per_second, knee.p99_ms),
+                8,
+                GREEN.filled(),
+            )))?
+            .label(format!("knee {:.0}/s", knee.asked_per_second))
+            .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, GREEN.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
