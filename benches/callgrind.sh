@@ -8,6 +8,8 @@
 #
 #   benches/callgrind.sh [BINARY...]     # default: the release build
 #   CALLGRIND_SECONDS=20 CALLGRIND_CONCURRENCY=16 benches/callgrind.sh a b
+#   CALLGRIND_KEEP=/tmp/profiles benches/callgrind.sh   # keep the dumps, for
+#       callgrind_annotate --inclusive=yes /tmp/profiles/rng-1.out
 #
 # Prints one line per binary and process: instructions per call (rng) or
 # per unit (worker, two calls). Needs valgrind and redis-server.
@@ -42,6 +44,7 @@ wait_metrics() {
 series() { curl -sf "http://$1/metrics" | awk -v s="$2" -v m="$3" '$1 ~ "^"s && $1 ~ m {n += $NF} END {printf "%d\n", n}'; }
 total_ir() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; }
 
+kept=()
 redis_port=$(free_port)
 redis-server --port "$redis_port" --save '' --appendonly no --daemonize no >"$work/redis.log" 2>&1 &
 pids+=($!)
@@ -77,6 +80,11 @@ measure() {
     # only what came after it.
     local dump="$out.1"
     local ir; ir=$(total_ir "$dump")
+    if [ -n "${CALLGRIND_KEEP:-}" ]; then
+        mkdir -p "$CALLGRIND_KEEP"
+        cp "$dump" "$CALLGRIND_KEEP/$who-$(( ${#kept[@]} + 1 )).out"
+        kept+=("$dump")
+    fi
     rm -f "$out"*
     awk -v ir="$ir" -v n="$((after - before))" -v who="$who" -v bin="$bin" \
         'BEGIN {printf "%-8s %-40s %8d calls %10.1f thousand instructions per %s\n", who, bin, n, ir / n / 1000, (who == "rng" ? "call" : "unit")}'

@@ -28,6 +28,7 @@ pub mod latency;
 pub mod metrics;
 pub mod sampling;
 pub mod throttle;
+pub mod traceparent;
 
 use opentelemetry::{
     KeyValue,
@@ -267,16 +268,22 @@ fn collector_channel(endpoint: &str) -> Option<tonic::transport::Channel> {
 /// (the call's server span becomes its child), or, with no span, the
 /// unsampled trace the call runs in (the server then makes no span).
 pub fn inject<T>(span: &Span, request: &mut tonic::Request<T>) {
-    let propagator = TraceContextPropagator::new();
-    let metadata = &mut MetadataMap(request.metadata_mut());
     if span.is_none() {
         opentelemetry::Context::map_current(|context| {
-            if context.span().span_context().is_valid() {
-                propagator.inject_context(context, metadata);
+            let span = context.span();
+            let ids = span.span_context();
+            if !ids.is_valid() {
+                return;
+            }
+            let value = traceparent::write(ids);
+            if let Ok(value) = tonic::metadata::MetadataValue::try_from(&value[..]) {
+                let key = tonic::metadata::MetadataKey::from_static(traceparent::HEADER);
+                request.metadata_mut().insert(key, value);
             }
         });
     } else {
-        propagator.inject_context(&span.context(), metadata);
+        TraceContextPropagator::new()
+            .inject_context(&span.context(), &mut MetadataMap(request.metadata_mut()));
     }
 }
 

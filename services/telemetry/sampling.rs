@@ -24,6 +24,7 @@
 //! [`super::redis_span`], rng's lane wait) ask [`in_sampled_trace`] and
 //! return `Span::none()` outside one.
 
+use super::traceparent::{self, Parent};
 use futures_util::future::Either;
 use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::{
@@ -110,7 +111,14 @@ pub fn incoming(headers: &axum::http::HeaderMap, name: &str) -> Head {
     if matches!(policy(), Policy::Off) {
         return Head::Off;
     }
-    let parent = TraceContextPropagator::new().extract(&super::Headers(headers));
+    let header = headers
+        .get(traceparent::HEADER)
+        .map(|value| value.as_bytes());
+    let parent = match traceparent::read(header) {
+        Parent::None => return decide(None, name),
+        Parent::Unsampled(ids) => Context::new().with_remote_span_context(ids),
+        Parent::Other => TraceContextPropagator::new().extract(&super::Headers(headers)),
+    };
     if parent.span().span_context().is_valid() {
         decide(Some(parent), name)
     } else {
@@ -141,6 +149,12 @@ fn decide(parent: Option<Context>, name: &str) -> Head {
     };
     if sampled {
         return Head::Sampled(parent.unwrap_or_default());
+    }
+    // A caller that did not sample: its context as it came.
+    if let Some(parent) = parent.as_ref()
+        && !parent.span().span_context().is_sampled()
+    {
+        return Head::Unsampled(parent.clone());
     }
     // The caller's span id when there is a caller (nothing of this hop is
     // exported, so no span of its own is needed), a fresh one otherwise.

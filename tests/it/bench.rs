@@ -122,7 +122,10 @@ fn bench_rate_keeps_a_light_rate_with_ordered_percentiles() {
         number("p999_ms"),
         number("max_ms"),
     );
-    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{report}");
+    assert!(
+        0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max,
+        "{report}"
+    );
     assert_eq!(step["failed"], 0, "{report}");
     assert!(step["units"].as_u64().unwrap() > 0, "{report}");
     assert!(step["counted_hashes"].as_u64().unwrap() > 0, "{report}");
