@@ -2,11 +2,23 @@
 //! against the rate asked, the target as a dashed line, the knee marked.
 //! Drawn by plotters' SVG backend: text stays text, no font files needed.
 
-use super::open::SweepReport;
+use super::open::{Step, SweepReport};
 use plotters::prelude::*;
 use std::path::Path;
 
 const SIZE: (u32, u32) = (720, 420);
+
+/// The chart's coordinates: rate (linear) against milliseconds (log).
+type Chart = Cartesian2d<plotters::coord::types::RangedCoordf64, LogCoord<f64>>;
+
+/// A curve: its name, its colour, and its value in a step.
+type Quantile = (&'static str, RGBColor, fn(&Step) -> f64);
+
+const QUANTILES: [Quantile; 3] = [
+    ("p50", BLUE, |step| step.p50_ms),
+    ("p99", RED, |step| step.p99_ms),
+    ("p99.9", MAGENTA, |step| step.p999_ms),
+];
 
 /// Writes `report`'s curve to `path`.
 pub fn latency_against_rate(
@@ -51,33 +63,11 @@ pub fn latency_against_rate(
         .y_desc("latency from due time, ms")
         .draw()?;
 
-    let series = [
-        (
-            "p50",
-            BLUE,
-            steps
-                .iter()
-                .map(|s| (s.asked_per_second, s.p50_ms))
-                .collect::<Vec<_>>(),
-        ),
-        (
-            "p99",
-            RED,
-            steps
-                .iter()
-                .map(|s| (s.asked_per_second, s.p99_ms))
-                .collect(),
-        ),
-        (
-            "p99.9",
-            MAGENTA,
-            steps
-                .iter()
-                .map(|s| (s.asked_per_second, s.p999_ms))
-                .collect(),
-        ),
-    ];
-    for (name, color, points) in series {
+    for (name, color, value) in QUANTILES {
+        let points: Vec<(f64, f64)> = steps
+            .iter()
+            .map(|step| (step.asked_per_second, value(step)))
+            .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(name)
@@ -90,10 +80,31 @@ pub fn latency_against_rate(
                 .map(|point| Circle::new(point, 3, color.filled())),
         )?;
     }
+    marks(&mut chart, report, highest_rate * 1.05)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The target as a dashed line across the chart, up to `right`, and the
+/// knee, when there is one.
+fn marks<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Chart>,
+    report: &SweepReport,
+    right: f64,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
     let target = report.p99_target_ms;
     chart
         .draw_series(DashedLineSeries::new(
-            vec![(0.0, target), (highest_rate * 1.05, target)],
+            vec![(0.0, target), (right, target)],
             6,
             4,
             BLACK.stroke_width(1),
@@ -110,12 +121,5 @@ pub fn latency_against_rate(
             .label(format!("knee {:.0}/s", knee.asked_per_second))
             .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, GREEN.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
     Ok(())
 }
