@@ -90,7 +90,8 @@ impl Head {
         matches!(self, Head::Sampled(_))
     }
 
-    /// The trace id in hex, for a log line; `None` when tracing is off.
+    /// An unsampled trace's id in hex, for a log line; `None` for a sampled
+    /// one (its span has it) and when tracing is off.
     pub fn trace_id(&self) -> Option<String> {
         match self {
             Head::Sampled(_) | Head::Off => None,
