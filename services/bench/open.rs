@@ -127,6 +127,7 @@ impl RateReport {
         );
         out += STEP_HEADER;
         out += &self.step.line(None);
+        out += &unfinished_line(std::slice::from_ref(&self.step));
         out += &cross_check_line(std::slice::from_ref(&self.step));
         out
     }
@@ -195,6 +196,7 @@ impl SweepReport {
                 self.p99_target_ms
             ),
         };
+        out += &unfinished_line(&self.steps);
         out += &cross_check_line(&self.steps);
         out += &format!("  plot            {}\n", self.plot);
         out
@@ -209,6 +211,18 @@ fn mode_name(mode: Mode, batch: usize) -> String {
     match mode {
         Mode::Unary => "unary".to_owned(),
         Mode::Batch => format!("batch of {batch}"),
+    }
+}
+
+/// The units due and not done when their worker stopped, when there were
+/// any: not timed, so the percentiles do not include them; said, so that a
+/// mesh far behind cannot hide them.
+fn unfinished_line(steps: &[Step]) -> String {
+    match steps.iter().map(|step| step.unfinished).sum::<u64>() {
+        0 => String::new(),
+        n => format!(
+            "  unfinished      {n} units due and not done when the worker stopped (running, or never started: the mesh was behind), not timed\n"
+        ),
     }
 }
 

@@ -206,15 +206,16 @@ pub async fn run(
             }
         })
         .await;
+    // The open loop's units in flight finish first (bounded), so that what
+    // they count still has the final flush's whole time.
+    let _ = stop_pacing.send(());
+    let open_loop = match open_loop {
+        Some(open_loop) => open_loop.await.ok(),
+        None => None,
+    };
     let stop_began = Instant::now();
     loops.abort_all();
     while loops.join_next().await.is_some() {}
-    let _ = stop_pacing.send(());
-    if let Some(open_loop) = open_loop
-        && let Ok(report) = open_loop.await
-    {
-        report.log();
-    }
     flusher
         .close_books(FINAL_FLUSH_TIMEOUT.saturating_sub(stop_began.elapsed()))
         .await;
@@ -225,6 +226,9 @@ pub async fn run(
         coins_flushed: flusher.coins_flushed,
         coins_unflushed: tally.coins_held.load(Ordering::Relaxed) as u64,
     };
+    if let Some(open_loop) = open_loop {
+        open_loop.log();
+    }
     report.log(&miner);
     if let Some(probe) = probe {
         probe.abort();

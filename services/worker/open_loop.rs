@@ -47,7 +47,9 @@ pub struct OpenLoopReport {
     /// Units due after the warm-up that failed, or were refused because the
     /// counts waiting for Redis were at their bound.
     pub failed: u64,
-    /// Units still running when the worker stopped (not timed).
+    /// Units due after the warm-up and not done when the worker stopped:
+    /// still running, or never started because the mesh was behind (not
+    /// timed).
     pub unfinished: u64,
     /// Latency from due time to the unit counted, in microseconds.
     pub p50_us: u64,
@@ -76,8 +78,10 @@ impl OpenLoopReport {
 /// anything slower is recorded as this.
 const HIGHEST_US: u64 = 60_000_000;
 
-/// How long a stop waits for the units already started.
-const DRAIN: Duration = Duration::from_secs(2);
+/// How long a stop waits for the units already started; those still
+/// running then are reported as unfinished (and not timed). The final flush
+/// to Redis comes after, with its own time.
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// The books of the measured units.
 struct Measured {
@@ -145,10 +149,16 @@ pub(super) async fn drive(
         () = stop => {}
     }
     let stopped = Instant::now();
+    // Units that were due and never started (the mesh was behind) are not
+    // dropped silently: they count as unfinished, as those cut short do.
+    let mut never_started = 0;
+    while let Ok(due) = due_rx.try_recv() {
+        never_started += u64::from(due >= measured.from);
+    }
     // Closing the channel stops the pacer at its next arrival.
     drop(due_rx);
     let _ = tokio::time::timeout(DRAIN, async { while units.join_next().await.is_some() {} }).await;
-    let unfinished = units.len() as u64;
+    let unfinished = units.len() as u64 + never_started;
     units.abort_all();
     report(&measured, pace.rate, stopped, unfinished)
 }
