@@ -46,6 +46,7 @@ use std::{
 use tally::{Flusher, Tally};
 use tokio::{
     net::TcpListener,
+    sync::oneshot,
     task::{JoinHandle, JoinSet},
     time::Instant,
 };
@@ -179,23 +180,7 @@ pub async fn run(
         tally: tally.clone(),
         liveness: turns,
     });
-    let mut loops = JoinSet::new();
-    let (stop_pacing, pacing_stopped) = tokio::sync::oneshot::channel::<()>();
-    let open_loop = match config.pace {
-        None => {
-            for _ in 0..config.concurrency.max(1) {
-                loops.spawn(miner.clone().mine().in_current_span());
-            }
-            None
-        }
-        Some(pace) => {
-            let stop = async {
-                let _ = pacing_stopped.await;
-            };
-            let drive = open_loop::drive(miner.clone(), pace, config.concurrency, stop);
-            Some(tokio::spawn(drive.in_current_span()))
-        }
-    };
+    let mining = Mining::start(&miner, &config);
     let mut flusher = Flusher::new(tally.clone(), store);
     let mut ticks = 0u64;
     flusher
@@ -206,16 +191,8 @@ pub async fn run(
             }
         })
         .await;
-    // The open loop's units in flight finish first (bounded), so that what
-    // they count still has the final flush's whole time.
-    let _ = stop_pacing.send(());
-    let open_loop = match open_loop {
-        Some(open_loop) => open_loop.await.ok(),
-        None => None,
-    };
+    let open_loop = mining.stop().await;
     let stop_began = Instant::now();
-    loops.abort_all();
-    while loops.join_next().await.is_some() {}
     flusher
         .close_books(FINAL_FLUSH_TIMEOUT.saturating_sub(stop_began.elapsed()))
         .await;
@@ -234,6 +211,53 @@ pub async fn run(
         probe.abort();
     }
     report
+}
+
+/// The units being mined: `concurrency` loops, or the open loop.
+struct Mining {
+    loops: JoinSet<()>,
+    /// The open loop's stop, and the task that reports its latency.
+    open_loop: Option<(oneshot::Sender<()>, JoinHandle<OpenLoopReport>)>,
+}
+
+impl Mining {
+    fn start(miner: &Arc<Miner>, config: &WorkerConfig) -> Self {
+        let mut loops = JoinSet::new();
+        let Some(pace) = config.pace else {
+            for _ in 0..config.concurrency.max(1) {
+                loops.spawn(miner.clone().mine().in_current_span());
+            }
+            return Self {
+                loops,
+                open_loop: None,
+            };
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let drive = open_loop::drive(miner.clone(), pace, config.concurrency, stopped);
+        Self {
+            loops,
+            open_loop: Some((stop, tokio::spawn(drive.in_current_span()))),
+        }
+    }
+
+    /// Stops mining. The open loop's units in flight finish first (for a
+    /// bounded time), so that what they count still has the final flush's
+    /// whole time; the loops are aborted.
+    async fn stop(mut self) -> Option<OpenLoopReport> {
+        let report = match self.open_loop {
+            Some((stop, report)) => {
+                let _ = stop.send(());
+                report.await.ok()
+            }
+            None => None,
+        };
+        self.loops.abort_all();
+        while self.loops.join_next().await.is_some() {}
+        report
+    }
 }
 
 /// The tally, measured on the `status` port if there is one, and the task
