@@ -42,7 +42,7 @@ pub struct BenchArgs {
     /// arrivals), each timed from when it was due, and report the latency
     /// it gets (p50, p99, p99.9, max) and the rate achieved.
     #[arg(long, env = env::BENCH_RATE, value_name = "UNITS_PER_SECOND", conflicts_with = "sweep",
-          value_parser = super::clients::positive_rate)]
+          value_parser = super::clients::positive_number)]
     pub rate: Option<f64>,
     /// Open loop, rate after rate (each `--seconds` long), from a tenth of
     /// the mode's ceiling up, to find the knee: the highest rate whose p99
@@ -50,7 +50,8 @@ pub struct BenchArgs {
     #[arg(long, env = env::BENCH_SWEEP)]
     pub sweep: bool,
     /// The p99 a sweep's rate must stay under, in milliseconds.
-    #[arg(long, env = env::BENCH_P99_TARGET_MS, default_value_t = open::DEFAULT_P99_TARGET_MS)]
+    #[arg(long, env = env::BENCH_P99_TARGET_MS, default_value_t = open::DEFAULT_P99_TARGET_MS,
+          value_parser = super::clients::positive_number)]
     pub p99_target_ms: f64,
     /// Where `--sweep` writes its plot (SVG).
     #[arg(long, env = env::BENCH_PLOT, default_value = open::DEFAULT_PLOT)]
@@ -89,7 +90,7 @@ impl BenchArgs {
     /// What `--sweep` looks for, when asked.
     pub fn sweep(&self) -> Option<open::Sweep> {
         self.sweep.then(|| open::Sweep {
-            p99_target: Duration::from_secs_f64(self.p99_target_ms.max(0.001) / 1e3),
+            p99_target: Duration::from_secs_f64(self.p99_target_ms / 1e3),
             plot: self.plot.clone(),
         })
     }

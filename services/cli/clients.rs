@@ -204,20 +204,18 @@ pub struct WorkerArgs {
     /// independent arrivals), each timed from when it was due, instead of
     /// loops that wait for the last one (open loop; `--concurrency` caps the
     /// units in flight, `--delay-ms` is not used). Unset: the loops.
-    #[arg(long, env = env::WORKER_RATE, value_parser = positive_rate)]
+    #[arg(long, env = env::WORKER_RATE, value_parser = positive_number)]
     pub rate: Option<f64>,
     /// Open loop: units due in this first stretch are not timed.
     #[arg(long, env = env::WORKER_RATE_WARMUP_MS, default_value_t = 0, requires = "rate")]
     pub rate_warmup_ms: u64,
 }
 
-/// A rate of units per second: finite and above zero.
-pub(super) fn positive_rate(value: &str) -> Result<f64, String> {
+/// A rate, a target: a finite number above zero.
+pub(super) fn positive_number(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
-        _ => Err(format!(
-            "{value:?} is not a rate above 0 (units per second)"
-        )),
+        Ok(number) if number.is_finite() && number > 0.0 => Ok(number),
+        _ => Err(format!("{value:?} is not a number above 0")),
     }
 }
 

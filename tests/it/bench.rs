@@ -133,14 +133,15 @@ fn bench_rate_keeps_a_light_rate_with_ordered_percentiles() {
     assert_eq!(step["cross_check"], true, "{report}");
 }
 
-/// A rate that is not one is refused with the reason, by the worker and by
-/// bench, before anything starts.
+/// A rate (or a sweep's target) that is not one is refused with the
+/// reason, by the worker and by bench, before anything starts.
 #[test]
 fn a_rate_that_is_not_one_is_refused() {
     for args in [
         &["worker", "--rate", "0"][..],
         &["worker", "--rate", "fast"],
         &["bench", "--rate=-5"],
+        &["bench", "--sweep", "--p99-target-ms", "0"],
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_dockercoins"))
             .args(args)
@@ -148,6 +149,9 @@ fn a_rate_that_is_not_one_is_refused() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} was accepted");
-        assert!(stderr.contains("rate"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("not a number above 0"),
+            "{args:?}: {stderr}"
+        );
     }
 }
