@@ -92,13 +92,4 @@ command -v chromium >/dev/null && chromium --version 2>/dev/null >&2
 if [ ${#unmet[@]} -gt 0 ]; then
     echo "tests/run.sh: ${#unmet[@]} missing piece(s), said above; running the tests anyway" >&2
 fi
-# The page in a real browser is timed against Redis's own rate and must see
-# no failed request, so its tests run last and alone: no flat-out test
-# shares the two cores with them. (Run beside a turbo test, one CI run saw
-# Redis stall past webui's 500 ms bound, and the page's poll got a 503.)
-# With arguments of your own, one `cargo test` as you asked.
-if [ $# -eq 0 ] || [ "$*" = "--locked" ]; then
-    cargo test "$@" -- --skip browser::
-    exec cargo test "$@" --test it -- browser::
-fi
 exec cargo test "$@"
