@@ -28,5 +28,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".dockercoins.bench.v1")
         .compile_fds(echo)?;
+    // The ORCA load report (gRFC A51), the xDS message every gRPC stack
+    // reads: in a trailer, not a service, so no server's reflection lists
+    // it either.
+    let orca = protox::compile(["xds/data/orca/v3/orca_load_report.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(orca)?;
     Ok(())
 }

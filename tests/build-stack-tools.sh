@@ -8,6 +8,9 @@
 #   target/stack-tools/prometheus  Prometheus 3.6.0 and its promtool, from the
 #   target/stack-tools/promtool    module (the API, no web UI); promtool checks
 #                                  compose's and Kubernetes' prometheus.yml
+#   target/stack-tools/orca-interop  grpc-go's side of the ORCA load report and
+#                                  weighted_round_robin interop tests, from its
+#                                  own module in tests/orca-interop
 # No image can be pulled on the project's machines, but the Go module proxy is
 # reachable. Go's module and build caches (GOMODCACHE, GOCACHE) make a second
 # run take seconds; a binary already built at the pinned version is kept.
@@ -125,3 +128,25 @@ for config in deploy/prometheus/prometheus.yml deploy/k8s/base/prometheus.yml; d
         fail promtool "$logs/promtool.log" "$config does not pass promtool check config"
 done
 log "prometheus: $(head -1 "$logs/prometheus-version.log") (both prometheus.yml check)"
+
+# orca-interop: a grpc-go server with per-call ORCA reports and a grpc-go
+# weighted_round_robin client, for the interop tests of gRFC A51 and A58
+# (tests/orca-interop/main.go says what it does). Stamped with a hash of its
+# source, so that any change to go.mod, go.sum or a .go file rebuilds it.
+# Built in a copy, with -mod=readonly (the last -mod wins over gobuild's): the
+# go.sum committed must be complete, it is never mended here.
+ORCA_INTEROP_SRC=tests/orca-interop
+ORCA_INTEROP_STAMP=$(stamp "src-$(cd "$ORCA_INTEROP_SRC" && LC_ALL=C sha256sum go.mod go.sum ./*.go | sha256sum | cut -c1-16)" -mod=readonly)
+if ! fresh orca-interop "$ORCA_INTEROP_STAMP"; then
+    t=$SECONDS
+    log "orca-interop from $ORCA_INTEROP_SRC (grpc-go v1.85.0; first time: a minute or two)"
+    rm -f "$out/orca-interop.version"
+    cp -r "$ORCA_INTEROP_SRC" "$work/orca-interop"
+    (cd "$work/orca-interop" && gobuild -mod=readonly -o "$out/orca-interop" .) >"$logs/orca-interop.log" 2>&1 ||
+        fail orca-interop "$logs/orca-interop.log" "go build in $ORCA_INTEROP_SRC failed (it needs Go 1.26 or later, as grpc-go v1.85.0 does, and the Go module proxy for a first build)"
+    echo "$ORCA_INTEROP_STAMP" >"$out/orca-interop.version"
+    log "orca-interop: built in $((SECONDS - t))s"
+fi
+"$out/orca-interop" --help >"$logs/orca-interop-help.log" 2>&1 && grep -q 'orca-interop client' "$logs/orca-interop-help.log" ||
+    fail orca-interop "$logs/orca-interop-help.log" "$out/orca-interop --help does not run"
+log "orca-interop: runs ($(cut -d' ' -f1 "$out/orca-interop.version"))"

@@ -25,9 +25,9 @@ use super::{
     BenchError,
     child::{Process, sigterm},
     failed,
-    procfs::status_kb,
     spawn,
 };
+use crate::telemetry::procfs::status_kb;
 use crate::pb::{
     GenerateRequest, HashRequest, hasher_client::HasherClient as HasherStub,
     rng_client::RngClient as RngStub,

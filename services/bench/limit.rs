@@ -27,9 +27,7 @@ pub fn sha256_per_second_one_core(length: Duration) -> f64 {
 }
 
 /// The cores this process may run on.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
+pub use crate::telemetry::procfs::cores;
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@
 //! [`limit`], SHA-256 on one core.
 //!
 //! The run is here; [`child`] starts the children and reads their readiness
-//! line (for `floor` and `flood` too), [`procfs`] reads their CPU and memory,
+//! line (for `floor` and `flood` too), `telemetry::procfs` reads their CPU and memory,
 //! [`report`] holds what `bench` prints. [`open`] is the open-loop bench
 //! (`--rate`, `--sweep`: tail latency at a given load), [`plot`] its curve.
 
@@ -23,7 +23,6 @@ pub mod floor;
 pub mod limit;
 pub mod open;
 mod plot;
-pub mod procfs;
 pub mod report;
 
 use crate::{
@@ -36,7 +35,7 @@ use crate::{
     telemetry::fields,
 };
 use child::Process;
-use procfs::{cpu_seconds, status_kb};
+use crate::telemetry::procfs::{self, cpu_seconds, status_kb};
 use report::{Against, HopLatency, Report};
 use serde::Serialize;
 use std::{

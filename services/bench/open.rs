@@ -10,10 +10,8 @@
 //! target while the mesh keeps up. Each step is a worker of its own against
 //! the same rng, hasher and Redis, and each is cross-checked against Redis.
 
-use super::{
-    BenchConfig, BenchError, Mesh, Mode, References, failed, procfs, procfs::cpu_seconds,
-    stop_worker,
-};
+use super::{BenchConfig, BenchError, Mesh, Mode, References, failed, stop_worker};
+use crate::telemetry::procfs::{self, cpu_seconds};
 use crate::{store::Store, worker::OpenLoopReport};
 use serde::Serialize;
 use std::{path::PathBuf, time::Duration};

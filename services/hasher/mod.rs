@@ -21,6 +21,7 @@ use crate::{
     server::deadline::DeadlineMetrics,
     server::deadline::{self, Expired},
     server::faults::Injector,
+    server::load_report::{Busy, Occupancy, Occupied},
     server::limits::{MAX_BATCH_BLOCKS, MAX_BLOCK_BYTES, MAX_GRPC_MESSAGE_BYTES},
     server::overload::{self, Overloaded, Refusals},
     server::streamed::{Streamed, streamed},
@@ -119,6 +120,7 @@ pub async fn serve(
     let service = HasherService::measured(&config, metrics);
     let legacy = service.legacy_routes(hostname());
     GrpcServer::new("hasher", legacy, &config.server, registry)
+        .with_busy(service.busy())
         .add_service(service.into_server())
         .serve(listener, config.to_string(), shutdown)
         .await
@@ -200,10 +202,24 @@ pub struct HasherService {
     /// least 1 KiB) until it is answered.
     budget: Arc<Semaphore>,
     budget_mib: u32,
+    /// The KiB at work over time, for the load reports.
+    at_work: Arc<Occupancy>,
     /// Requests refused for a spent budget: counted, and logged at a
     /// bounded rate.
     refused: Counter,
     refusals: Arc<Refusals>,
+}
+
+/// hasher's load: its work in flight over its budget.
+struct WorkLoad {
+    at_work: Arc<Occupancy>,
+    budget_kib: f64,
+}
+
+impl Busy for WorkLoad {
+    fn utilization(&self, now: std::time::Instant) -> f64 {
+        self.at_work.mean(now) / self.budget_kib.max(1.0)
+    }
 }
 
 /// Why a request is refused before hasher's work.
@@ -225,6 +241,7 @@ impl HasherService {
             faults: Injector::new(&config.server.faults, metrics.faults),
             budget: Arc::new(Semaphore::new(config.max_work_mib as usize * 1024)),
             budget_mib: config.max_work_mib,
+            at_work: Arc::default(),
             refused: metrics.refused,
             refusals: Arc::default(),
         }
@@ -232,11 +249,21 @@ impl HasherService {
 
     /// Takes `bytes` of data from the work budget until the permit is
     /// dropped, or refuses at once when they do not fit.
-    fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Overloaded> {
+    fn take(&self, bytes: usize) -> Result<(OwnedSemaphorePermit, Occupied), Overloaded> {
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        Arc::clone(&self.budget)
+        let permit = Arc::clone(&self.budget)
             .try_acquire_many_owned(kib)
-            .map_err(|_| self.refuse())
+            .map_err(|_| self.refuse())?;
+        Ok((permit, self.at_work.occupy(f64::from(kib))))
+    }
+
+    /// How busy it is, for its load reports: the KiB at work over its
+    /// budget, over the last second.
+    pub fn busy(&self) -> Arc<dyn Busy> {
+        Arc::new(WorkLoad {
+            at_work: self.at_work.clone(),
+            budget_kib: f64::from(self.budget_mib) * 1024.0,
+        })
     }
 
     /// Counts and logs (at a bounded rate) a request refused for a spent

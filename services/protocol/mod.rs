@@ -2,8 +2,10 @@
 //! the well-known ports, the sizes of a unit of work, and the header that
 //! names the replica that served a call. Both sides import these; neither
 //! side's module is imported by the other for them. [`webui`] holds the
-//! JSON shapes webui answers with, which `top` reads.
+//! JSON shapes webui answers with, which `top` reads; [`load_report`] the
+//! ORCA load report servers put in their trailers and balancers weigh.
 
+pub mod load_report;
 pub mod webui;
 
 /// rng's port, as in the original lab (`httping 127.0.0.1:8001`).

@@ -12,6 +12,7 @@ use super::{RngConfig, metrics::LaneMetrics, metrics::RngMetrics};
 use crate::{
     server::deadline::{self, DeadlineMetrics, Expired},
     server::faults::Injector,
+    server::load_report::{Busy, Occupancy, Occupied},
     server::overload::{self, Overloaded, Refusals},
     telemetry::metrics::TraceExemplar,
 };
@@ -53,6 +54,9 @@ pub struct Lane {
     metrics: LaneMetrics,
     /// Requests given up on because their deadline would pass.
     expired: DeadlineMetrics,
+    /// Requests in the lanes and their queue over time, for the load
+    /// reports.
+    occupancy: std::sync::Arc<Occupancy>,
     /// The extra delays to pay in the lane (and, for the service, the
     /// failures to inject).
     pub(super) faults: Injector,
@@ -83,6 +87,7 @@ impl Lane {
             delay: config.delay,
             metrics: metrics.lane,
             expired: metrics.expired,
+            occupancy: Default::default(),
             faults: Injector::new(&config.server.faults, metrics.faults),
         }
     }
@@ -122,6 +127,7 @@ impl Lane {
         let Ok(place) = places.try_acquire() else {
             return Err(self.refuse().into());
         };
+        let occupied = self.occupancy.occupy(1.0);
         let span = if crate::telemetry::sampling::in_sampled_trace() {
             tracing::info_span!(
                 target: crate::telemetry::TARGET,
@@ -161,7 +167,7 @@ impl Lane {
         }
         Ok(Turn {
             _lane: permit,
-            _place: Some(place),
+            _place: Some((place, occupied)),
         })
     }
 
@@ -244,7 +250,30 @@ impl Lane {
 #[derive(Default)]
 pub struct Turn<'a> {
     _lane: Option<SemaphorePermit<'a>>,
-    _place: Option<SemaphorePermit<'a>>,
+    _place: Option<(SemaphorePermit<'a>, Occupied)>,
+}
+
+/// The lane's load, for rng's load reports: requests in the lanes and
+/// their queue over the lanes (1 = every lane busy and none waiting; 10
+/// with one lane = one served, nine waiting).
+impl Busy for Lane {
+    fn utilization(&self, now: std::time::Instant) -> f64 {
+        if self.lanes == 0 {
+            // Unlimited lanes: no measure of its own; the CPU says it.
+            return 0.0;
+        }
+        self.occupancy.mean(now) / self.lanes as f64
+    }
+
+    fn named_metrics(&self, metrics: &mut std::collections::HashMap<String, f64>) {
+        let (Some(permits), Some(places)) = (&self.permits, &self.places) else {
+            return;
+        };
+        let held = self.lanes + self.queue - places.available_permits();
+        let serving = self.lanes - permits.available_permits();
+        metrics.insert("rng.lane.queue".to_owned(), held.saturating_sub(serving) as f64);
+        metrics.insert("rng.lanes".to_owned(), self.lanes as f64);
+    }
 }
 
 /// A place in the lane's queue, counted in its depth until it is left (a

@@ -138,6 +138,7 @@ pub async fn serve(
     let legacy = service.legacy_routes(hostname());
     GrpcServer::new("rng", legacy, &config.server, registry)
         .with_queue(queue)
+        .with_busy(service.lane.clone())
         .add_service(service.into_server())
         .serve(listener, config.to_string(), shutdown)
         .await

@@ -5,8 +5,9 @@
 //! whole and the connection it came on stays busy.
 //!
 //! The guard is told what goes by ([`ResponseGuard`]): the call meter reads the
-//! status from the headers or the trailers; a call in flight needs only to
-//! be dropped. Not here: what either guard does, which lives with its layer.
+//! status from the headers or the trailers; the load report adds itself to
+//! them; a call in flight needs only to be dropped. Not here: what any guard
+//! does, which lives with its layer.
 
 use axum::http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -19,11 +20,13 @@ use std::{
 
 /// What a guard is told of the response it holds; then it is dropped.
 pub trait ResponseGuard {
-    /// The response's headers (a trailers-only gRPC answer's status is here).
-    fn headers(&mut self, _headers: &HeaderMap) {}
+    /// The response's headers (a trailers-only gRPC answer's status is
+    /// here), which the guard may add to.
+    fn headers(&mut self, _headers: &mut HeaderMap) {}
 
-    /// The body's trailers (a gRPC answer's status, usually).
-    fn trailers(&mut self, _trailers: &HeaderMap) {}
+    /// The body's trailers (a gRPC answer's status, usually), which the
+    /// guard may add to.
+    fn trailers(&mut self, _trailers: &mut HeaderMap) {}
 
     /// The body ended, or broke: the last word before the guard is dropped.
     fn ended(&mut self) {}
@@ -55,10 +58,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
+        let mut response = ready!(this.inner.poll(cx))?;
         let mut guard = this.guard.take();
         if let Some(guard) = &mut guard {
-            guard.headers(response.headers());
+            guard.headers(response.headers_mut());
         }
         Poll::Ready(Ok(
             response.map(|inner| GuardedBody::Guarded { inner, guard })
@@ -92,10 +95,10 @@ impl<B: Body, G: ResponseGuard> Body for GuardedBody<B, G> {
         let GuardedBodyProjection::Guarded { inner, guard } = self.project() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(inner.poll_frame(cx));
-        match &frame {
+        let mut frame = ready!(inner.poll_frame(cx));
+        match &mut frame {
             Some(Ok(frame)) => {
-                if let (Some(trailers), Some(guard)) = (frame.trailers_ref(), guard.as_mut()) {
+                if let (Some(trailers), Some(guard)) = (frame.trailers_mut(), guard.as_mut()) {
                     guard.trailers(trailers);
                 }
             }

@@ -11,7 +11,8 @@
 //! how long), [`call_meter`] (every call measured), [`guarded`] (a guard held
 //! until a response body ends, which both use), [`deadline`] (a call's
 //! deadline and the delay paid before it), [`overload`] (how a full server
-//! says no), [`faults`] (what the resilience lab injects) and [`limits`]
+//! says no), [`load_report`] (the ORCA load report in every response's
+//! trailers), [`faults`] (what the resilience lab injects) and [`limits`]
 //! (every size limit on outside input).
 
 pub mod call_meter;
@@ -20,6 +21,7 @@ pub mod deadline;
 pub mod faults;
 pub mod guarded;
 pub mod limits;
+pub mod load_report;
 pub mod overload;
 pub mod streamed;
 
@@ -27,6 +29,7 @@ use self::{
     call_meter::CallMeterLayer,
     connections::{Activity, ConnectionLimits, Connections, InFlightLayer},
     faults::Faults,
+    load_report::{Busy, LoadReportLayer, LoadReporter},
 };
 use crate::{
     pb::{
@@ -139,6 +142,8 @@ pub struct GrpcServer {
     /// The faults the service injects, for people (empty: none), said in
     /// `Replica/Info`.
     faults: String,
+    /// How busy the service is by its own measure, in its load reports.
+    busy: Option<Arc<dyn Busy>>,
     /// How many connections it holds, and for how long.
     connection_limits: ConnectionLimits,
     connection_metrics: ConnectionMetrics,
@@ -186,6 +191,7 @@ impl GrpcServer {
             calls,
             queue: None,
             faults: settings.faults.to_string(),
+            busy: None,
             connection_limits: settings.connections,
             connection_metrics,
         }
@@ -215,6 +221,14 @@ impl GrpcServer {
     /// `Replica/Info`.
     pub fn with_queue(mut self, depth: Gauge) -> Self {
         self.queue = Some(depth);
+        self
+    }
+
+    /// Says how busy the service is, by its own measure, in the load
+    /// report of every response (without it, reports have CPU and rates
+    /// only).
+    pub fn with_busy(mut self, busy: Arc<dyn Busy>) -> Self {
+        self.busy = Some(busy);
         self
     }
 
@@ -294,6 +308,7 @@ impl GrpcServer {
             services,
             tls,
             calls,
+            busy,
             ..
         } = this;
         report(&health, &services, ServingStatus::Serving).await;
@@ -309,6 +324,7 @@ impl GrpcServer {
             instance: &instance,
             replica_calls: calls_served,
             meter: CallMeterLayer::new(calls, &services),
+            load: LoadReportLayer::new(LoadReporter::new(&COUNTED_SERVICES, busy)),
         };
         let server = transport(
             routes,
@@ -367,6 +383,7 @@ struct Layers<'a> {
     /// The calls counted for `Replica/Info`.
     replica_calls: Arc<AtomicU64>,
     meter: CallMeterLayer,
+    load: LoadReportLayer,
 }
 
 /// The transport under a server: the routes, behind the layers every
@@ -405,6 +422,8 @@ fn transport(
         )
         // Inside the server span: a sampled call's trace is its exemplar.
         .layer(layers.meter)
+        // Every gRPC answer says how loaded this replica is (gRFC A51).
+        .layer(layers.load)
         // Says which replica answered: clients count calls per replica.
         .layer(SetResponseHeaderLayer::overriding(
             axum::http::HeaderName::from_static(SERVED_BY),

@@ -21,11 +21,12 @@
 //! (each family lives beside what it measures); [`latency`], the buckets and
 //! durations read back as rates and quantiles; [`throttle`], the one
 //! rate-limited log line; [`error_chain`], an error and its causes on one
-//! line.
+//! line; [`procfs`], a process's CPU and memory as Linux tells them.
 
 pub mod error_chain;
 pub mod latency;
 pub mod metrics;
+pub mod procfs;
 pub mod sampling;
 pub mod throttle;
 pub mod traceparent;

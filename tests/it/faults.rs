@@ -244,7 +244,7 @@ async fn rng_and_hasher_killed_and_restarted_the_worker_comes_back() {
 
 /// Resident memory of a process, in bytes, from /proc.
 fn rss(pid: u32) -> u64 {
-    dockercoins::bench::procfs::status_kb(pid, "VmRSS:") * 1024
+    dockercoins::telemetry::procfs::status_kb(pid, "VmRSS:") * 1024
 }
 
 /// SIGTERM, then how long the process took to exit, and its exit code.

@@ -96,12 +96,12 @@ impl<S> CallMeter<S> {
 /// A call's [`ServerCall`] is observed when its response body ends, with
 /// the status its headers or trailers said.
 impl ResponseGuard for ServerCall {
-    fn headers(&mut self, headers: &HeaderMap) {
+    fn headers(&mut self, headers: &mut HeaderMap) {
         // A trailers-only response (an error) has its status here.
         note_status(self, headers);
     }
 
-    fn trailers(&mut self, trailers: &HeaderMap) {
+    fn trailers(&mut self, trailers: &mut HeaderMap) {
         note_status(self, trailers);
     }
 

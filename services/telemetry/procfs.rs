@@ -1,7 +1,8 @@
 //! What Linux's `/proc` says about a process and the machine: CPU seconds,
 //! memory (VmRSS, VmHWM), the CPU model. Read, never cached: `bench` and
-//! `flood` read them before and after a window. Elsewhere than Linux, each
-//! reads as zero or "unknown".
+//! `flood` read them before and after a window, a server's load report
+//! every second or so. Elsewhere than Linux, each reads as zero or
+//! "unknown".
 
 /// (utime + stime) in seconds, from /proc/<pid>/stat (USER_HZ = 100 on Linux).
 pub fn cpu_seconds(pid: u32) -> f64 {
@@ -39,5 +40,11 @@ pub fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{} cores, {cpu}", super::limit::cores())
+    format!("{} cores, {cpu}", cores())
+}
+
+/// The CPUs this process may use (its cgroup's quota counted, as the
+/// standard library reads it).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
