@@ -14,7 +14,7 @@
 #   chromium      the page in a real browser                   apt (root)
 #   playwright-core, axe-core  drive it, scan it               npm ci in tests/browser
 #   Jaeger, the Collector, Prometheus 3.6  the real trace and metrics path
-#                                                              tests/build-stack-tools.sh (Go)
+#   orca-interop  grpc-go's side of the ORCA tests             tests/build-stack-tools.sh (Go)
 # Without root, apt is not tried; without network, each install fails and
 # says so. Under CI=true a missing tool fails its tests instead of skipping.
 set -euo pipefail
@@ -80,7 +80,7 @@ fi
 # seconds after the first run, minutes the first time).
 if command -v go >/dev/null; then
     bash tests/build-stack-tools.sh >&2 ||
-        say_missing "Jaeger, the Collector or Prometheus did not build: see tests/build-stack-tools.sh's output above (their tests skip meanwhile)"
+        say_missing "Jaeger, the Collector, Prometheus or orca-interop did not build: see tests/build-stack-tools.sh's output above (their tests skip meanwhile)"
 else
     say_missing "no Go: install Go 1.24 or later and run this script again, for Jaeger, the Collector and Prometheus (their tests skip meanwhile)"
 fi

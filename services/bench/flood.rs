@@ -24,14 +24,13 @@
 use super::{
     BenchError,
     child::{Process, sigterm},
-    failed,
-    spawn,
+    failed, spawn,
 };
-use crate::telemetry::procfs::status_kb;
 use crate::pb::{
     GenerateRequest, HashRequest, hasher_client::HasherClient as HasherStub,
     rng_client::RngClient as RngStub,
 };
+use crate::telemetry::procfs::status_kb;
 use bytes::Bytes;
 use serde::Serialize;
 use std::{

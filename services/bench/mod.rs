@@ -25,6 +25,7 @@ pub mod open;
 mod plot;
 pub mod report;
 
+use crate::telemetry::procfs::{self, cpu_seconds, status_kb};
 use crate::{
     pb::{
         GenerateRequest, HashRequest, hasher_client::HasherClient as HasherStub,
@@ -35,7 +36,6 @@ use crate::{
     telemetry::fields,
 };
 use child::Process;
-use crate::telemetry::procfs::{self, cpu_seconds, status_kb};
 use report::{Against, HopLatency, Report};
 use serde::Serialize;
 use std::{

@@ -101,8 +101,10 @@ pub struct BalancerArgs {
     /// periodically): `round_robin` (alias `balanced`), `least_request` (of
     /// two replicas drawn at random, the one with fewer calls in flight),
     /// `ewma` (of two, the one with the lower latency estimate times its
-    /// calls in flight), or `pinned` (one connection, as a naive gRPC client:
-    /// it stays on the replica it first reached, the lab's trap).
+    /// calls in flight), `weighted_round_robin` (each replica in proportion
+    /// to the weight its own load reports give it, gRFC A58), or `pinned`
+    /// (one connection, as a naive gRPC client: it stays on the replica it
+    /// first reached, the lab's trap).
     #[arg(long, env = env::GRPC_POLICY, value_enum, default_value_t)]
     pub grpc_policy: balancer::Policy,
     /// How often a balanced client resolves rng's and hasher's names again,
@@ -141,6 +143,32 @@ pub struct BalancerArgs {
     #[arg(long, env = env::GRPC_EJECT_MAX_PERCENT, default_value_t = balancer::DEFAULT_MAX_EJECTED_PERCENT,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub eject_max_percent: u32,
+    /// weighted_round_robin: a replica's weight counts only this long after
+    /// its first load report (its rate is still climbing), in milliseconds;
+    /// 0: at once.
+    #[arg(long, env = env::GRPC_WRR_BLACKOUT_MS, default_value_t = balancer::DEFAULT_BLACKOUT_MS)]
+    pub wrr_blackout_ms: u64,
+    /// weighted_round_robin: a replica whose last load report is this old
+    /// loses its weight (and takes the others' mean), in milliseconds.
+    #[arg(long, env = env::GRPC_WRR_EXPIRATION_MS, default_value_t = balancer::DEFAULT_EXPIRATION_MS)]
+    pub wrr_expiration_ms: u64,
+    /// weighted_round_robin: how often the weights are taken anew, in
+    /// milliseconds (at least 100).
+    #[arg(long, env = env::GRPC_WRR_UPDATE_MS, default_value_t = balancer::DEFAULT_UPDATE_MS)]
+    pub wrr_update_ms: u64,
+    /// weighted_round_robin: how much a replica's errors lower its weight
+    /// (weight = qps / (utilization + errors per call × this)).
+    #[arg(long, env = env::GRPC_WRR_ERROR_PENALTY, default_value_t = balancer::DEFAULT_ERROR_PENALTY,
+          value_parser = non_negative)]
+    pub wrr_error_penalty: f64,
+}
+
+/// A number at least 0 (and finite).
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err(format!("must be a number at least 0, got {text:?}")),
+    }
 }
 
 impl BalancerArgs {
@@ -152,6 +180,13 @@ impl BalancerArgs {
             policy: self.grpc_policy,
             resolve_interval: Duration::from_millis(self.resolve_ms)
                 .max(balancer::MIN_RESOLVE_INTERVAL),
+            weighted: balancer::WeightedSettings {
+                blackout: Duration::from_millis(self.wrr_blackout_ms),
+                expiration: Duration::from_millis(self.wrr_expiration_ms),
+                update_period: Duration::from_millis(self.wrr_update_ms)
+                    .max(balancer::MIN_WEIGHT_UPDATE),
+                error_penalty: self.wrr_error_penalty,
+            },
             outlier: balancer::OutlierSettings {
                 interval: Duration::from_millis(self.eject_interval_ms)
                     .max(balancer::MIN_RESOLVE_INTERVAL),

@@ -145,6 +145,21 @@ pub struct ReplicaStatus {
     /// gRPC health (`SERVING`...) or `UNREACHABLE`.
     #[serde(default)]
     pub status: String,
+    /// The utilization its load report said (ORCA: the application's own
+    /// when it reports one, else its CPU's), 1.0 = full; absent when it
+    /// sent no report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization: Option<f64>,
+    /// The weight a `weighted_round_robin` client gives it from that
+    /// report (gRFC A58: calls per second per unit of utilization); absent
+    /// when the report says too little (no calls yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// Its share of the calls under those weights (0 to 1; replicas
+    /// without a weight take the others' mean); absent when fewer than two
+    /// replicas have a weight (round robin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
 }
 
 /// Redis in `/api/status`: its URL (password masked) and its health.
@@ -276,11 +291,26 @@ mod tests {
             instance: Some(None),
             calls: Some(None),
             error: None,
+            utilization: None,
+            weight: None,
+            share: None,
         };
         same_bytes(
             &serving,
             json!({"address": "10.0.0.1:8001", "status": "SERVING", "latency_ms": 1.25,
                    "instance": null, "calls": null}),
+        );
+        let weighed = ReplicaStatus {
+            utilization: Some(0.5),
+            weight: Some(20.0),
+            share: Some(0.25),
+            ..serving.clone()
+        };
+        same_bytes(
+            &weighed,
+            json!({"address": "10.0.0.1:8001", "status": "SERVING", "latency_ms": 1.25,
+                   "instance": null, "calls": null, "utilization": 0.5, "weight": 20.0,
+                   "share": 0.25}),
         );
         let gone = ReplicaStatus {
             address: "10.0.0.2:8001".into(),

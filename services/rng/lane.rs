@@ -271,7 +271,10 @@ impl Busy for Lane {
         };
         let held = self.lanes + self.queue - places.available_permits();
         let serving = self.lanes - permits.available_permits();
-        metrics.insert("rng.lane.queue".to_owned(), held.saturating_sub(serving) as f64);
+        metrics.insert(
+            "rng.lane.queue".to_owned(),
+            held.saturating_sub(serving) as f64,
+        );
         metrics.insert("rng.lanes".to_owned(), self.lanes as f64);
     }
 }

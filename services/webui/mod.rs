@@ -13,14 +13,14 @@ mod hops;
 pub use assets::{Assets, AssetsError};
 
 use crate::{
-    client::balancer::Balancer,
+    client::balancer::{self, Balancer},
     client::{BalancedHasher, BalancedRng},
     pb::{InfoRequest, replica_client::ReplicaClient as ReplicaStub},
-    protocol::WEBUI_PORT,
     protocol::webui::{
         BackendStatus, RedisState, RedisStatus, ReplicaStatus, ScoreUnavailable, StatusView,
         TimedScore,
     },
+    protocol::{WEBUI_PORT, load_report},
     rng::parse_size,
     server::connections::metrics::ConnectionMetrics,
     server::connections::{Activity, ConnectionLimits, Connections, InFlight},
@@ -367,7 +367,13 @@ async fn grpc_health(backend: &Balancer) -> BackendStatus {
     let checks = replicas
         .into_iter()
         .map(|(address, channel)| replica_health(backend.service().grpc, address, channel));
-    let replicas: Vec<ReplicaStatus> = futures_util::future::join_all(checks).await;
+    let mut replicas: Vec<ReplicaStatus> = futures_util::future::join_all(checks).await;
+    let weights: Vec<f64> = replicas.iter().map(|r| r.weight.unwrap_or(0.0)).collect();
+    if let Some(shares) = balancer::shares(&weights) {
+        for (replica, share) in replicas.iter_mut().zip(shares) {
+            replica.share = Some(share);
+        }
+    }
     let best = replicas
         .iter()
         .find(|r| r.status == "SERVING")
@@ -401,8 +407,17 @@ async fn replica_health(
     };
     match tokio::time::timeout(BACKEND_TIMEOUT, check).await {
         Ok(Ok((status, info))) => {
+            // `Replica/Info` comes back with the replica's load report.
+            let report = info
+                .as_ref()
+                .and_then(|info| load_report::decode(info.metadata()));
             let info = info.map(tonic::Response::into_inner);
             ReplicaStatus {
+                utilization: report.as_ref().map(balancer::utilization_of),
+                weight: report
+                    .as_ref()
+                    .and_then(|r| balancer::weight_of(r, balancer::DEFAULT_ERROR_PENALTY)),
+                share: None,
                 address,
                 status: status.as_str_name().to_owned(),
                 latency_ms: Some(ms(start.elapsed())),

@@ -21,6 +21,7 @@ mod k8s;
 mod layout;
 mod metrics;
 mod metrics_doc;
+mod orca;
 mod pty;
 mod resilience;
 mod rng;

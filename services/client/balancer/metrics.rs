@@ -14,7 +14,7 @@ use prometheus_client::{
 };
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -43,6 +43,7 @@ pub struct ClientCalls {
     hedges: Family<ServiceLabels, Counter>,
     ejections: Family<EjectionLabels, Counter>,
     policy: Family<PolicyLabels, Gauge>,
+    weights: Family<WeightLabels, Gauge<f64, AtomicU64>>,
     /// The OK series of each method and replica seen, found again without
     /// building and hashing its labels: the path of almost every call.
     ok: Arc<RwLock<OkSeries>>,
@@ -67,6 +68,13 @@ pub struct EjectionLabels {
     pub reason: &'static str,
 }
 
+/// A replica weighed by `weighted_round_robin`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WeightLabels {
+    pub rpc_service: &'static str,
+    pub server_address: String,
+}
+
 /// A backend's balancing policy.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
@@ -87,6 +95,7 @@ impl Default for ClientCalls {
             hedges: Family::default(),
             ejections: Family::default(),
             policy: Family::default(),
+            weights: Family::default(),
             ok: Arc::default(),
             ok_calls: Arc::default(),
         }
@@ -133,6 +142,11 @@ impl ClientCalls {
             "rpc_client_ejections",
             "Replicas set aside: their connection failed, or they failed too many calls",
             this.ejections.clone(),
+        );
+        registry.register(
+            "rpc_client_replica_weight",
+            "Each replica's weight under weighted_round_robin, from its load reports (gRFC A58: calls per second per unit of utilization; 0 until its blackout has passed)",
+            this.weights.clone(),
         );
         registry.register(
             "rpc_client_policy",
@@ -237,6 +251,20 @@ impl ClientCalls {
         self.retries
             .get_or_create(&ServiceLabels { rpc_service })
             .inc();
+    }
+
+    /// A replica's weight under `weighted_round_robin`, as A58 takes it
+    /// at an update (0: none yet, or expired).
+    pub fn weight(&self, rpc_service: &'static str, server_address: &str, weight: f64) {
+        if !enabled() {
+            return;
+        }
+        self.weights
+            .get_or_create(&WeightLabels {
+                rpc_service,
+                server_address: server_address.to_owned(),
+            })
+            .set(weight);
     }
 
     pub fn ejected(&self, rpc_service: &'static str, server_address: &str, reason: &'static str) {

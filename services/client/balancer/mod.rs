@@ -13,7 +13,8 @@
 //! behind DNS). A balanced client re-resolves the name every few seconds
 //! ([`resolve`]) and keeps connections per address; [`Policy`] says how it
 //! picks a replica for each call ([`policy`]: round robin, the least loaded
-//! of two, or the faster of two by their latency, [`ewma`]), and
+//! of two, the faster of two by their latency, [`ewma`], or by the weights
+//! the replicas' own load reports give them, [`weighted`]), and
 //! [`Policy::Pinned`] is the naive client, kept so the lab can show the
 //! trap.
 //!
@@ -65,6 +66,7 @@ mod retry;
 mod settings;
 mod streak;
 mod target;
+mod weighted;
 
 pub use metrics::ClientCalls;
 pub use outlier::{
@@ -80,6 +82,10 @@ pub use settings::{
     DEFAULT_RESOLVE_MS, MIN_RESOLVE_INTERVAL,
 };
 pub use target::InvalidUrl;
+pub use weighted::{
+    DEFAULT_BLACKOUT_MS, DEFAULT_ERROR_PENALTY, DEFAULT_EXPIRATION_MS, DEFAULT_UPDATE_MS,
+    MIN_UPDATE as MIN_WEIGHT_UPDATE, WeightedSettings, shares, utilization_of, weight_of,
+};
 
 use replica::Replica;
 use std::{
@@ -105,7 +111,7 @@ pub struct Service {
 }
 
 /// A replica as the balancer sees it now, for the page and for tests.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ReplicaState {
     pub address: String,
     /// What its health watch said last.
@@ -113,6 +119,12 @@ pub struct ReplicaState {
     /// Set aside (its connection failed, or it failed too many calls).
     pub ejected: bool,
     pub in_flight: usize,
+    /// Under `weighted_round_robin`, its share of the picks at the last
+    /// update (0 to 1); `None` under other policies or before any.
+    pub share: Option<f64>,
+    /// The utilization its last load report said (under
+    /// `weighted_round_robin`, which reads them).
+    pub utilization: Option<f64>,
 }
 
 /// A balancer's state: its replicas and how calls are spread over them,
@@ -133,6 +145,8 @@ struct Shared {
     replicas: RwLock<Arc<[Arc<Replica>]>>,
     /// The round-robin counter.
     next: AtomicUsize,
+    /// `weighted_round_robin`'s weights, and the picks that follow them.
+    schedule: weighted::Schedule,
     /// Wakes the resolver early (no replica left to call).
     resolve_now: Notify,
     /// When the outlier rule last ran.
@@ -203,6 +217,7 @@ impl Balancer {
             resolver,
             replicas: RwLock::new(replicas),
             next: AtomicUsize::new(0),
+            schedule: weighted::Schedule::default(),
             resolve_now: Notify::new(),
             sweeper: outlier::Sweeper::default(),
             budget: retry::RetryBudget::new(&settings.retry),
@@ -257,6 +272,7 @@ impl Balancer {
     /// Each replica's health, ejection and calls in flight, in order.
     pub fn replica_states(&self) -> Vec<ReplicaState> {
         let now = Instant::now();
+        let weighted = self.policy() == Policy::WeightedRoundRobin;
         self.current()
             .iter()
             .map(|replica| ReplicaState {
@@ -264,6 +280,12 @@ impl Balancer {
                 serving: replica.is_serving(),
                 ejected: replica.record.is_ejected(now),
                 in_flight: replica.in_flight(),
+                share: self
+                    .shared
+                    .schedule
+                    .share(&replica.label)
+                    .filter(|_| weighted),
+                utilization: replica.weight.utilization(),
             })
             .collect()
     }
@@ -306,7 +328,12 @@ impl Balancer {
             replicas = self.current();
         }
         let shared = &self.shared;
-        let picked = policy::pick(shared.settings.policy, &replicas, &shared.next, avoid);
+        let stride = self.stride(&replicas);
+        let picks = policy::Picks {
+            next: &shared.next,
+            weighted: stride.as_deref().map(|stride| (&shared.schedule, stride)),
+        };
+        let picked = policy::pick(shared.settings.policy, &replicas, &picks, avoid);
         let Some(replica) = picked else {
             shared.resolve_now.notify_one();
             return Err(tonic::Status::unavailable(format!(
@@ -319,6 +346,41 @@ impl Balancer {
             shared.resolve_now.notify_one();
         }
         Ok(replica)
+    }
+
+    /// Under `weighted_round_robin`, the picks to follow now (`None`:
+    /// round robin). An update's weights are measured, and a share of the
+    /// picks that moved a lot is an event on the current span (the call's
+    /// caller's, when its trace is kept).
+    fn stride(&self, replicas: &Arc<[Arc<Replica>]>) -> Option<Arc<weighted::Stride>> {
+        let shared = &self.shared;
+        if shared.settings.policy != Policy::WeightedRoundRobin {
+            return None;
+        }
+        let settings = &shared.settings.weighted;
+        let (stride, update) = shared.schedule.stride(replicas, settings, Instant::now());
+        let Some(update) = update else {
+            return stride;
+        };
+        for (label, weight) in &update.weights {
+            shared
+                .settings
+                .metrics
+                .weight(shared.service.grpc, label, *weight);
+        }
+        let name = shared.service.name;
+        for (label, before, now) in &update.moved {
+            let (before, now) = (before * 100.0, now * 100.0);
+            tracing::debug!(backend = name, replica = %label, share_before_percent = before, share_percent = now, "{name} replica {label}: its share of the picks moved");
+            tracing::info!(
+                target: crate::telemetry::TARGET,
+                replica = %label,
+                share_before_percent = before,
+                share_percent = now,
+                "weight moved: {name} replica {label} now gets {now:.0}% of the picks (was {before:.0}%)"
+            );
+        }
+        stride
     }
 
     fn count_served(&self, served_by: Option<&str>, replica: &Replica) {

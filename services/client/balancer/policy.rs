@@ -6,7 +6,10 @@
 //! it may be the only one, restarting); and when every one is ejected, any
 //! (better a probe than no call).
 
-use super::replica::Replica;
+use super::{
+    replica::Replica,
+    weighted::{Schedule, Stride},
+};
 use rand::Rng as _;
 use std::{
     sync::{
@@ -34,6 +37,11 @@ pub enum Policy {
     /// a replica is slow from its own answers, even one call at a time.
     #[value(name = "ewma")]
     Ewma,
+    /// Each replica in proportion to the weight its own load reports give
+    /// it (ORCA, gRFC A51 and A58): calls per unit of its capacity used,
+    /// lowered by its errors.
+    #[value(name = "weighted_round_robin")]
+    WeightedRoundRobin,
     /// One connection to the name, as a naive gRPC client: it stays on the
     /// replica it first reached.
     Pinned,
@@ -46,6 +54,7 @@ impl Policy {
             Self::RoundRobin => "round_robin",
             Self::LeastRequest => "least_request",
             Self::Ewma => "ewma",
+            Self::WeightedRoundRobin => "weighted_round_robin",
             Self::Pinned => "pinned",
         }
     }
@@ -78,15 +87,23 @@ impl Tier {
     }
 }
 
+/// What picks in turn draw from: the round-robin counter, and under
+/// `weighted_round_robin` the weights in force (none: round robin).
+pub(super) struct Picks<'a> {
+    pub next: &'a AtomicUsize,
+    pub weighted: Option<(&'a Schedule, &'a Stride)>,
+}
+
 /// The replica for the next call under `policy`, avoiding `avoid` (a hedged
 /// call's first replica) when another will do; `None` only when there is no
-/// replica. `next` is the backend's round-robin counter.
+/// replica.
 pub(super) fn pick(
     policy: Policy,
     replicas: &[Arc<Replica>],
-    next: &AtomicUsize,
+    picks: &Picks<'_>,
     avoid: Option<&Replica>,
 ) -> Option<Arc<Replica>> {
+    let next = picks.next;
     let now = Instant::now();
     let avoided = |replica: &Replica| avoid.is_some_and(|a| std::ptr::eq(a, replica));
     for tier in [Tier::Eligible, Tier::NotEjected, Tier::Any] {
@@ -94,6 +111,11 @@ pub(super) fn pick(
         let chosen = match policy {
             Policy::LeastRequest => two_choices(replicas, ok, |r| r.in_flight() as f64),
             Policy::Ewma => two_choices(replicas, ok, |r| r.latency.cost(r.in_flight(), now)),
+            Policy::WeightedRoundRobin => match picks.weighted {
+                Some((schedule, stride)) => weighted(replicas, schedule, stride, ok)
+                    .or_else(|| round_robin(replicas, next, ok)),
+                None => round_robin(replicas, next, ok),
+            },
             Policy::RoundRobin | Policy::Pinned => round_robin(replicas, next, ok),
         };
         if chosen.is_some() {
@@ -113,6 +135,22 @@ fn round_robin(
     let start = next.fetch_add(1, Ordering::Relaxed);
     (0..replicas.len())
         .map(|i| &replicas[(start + i) % replicas.len()])
+        .find(|replica| ok(replica))
+        .cloned()
+}
+
+/// The next replica by the weights that `ok` admits, drawing a few times
+/// (a replica set aside is skipped, as round robin skips it); `None` when
+/// the draws found none, and round robin decides.
+fn weighted(
+    replicas: &[Arc<Replica>],
+    schedule: &Schedule,
+    stride: &Stride,
+    ok: impl Fn(&Replica) -> bool,
+) -> Option<Arc<Replica>> {
+    (0..2 * replicas.len())
+        .map(|_| schedule.next(stride))
+        .filter_map(|i| replicas.get(i))
         .find(|replica| ok(replica))
         .cloned()
 }
@@ -152,6 +190,13 @@ mod tests {
     use super::*;
     use tonic::transport::Endpoint;
 
+    fn rr(next: &AtomicUsize) -> Picks<'_> {
+        Picks {
+            next,
+            weighted: None,
+        }
+    }
+
     fn replicas(n: usize) -> Vec<Arc<Replica>> {
         (0..n)
             .map(|i| {
@@ -172,7 +217,7 @@ mod tests {
         let _busy: Vec<_> = (0..3).map(|_| all[0].start_call()).collect();
         let next = AtomicUsize::new(0);
         for _ in 0..20 {
-            let chosen = pick(Policy::LeastRequest, &all, &next, None).unwrap();
+            let chosen = pick(Policy::LeastRequest, &all, &rr(&next), None).unwrap();
             assert_eq!(chosen.label, "r1");
         }
     }
@@ -186,7 +231,7 @@ mod tests {
         let next = AtomicUsize::new(0);
         for policy in [Policy::RoundRobin, Policy::LeastRequest] {
             for _ in 0..30 {
-                assert_ne!(pick(policy, &all, &next, None).unwrap().label, "r1");
+                assert_ne!(pick(policy, &all, &rr(&next), None).unwrap().label, "r1");
             }
         }
         for replica in [&all[0], &all[2]] {
@@ -195,7 +240,9 @@ mod tests {
                 .eject_for(Instant::now(), std::time::Duration::from_secs(60));
         }
         assert_eq!(
-            pick(Policy::RoundRobin, &all, &next, None).unwrap().label,
+            pick(Policy::RoundRobin, &all, &rr(&next), None)
+                .unwrap()
+                .label,
             "r1"
         );
     }
@@ -205,10 +252,35 @@ mod tests {
         let all = replicas(2);
         let next = AtomicUsize::new(0);
         for _ in 0..10 {
-            let chosen = pick(Policy::RoundRobin, &all, &next, Some(&all[0])).unwrap();
+            let chosen = pick(Policy::RoundRobin, &all, &rr(&next), Some(&all[0])).unwrap();
             assert_eq!(chosen.label, "r1");
         }
         let one = replicas(1);
-        assert!(pick(Policy::LeastRequest, &one, &next, Some(&one[0])).is_some());
+        assert!(pick(Policy::LeastRequest, &one, &rr(&next), Some(&one[0])).is_some());
+    }
+
+    #[tokio::test]
+    async fn weighted_picks_follow_the_weights_and_skip_a_replica_set_aside() {
+        let all = replicas(3);
+        let schedule = Schedule::default();
+        let stride = Stride::new(&[3.0, 1.0, 1.0]).unwrap();
+        let next = AtomicUsize::new(0);
+        let picks = Picks {
+            next: &next,
+            weighted: Some((&schedule, &stride)),
+        };
+        let mut counts = [0; 3];
+        for _ in 0..500 {
+            let chosen = pick(Policy::WeightedRoundRobin, &all, &picks, None).unwrap();
+            counts[all.iter().position(|r| r.label == chosen.label).unwrap()] += 1;
+        }
+        assert!((280..=320).contains(&counts[0]), "{counts:?}");
+        all[0]
+            .record
+            .eject_for(Instant::now(), std::time::Duration::from_secs(60));
+        for _ in 0..50 {
+            let chosen = pick(Policy::WeightedRoundRobin, &all, &picks, None).unwrap();
+            assert_ne!(chosen.label, "r0");
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! One replica of a backend as its balancer sees it: its connections, the
 //! calls it has in flight (what `least_request` compares), what its health
-//! watch last said, its outlier record (calls, failures, ejection), and
-//! its latency estimate (what `ewma` compares).
+//! watch last said, its outlier record (calls, failures, ejection), its
+//! latency estimate (what `ewma` compares) and its weight from its load
+//! reports (what `weighted_round_robin` follows).
 
-use super::{ewma::Ewma, outlier::Record};
+use super::{ewma::Ewma, outlier::Record, weighted::Weight};
 use std::{
     sync::{
         Arc,
@@ -32,6 +33,9 @@ pub(super) struct Replica {
     pub record: Record,
     /// How fast it has been answering (kept for the `ewma` policy only).
     pub latency: Ewma,
+    /// Its weight from its load reports (kept for `weighted_round_robin`
+    /// only).
+    pub weight: Weight,
     /// The health watch, stopped with the replica (a replica that leaves
     /// DNS must not be watched for ever).
     watch: Option<tokio::task::AbortHandle>,
@@ -49,6 +53,7 @@ impl Replica {
             serving: Arc::new(AtomicBool::new(true)),
             record: Record::default(),
             latency: Ewma::default(),
+            weight: Weight::default(),
             watch: None,
         }
     }

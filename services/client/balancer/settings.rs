@@ -3,9 +3,10 @@
 //! spend on retries, and where it measures all this. Each default is a
 //! `DEFAULT_*` constant here, used by the command line's flags and by every
 //! constructor alike. The outlier rule's and the retry budget's own settings
-//! live beside their rules ([`super::outlier`], [`super::retry`]).
+//! live beside their rules ([`super::outlier`], [`super::retry`]), as do
+//! `weighted_round_robin`'s ([`super::weighted`]).
 
-use super::{ClientCalls, OutlierSettings, Policy, RetrySettings};
+use super::{ClientCalls, OutlierSettings, Policy, RetrySettings, WeightedSettings};
 use std::time::Duration;
 use tonic::transport::Endpoint;
 
@@ -26,6 +27,8 @@ pub struct BalancerSettings {
     pub policy: Policy,
     /// How often a balancer resolves its name again.
     pub resolve_interval: Duration,
+    /// How `weighted_round_robin` weighs the replicas' load reports.
+    pub weighted: WeightedSettings,
     /// When a replica failing its calls is set aside.
     pub outlier: OutlierSettings,
     /// Retries, hedges, and the budget they share.
@@ -61,6 +64,7 @@ impl Default for BalancerSettings {
             call_timeout: Duration::from_millis(DEFAULT_CALL_TIMEOUT_MS),
             policy: Policy::default(),
             resolve_interval: Duration::from_millis(DEFAULT_RESOLVE_MS),
+            weighted: WeightedSettings::default(),
             outlier: OutlierSettings::default(),
             retry: RetrySettings::default(),
             tls: None,

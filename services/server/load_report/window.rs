@@ -138,7 +138,11 @@ impl Occupancy {
 
     fn change(&self, by: f64, now: Instant) {
         let mut level = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Level { now: current, since, held } = &mut *level;
+        let Level {
+            now: current,
+            since,
+            held,
+        } = &mut *level;
         held.hold(*since, now, *current);
         *since = now;
         // Never below 0, whatever rounding did.
@@ -148,7 +152,11 @@ impl Occupancy {
     /// The mean level over the last window, up to `now`.
     pub fn mean(&self, now: Instant) -> f64 {
         let mut level = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Level { now: current, since, held } = &mut *level;
+        let Level {
+            now: current,
+            since,
+            held,
+        } = &mut *level;
         held.hold(*since, now, *current);
         *since = now;
         held.per_second(now)
