@@ -142,6 +142,11 @@ pub struct ReplicaStatus {
     pub instance: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
+    /// Its share of the calls under those weights (0 to 1; replicas
+    /// without a weight take the others' mean); absent when fewer than two
+    /// replicas have a weight (round robin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
     /// gRPC health (`SERVING`...) or `UNREACHABLE`.
     #[serde(default)]
     pub status: String,
@@ -155,11 +160,6 @@ pub struct ReplicaStatus {
     /// when the report says too little (no calls yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
-    /// Its share of the calls under those weights (0 to 1; replicas
-    /// without a weight take the others' mean); absent when fewer than two
-    /// replicas have a weight (round robin).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub share: Option<f64>,
 }
 
 /// Redis in `/api/status`: its URL (password masked) and its health.

@@ -85,6 +85,14 @@ pub struct HopRow {
     pub p99_ms: Option<f64>,
     /// rng only: requests waiting for a lane.
     pub queue: Option<u64>,
+    /// The utilization the replica's load report says (ORCA: its own
+    /// measure, else its CPU), 1.0 = full, above 1 when requests wait;
+    /// `None` with no report (Redis, a webui older than `top`).
+    pub utilization: Option<f64>,
+    /// Its share of the calls, 0 to 1, under the weights a
+    /// `weighted_round_robin` client gives from those reports; `None` when
+    /// fewer than two replicas have a weight (round robin).
+    pub share: Option<f64>,
     /// The slowest recent call (the page links it to its trace).
     pub slowest_ms: Option<f64>,
     /// What the replica was told to inject (`--fail-rate`...).
@@ -247,7 +255,11 @@ impl Board {
                         .error
                         .clone()
                         .or_else(|| seen.and_then(|s| s.error.clone()));
-                    row(hop, r.address.clone(), state, error, r)
+                    HopRow {
+                        utilization: seen.and_then(|s| s.utilization),
+                        share: seen.and_then(|s| s.share),
+                        ..row(hop, r.address.clone(), state, error, r)
+                    }
                 })
                 .collect()
         };
@@ -283,6 +295,8 @@ fn row(
         p50_ms: r.p50_ms.flatten(),
         p99_ms: r.p99_ms.flatten(),
         queue: r.queue,
+        utilization: None,
+        share: None,
         slowest_ms: r.slowest.as_ref().map(|s| s.ms),
         faults: r.faults.clone(),
         error,
@@ -485,5 +499,65 @@ mod tests {
             Some("no answer in 900 ms")
         );
         assert_eq!(snapshot.policy.as_deref(), Some("round_robin"));
+        // A webui older than the load reports: no utilization, no share.
+        assert!(
+            snapshot
+                .hops
+                .iter()
+                .all(|r| r.utilization.is_none() && r.share.is_none()),
+            "{:?}",
+            snapshot.hops
+        );
+    }
+
+    #[test]
+    fn each_replica_has_the_load_it_reports_and_its_weighted_share() {
+        let mut board = Board::new("http://webui");
+        board.record_hops(hops());
+        // Before the first status, nothing is known of the reports.
+        assert!(
+            board
+                .snapshot()
+                .hops
+                .iter()
+                .all(|r| r.utilization.is_none())
+        );
+        let status: StatusView = serde_json::from_value(serde_json::json!({
+            "rng": {"url": "http://rng:8001", "policy": "weighted_round_robin", "replicas": [
+                {"address": "10.0.0.1:8001", "status": "SERVING",
+                 "utilization": 10.2, "weight": 0.13, "share": 0.25},
+                {"address": "10.0.0.2:8001", "status": "SERVING",
+                 "utilization": 3.4, "weight": 0.39, "share": 0.75}]},
+            // One replica: a report, but round robin, so no share; no
+            // calls yet, so no weight either.
+            "hasher": {"url": "http://hasher:8002", "policy": "weighted_round_robin",
+                "replicas": [{"address": "10.0.0.3:8002", "status": "SERVING",
+                              "utilization": 0.02}]},
+            "redis": {"url": "redis://redis:6379", "state": {"status": "UP"}}
+        }))
+        .unwrap();
+        board.record_status(status);
+        let snapshot = board.snapshot();
+        let read: Vec<(&str, Option<f64>, Option<f64>)> = snapshot
+            .hops
+            .iter()
+            .map(|r| (r.hop, r.utilization, r.share))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("rng", Some(10.2), Some(0.25)),
+                ("rng", Some(3.4), Some(0.75)),
+                ("hasher", Some(0.02), None),
+                ("redis", None, None),
+            ]
+        );
+        assert_eq!(snapshot.policy.as_deref(), Some("weighted_round_robin"));
+        // `--once --json` names them as docs/top.md does.
+        let json = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(json["hops"][0]["utilization"], 10.2);
+        assert_eq!(json["hops"][0]["share"], 0.25);
+        assert!(json["hops"][2]["share"].is_null(), "{json}");
+        assert!(json["hops"][3]["utilization"].is_null(), "{json}");
     }
 }

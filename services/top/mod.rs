@@ -2,7 +2,8 @@
 //! reached over SSH with no browser. It reads what the page reads (`/json`,
 //! `/api/hops`, `/api/status`) every second and draws the same truth:
 //! hashes/s and its recent history, each hop's rate and latency as its
-//! servers measure them, rng's queue, the replicas and the policy.
+//! servers measure them, rng's queue, the load each replica reports and
+//! its weighted share, the replicas and the policy.
 //!
 //! Layout: [`board`] keeps webui's answers and makes them one
 //! [`Snapshot`] (`--once --json` prints it); [`screen`] lays a snapshot out

@@ -19,6 +19,25 @@ const SCALE_WIDTH: usize = 7;
 /// figures, mesh, time axis, blank, heading, verdict, table header.
 const FIXED_LINES: usize = 8;
 
+/// The table's first column: `rng`, `hasher`, `redis`.
+const HOP_WIDTH: usize = 6;
+
+/// The table's numbers, right of the state, right-aligned: each header and
+/// the width it keeps, that of the widest value it usually holds (`12.3 ms`,
+/// `1000%`), so the columns stay put from one reading to the next.
+const NUMBERS: [(&str, usize); 6] = [
+    ("calls/s", 7),
+    ("p50", 7),
+    ("p99", 7),
+    ("waiting", 7),
+    ("load", 5),
+    ("share", 5),
+];
+
+/// The replica column is never narrower than this (an address and port);
+/// a narrower screen cuts the line's end instead.
+const REPLICA_MIN: usize = 16;
+
 /// A message longer than the screen is wide wraps onto this many lines.
 const MESSAGE_LINES: usize = 3;
 
@@ -41,7 +60,8 @@ pub struct Frame {
 
 /// The whole screen, each line at most `frame.width` characters.
 pub fn render(snapshot: &Snapshot, frame: &Frame) -> Vec<String> {
-    let table = table_lines(&snapshot.hops);
+    let layout = Layout::new(&snapshot.hops, frame.width);
+    let table = table_lines(&snapshot.hops, &layout);
     let mut message = wrap(&message(snapshot, frame.live), frame.width);
     message.truncate(MESSAGE_LINES);
     let chart_height = match frame.height {
@@ -59,9 +79,7 @@ pub fn render(snapshot: &Snapshot, frame: &Frame) -> Vec<String> {
         "Where the time goes: each hop, as its servers measure it (last {window} s)"
     ));
     lines.push(verdict(&snapshot.hops));
-    lines.push(row_text(
-        "hop", "replica", "state", "calls/s", "p50", "p99", "waiting",
-    ));
+    lines.push(layout.line("hop", "replica", "state", NUMBERS.map(|(header, _)| header)));
     let room = frame
         .height
         .map_or(usize::MAX, |h| h.saturating_sub(lines.len()));
@@ -214,26 +232,98 @@ fn verdict(rows: &[HopRow]) -> String {
     }
 }
 
+/// The table's column widths on this screen: the state as wide as the
+/// widest state shown, the replica (address and instance) as wide as the
+/// screen leaves, no wider than the widest replica.
+struct Layout {
+    replica: usize,
+    state: usize,
+}
+
+impl Layout {
+    fn new(rows: &[HopRow], width: usize) -> Self {
+        let state = rows
+            .iter()
+            .map(|r| r.state.chars().count())
+            .fold("state".len(), usize::max);
+        let numbers: usize = NUMBERS.iter().map(|(_, w)| w + 1).sum();
+        let room = width.saturating_sub(HOP_WIDTH + 1 + 1 + state + numbers);
+        let widest = rows
+            .iter()
+            .map(|r| replica_text(r).chars().count())
+            .fold("replica".len(), usize::max);
+        Self {
+            replica: room.min(widest).max(REPLICA_MIN),
+            state,
+        }
+    }
+
+    /// One line of the table, its text cut to fit each column.
+    fn line(&self, hop: &str, replica: &str, state: &str, numbers: [&str; 6]) -> String {
+        let mut line = format!(
+            "{hop:<h$} {:<r$} {state:<s$}",
+            clip(replica, self.replica),
+            h = HOP_WIDTH,
+            r = self.replica,
+            s = self.state,
+        );
+        for (value, (_, width)) in numbers.iter().zip(NUMBERS) {
+            line.push_str(&format!(" {value:>width$}"));
+        }
+        line.trim_end().to_owned()
+    }
+}
+
+/// A replica's address, and its instance when known.
+fn replica_text(row: &HopRow) -> String {
+    match &row.instance {
+        Some(instance) => format!("{} ({instance})", row.replica),
+        None => row.replica.clone(),
+    }
+}
+
+/// Fewer characters of an instance than this say nothing: the address
+/// alone is shown instead.
+const INSTANCE_MIN: usize = 4;
+
+/// [`replica_text`] in `width` characters: the instance cut when it must
+/// be, left out when too little of it would show.
+fn replica_in(row: &HopRow, width: usize) -> String {
+    let text = replica_text(row);
+    // The address, " (", the instance's first characters, then "…".
+    let cut = row.replica.chars().count() + " (".len() + INSTANCE_MIN + 1;
+    if text.chars().count() <= width || cut <= width {
+        clip(&text, width)
+    } else {
+        clip(&row.replica, width)
+    }
+}
+
 /// Each row, and under it what the replica injects and why it fails.
-fn table_lines(rows: &[HopRow]) -> Vec<String> {
+fn table_lines(rows: &[HopRow], layout: &Layout) -> Vec<String> {
     let mut lines = Vec::new();
     for row in rows {
-        let replica = match &row.instance {
-            Some(instance) => format!("{} ({instance})", row.replica),
-            None => row.replica.clone(),
-        };
         let rate = row
             .calls_per_second
             .map_or("–".to_owned(), |r| format!("{r:.1}"));
         let queue = row.queue.map_or(String::new(), |q| q.to_string());
-        lines.push(row_text(
+        // Redis sends no load report: blank, as its queue (the page's).
+        let (load, share) = match row.hop {
+            "redis" => (String::new(), String::new()),
+            _ => (percent(row.utilization), percent(row.share)),
+        };
+        lines.push(layout.line(
             row.hop,
-            &clip(&replica, 26),
+            &replica_in(row, layout.replica),
             &row.state,
-            &rate,
-            &ms(row.p50_ms),
-            &ms(row.p99_ms),
-            &queue,
+            [
+                &rate,
+                &ms(row.p50_ms),
+                &ms(row.p99_ms),
+                &queue,
+                &load,
+                &share,
+            ],
         ));
         if let Some(faults) = &row.faults {
             lines.push(format!("       injected: {faults}"));
@@ -245,18 +335,13 @@ fn table_lines(rows: &[HopRow]) -> Vec<String> {
     lines
 }
 
-fn row_text(
-    hop: &str,
-    replica: &str,
-    state: &str,
-    rate: &str,
-    p50: &str,
-    p99: &str,
-    queue: &str,
-) -> String {
-    format!("{hop:<6} {replica:<26} {state:<11} {rate:>7} {p50:>8} {p99:>8} {queue:>7}")
-        .trim_end()
-        .to_owned()
+/// The page's `percent()`: a fraction as a whole percentage (`1000%`: ten
+/// times what the replica can take), `–` when webui has none.
+fn percent(value: Option<f64>) -> String {
+    match value {
+        None => "–".to_owned(),
+        Some(v) => format!("{}%", (v * 100.0).round()),
+    }
 }
 
 /// The page's `ms()`: whole milliseconds from 100 on, one decimal from 1,
@@ -354,10 +439,20 @@ mod tests {
                 .collect(),
             hops_window_seconds: Some(5.0),
             hops: vec![
-                hop("rng", "127.0.0.1:8001", 750.0, Some(9)),
-                hop("hasher", "127.0.0.1:8002", 100.0, None),
+                // rng's one lane, ten waiting: ten times full.
+                HopRow {
+                    utilization: Some(10.04),
+                    ..hop("rng", "127.0.0.1:8001", 750.0, Some(9))
+                },
+                HopRow {
+                    utilization: Some(0.123),
+                    share: Some(0.6),
+                    ..hop("hasher", "127.0.0.1:8002", 100.0, None)
+                },
                 HopRow {
                     faults: Some("+50ms for 100%".into()),
+                    utilization: Some(0.2),
+                    share: Some(0.4),
                     ..hop("hasher", "127.0.0.1:8012", 0.4, None)
                 },
             ],
@@ -381,7 +476,11 @@ mod tests {
             "coins 77",
             "replicas: rng 1, hasher 2   policy: round_robin   waiting in rng: 9",
             "rng is the slow hop: half its calls take over 750 ms, 9 requests waiting.",
-            "rng    127.0.0.1:8001 (host:8001) SERVING         1.3   750 ms   975 ms       9",
+            "hop    replica               state   calls/s     p50     p99 waiting  load share",
+            // The load rng reports, no weighted share (it is alone)...
+            "rng    127.0.0.1:8001 (host… SERVING     1.3  750 ms  975 ms       9 1004%     –",
+            // ... hasher's two replicas, each with its share.
+            "hasher 127.0.0.1:8002 (host… SERVING     1.3  100 ms  130 ms           12%   60%",
             "400 µs",
             "injected: +50ms for 100%",
             "q or Ctrl-C: quit",
@@ -389,6 +488,48 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} not in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_replica_takes_the_width_the_screen_leaves() {
+        // A wide terminal: each replica whole, the columns after it closer.
+        let wide = Frame {
+            width: 120,
+            ..frame(None)
+        };
+        let text = render(&snapshot(), &wide).join("\n");
+        assert!(
+            text.contains(
+                "rng    127.0.0.1:8001 (host:8001) SERVING     1.3  750 ms  975 ms       9 1004%     –"
+            ),
+            "{text}"
+        );
+        // A replica that does not serve widens the state: the replica
+        // narrows, the line still fits 80 columns with its load and share.
+        let mut snapshot = snapshot();
+        snapshot.hops[1].state = "NOT_SERVING".into();
+        snapshot.hops.push(HopRow {
+            hop: "redis",
+            replica: "redis://127.0.0.1:6379".into(),
+            state: "UP".into(),
+            calls_per_second: Some(9.4),
+            p50_ms: Some(0.01),
+            p99_ms: Some(0.09),
+            ..HopRow::default()
+        });
+        let lines = render(&snapshot, &frame(None));
+        assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
+        let text = lines.join("\n");
+        for expected in [
+            "hop    replica           state       calls/s     p50     p99 waiting  load share",
+            // Too little room for the instance: the address alone.
+            "hasher 127.0.0.1:8002    NOT_SERVING     1.3  100 ms  130 ms           12%   60%",
+            // Redis reports no load: blank, as its queue.
+            "redis  redis://127.0.0.… UP              9.4   10 µs   90 µs",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in\n{text}");
+        }
+        assert!(lines.iter().any(|l| l.ends_with("   90 µs")), "{lines:#?}");
     }
 
     #[test]
@@ -438,5 +579,9 @@ mod tests {
         assert_eq!(ms(Some(12.34)), "12.3 ms");
         assert_eq!(ms(Some(750.4)), "750 ms");
         assert_eq!(clip("abcdef", 4), "abc…");
+        assert_eq!(percent(Some(10.0)), "1000%");
+        assert_eq!(percent(Some(0.604)), "60%");
+        assert_eq!(percent(Some(0.0)), "0%");
+        assert_eq!(percent(None), "–");
     }
 }

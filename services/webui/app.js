@@ -116,9 +116,11 @@ function draw() {
   ctx.stroke();
 }
 
-// Health per replica address, from /api/status (every 3 s); latency per
-// replica, from /api/hops (every second): the servers' own measurements.
-const health = new Map(); // address -> {status, error}
+// Health per replica address, from /api/status (every 3 s), with the load
+// the replica reports (ORCA) and its share of calls under weighted round
+// robin when webui has them; latency per replica, from /api/hops (every
+// second): the servers' own measurements.
+const health = new Map(); // address -> {status, error, utilization, weight, share}
 let redisHealth = null;
 
 async function pollStatus() {
@@ -127,13 +129,25 @@ async function pollStatus() {
     const body = await response.json();
     for (const backend of [body.rng, body.hasher]) {
       const replicas = backend.replicas && backend.replicas.length ? backend.replicas : [backend];
-      for (const r of replicas) health.set(r.address || backend.url, { status: r.status, error: r.error });
+      for (const r of replicas) {
+        health.set(r.address || backend.url, {
+          status: r.status,
+          error: r.error,
+          utilization: r.utilization,
+          weight: r.weight,
+          share: r.share,
+        });
+      }
     }
     redisHealth = { url: body.redis.url, status: body.redis.state.status, error: body.redis.state.error };
   } catch (error) {
     // /json already shows that webui is unreachable.
   }
 }
+
+// A fraction as a whole percentage ("1000%": ten times what it can take);
+// "–" when webui has none (no report yet, or a webui older than the page).
+const percent = (v) => (v == null ? "–" : `${Math.round(v * 100)}%`);
 
 const ms = (v) => (v == null ? "–" : v >= 100 ? `${Math.round(v)} ms` : v >= 1 ? `${v.toFixed(1)} ms` : `${(v * 1000).toFixed(0)} µs`);
 
@@ -151,6 +165,10 @@ function hopRows(name, replicas) {
       queue: r.queue,
       slowest: r.slowest,
       faults: r.faults,
+      reports: true,
+      utilization: state.utilization,
+      weight: state.weight,
+      share: state.share,
     };
   });
 }
@@ -219,6 +237,10 @@ async function pollHops() {
         const slow = named && r.p50 != null && r.p50 === slowest ? "num slow" : "num";
         const p50 = cell(ms(r.p50), slow);
         if (r.since) p50.title = "Redis's own numbers, since it started";
+        // Redis sends no load report: its cells are blank, as its queue's.
+        const load = cell(r.reports ? percent(r.utilization) : "", "num wide");
+        const share = cell(r.reports ? percent(r.share) : "", "num wide");
+        if (r.reports && r.weight != null) share.title = `weight ${r.weight.toFixed(1)}: calls/s per 100% load`;
         const last = cell("", "wide");
         if (r.slowest && r.slowest.url) {
           const link = document.createElement("a");
@@ -248,6 +270,8 @@ async function pollHops() {
           p50,
           cell(ms(r.p99), "num wide"),
           cell(r.queue == null ? "" : String(r.queue), "num"),
+          load,
+          share,
           last,
         );
         return tr;

@@ -129,14 +129,16 @@ async function chartOf(page) {
   });
 }
 
-// The verdict and the table's rows, as text.
+// The verdict and the table's headers (with their tooltips) and rows, as
+// text.
 async function tableOf(page) {
   return page.evaluate(() => ({
     verdict: document.getElementById("verdict").textContent,
     verdict_names: document.querySelector("#verdict strong")?.textContent ?? null,
+    headers: [...document.querySelectorAll("thead th")].map((th) => ({ text: th.textContent, title: th.title })),
     rows: [...document.querySelectorAll("#backends tr")].map((tr) => {
       const cells = [...tr.cells].map((c) => c.textContent);
-      return { hop: cells[0], state: cells[2], p50: cells[4], waiting: cells[6] };
+      return { hop: cells[0], state: cells[2], p50: cells[4], waiting: cells[6], load: cells[7], share: cells[8] };
     }),
   }));
 }

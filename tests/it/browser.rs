@@ -1,9 +1,10 @@
 //! The page in a real browser: `dockercoins up --workers 10` (classroom)
 //! opened in Debian's Chromium by `tests/browser/page.mjs` (playwright-core),
 //! judged on what a student reads: the big number against Redis, the chart,
-//! the verdict and the table, no error of any kind, a fit on a projector and
-//! on a phone, an accessibility scan; then one worker, where no hop stands
-//! out. Screenshots are left in `target/browser/` for a person to look at.
+//! the verdict and the table (with the load each replica reports and its
+//! weighted share), no error of any kind, a fit on a projector and on a
+//! phone, an accessibility scan; then one worker, where no hop stands out.
+//! Screenshots are left in `target/browser/` for a person to look at.
 
 use crate::support::{RedisServer, built, have, http1, restartable_port, sigterm, start_binary};
 use serde_json::Value;
@@ -141,6 +142,49 @@ fn p50_of(report: &Value, hop: &str) -> f64 {
     page_ms(row["p50"].as_str().unwrap()).unwrap_or_else(|| panic!("{hop}'s p50: {row}"))
 }
 
+/// A percentage as the page writes it ("1000%", "60%").
+fn page_percent(text: &str) -> Option<u64> {
+    text.strip_suffix('%')?.parse().ok()
+}
+
+/// The load and share columns: headers that explain themselves; for rng
+/// and hasher a percentage or `–` (no report yet; a share needs two
+/// replicas with weights), `–` for the share of a backend's only replica;
+/// blank for Redis, which sends no report. Returns rng's first load.
+fn assert_load_and_share(report: &Value) -> Option<u64> {
+    let headers = report["headers"].as_array().unwrap();
+    for (header, says) in [("load", "ORCA"), ("share", "weighted_round_robin")] {
+        let th = headers
+            .iter()
+            .find(|th| th["text"] == header)
+            .unwrap_or_else(|| panic!("no {header} column: {report}"));
+        assert!(
+            th["title"].as_str().unwrap().contains(says),
+            "{header}'s tooltip: {th}"
+        );
+    }
+    let rows = report["rows"].as_array().unwrap();
+    for row in rows {
+        let (load, share) = (
+            row["load"].as_str().unwrap_or(""),
+            row["share"].as_str().unwrap_or(""),
+        );
+        if row["hop"] == "redis" {
+            assert_eq!((load, share), ("", ""), "{row}");
+            continue;
+        }
+        for text in [load, share] {
+            assert!(text == "–" || page_percent(text).is_some(), "{row}");
+        }
+        let replicas = rows.iter().filter(|r| r["hop"] == row["hop"]).count();
+        if replicas == 1 {
+            assert_eq!(share, "–", "one replica, round robin: {row}");
+        }
+    }
+    let rng = rows.iter().find(|r| r["hop"] == "rng")?;
+    page_percent(rng["load"].as_str()?)
+}
+
 /// Nothing went wrong in the browser: no console error, failed request or
 /// blocked resource.
 fn assert_clean(report: &Value) {
@@ -246,6 +290,12 @@ async fn the_page_shows_a_student_the_lab() {
     let (rng, hasher) = (p50_of(&report, "rng"), p50_of(&report, "hasher"));
     assert!((600.0..=1100.0).contains(&rng), "rng's p50 {rng} ms");
     assert!((80.0..=200.0).contains(&hasher), "hasher's p50 {hasher} ms");
+    // rng says it is over full: its lane busy, requests waiting.
+    let load = assert_load_and_share(&report);
+    assert!(
+        load.is_some_and(|load| load > 100),
+        "rng's load {load:?}: {report}"
+    );
 
     // A projector and a phone: no sideways scroll, the big number legible.
     for size in report["viewports"].as_array().unwrap() {
@@ -282,6 +332,7 @@ async fn with_one_worker_no_hop_stands_out() {
         "rng {rng} ms, hasher {hasher} ms"
     );
     assert_eq!(report["verdict_names"], Value::Null, "{report}");
+    assert_load_and_share(&report);
     assert!(
         report["verdict"]
             .as_str()

@@ -151,6 +151,10 @@ async fn the_docs_grpcurl_lines_work() {
         if line.contains("Health/Check") {
             assert!(stdout.contains("SERVING"), "{stdout}");
         }
+        if line.contains(" -v ") {
+            // The ORCA load report, in the trailers grpcurl shows.
+            assert!(stdout.contains("endpoint-load-metrics-bin: "), "{stdout}");
+        }
         if line.ends_with(" list") {
             assert!(stdout.contains("dockercoins.v1.Rng"), "{stdout}");
         }

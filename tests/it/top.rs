@@ -167,6 +167,18 @@ async fn once_json_reads_the_running_mesh() {
         }
         let state = if hop == "redis" { "UP" } else { "SERVING" };
         assert_eq!(row["state"], state, "{reading}");
+        // The load each replica reports with its answers (ORCA), read by
+        // webui's health check; Redis sends none. One replica per backend:
+        // round robin, so no weighted share.
+        let load = &row["utilization"];
+        match hop {
+            "redis" => assert!(load.is_null(), "{hop} utilization: {reading}"),
+            _ => assert!(
+                load.as_f64().is_some_and(|u| u >= 0.0),
+                "{hop} utilization: {reading}"
+            ),
+        }
+        assert!(row["share"].is_null(), "{hop} share: {reading}");
     }
     assert_eq!(reading["hops"][0]["replica"], mesh.rng.addr.to_string());
     assert!(reading["hops"][0]["queue"].is_u64(), "{reading}");
@@ -225,8 +237,15 @@ async fn assert_quits_and_restores(pty: &Pty, mut top: Child, key: &[u8]) -> Exi
     status
 }
 
+/// The row starting with `start` as last drawn, to the next escape sequence.
+fn last_row<'a>(screen: &'a str, start: &str) -> Option<&'a str> {
+    let at = screen.rfind(start)?;
+    let row = &screen[at..];
+    Some(&row[..row.find('\x1b').unwrap_or(row.len())])
+}
+
 /// The live screen in an 80x24 terminal: hashes/s and each hop as the page
-/// shows them; `q` quits.
+/// shows them, with the load each replica reports; `q` quits.
 #[tokio::test]
 async fn the_live_screen_shows_the_mesh_and_q_restores_the_terminal() {
     let mesh = Mesh::start(false).await;
@@ -245,6 +264,9 @@ async fn the_live_screen_shows_the_mesh_and_q_restores_the_terminal() {
                 && screen.contains("SERVING")
                 && screen.contains("rng is the slow hop")
                 && screen.contains("policy: round_robin")
+                && screen.contains("waiting  load share")
+                // rng's load as a percentage; its share `–` (one replica).
+                && last_row(screen, &rng_row).is_some_and(|row| row.ends_with("%     –"))
         },
     )
     .await;

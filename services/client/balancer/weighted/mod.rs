@@ -335,4 +335,56 @@ mod tests {
         assert_eq!(with_mean(&[6.0, 0.0, 2.0]), Some(vec![6.0, 4.0, 2.0]));
         assert_eq!(with_mean(&[6.0, 0.0, 0.0]), None);
     }
+
+    #[tokio::test]
+    async fn an_update_follows_the_reports_and_says_which_share_moved_a_lot() {
+        let replicas: Arc<[Arc<Replica>]> = (0..3)
+            .map(|i| {
+                let channel =
+                    tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+                Arc::new(Replica::new(
+                    format!("r{i}"),
+                    "127.0.0.1".into(),
+                    1,
+                    vec![channel],
+                ))
+            })
+            .collect();
+        let settings = WeightedSettings {
+            blackout: Duration::ZERO,
+            ..WeightedSettings::default()
+        };
+        let schedule = Schedule::default();
+        let t0 = Instant::now();
+        // No report yet: round robin, nothing to say.
+        let (stride, update) = schedule.stride(&replicas, &settings, t0);
+        assert!(stride.is_none());
+        assert!(update.unwrap().moved.is_empty());
+        // Within the update period, the same table.
+        assert!(schedule.stride(&replicas, &settings, t0).1.is_none());
+        for (replica, qps) in replicas.iter().zip([30.0, 10.0, 10.0]) {
+            replica.weight.report(&report(qps, 1.0, 0.0, 0.0), 1.0, t0);
+        }
+        let t1 = t0 + settings.update_period;
+        let (stride, update) = schedule.stride(&replicas, &settings, t1);
+        assert!(stride.is_some());
+        let update = update.unwrap();
+        assert_eq!(update.weights[0], ("r0".to_owned(), 30.0));
+        // From a third each to 60%, 20% and 20%: each moved by more than
+        // half as much again (or less than two thirds as much).
+        assert_eq!(update.moved.len(), 3);
+        let r0 = update.moved.iter().find(|(l, ..)| l == "r0").unwrap();
+        assert!((r0.1 - 1.0 / 3.0).abs() < 1e-9 && (r0.2 - 0.6).abs() < 1e-9);
+        // Weights alike a period later: nothing more to say.
+        let t2 = t1 + settings.update_period;
+        assert!(
+            schedule
+                .stride(&replicas, &settings, t2)
+                .1
+                .unwrap()
+                .moved
+                .is_empty()
+        );
+        assert!((schedule.share("r0").unwrap() - 0.6).abs() < 1e-9);
+    }
 }
