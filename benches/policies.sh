@@ -5,7 +5,12 @@
 #   1. Policies: 3 rng replicas, the last slowed to 300 ms a call; hashes/s
 #      (webui's /json) and the workers' p99 of Rng/Generate (whole calls,
 #      retries included: webui's /metrics, `worker_` series) per policy:
-#      pinned, round_robin, least_request, ewma.
+#      pinned, round_robin, least_request, ewma, weighted_round_robin.
+#   1b. Capacities: 3 rng replicas of 1, 1 and 3 lanes (the last); the same
+#      measures for round_robin, least_request, ewma and
+#      weighted_round_robin, with the classroom's workers (100 ms pause
+#      before each unit) and with workers that do not pause (so that rng,
+#      not the workers' pause, bounds the rate).
 #   2. Hedging: 3 rng replicas without a lane (no queue), the last paying
 #      +1 s on 10% of its calls; p99 and the extra load (hedges per call),
 #      hedging off and on (GRPC_HEDGE_MS=250).
@@ -17,7 +22,8 @@
 #   benches/policies.sh [SECONDS] [--json]     # SECONDS per measure, default 20
 #
 # Uses dockercoins from cargo's release folder (built if missing), ports 8000-8022 and
-# python3. Takes about 6 x (SECONDS + 8) s.
+# python3. Takes about 17 x (SECONDS + 8) s, plus 7 s for each
+# weighted_round_robin measure: its warm-up outlasts A58's 10 s blackout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=20
@@ -78,12 +84,15 @@ snapshot() {
     grep -E '^worker_(grpc_client_call_duration_seconds_(bucket|count)|rpc_client_(hedges|retries))' <<<"$metrics" || true
 }
 
-# measure KIND NAME [up flags...]: a run, warmed up 5 s, measured SECONDS.
+# measure KIND NAME [up flags...]: a run, warmed up 5 s (12 s under
+# weighted_round_robin: the weights count 10 s after the first reports, as
+# A58 says, and are taken every second), measured SECONDS.
 measure() {
-    local kind=$1 name=$2
+    local kind=$1 name=$2 warm=5
     shift 2
+    [ "$name" = weighted_round_robin ] && warm=12
     start "$@"
-    sleep 5
+    sleep "$warm"
     local a b
     a=$(snapshot)
     sleep "$seconds"
@@ -92,10 +101,24 @@ measure() {
     python3 benches/policies_read.py "$kind" "$name" "$a" "$b" >>"$results"
 }
 
-common=(--rng-replicas 3)
-for policy in pinned round_robin least_request ewma; do
+# weighted_round_robin takes its weights every 200 ms, not A58's 1 s: a
+# classroom replica serves 10 calls a second and its queue turns over in a
+# few hundred ms; taken every second, the weights chase a queue already
+# gone (measured: 21.8 against 22.8 hashes/s with the slow replica). The
+# other policies ignore the flag.
+common=(--rng-replicas 3 --wrr-update-ms 200)
+for policy in pinned round_robin least_request ewma weighted_round_robin; do
     measure policy "$policy" "${common[@]}" --rng-last-replica delay-ms=300 --grpc-policy "$policy"
 done
+# And the most the workers can do whatever the policy: no lane anywhere.
+for policy in round_robin least_request ewma weighted_round_robin; do
+    measure capacity "$policy" "${common[@]}" --rng-last-replica lanes=3 --grpc-policy "$policy"
+done
+measure capacity "no lanes (the workers' ceiling)" "${common[@]}" --rng-lanes 0
+for policy in round_robin least_request ewma weighted_round_robin; do
+    measure capacity-nopause "$policy" "${common[@]}" --rng-last-replica lanes=3 --worker-delay-ms 0 --grpc-policy "$policy"
+done
+measure capacity-nopause "no lanes (the workers' ceiling)" "${common[@]}" --rng-lanes 0 --worker-delay-ms 0
 bucket=(--rng-lanes 0 --rng-last-replica 'extra-delay=10%=1s')
 measure hedging off "${common[@]}" "${bucket[@]}"
 measure hedging 250ms "${common[@]}" "${bucket[@]}" --hedge-ms 250

@@ -97,6 +97,18 @@ def report(as_json, seconds):
     if 'round_robin' in by and 'least_request' in by and by['round_robin']['hashes_per_second']:
         ratio = by['least_request']['hashes_per_second'] / by['round_robin']['hashes_per_second']
         print(f'\nleast_request / round_robin: {ratio:.2f}x hashes/s')
+    for kind, title in [('capacity', "classroom workers (100 ms pause before each unit)"),
+                        ('capacity-nopause', "workers without their pause")]:
+        by = {r['name']: r for r in rows if r['kind'] == kind}
+        if not by:
+            continue
+        print(f'\n### Capacities: 3 rng replicas of 1, 1 and 3 lanes, 10 {title}\n')
+        print('| policy | hashes/s | vs round_robin | workers\' p99 of Rng/Generate | failed calls |')
+        print('|---|---:|---:|---:|---:|')
+        base = by.get('round_robin', {}).get('hashes_per_second') or None
+        for r in by.values():
+            ratio = f"{r['hashes_per_second'] / base:.2f}x" if base else '-'
+            print(f"| {r['name']} | {r['hashes_per_second']:.2f} | {ratio} | {r['p99_ms']} ms | {r['failed_calls']} |")
     print('\n### Hedging: 3 rng replicas without a lane, the last +1 s on 10% of its calls\n')
     print('| hedging | hashes/s | workers\' p99 of Rng/Generate | rng calls | hedges (extra load) |')
     print('|---|---:|---:|---:|---:|')
@@ -109,7 +121,7 @@ def report(as_json, seconds):
             print('\n### Rolling restart under load: 3 rng and 2 hasher replicas, one at a time (SIGHUP to up)\n')
             print(f"took {r['name']}; failed calls (rng and hasher), each a unit of work lost: {r['failed_calls']}; "
                   f"retries: {r['retries']}; hashes/s meanwhile: {r['hashes_per_second']:.2f}")
-    print(f'\n(each measure {seconds} s after 5 s of warm-up; benches/policies.sh)')
+    print(f'\n(each measure {seconds} s after 5 s of warm-up, 12 s under weighted_round_robin; benches/policies.sh)')
 
 
 if __name__ == '__main__':
