@@ -27,22 +27,11 @@ pub fn latency_against_rate(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut steps: Vec<_> = report.steps.iter().collect();
     steps.sort_by(|a, b| a.asked_per_second.total_cmp(&b.asked_per_second));
-    let highest_rate = steps
-        .iter()
-        .map(|step| step.asked_per_second)
-        .fold(1.0, f64::max);
-    let (lowest_ms, highest_ms) = steps.iter().fold(
-        (report.p99_target_ms, report.p99_target_ms),
-        |(low, high), step| (low.min(step.p50_ms), high.max(step.p999_ms)),
-    );
-    let y_range = (lowest_ms.max(0.001) / 1.5)..(highest_ms * 1.5);
+    let (highest_rate, y_range) = extent(report, &steps);
 
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let unit = match report.mode {
-        super::Mode::Unary => "units of work (one block, two calls)",
-        super::Mode::Batch => "batches",
-    };
+    let unit = unit(report.mode);
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
@@ -89,6 +78,31 @@ pub fn latency_against_rate(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// What a step's rate counts, on the x axis.
+fn unit(mode: super::Mode) -> &'static str {
+    match mode {
+        super::Mode::Unary => "units of work (one block, two calls)",
+        super::Mode::Batch => "batches",
+    }
+}
+
+/// The chart's extent: the highest rate asked, and the latencies from
+/// below the lowest p50 to above the highest p99.9 (the target included).
+fn extent(report: &SweepReport, steps: &[&Step]) -> (f64, std::ops::Range<f64>) {
+    let highest_rate = steps
+        .iter()
+        .map(|step| step.asked_per_second)
+        .fold(1.0, f64::max);
+    let (lowest_ms, highest_ms) = steps.iter().fold(
+        (report.p99_target_ms, report.p99_target_ms),
+        |(low, high), step| (low.min(step.p50_ms), high.max(step.p999_ms)),
+    );
+    (
+        highest_rate,
+        (lowest_ms.max(0.001) / 1.5)..(highest_ms * 1.5),
+    )
 }
 
 /// The target as a dashed line across the chart, up to `right`, and the

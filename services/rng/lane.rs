@@ -124,19 +124,8 @@ impl Lane {
         let (Some(permits), Some(places)) = (self.permits.as_ref(), self.places.as_ref()) else {
             return Ok(Turn::default());
         };
-        let Ok(place) = places.try_acquire() else {
-            return Err(self.refuse().into());
-        };
-        let occupied = self.occupancy.occupy(1.0);
-        let span = if crate::telemetry::sampling::in_sampled_trace() {
-            tracing::info_span!(
-                target: crate::telemetry::TARGET,
-                "rng.lane.wait",
-                rng.lanes = self.lanes,
-            )
-        } else {
-            tracing::Span::none()
-        };
+        let place = self.take_place(places)?;
+        let span = self.wait_span();
         let measured = crate::telemetry::metrics::enabled();
         // Counted in the queue's depth until it leaves, whichever way.
         let queued = measured.then(|| Queued::join(&self.metrics.queue));
@@ -167,8 +156,32 @@ impl Lane {
         }
         Ok(Turn {
             _lane: permit,
-            _place: Some((place, occupied)),
+            _place: Some(place),
         })
+    }
+
+    /// The wait's span, in a sampled trace only.
+    fn wait_span(&self) -> tracing::Span {
+        if crate::telemetry::sampling::in_sampled_trace() {
+            tracing::info_span!(
+                target: crate::telemetry::TARGET,
+                "rng.lane.wait",
+                rng.lanes = self.lanes,
+            )
+        } else {
+            tracing::Span::none()
+        }
+    }
+
+    /// A place in the lanes or their queue, counted in the lane's
+    /// occupancy (its load reports) until given back; refused at once when
+    /// there is none.
+    fn take_place<'a>(
+        &'a self,
+        places: &'a Semaphore,
+    ) -> Result<(SemaphorePermit<'a>, Occupied), Overloaded> {
+        let place = places.try_acquire().map_err(|_| self.refuse())?;
+        Ok((place, self.occupancy.occupy(1.0)))
     }
 
     /// Counts and logs (at a bounded rate) a request refused for a full

@@ -301,16 +301,7 @@ impl Balancer {
             .as_ref()
             .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
         replica.record.note(code);
-        match self.shared.settings.policy {
-            Policy::Ewma => {
-                let failed = outlier::is_replica_failure(code);
-                replica
-                    .latency
-                    .observe(started.elapsed(), failed, Instant::now());
-            }
-            Policy::WeightedRoundRobin => self.read_load_report(replica, result),
-            _ => {}
-        }
+        self.learn(replica, code, started, result);
         let metrics = &self.shared.settings.metrics;
         if crate::telemetry::metrics::enabled() {
             let trace = TraceExemplar::of(span);
@@ -349,22 +340,36 @@ impl Balancer {
         }
     }
 
-    /// Reads the load report in an answer's trailers (or a failure's
-    /// metadata) into the replica's weight. A stream's report comes with
-    /// its last message, after the call the balancer sees: only unary
-    /// calls weigh.
-    fn read_load_report<T>(
+    /// What the policy learns of a replica from an attempt: `ewma` its
+    /// latency; `weighted_round_robin` the load report in the answer's
+    /// trailers (or a failure's metadata). A stream's report comes with its
+    /// last message, after the call the balancer sees: only unary calls
+    /// weigh.
+    fn learn<T>(
         &self,
         replica: &Replica,
+        code: tonic::Code,
+        started: Instant,
         result: &Result<tonic::Response<T>, tonic::Status>,
     ) {
-        let metadata = match result {
-            Ok(response) => response.metadata(),
-            Err(status) => status.metadata(),
-        };
-        if let Some(report) = crate::protocol::load_report::decode(metadata) {
-            let penalty = self.shared.settings.weighted.error_penalty;
-            replica.weight.report(&report, penalty, Instant::now());
+        match self.shared.settings.policy {
+            Policy::Ewma => {
+                let failed = outlier::is_replica_failure(code);
+                replica
+                    .latency
+                    .observe(started.elapsed(), failed, Instant::now());
+            }
+            Policy::WeightedRoundRobin => {
+                let metadata = match result {
+                    Ok(response) => response.metadata(),
+                    Err(status) => status.metadata(),
+                };
+                if let Some(report) = crate::protocol::load_report::decode(metadata) {
+                    let penalty = self.shared.settings.weighted.error_penalty;
+                    replica.weight.report(&report, penalty, Instant::now());
+                }
+            }
+            _ => {}
         }
     }
 
