@@ -525,7 +525,7 @@ async fn a_hedged_call_shows_its_twin_and_the_abandoned_attempt() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_TRACES_SAMPLER", "always_on"),
     ];
-    let (child, _) = start_binary(&args, &envs).await;
+    let (mut child, _) = start_binary(&args, &envs).await;
     let is_hedge = |r: &Received| {
         attribute(&r.span.attributes, "dockercoins.attempt").as_deref() == Some("hedge")
     };
@@ -552,7 +552,13 @@ async fn a_hedged_call_shows_its_twin_and_the_abandoned_attempt() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Stopped, and waited for: `up` stops its own redis-server on the
+    // way out, which a kill on drop would leave running.
     sigterm(&child).await;
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("up did not stop within 10 s of SIGTERM")
+        .unwrap();
     let _ = stop_receiver.send(());
     assert_eq!(hedge.span.name, "dockercoins.v1.Rng/Generate");
     assert_eq!(
