@@ -581,3 +581,86 @@ async fn a_hedged_call_shows_its_twin_and_the_abandoned_attempt() {
         first.span.attributes
     );
 }
+
+/// Weights that move, as Jaeger shows them: `up` with two rng replicas
+/// of 1 and 3 lanes under weighted_round_robin (no blackout, weights every
+/// 100 ms). Once the reports give the 3-lane replica most of the picks, a
+/// worker's span carries the event that says so.
+#[tokio::test]
+async fn a_weight_that_moves_is_an_event_on_the_calling_span() {
+    let (receiver, addr, stop_receiver) = Receiver::start().await;
+    let endpoint = format!("http://{addr}");
+    let args = [
+        "up",
+        "--workers",
+        "4",
+        "--rng-replicas",
+        "2",
+        "--rng-delay-ms",
+        "20",
+        "--hasher-delay-ms",
+        "0",
+        "--worker-delay-ms",
+        "0",
+        "--rng-last-replica",
+        "lanes=3",
+        "--grpc-policy",
+        "weighted_round_robin",
+        "--wrr-blackout-ms",
+        "0",
+        "--wrr-update-ms",
+        "100",
+        "--rng-listen",
+        "127.0.0.1:0",
+        "--hasher-listen",
+        "127.0.0.1:0",
+        "--webui-listen",
+        "127.0.0.1:0",
+    ];
+    let envs = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+    ];
+    let (mut child, _) = start_binary(&args, &envs).await;
+    let moved = |r: &Received| {
+        r.span
+            .events
+            .iter()
+            .any(|e| e.name.starts_with("weight moved"))
+    };
+    // The first reports come within a few calls, the update 100 ms later;
+    // 20 s is for a loaded machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let span = loop {
+        if let Some(span) = receiver.spans().into_iter().find(|r| moved(r)) {
+            break span;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no span with a `weight moved` event within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    sigterm(&child).await;
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("up did not stop within 10 s of SIGTERM")
+        .unwrap();
+    let _ = stop_receiver.send(());
+    // The worker's unit, whose call picked the replica when the weights
+    // were taken.
+    assert_eq!(span.span.name, "mine one block", "{span:?}");
+    let event = span
+        .span
+        .events
+        .iter()
+        .find(|e| e.name.starts_with("weight moved"))
+        .unwrap();
+    assert!(event.name.contains("rng replica"), "{}", event.name);
+    let share: f64 = attribute(&event.attributes, "share_percent")
+        .expect("share_percent on the event")
+        .parse()
+        .unwrap();
+    assert!((0.0..=100.0).contains(&share), "{share}");
+}
