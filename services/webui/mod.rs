@@ -361,12 +361,15 @@ fn ms(duration: Duration) -> f64 {
 /// A backend as webui sees it: each replica's health, latency, identity and
 /// calls served; the backend's own status is its best replica's; and the
 /// policy webui's clients spread calls with (`up` and the compose file give
-/// the workers the same one), for `dockercoins top`.
+/// the workers the same one), for `dockercoins top`. Each replica's weight
+/// is the one webui's own settings would give it (the compose file gives
+/// the workers the same ones).
 async fn grpc_health(backend: &Balancer) -> BackendStatus {
     let replicas = backend.replica_channels().await;
-    let checks = replicas
-        .into_iter()
-        .map(|(address, channel)| replica_health(backend.service().grpc, address, channel));
+    let penalty = backend.weighted_settings().error_penalty;
+    let checks = replicas.into_iter().map(|(address, channel)| {
+        replica_health(backend.service().grpc, address, channel, penalty)
+    });
     let mut replicas: Vec<ReplicaStatus> = futures_util::future::join_all(checks).await;
     let weights: Vec<f64> = replicas.iter().map(|r| r.weight.unwrap_or(0.0)).collect();
     if let Some(shares) = balancer::shares(&weights) {
@@ -395,6 +398,7 @@ async fn replica_health(
     service: &'static str,
     address: String,
     channel: tonic::transport::Channel,
+    error_penalty: f64,
 ) -> ReplicaStatus {
     let start = Instant::now();
     let request = HealthCheckRequest {
@@ -416,7 +420,7 @@ async fn replica_health(
                 utilization: report.as_ref().map(balancer::utilization_of),
                 weight: report
                     .as_ref()
-                    .and_then(|r| balancer::weight_of(r, balancer::DEFAULT_ERROR_PENALTY)),
+                    .and_then(|r| balancer::weight_of(r, error_penalty)),
                 share: None,
                 address,
                 status: status.as_str_name().to_owned(),

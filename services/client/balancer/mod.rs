@@ -246,6 +246,11 @@ impl Balancer {
         self.shared.settings.policy
     }
 
+    /// How `weighted_round_robin` weighs the replicas' load reports.
+    pub fn weighted_settings(&self) -> WeightedSettings {
+        self.shared.settings.weighted
+    }
+
     /// Notes `result`'s success or failure on this balancer, and passes it on.
     pub(crate) fn note<T>(&self, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
         let shared = &self.shared;
