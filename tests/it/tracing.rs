@@ -487,6 +487,41 @@ async fn a_call_given_up_for_its_deadline_says_so_on_its_lane_wait() {
     let _ = stop_receiver.send(());
 }
 
+/// `dockercoins up <flags>` on free ports, every span kept and exported
+/// to the receiver at `receiver` within 100 ms.
+async fn up_traced(flags: &[&str], receiver: SocketAddr) -> Child {
+    let endpoint = format!("http://{receiver}");
+    let listen = [
+        "--rng-listen",
+        "127.0.0.1:0",
+        "--hasher-listen",
+        "127.0.0.1:0",
+        "--webui-listen",
+        "127.0.0.1:0",
+    ];
+    let args: Vec<&str> = ["up"]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .chain(listen)
+        .collect();
+    let envs = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+    ];
+    start_binary(&args, &envs).await.0
+}
+
+/// Stops `up` and waits for it: it stops its own redis-server on the way
+/// out, which a kill on drop would leave running.
+async fn stop_up(child: &mut Child) {
+    sigterm(child).await;
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("up did not stop within 10 s of SIGTERM")
+        .unwrap();
+}
+
 /// A hedged call, as Jaeger shows it: `up` with a fast and a slow rng and
 /// hedging after 50 ms. The twin is a sibling of the first attempt, says
 /// it is a hedge (attribute and event), and the attempt it beat ends
@@ -494,9 +529,7 @@ async fn a_call_given_up_for_its_deadline_says_so_on_its_lane_wait() {
 #[tokio::test]
 async fn a_hedged_call_shows_its_twin_and_the_abandoned_attempt() {
     let (receiver, addr, stop_receiver) = Receiver::start().await;
-    let endpoint = format!("http://{addr}");
     let args = [
-        "up",
         "--workers",
         "1",
         "--rng-replicas",
@@ -513,19 +546,8 @@ async fn a_hedged_call_shows_its_twin_and_the_abandoned_attempt() {
         "delay-ms=400",
         "--hedge-ms",
         "50",
-        "--rng-listen",
-        "127.0.0.1:0",
-        "--hasher-listen",
-        "127.0.0.1:0",
-        "--webui-listen",
-        "127.0.0.1:0",
     ];
-    let envs = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_TRACES_SAMPLER", "always_on"),
-    ];
-    let (mut child, _) = start_binary(&args, &envs).await;
+    let mut child = up_traced(&args, addr).await;
     let is_hedge = |r: &Received| {
         attribute(&r.span.attributes, "dockercoins.attempt").as_deref() == Some("hedge")
     };
@@ -552,13 +574,7 @@ async fn a_hedged_call_shows_its_twin_and_the_abandoned_attempt() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // Stopped, and waited for: `up` stops its own redis-server on the
-    // way out, which a kill on drop would leave running.
-    sigterm(&child).await;
-    tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("up did not stop within 10 s of SIGTERM")
-        .unwrap();
+    stop_up(&mut child).await;
     let _ = stop_receiver.send(());
     assert_eq!(hedge.span.name, "dockercoins.v1.Rng/Generate");
     assert_eq!(
@@ -589,9 +605,7 @@ async fn a_hedged_call_shows_its_twin_and_the_abandoned_attempt() {
 #[tokio::test]
 async fn a_weight_that_moves_is_an_event_on_the_calling_span() {
     let (receiver, addr, stop_receiver) = Receiver::start().await;
-    let endpoint = format!("http://{addr}");
     let args = [
-        "up",
         "--workers",
         "4",
         "--rng-replicas",
@@ -610,19 +624,8 @@ async fn a_weight_that_moves_is_an_event_on_the_calling_span() {
         "0",
         "--wrr-update-ms",
         "100",
-        "--rng-listen",
-        "127.0.0.1:0",
-        "--hasher-listen",
-        "127.0.0.1:0",
-        "--webui-listen",
-        "127.0.0.1:0",
     ];
-    let envs = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_TRACES_SAMPLER", "always_on"),
-    ];
-    let (mut child, _) = start_binary(&args, &envs).await;
+    let mut child = up_traced(&args, addr).await;
     let moved = |r: &Received| {
         r.span
             .events
@@ -642,11 +645,7 @@ async fn a_weight_that_moves_is_an_event_on_the_calling_span() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    sigterm(&child).await;
-    tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("up did not stop within 10 s of SIGTERM")
-        .unwrap();
+    stop_up(&mut child).await;
     let _ = stop_receiver.send(());
     // The worker's unit, whose call picked the replica when the weights
     // were taken.

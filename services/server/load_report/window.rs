@@ -138,28 +138,24 @@ impl Occupancy {
 
     fn change(&self, by: f64, now: Instant) {
         let mut level = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Level {
-            now: current,
-            since,
-            held,
-        } = &mut *level;
-        held.hold(*since, now, *current);
-        *since = now;
+        level.advance(now);
         // Never below 0, whatever rounding did.
-        *current = (*current + by).max(0.0);
+        level.now = (level.now + by).max(0.0);
     }
 
     /// The mean level over the last window, up to `now`.
     pub fn mean(&self, now: Instant) -> f64 {
         let mut level = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Level {
-            now: current,
-            since,
-            held,
-        } = &mut *level;
-        held.hold(*since, now, *current);
-        *since = now;
-        held.per_second(now)
+        level.advance(now);
+        level.held.per_second(now)
+    }
+}
+
+impl Level {
+    /// The current level held from its last change up to `now`.
+    fn advance(&mut self, now: Instant) {
+        self.held.hold(self.since, now, self.now);
+        self.since = now;
     }
 }
 
